@@ -1,0 +1,121 @@
+"""The one interface every speech-recognition family implements.
+
+A family module (``decoder/moonshine.py``, later ``decoder/whisper.py``) turns 16 kHz float32
+audio into a :class:`Hypothesis`. Streaming code above this layer knows nothing of tokens'
+meaning: it compares and re-uses whole :class:`Word` units, each carrying the token ids that
+spell it, so a confirmed prefix can be fed back to the model as a forced prefix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+import numpy as np
+
+SAMPLE_RATE = 16_000
+
+
+@dataclass(frozen=True)
+class Word:
+    """One word as the model spelled it: text (with its leading space, if any) and token ids."""
+
+    text: str
+    tokens: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Hypothesis:
+    """What a model heard in one stretch of audio."""
+
+    words: tuple[Word, ...] = ()
+    language: str = "en"
+    # Mean log-probability of the tokens the model chose itself (forced prefix excluded).
+    avg_logprob: float = 0.0
+    # Seconds of compute spent producing this hypothesis (encoder + decoder).
+    compute_seconds: float = 0.0
+
+    @property
+    def text(self) -> str:
+        return join_words(self.words)
+
+    @property
+    def tokens(self) -> tuple[int, ...]:
+        return tuple(t for w in self.words for t in w.tokens)
+
+
+def join_words(words: Sequence[Word]) -> str:
+    """Text of a word sequence; a prefix of words always gives a prefix of the text."""
+    return "".join(w.text for w in words).lstrip()
+
+
+class Features(Protocol):
+    """Whatever a family's encoder produced for one stretch of audio (opaque to callers)."""
+
+    duration: float
+
+
+class SpeechModel(Protocol):
+    """A loaded speech-recognition model. Implementations must be safe to call from several
+    threads at once (ONNX Runtime sessions are)."""
+
+    name: str
+    languages: tuple[str, ...]
+
+    def encode(self, audio: np.ndarray) -> Features:
+        """Run the acoustic encoder on mono float32 audio at 16 kHz."""
+        ...
+
+    def decode(
+        self, features: Features, prefix: Sequence[Word] = (), language: str | None = None
+    ) -> Hypothesis:
+        """Decode text, starting from ``prefix`` (words already confirmed, forced as-is)."""
+        ...
+
+
+def transcribe(
+    model: SpeechModel, audio: np.ndarray, prefix: Sequence[Word] = (), language: str | None = None
+) -> Hypothesis:
+    """Encode then decode one stretch of audio; the usual entry point."""
+    import time
+
+    started = time.perf_counter()
+    hyp = model.decode(model.encode(audio), prefix=prefix, language=language)
+    return Hypothesis(
+        words=hyp.words,
+        language=hyp.language,
+        avg_logprob=hyp.avg_logprob,
+        compute_seconds=time.perf_counter() - started,
+    )
+
+
+@dataclass
+class DecodeLimits:
+    """Guards shared by every autoregressive family."""
+
+    tokens_per_second: float = 6.5  # fast speech is ~4-5 tokens/s; more means a loop
+    min_tokens: int = 8
+    max_tokens: int = 224
+    repeat_ngram_max: int = 6  # longest n-gram checked for back-to-back repetition
+    repeat_times: int = 3  # an n-gram seen this many times in a row is a loop
+    # When the first step prefers end-of-text, the runner-up must be at least this likely to be
+    # taken as the start of speech (log-probability; noise and music score below -7).
+    first_token_min_logprob: float = -5.0
+    # ...and the words decoded after such an override must average at least this.
+    override_min_avg_logprob: float = -1.0
+
+    def budget(self, seconds: float) -> int:
+        return int(min(self.max_tokens, max(self.min_tokens, seconds * self.tokens_per_second)))
+
+
+def repetition_start(tokens: Sequence[int], max_n: int = 6, times: int = 3) -> int | None:
+    """If ``tokens`` ends in an n-gram repeated ``times`` times back to back, return the index
+    where the second copy starts (keep one copy, drop the loop); else None."""
+    length = len(tokens)
+    for n in range(1, max_n + 1):
+        if n * times > length:
+            break
+        tail = tuple(tokens[length - n :])
+        if all(tuple(tokens[length - k * n : length - (k - 1) * n]) == tail for k in range(2, times + 1)):
+            return length - (times - 1) * n
+    return None

@@ -1,0 +1,210 @@
+"""Utterance boundaries from webrtcvad: which stretches of a stream are speech.
+
+Pure object, no I/O: feed float32 16 kHz samples in chunks of any size, get events back.
+Positions are sample indices on the stream's own clock (samples fed so far).
+
+- A start needs ``min_speech_ms`` of voiced frames within the last ``start_window_ms``, so
+  clicks and short blips never open an utterance.
+- Each utterance begins ``pre_roll_ms`` before the frames that triggered it: the first
+  syllable is quiet and webrtcvad is late on it.
+- An utterance ends after ``end_silence_ms`` of unvoiced frames; its end is placed a short
+  ``tail_ms`` after the last voiced frame (trailing silence only invites invented words).
+- One longer than ``max_utterance_s`` is cut at the quietest point of its last seconds, and the
+  rest continues as the next utterance, so nothing is lost and no word is cut in two.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+import webrtcvad
+
+SAMPLE_RATE = 16_000
+
+
+@dataclass(frozen=True)
+class VadConfig:
+    aggressiveness: int = 3  # webrtcvad mode 0-3; 3 rejects the most non-speech
+    frame_ms: int = 20
+    pre_roll_ms: int = 300
+    start_window_ms: int = 300
+    min_speech_ms: int = 200
+    end_silence_ms: int = 500
+    tail_ms: int = 150
+    max_utterance_s: float = 20.0
+    cut_search_s: float = 3.0  # where to look for the quietest point when cutting
+    min_level_dbfs: float = -55.0  # frames quieter than this are silence, whatever the VAD says
+
+    def __post_init__(self) -> None:
+        if self.frame_ms not in (10, 20, 30):
+            raise ValueError("frame_ms must be 10, 20 or 30 (webrtcvad's frame sizes)")
+        if not 0 <= self.aggressiveness <= 3:
+            raise ValueError("aggressiveness must be 0-3")
+        if self.end_silence_ms < self.frame_ms or self.max_utterance_s < 2 * self.cut_search_s:
+            raise ValueError("end_silence_ms or max_utterance_s too small")
+
+
+@dataclass(frozen=True)
+class SpeechStart:
+    start: int
+
+
+@dataclass(frozen=True)
+class SpeechChunk:
+    """Audio belonging to the current utterance, contiguous after what came before."""
+
+    samples: np.ndarray
+
+
+@dataclass(frozen=True)
+class SpeechEnd:
+    """The current utterance ends at sample ``end`` (audio past it, if sent, is not part of it)."""
+
+    end: int
+    reason: str  # "silence", "max_length" or "flush"
+
+
+SegmentEvent = SpeechStart | SpeechChunk | SpeechEnd
+
+
+class Segmenter:
+    def __init__(self, config: VadConfig = VadConfig()):
+        self.config = config
+        self._vad = webrtcvad.Vad(config.aggressiveness)
+        self._frame = SAMPLE_RATE * config.frame_ms // 1000
+        self._pending = np.zeros(0, dtype=np.float32)  # samples not yet making a whole frame
+        self._position = 0  # samples consumed into frames
+        history_frames = (config.pre_roll_ms + config.start_window_ms) // config.frame_ms
+        self._history: deque[tuple[np.ndarray, bool]] = deque(maxlen=history_frames)
+        self._window = config.start_window_ms // config.frame_ms
+        self._needed = max(1, config.min_speech_ms // config.frame_ms)
+        self._in_speech = False
+        self._start = 0
+        self._last_voiced_end = 0
+        self._silent_frames = 0
+        # Current utterance's frames, kept to find a cut point: (position, level) pairs.
+        self._levels: list[tuple[int, float, bool]] = []
+        self._utterance_audio: list[np.ndarray] = []
+
+    @property
+    def in_speech(self) -> bool:
+        return self._in_speech
+
+    @property
+    def position(self) -> int:
+        return self._position
+
+    def feed(self, samples: np.ndarray) -> list[SegmentEvent]:
+        samples = np.asarray(samples, dtype=np.float32).reshape(-1)
+        data = np.concatenate([self._pending, samples]) if self._pending.size else samples
+        whole = len(data) // self._frame * self._frame
+        self._pending = data[whole:].copy()
+        events: list[SegmentEvent] = []
+        for offset in range(0, whole, self._frame):
+            events.extend(self._frame_in(data[offset : offset + self._frame]))
+        return events
+
+    def flush(self) -> list[SegmentEvent]:
+        """End the current utterance now (the stream stopped, or the client asked)."""
+        if not self._in_speech:
+            return []
+        events: list[SegmentEvent] = []
+        if self._pending.size:  # the partial frame is audio too
+            events.append(SpeechChunk(self._pending.copy()))
+            self._position += len(self._pending)
+            self._pending = np.zeros(0, dtype=np.float32)
+        end = min(self._position, self._last_voiced_end + self._tail)
+        events.append(self._end(end, "flush"))
+        return events
+
+    @property
+    def _tail(self) -> int:
+        return SAMPLE_RATE * self.config.tail_ms // 1000
+
+    def _is_speech(self, frame: np.ndarray) -> tuple[bool, float]:
+        rms = float(np.sqrt(np.mean(frame.astype(np.float64) ** 2)) + 1e-12)
+        level = 20 * np.log10(rms)
+        if level < self.config.min_level_dbfs:
+            return False, level
+        pcm = (np.clip(frame, -1.0, 1.0) * 32767).astype("<i2").tobytes()
+        return self._vad.is_speech(pcm, SAMPLE_RATE), level
+
+    def _frame_in(self, frame: np.ndarray) -> list[SegmentEvent]:
+        voiced, level = self._is_speech(frame)
+        start_of_frame = self._position
+        self._position += len(frame)
+        if not self._in_speech:
+            self._history.append((frame, voiced))
+            recent = list(self._history)[-self._window :]
+            if sum(v for _, v in recent) < self._needed:
+                return []
+            return self._begin(start_of_frame + len(frame) - len(self._history) * self._frame)
+
+        self._levels.append((start_of_frame, level, voiced))
+        self._utterance_audio.append(frame)
+        events: list[SegmentEvent] = [SpeechChunk(frame)]
+        if voiced:
+            self._silent_frames = 0
+            self._last_voiced_end = self._position
+        else:
+            self._silent_frames += 1
+        if self._silent_frames * self.config.frame_ms >= self.config.end_silence_ms:
+            events.append(self._end(min(self._position, self._last_voiced_end + self._tail), "silence"))
+        elif self._position - self._start >= self.config.max_utterance_s * SAMPLE_RATE:
+            events.extend(self._cut())
+        return events
+
+    def _begin(self, start: int) -> list[SegmentEvent]:
+        frames = list(self._history)
+        self._history.clear()
+        self._in_speech = True
+        self._start = start
+        self._silent_frames = 0
+        self._last_voiced_end = self._position
+        self._levels = []
+        self._utterance_audio = []
+        audio = np.concatenate([f for f, _ in frames])
+        position = start
+        for frame, voiced in frames:
+            self._levels.append((position, self._level(frame), voiced))
+            self._utterance_audio.append(frame)
+            position += len(frame)
+        return [SpeechStart(start), SpeechChunk(audio)]
+
+    @staticmethod
+    def _level(frame: np.ndarray) -> float:
+        return float(20 * np.log10(np.sqrt(np.mean(frame.astype(np.float64) ** 2)) + 1e-12))
+
+    def _end(self, end: int, reason: str) -> SpeechEnd:
+        self._in_speech = False
+        self._history.clear()
+        self._levels = []
+        self._utterance_audio = []
+        return SpeechEnd(end, reason)
+
+    def _cut(self) -> list[SegmentEvent]:
+        """Cut an over-long utterance at the quietest frame of its last seconds."""
+        search = int(self.config.cut_search_s * 1000 / self.config.frame_ms)
+        candidates = self._levels[-search:]
+        levels = np.array([lvl for _, lvl, _ in candidates])
+        # Smooth over ~100 ms so a single quiet frame inside a word does not win.
+        width = max(1, 100 // self.config.frame_ms)
+        smooth = np.convolve(levels, np.ones(width) / width, mode="same")
+        # Prefer frames the VAD called unvoiced: a real pause between words.
+        unvoiced = np.array([not v for _, _, v in candidates])
+        quietest = int(np.argmin(smooth - 100.0 * unvoiced))
+        cut_index = len(self._levels) - len(candidates) + quietest
+        cut = self._levels[cut_index][0]
+        rest = self._utterance_audio[cut_index:]
+        rest_levels = self._levels[cut_index:]
+        events: list[SegmentEvent] = [self._end(cut, "max_length")]
+        self._in_speech = True
+        self._start = cut
+        self._silent_frames = 0
+        self._last_voiced_end = self._position
+        self._levels = rest_levels
+        self._utterance_audio = rest
+        events += [SpeechStart(cut), SpeechChunk(np.concatenate(rest))]
+        return events
