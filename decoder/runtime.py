@@ -73,7 +73,16 @@ def create_session(path: Path | str, options: RuntimeOptions) -> tuple[ort.Infer
                 f"--device {options.device}: this onnxruntime has no CUDA provider "
                 f"(available: {', '.join(ort.get_available_providers())})"
             )
-    session = ort.InferenceSession(str(path), session_options, providers=providers)
+    probing = kind == "auto" and len(providers) > 1
+    if probing:
+        # A failed CUDA start-up is expected on CPU machines with --device auto; we report it
+        # ourselves below in one line instead of ONNX Runtime's error dump.
+        ort.set_default_logger_severity(4)
+    try:
+        session = ort.InferenceSession(str(path), session_options, providers=providers)
+    finally:
+        if probing:
+            ort.set_default_logger_severity(3)
     got_cuda = CUDA in session.get_providers()
     if kind == "cuda" and not got_cuda:
         raise DeviceUnavailable(

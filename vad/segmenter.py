@@ -36,6 +36,16 @@ class VadConfig:
     max_utterance_s: float = 20.0
     cut_search_s: float = 3.0  # where to look for the quietest point when cutting
     min_level_dbfs: float = -55.0  # frames quieter than this are silence, whatever the VAD says
+    # A voiced frame must also rise above the stream's own background: its spectrum, in bands,
+    # must stand on average this many dB above each band's floor (a low percentile of the
+    # last floor_window_s). Speech lights up many bands syllable by syllable; steady noise,
+    # hum and tones (which webrtcvad often calls speech) sit at their floors.
+    min_excess_db: float = 8.0
+    floor_window_s: float = 10.0
+    floor_percentile: float = 10.0
+    # webrtcvad misses quiet speech, so the frames it judges are brought to this level (loud
+    target_dbfs: float = -20.0
+    max_gain_db: float = 30.0
 
     def __post_init__(self) -> None:
         if self.frame_ms not in (10, 20, 30):
@@ -69,6 +79,34 @@ class SpeechEnd:
 SegmentEvent = SpeechStart | SpeechChunk | SpeechEnd
 
 
+class BandFloor:
+    """Per-band background level of a stream, and how far a frame rises above it."""
+
+    def __init__(self, frame: int, window_frames: int, percentile: float, update_every: int = 5):
+        self._fft = 1 << (frame - 1).bit_length()
+        self._taper = np.hanning(frame).astype(np.float32)
+        # ~24 log-spaced bands from 125 Hz to the top of the spectrum.
+        top = self._fft // 2
+        edges = np.unique(np.round(np.geomspace(self._fft / 128, top, 25)).astype(int))
+        self._edges = edges
+        self._levels = np.zeros((window_frames, len(edges) - 1), np.float32)
+        self._count = 0
+        self._percentile = percentile
+        self._update_every = update_every
+        self._floor: np.ndarray | None = None
+
+    def excess_db(self, frame: np.ndarray) -> float:
+        power = np.abs(np.fft.rfft(frame * self._taper, self._fft)) ** 2
+        bands = np.add.reduceat(power[self._edges[0] : self._edges[-1]], self._edges[:-1] - self._edges[0])
+        levels = 10 * np.log10(bands + 1e-10)
+        self._levels[self._count % len(self._levels)] = levels
+        self._count += 1
+        if self._floor is None or self._count % self._update_every == 0 or self._count <= len(self._levels) // 10:
+            seen = self._levels[: min(self._count, len(self._levels))]
+            self._floor = np.percentile(seen, self._percentile, axis=0)
+        return float(np.mean(np.maximum(0.0, levels - self._floor)))
+
+
 class Segmenter:
     def __init__(self, config: VadConfig = VadConfig()):
         self.config = config
@@ -79,6 +117,8 @@ class Segmenter:
         history_frames = (config.pre_roll_ms + config.start_window_ms) // config.frame_ms
         self._history: deque[tuple[np.ndarray, bool]] = deque(maxlen=history_frames)
         self._window = config.start_window_ms // config.frame_ms
+        self._background = BandFloor(self._frame, int(config.floor_window_s * 1000 / config.frame_ms), config.floor_percentile)
+        self._recent_levels: deque[float] = deque(maxlen=int(config.floor_window_s * 1000 / config.frame_ms))
         self._needed = max(1, config.min_speech_ms // config.frame_ms)
         self._in_speech = False
         self._start = 0
@@ -126,9 +166,13 @@ class Segmenter:
     def _is_speech(self, frame: np.ndarray) -> tuple[bool, float]:
         rms = float(np.sqrt(np.mean(frame.astype(np.float64) ** 2)) + 1e-12)
         level = 20 * np.log10(rms)
-        if level < self.config.min_level_dbfs:
+        self._recent_levels.append(level)
+        excess = self._background.excess_db(frame)
+        if level < self.config.min_level_dbfs or excess < self.config.min_excess_db:
             return False, level
-        pcm = (np.clip(frame, -1.0, 1.0) * 32767).astype("<i2").tobytes()
+        loud = np.percentile(self._recent_levels, 95.0)
+        gain_db = min(self.config.max_gain_db, max(0.0, self.config.target_dbfs - loud))
+        pcm = (np.clip(frame * 10 ** (gain_db / 20), -1.0, 1.0) * 32767).astype("<i2").tobytes()
         return self._vad.is_speech(pcm, SAMPLE_RATE), level
 
     def _frame_in(self, frame: np.ndarray) -> list[SegmentEvent]:

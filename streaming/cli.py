@@ -1,0 +1,189 @@
+"""``flashcaption``: serve, file, mic, watch."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from pathlib import Path
+
+DEFAULT_URL = os.environ.get("FLASHCAPTION_URL", "ws://127.0.0.1:8765")
+log = logging.getLogger("flashcaption")
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be positive")
+    return value
+
+
+def _speed(text: str) -> float | None:
+    if text == "max":
+        return None
+    return _positive_float(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from decoder.models import DEFAULT_MODEL, MODELS
+    from streaming.config import ServerConfig
+    from vad.segmenter import VadConfig
+
+    defaults, vad = ServerConfig(), VadConfig()
+    parser = argparse.ArgumentParser(
+        prog="flashcaption",
+        description="Real-time captions: a WebSocket server that turns live speech into partial and final captions for rooms of viewers.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the caption server", description="Run the caption server.")
+    serve.add_argument("--host", default=defaults.host, help="address to listen on (default %(default)s)")
+    serve.add_argument("--port", type=int, default=defaults.port, help="port to listen on (default %(default)s)")
+    serve.add_argument(
+        "--model", default=DEFAULT_MODEL, choices=sorted(MODELS), help="speech model (default %(default)s)"
+    )
+    serve.add_argument(
+        "--device",
+        default=defaults.runtime.device,
+        help="auto (CUDA if it really works, else CPU), cpu, cuda or cuda:N; an explicit cuda that "
+        "cannot be had is an error (default %(default)s)",
+    )
+    serve.add_argument(
+        "--threads", type=int, default=defaults.runtime.intra_op_threads,
+        help="ONNX Runtime threads per decode, 0 = all cores (default %(default)s)",
+    )
+    serve.add_argument(
+        "--workers", type=int, default=defaults.workers,
+        help="decodes run at once across all streams (default %(default)s)",
+    )
+    serve.add_argument(
+        "--partial-interval", type=_positive_float, default=defaults.session.partial_interval_s,
+        help="seconds of new audio between partial captions; grows by itself when the machine is busy (default %(default)s)",
+    )
+    serve.add_argument(
+        "--end-silence", type=int, default=vad.end_silence_ms,
+        help="milliseconds of silence that end an utterance and fix its final (default %(default)s)",
+    )
+    serve.add_argument(
+        "--max-utterance", type=_positive_float, default=vad.max_utterance_s,
+        help="seconds after which an utterance is cut at its quietest point (default %(default)s)",
+    )
+    serve.add_argument(
+        "--vad-aggressiveness", type=int, choices=range(4), default=vad.aggressiveness,
+        help="webrtcvad mode, 3 rejects the most noise (default %(default)s)",
+    )
+    serve.add_argument("--replay-finals", type=int, default=defaults.replay_finals,
+                       help="finals each room keeps for viewers resuming with since (default %(default)s)")
+    serve.add_argument("--log-level", default=defaults.log_level, choices=["debug", "info", "warning", "error"],
+                       help="log level (default %(default)s; env FLASHCAPTION_LOG_LEVEL)")
+    serve.add_argument("--log-json", action="store_true", help="log one JSON object a line")
+
+    def add_stream_options(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--url", default=DEFAULT_URL, help="server (default %(default)s; env FLASHCAPTION_URL)")
+        sub.add_argument("--room", default="default", help="room to publish to (default %(default)s)")
+        sub.add_argument("--speaker", default="", help="speaker name shown with the captions")
+        sub.add_argument("--language", default=None, help="language code, or auto (default: the model's)")
+        sub.add_argument("--context", default=None, help="names and terms that may be spoken")
+        sub.add_argument("--json", action="store_true", help="print every event as a JSON line")
+
+    file = commands.add_parser("file", help="stream a WAV file and print its captions",
+                               description="Stream a WAV recording to the server as if spoken live, and print the captions as they arrive.")
+    file.add_argument("path", type=Path, help="PCM WAV file, 8-48 kHz, any channels")
+    file.add_argument("--speed", type=_speed, default=1.0,
+                      help="pace: 1 is real time, 2 twice as fast, max as fast as the server takes it (default 1)")
+    add_stream_options(file)
+
+    mic = commands.add_parser("mic", help="caption the microphone", description="Stream the microphone to the server and print the captions; Ctrl-C stops.")
+    mic.add_argument("--input-device", default=None, help="sounddevice input device name or number (default: system default)")
+    add_stream_options(mic)
+
+    watch = commands.add_parser("watch", help="print what viewers of a room see", description="Print the captions of a room as every viewer receives them.")
+    watch.add_argument("--url", default=DEFAULT_URL, help="server (default %(default)s)")
+    watch.add_argument("--room", default="default", help="room to watch (default %(default)s)")
+    watch.add_argument("--since", type=int, default=None, help="first replay the room's finals after this seq")
+    watch.add_argument("--json", action="store_true", help="print every event as a JSON line")
+    return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from decoder.models import ModelUnavailable, load_model
+    from decoder.runtime import DeviceUnavailable, RuntimeOptions
+    from streaming.config import ServerConfig
+    from streaming.logs import setup_logging
+    from streaming.server import CaptionServer
+    from streaming.session import SessionConfig
+    from vad.segmenter import VadConfig
+
+    config = ServerConfig(
+        host=args.host,
+        port=args.port,
+        model=args.model,
+        runtime=RuntimeOptions(device=args.device, intra_op_threads=args.threads),
+        workers=args.workers,
+        session=SessionConfig(
+            vad=replace(VadConfig(), end_silence_ms=args.end_silence, max_utterance_s=args.max_utterance,
+                        aggressiveness=args.vad_aggressiveness),
+            partial_interval_s=args.partial_interval,
+        ),
+        replay_finals=args.replay_finals,
+        log_level=args.log_level,
+        log_json=args.log_json,
+    )
+    setup_logging(config.log_level, config.log_json)
+    try:
+        model = load_model(config.model, config.runtime)
+    except (ModelUnavailable, DeviceUnavailable, ValueError) as error:
+        log.error("%s", error)
+        return 2
+    server = CaptionServer(config, model)
+    try:
+        asyncio.run(server.run_until_signal())
+    except OSError as error:
+        log.error("cannot listen on %s:%d: %s", config.host, config.port, error.strerror or error)
+        return 2
+    return 0
+
+
+def _run_client(coroutine) -> int:
+    from streaming.client import ClientError
+
+    try:
+        result = asyncio.run(coroutine)
+    except ClientError as error:
+        print(f"flashcaption: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:
+        print(f"flashcaption: cannot reach the server: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    errors = getattr(result, "errors", None)
+    return 1 if errors else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+
+    from streaming.client import CaptionPrinter, stream_file, stream_microphone, watch_room
+
+    if args.command == "watch":
+        printer = CaptionPrinter(json_lines=args.json, show_speaker=True)
+        return _run_client(watch_room(args.url, args.room, printer, since=args.since))
+    printer = CaptionPrinter(json_lines=args.json)
+    params = dict(room=args.room, speaker=args.speaker, language=args.language, context=args.context)
+    if args.command == "file":
+        if not args.path.is_file():
+            print(f"flashcaption: no such file: {args.path}", file=sys.stderr)
+            return 1
+        return _run_client(stream_file(args.url, args.path, printer, speed=args.speed, **params))
+    return _run_client(stream_microphone(args.url, printer, device=args.input_device, **params))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

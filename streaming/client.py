@@ -1,0 +1,198 @@
+"""The user's side: stream a file or the microphone to a server, watch a room."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+import time
+import wave
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, TextIO
+from urllib.parse import urlencode
+
+import numpy as np
+import websockets
+from websockets.asyncio.client import ClientConnection, connect
+
+CHUNK_SECONDS = 0.1
+
+
+class ClientError(RuntimeError):
+    """The server refused or ended the stream with an error."""
+
+
+def read_wav(path: Path) -> tuple[np.ndarray, int]:
+    """Mono float32 samples and the sample rate of a PCM WAV file (8-32 bit, any channels)."""
+    try:
+        with wave.open(str(path), "rb") as wav:
+            rate, width, channels = wav.getframerate(), wav.getsampwidth(), wav.getnchannels()
+            raw = wav.readframes(wav.getnframes())
+    except wave.Error as error:
+        raise ClientError(f"{path}: not a PCM WAV file ({error}); convert it, e.g. with sox or ffmpeg") from None
+    if width == 1:
+        samples = (np.frombuffer(raw, np.uint8).astype(np.float32) - 128) / 128
+    elif width == 2:
+        samples = np.frombuffer(raw, "<i2").astype(np.float32) / 32768
+    elif width == 3:
+        padded = np.frombuffer(raw, np.uint8).reshape(-1, 3)
+        as_int = (padded[:, 0].astype(np.int32) | padded[:, 1].astype(np.int32) << 8 | padded[:, 2].astype(np.int32) << 16)
+        samples = ((as_int << 8) >> 8).astype(np.float32) / 8388608
+    else:
+        samples = np.frombuffer(raw, "<i4").astype(np.float32) / 2147483648
+    return samples.reshape(-1, channels).mean(axis=1).astype(np.float32), rate
+
+
+def to_pcm16(samples: np.ndarray) -> bytes:
+    return (np.clip(samples, -1.0, 1.0) * 32767).astype("<i2").tobytes()
+
+
+def publish_url(base: str, **params: Any) -> str:
+    query = {k: v for k, v in params.items() if v not in (None, "")}
+    return f"{base.rstrip('/')}/v1/publish?{urlencode(query)}"
+
+
+def captions_url(base: str, room: str, since: int | None = None) -> str:
+    query = {"room": room} | ({"since": since} if since is not None else {})
+    return f"{base.rstrip('/')}/v1/captions?{urlencode(query)}"
+
+
+class CaptionPrinter:
+    """Shows captions as a person reads them: on a terminal the partial is redrawn in place
+    and each final stays; elsewhere (a pipe) one line per final, or JSON lines with --json."""
+
+    def __init__(self, out: TextIO = sys.stdout, json_lines: bool = False, show_speaker: bool = False):
+        self.out = out
+        self.json_lines = json_lines
+        self.show_speaker = show_speaker
+        self.live = out.isatty() and not json_lines
+        self._partial_shown = False
+
+    def __call__(self, message: dict[str, Any]) -> None:
+        if self.json_lines:
+            print(json.dumps(message, ensure_ascii=False), file=self.out, flush=True)
+            return
+        kind = message.get("type")
+        label = f"{message.get('speaker') or message.get('session', '')[:6]}: " if self.show_speaker else ""
+        if kind == "partial" and self.live:
+            self.out.write("\r\x1b[2K\x1b[2m" + label + message["text"] + "\x1b[0m")
+            self.out.flush()
+            self._partial_shown = True
+        elif kind == "final":
+            if self.live and self._partial_shown:
+                self.out.write("\r\x1b[2K")
+            self._partial_shown = False
+            if message["text"]:
+                print(label + message["text"], file=self.out, flush=True)
+        elif kind == "error":
+            print(f"error ({message.get('code')}): {message.get('message')}", file=sys.stderr, flush=True)
+
+
+async def _receive(connection: ClientConnection, on_message: Callable[[dict], None]) -> list[dict]:
+    errors = []
+    async for raw in connection:
+        message = json.loads(raw)
+        if message.get("type") == "error":
+            errors.append(message)
+        on_message(message)
+    return errors
+
+
+async def _expect_ready(connection: ClientConnection) -> dict:
+    message = json.loads(await connection.recv())
+    if message.get("type") != "ready":
+        raise ClientError(f"server refused the stream: {message.get('message', message)}")
+    return message
+
+
+@dataclass
+class StreamResult:
+    ready: dict
+    errors: list[dict]
+    close_code: int | None
+
+
+async def stream_samples(
+    url: str,
+    chunks,
+    on_message: Callable[[dict], None],
+) -> StreamResult:
+    """Send PCM16 chunks from an async iterator, then ``end``; collect until the server closes."""
+    async with connect(url, max_size=2**22) as connection:
+        ready = await _expect_ready(connection)
+        receiver = asyncio.create_task(_receive(connection, on_message))
+        try:
+            async for chunk in chunks:
+                await connection.send(chunk)
+                if receiver.done():
+                    break
+            if not receiver.done():
+                await connection.send(json.dumps({"type": "end"}))
+            errors = await receiver
+        except websockets.ConnectionClosed:
+            errors = await receiver
+        return StreamResult(ready, errors, connection.close_code)
+
+
+async def paced_chunks(samples: np.ndarray, rate: int, speed: float | None):
+    """Chunks of ``CHUNK_SECONDS`` as PCM16, at ``speed`` times real time (None: no pacing)."""
+    step = int(rate * CHUNK_SECONDS)
+    started = time.monotonic()
+    for index, offset in enumerate(range(0, len(samples), step)):
+        if speed:
+            delay = started + index * CHUNK_SECONDS / speed - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        yield to_pcm16(samples[offset : offset + step])
+
+
+async def stream_file(
+    base_url: str,
+    path: Path,
+    on_message: Callable[[dict], None],
+    speed: float | None = 1.0,
+    trailing_silence: float = 1.0,
+    **params: Any,
+) -> StreamResult:
+    samples, rate = read_wav(path)
+    if trailing_silence:
+        samples = np.concatenate([samples, np.zeros(int(rate * trailing_silence), np.float32)])
+    url = publish_url(base_url, sample_rate=rate, encoding="pcm_s16le", **params)
+    return await stream_samples(url, paced_chunks(samples, rate, speed), on_message)
+
+
+async def stream_microphone(
+    base_url: str, on_message: Callable[[dict], None], device: str | int | None = None, **params: Any
+) -> StreamResult:
+    import sounddevice  # only here: servers and CI have no PortAudio
+
+    rate = 16000
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+
+    def on_audio(data, frames, when, status) -> None:
+        loop.call_soon_threadsafe(queue.put_nowait, bytes(data))
+
+    async def chunks():
+        # Ctrl-C ends the audio; the server then sends the last finals and closes.
+        loop.add_signal_handler(signal.SIGINT, queue.put_nowait, None)
+        try:
+            with sounddevice.RawInputStream(
+                samplerate=rate, channels=1, dtype="int16", blocksize=int(rate * CHUNK_SECONDS), device=device, callback=on_audio
+            ):
+                print("listening; Ctrl-C to stop", file=sys.stderr)
+                while (chunk := await queue.get()) is not None:
+                    yield chunk
+        finally:
+            loop.remove_signal_handler(signal.SIGINT)
+
+    url = publish_url(base_url, sample_rate=rate, encoding="pcm_s16le", **params)
+    return await stream_samples(url, chunks(), on_message)
+
+
+async def watch_room(base_url: str, room: str, on_message: Callable[[dict], None], since: int | None = None) -> None:
+    async with connect(captions_url(base_url, room, since), max_size=2**22) as connection:
+        await _expect_ready(connection)
+        await _receive(connection, on_message)

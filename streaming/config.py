@@ -1,0 +1,30 @@
+"""The one configuration object, built once from command-line flags and the environment."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from decoder.models import DEFAULT_MODEL
+from decoder.runtime import RuntimeOptions
+from streaming.session import SessionConfig
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8765
+    model: str = DEFAULT_MODEL
+    runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
+    # Decodes run on this many threads; each may use runtime.intra_op_threads cores.
+    workers: int = 2
+    session: SessionConfig = field(default_factory=SessionConfig)
+    # Finals each room keeps in memory for viewers resuming with ?since=N.
+    replay_finals: int = 1000
+    # Messages queued for one viewer before it is dropped as too slow.
+    viewer_queue: int = 512
+    # Decode requests waiting across all sessions before new publishers are refused.
+    max_queued_decodes: int = 64
+    shutdown_grace_s: float = 10.0
+    log_level: str = field(default_factory=lambda: os.environ.get("FLASHCAPTION_LOG_LEVEL", "info"))
+    log_json: bool = False

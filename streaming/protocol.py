@@ -1,0 +1,229 @@
+"""Wire protocol v1: the only place that knows JSON field names and query parameters.
+
+Parsing returns small typed records or raises :class:`ProtocolError`, whose ``code`` is one of
+the protocol's error codes. See docs/protocol.md.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, Mapping
+from urllib.parse import parse_qs, urlsplit
+
+from streaming.session import FinalCaption, PartialCaption
+
+VERSION = 1
+ENCODINGS = {"pcm_s16le": 2, "pcm_f32le": 4}  # bytes per sample
+MIN_RATE, MAX_RATE = 8000, 48000
+MAX_CONTEXT_CHARS = 2000
+MAX_TEXT_MESSAGE_BYTES = 64 * 1024
+_ROOM = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_LANGUAGE = re.compile(r"auto|[a-z]{2,3}(-[A-Za-z0-9]{2,8})?")
+
+# Error codes and the WebSocket close code each one ends with (when it ends the connection).
+CLOSE_CODES = {
+    "bad_request": 1008,
+    "unauthorized": 1008,
+    "too_large": 1009,
+    "overloaded": 1013,
+    "internal": 1011,
+}
+
+
+class ProtocolError(Exception):
+    def __init__(self, code: str, message: str):
+        assert code in CLOSE_CODES, code
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    @property
+    def close_code(self) -> int:
+        return CLOSE_CODES[self.code]
+
+
+@dataclass(frozen=True)
+class PublishParams:
+    room: str = "default"
+    speaker: str = ""
+    language: str | None = None
+    sample_rate: int = 16000
+    encoding: str = "pcm_s16le"
+    context: str | None = None
+    token: str | None = None
+
+    @property
+    def bytes_per_second(self) -> int:
+        return self.sample_rate * ENCODINGS[self.encoding]
+
+
+@dataclass(frozen=True)
+class ViewParams:
+    room: str = "default"
+    since: int | None = None
+    token: str | None = None
+
+
+@dataclass(frozen=True)
+class ConfigMessage:
+    language: str | None = None
+    context: str | None = None
+
+
+@dataclass(frozen=True)
+class FlushMessage:
+    pass
+
+
+@dataclass(frozen=True)
+class EndMessage:
+    pass
+
+
+ClientMessage = ConfigMessage | FlushMessage | EndMessage
+
+
+def split_path(path: str) -> tuple[str, dict[str, str]]:
+    """Request path -> (route, query parameters); a repeated parameter is an error."""
+    parts = urlsplit(path)
+    query = parse_qs(parts.query, keep_blank_values=True)
+    repeated = [k for k, v in query.items() if len(v) > 1]
+    if repeated:
+        raise ProtocolError("bad_request", f"query parameter {repeated[0]!r} given more than once")
+    return parts.path, {k: v[0] for k, v in query.items()}
+
+
+def _room(value: str | None) -> str:
+    room = "default" if value is None else value
+    if not _ROOM.fullmatch(room):
+        raise ProtocolError("bad_request", "room must be 1-64 characters of A-Z a-z 0-9 _ -")
+    return room
+
+
+def _language(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or not _LANGUAGE.fullmatch(value):
+        raise ProtocolError("bad_request", f"language must be 'auto' or a language code like 'en', not {value!r}")
+    return value
+
+
+def _context(value: Any) -> str | None:
+    """Context is free text, or a term list; kept as text until biasing lands."""
+    if value is None:
+        return None
+    if isinstance(value, dict) and isinstance(value.get("terms"), list):
+        terms = [t.get("text") if isinstance(t, dict) else t for t in value["terms"]]
+        if not all(isinstance(t, str) for t in terms):
+            raise ProtocolError("bad_request", "context terms must be strings or {\"text\": ...} objects")
+        value = ", ".join(terms)
+    if not isinstance(value, str):
+        raise ProtocolError("bad_request", "context must be text or {\"terms\": [...]}")
+    if len(value) > MAX_CONTEXT_CHARS:
+        raise ProtocolError("too_large", f"context is longer than {MAX_CONTEXT_CHARS} characters")
+    return value or None
+
+
+_PUBLISH_KEYS = {"room", "speaker", "language", "sample_rate", "encoding", "context", "token"}
+_VIEW_KEYS = {"room", "since", "token"}
+
+
+def _unknown(query: Mapping[str, str], known: set[str]) -> None:
+    unknown = sorted(set(query) - known)
+    if unknown:
+        raise ProtocolError("bad_request", f"unknown query parameter {unknown[0]!r}")
+
+
+def parse_publish(query: Mapping[str, str]) -> PublishParams:
+    _unknown(query, _PUBLISH_KEYS)
+    try:
+        rate = int(query.get("sample_rate", "16000"))
+    except ValueError:
+        raise ProtocolError("bad_request", "sample_rate must be a whole number of Hz") from None
+    if not MIN_RATE <= rate <= MAX_RATE:
+        raise ProtocolError("bad_request", f"sample_rate must be {MIN_RATE}-{MAX_RATE} Hz, not {rate}")
+    encoding = query.get("encoding", "pcm_s16le")
+    if encoding not in ENCODINGS:
+        raise ProtocolError("bad_request", f"encoding must be one of {', '.join(ENCODINGS)}, not {encoding!r}")
+    speaker = query.get("speaker", "")
+    if len(speaker) > 64 or any(ord(c) < 32 for c in speaker):
+        raise ProtocolError("bad_request", "speaker must be at most 64 printable characters")
+    return PublishParams(
+        room=_room(query.get("room")),
+        speaker=speaker,
+        language=_language(query.get("language")),
+        sample_rate=rate,
+        encoding=encoding,
+        context=_context(query.get("context")),
+        token=query.get("token"),
+    )
+
+
+def parse_view(query: Mapping[str, str]) -> ViewParams:
+    _unknown(query, _VIEW_KEYS)
+    since = query.get("since")
+    if since is not None:
+        try:
+            since = int(since)
+        except ValueError:
+            raise ProtocolError("bad_request", "since must be a whole number (a seq)") from None
+        if since < 0:
+            raise ProtocolError("bad_request", "since must not be negative")
+    return ViewParams(room=_room(query.get("room")), since=since, token=query.get("token"))
+
+
+def parse_client_message(text: str) -> ClientMessage:
+    if len(text.encode("utf-8", errors="replace")) > MAX_TEXT_MESSAGE_BYTES:
+        raise ProtocolError("too_large", f"text messages are limited to {MAX_TEXT_MESSAGE_BYTES} bytes")
+    try:
+        message = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ProtocolError("bad_request", f"text message is not valid JSON: {error.msg}") from None
+    if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+        raise ProtocolError("bad_request", 'text message must be a JSON object with a "type"')
+    kind = message["type"]
+    if kind == "config":
+        unknown = sorted(set(message) - {"type", "language", "context"})
+        if unknown:
+            raise ProtocolError("bad_request", f"unknown config field {unknown[0]!r}")
+        return ConfigMessage(language=_language(message.get("language")), context=_context(message.get("context")))
+    if kind == "flush":
+        return FlushMessage()
+    if kind == "end":
+        return EndMessage()
+    raise ProtocolError("bad_request", f"unknown message type {kind!r} (expected config, flush or end)")
+
+
+# -- server -> client -----------------------------------------------------------------------
+def ready(session: str, room: str, model: str, language: str, sample_rate: int | None = None) -> dict:
+    message = {"type": "ready", "session": session, "room": room, "model": model, "language": language}
+    if sample_rate is not None:
+        message["sample_rate"] = sample_rate
+    return message
+
+
+def caption(event: PartialCaption | FinalCaption, room: str, session: str, speaker: str) -> dict:
+    """A caption event as sent to the publisher and the room's viewers (``seq`` is added to
+    finals by the room)."""
+    message: dict[str, Any] = {
+        "type": "partial" if isinstance(event, PartialCaption) else "final",
+        "room": room,
+        "session": session,
+        "speaker": speaker,
+        "segment": event.segment,
+        "text": event.text,
+    }
+    if isinstance(event, PartialCaption):
+        message["stable"] = event.stable
+    message.update(start=round(event.start, 3), end=round(event.end, 3), language=event.language)
+    return message
+
+
+def error(code: str, message: str) -> dict:
+    return {"type": "error", "code": code, "message": message}
+
+
+def encode(message: Mapping[str, Any]) -> str:
+    return json.dumps(message, ensure_ascii=False, separators=(",", ":"))

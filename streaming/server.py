@@ -1,0 +1,314 @@
+"""The WebSocket and HTTP shell around sessions, the engine and rooms: glue only.
+
+Routes: ``/v1/publish`` and ``/v1/captions`` (WebSocket, protocol v1), ``/healthz``, and the
+pages in ``web/``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import uuid
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from importlib import resources
+from typing import Any
+
+import websockets
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
+
+from decoder.api import SpeechModel
+from streaming import protocol
+from streaming.audio import PcmDecoder
+from streaming.config import ServerConfig
+from streaming.engine import Engine
+from streaming.protocol import EndMessage, FlushMessage, ProtocolError
+from streaming.rooms import Room, Rooms
+from streaming.session import Session
+
+log = logging.getLogger(__name__)
+
+# Hard cap enforced by websockets itself; our own, clearer limits (1 s of audio, 64 KiB of
+# text) are checked first on anything below it.
+WEBSOCKET_MAX_MESSAGE = 4 * 1024 * 1024
+PAGES = {"/": "index.html"}
+
+
+class _Refused(Exception):
+    """Raised to end a connection after its error message went out."""
+
+    def __init__(self, error: ProtocolError):
+        self.error = error
+
+
+@dataclass
+class _Publisher:
+    id: str
+    params: protocol.PublishParams
+    session: Session
+    room: Room
+    connection: ServerConnection
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    pump: asyncio.Task | None = None
+
+    @property
+    def log_extra(self) -> dict[str, str]:
+        return {"session": self.id, "room": self.room.name}
+
+
+class CaptionServer:
+    def __init__(self, config: ServerConfig, model: SpeechModel):
+        self.config = config
+        self.model = model
+        self.engine = Engine(model, workers=config.workers, max_queued=config.max_queued_decodes)
+        self.rooms = Rooms(config.replay_finals, config.viewer_queue)
+        self.publishers: dict[str, _Publisher] = {}
+        self.viewer_count = 0
+        self._server: Server | None = None
+        self._draining = False
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    async def start(self) -> int:
+        """Start listening; returns the port (useful with port 0)."""
+        self._server = await serve(
+            self._route,
+            self.config.host,
+            self.config.port,
+            process_request=self._http,
+            max_size=WEBSOCKET_MAX_MESSAGE,
+            server_header="FlashCaption",
+        )
+        port = next(iter(self._server.sockets)).getsockname()[1]
+        log.info("listening on ws://%s:%d (model %s)", self.config.host, port, self.model.name)
+        return port
+
+    async def shutdown(self) -> None:
+        """Stop taking connections, finalise every open utterance, deliver, then close."""
+        self._draining = True
+        if self._server is not None:
+            self._server.close(close_connections=False)
+        publishers = list(self.publishers.values())
+        for publisher in publishers:
+            if not publisher.session.finished:
+                publisher.session.end()
+                publisher.wake.set()
+        pumps = [p.pump for p in publishers if p.pump is not None]
+        if pumps:
+            done, pending = await asyncio.wait(pumps, timeout=self.config.shutdown_grace_s)
+            if pending:
+                log.warning("shutdown: %d sessions did not finish in time", len(pending))
+        if self._server is not None:
+            for connection in list(self._server.connections):
+                await connection.close(1001, "server shutting down")
+            await self._server.wait_closed()
+        self.engine.close()
+        log.info("stopped")
+
+    async def run_until_signal(self) -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await self.start()
+        await stop.wait()
+        log.info("signal received: finalising open utterances")
+        await self.shutdown()
+
+    # -- HTTP --------------------------------------------------------------------------------
+    def _http(self, connection: ServerConnection, request: Request) -> Response | None:
+        try:
+            route, _ = protocol.split_path(request.path)
+        except ProtocolError as error:
+            return _response(HTTPStatus.BAD_REQUEST, error.message)
+        if route in ("/v1/publish", "/v1/captions"):
+            if "upgrade" not in request.headers.get("Connection", "").lower():
+                return _response(HTTPStatus.UPGRADE_REQUIRED, f"{route} is a WebSocket endpoint")
+            return None
+        if route == "/healthz":
+            return _response(HTTPStatus.OK, json.dumps(self.health()), "application/json")
+        if route in PAGES:
+            page = resources.files("web").joinpath(PAGES[route]).read_text(encoding="utf-8")
+            return _response(HTTPStatus.OK, page, "text/html; charset=utf-8")
+        return _response(HTTPStatus.NOT_FOUND, "not found")
+
+    def health(self) -> dict[str, Any]:
+        stats = self.engine.stats
+        return {
+            "status": "draining" if self._draining else "ok",
+            "model": self.model.name,
+            "device": str(getattr(self.model, "device", "cpu")),
+            "publishers": len(self.publishers),
+            "viewers": self.viewer_count,
+            "decode_queue": stats.queued,
+            "real_time_factor": round(stats.compute_seconds / stats.audio_seconds, 4) if stats.audio_seconds else None,
+        }
+
+    # -- WebSocket ---------------------------------------------------------------------------
+    async def _route(self, connection: ServerConnection) -> None:
+        route, query = "", {}
+        try:
+            route, query = protocol.split_path(connection.request.path)
+            if route == "/v1/publish":
+                await self._publish(connection, query)
+            elif route == "/v1/captions":
+                await self._view(connection, query)
+        except _Refused as refused:
+            await _send_error(connection, refused.error, close=True)
+        except ProtocolError as error:
+            await _send_error(connection, error, close=True)
+        except websockets.ConnectionClosed:
+            pass
+        except Exception:
+            log.exception("internal error on %s", route)
+            await _send_error(connection, ProtocolError("internal", "internal server error"), close=True)
+
+    async def _publish(self, connection: ServerConnection, query: dict[str, str]) -> None:
+        params = protocol.parse_publish(query)
+        if self._draining:
+            raise ProtocolError("overloaded", "server is shutting down")
+        if self.engine.overloaded:
+            raise ProtocolError("overloaded", "server is at capacity; try again later")
+        language = params.language or self.model.languages[0]
+        if language != "auto" and language not in self.model.languages:
+            raise ProtocolError(
+                "bad_request",
+                f"model {self.model.name} does not support language {language!r} (supports: {', '.join(self.model.languages)})",
+            )
+        if language == "auto":
+            language = self.model.languages[0] if len(self.model.languages) == 1 else "auto"
+        publisher = _Publisher(
+            id=uuid.uuid4().hex[:12],
+            params=params,
+            session=Session(self.config.session, language=language, context=params.context),
+            room=self.rooms.get(params.room),
+            connection=connection,
+        )
+        pcm = PcmDecoder(params.encoding, params.sample_rate)
+        await connection.send(
+            protocol.encode(protocol.ready(publisher.id, params.room, self.model.name, language, params.sample_rate))
+        )
+        self.publishers[publisher.id] = publisher
+        publisher.room.publishers += 1
+        publisher.pump = asyncio.create_task(self._pump(publisher))
+        log.info("publisher joined (%s, %d Hz)", params.encoding, params.sample_rate, extra=publisher.log_extra)
+        try:
+            await self._receive(publisher, pcm)
+        finally:
+            # Whatever ended the connection, the utterance in progress is finalised and its
+            # final reaches the room.
+            if not publisher.session.ending:
+                publisher.session.receive_audio(pcm.finish())
+                publisher.session.end()
+            publisher.wake.set()
+            await asyncio.shield(publisher.pump)
+            publisher.room.publishers -= 1
+            del self.publishers[publisher.id]
+            log.info("publisher left", extra=publisher.log_extra)
+        await connection.close(1000, "end of stream")
+
+    async def _receive(self, publisher: _Publisher, pcm: PcmDecoder) -> None:
+        session = publisher.session
+        async for message in publisher.connection:
+            try:
+                if isinstance(message, bytes):
+                    if session.ending:
+                        raise ProtocolError("bad_request", "audio after end is ignored")
+                    session.receive_audio(pcm.decode(message))
+                else:
+                    command = protocol.parse_client_message(message)
+                    if isinstance(command, EndMessage):
+                        session.receive_audio(pcm.finish())
+                        session.end()
+                        publisher.wake.set()
+                        return
+                    if isinstance(command, FlushMessage):
+                        session.flush()
+                    else:
+                        session.configure(language=command.language, context=command.context)
+            except ProtocolError as error:
+                if error.code == "too_large":
+                    raise _Refused(error) from None
+                # Other mistakes are reported and the stream goes on: captions are not lost
+                # over one bad message.
+                await _send_error(publisher.connection, error, close=False)
+            publisher.wake.set()
+
+    async def _pump(self, publisher: _Publisher) -> None:
+        """Runs a session's decodes, one at a time, and delivers its captions."""
+        session = publisher.session
+        while True:
+            await publisher.wake.wait()
+            publisher.wake.clear()
+            while (request := session.next_request()) is not None:
+                try:
+                    hypothesis, seconds = await self.engine.decode(request)
+                    session.receive_hypothesis(request.id, hypothesis, seconds)
+                except Exception:
+                    log.exception("decode failed", extra=publisher.log_extra)
+                    session.receive_failure(request.id)
+                await self._deliver(publisher)
+            if session.finished:
+                return
+
+    async def _deliver(self, publisher: _Publisher) -> None:
+        for event in publisher.session.events():
+            message = protocol.caption(event, publisher.room.name, publisher.id, publisher.params.speaker)
+            message = publisher.room.publish(message)
+            try:
+                await publisher.connection.send(protocol.encode(message))
+            except websockets.ConnectionClosed:
+                pass  # the publisher left; the room still gets every caption
+
+    async def _view(self, connection: ServerConnection, query: dict[str, str]) -> None:
+        params = protocol.parse_view(query)
+        viewer, backlog = self.rooms.join_viewer(params.room, params.since)
+        viewer.on_drop = lambda: asyncio.ensure_future(connection.close(1013, "viewer too slow; reconnect with since"))
+        self.viewer_count += 1
+        try:
+            await connection.send(
+                protocol.encode(protocol.ready(uuid.uuid4().hex[:12], params.room, self.model.name, self.model.languages[0]))
+            )
+            for message in backlog:
+                await connection.send(protocol.encode(message))
+            sender = asyncio.create_task(self._send_to_viewer(connection, viewer))
+            receiver = asyncio.create_task(_ignore_incoming(connection))
+            done, pending = await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
+            for task in pending:
+                task.cancel()
+            for task in done:
+                if not task.cancelled() and task.exception() and not isinstance(task.exception(), websockets.ConnectionClosed):
+                    raise task.exception()
+        finally:
+            self.rooms.leave_viewer(params.room, viewer)
+            self.viewer_count -= 1
+
+    @staticmethod
+    async def _send_to_viewer(connection: ServerConnection, viewer) -> None:
+        while True:
+            message = await viewer.queue.get()
+            await connection.send(protocol.encode(message))
+
+
+async def _ignore_incoming(connection: ServerConnection) -> None:
+    """Viewers send nothing we act on; reading notices when they go away."""
+    async for _ in connection:
+        pass
+
+
+async def _send_error(connection: ServerConnection, error: ProtocolError, close: bool) -> None:
+    try:
+        await connection.send(protocol.encode(protocol.error(error.code, error.message)))
+        if close:
+            await connection.close(error.close_code, error.message[:120])
+    except websockets.ConnectionClosed:
+        pass
+
+
+def _response(status: HTTPStatus, body: str, content_type: str = "text/plain; charset=utf-8") -> Response:
+    data = body.encode("utf-8")
+    headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(data))), ("Cache-Control", "no-store")])
+    return Response(status.value, status.phrase, headers, data)

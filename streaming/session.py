@@ -1,0 +1,268 @@
+"""One publisher's captioning state machine, with no sockets, threads or event loop.
+
+Drive it like ``h11.Connection``:
+
+    session.receive_audio(samples)          # float32, 16 kHz, any chunk size
+    while (request := session.next_request()) is not None:
+        hypothesis = <run request on a model, anywhere>
+        session.receive_hypothesis(request.id, hypothesis)
+    for event in session.events(): ...      # PartialCaption / FinalCaption
+
+Timing decisions use the stream's own audio clock (samples received), so the same audio fed
+the same way gives the same requests, whatever the machine.
+
+- Speech is cut into utterances by :mod:`vad.segmenter`.
+- While an utterance is open it is re-decoded every ``partial_interval_s`` of new audio (the
+  interval grows when decodes are slow), never with more than one decode pending.
+- Words confirmed by :class:`Stabilizer` are forced as the prefix of the next decode, so a
+  partial's ``stable`` characters never change and the final only decodes the unconfirmed tail.
+- When an utterance ends (trailing silence, length cap, ``flush`` or ``end``) its final is
+  decoded before anything else of this session.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from decoder.api import SAMPLE_RATE, Hypothesis, Word, join_words
+from streaming.stabilizer import Stabilizer
+from vad.segmenter import Segmenter, SpeechChunk, SpeechEnd, SpeechStart, VadConfig
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    vad: VadConfig = field(default_factory=VadConfig)
+    partial_interval_s: float = 0.4  # audio between two partial decodes, at the least
+    min_partial_audio_s: float = 0.5  # no partial for less speech than this
+    # When decodes take longer, the interval grows to this many times the decode time,
+    # so a busy machine gets fewer, not later, partials.
+    busy_factor: float = 1.5
+    max_partial_interval_s: float = 3.0
+
+
+@dataclass(frozen=True)
+class DecodeRequest:
+    id: int
+    segment_key: int  # the utterance it belongs to (internal: segments are numbered when shown)
+    audio: np.ndarray
+    prefix: tuple[Word, ...]
+    final: bool
+    language: str | None
+    context: str | None
+
+
+@dataclass(frozen=True)
+class PartialCaption:
+    segment: int
+    text: str
+    stable: int  # leading characters of ``text`` that will not change
+    start: float
+    end: float
+    language: str
+
+
+@dataclass(frozen=True)
+class FinalCaption:
+    segment: int
+    text: str
+    start: float
+    end: float
+    language: str
+
+
+CaptionEvent = PartialCaption | FinalCaption
+
+
+@dataclass
+class _Utterance:
+    key: int
+    start: int  # sample index on the session clock
+    chunks: list[np.ndarray] = field(default_factory=list)
+    length: int = 0
+    end: int | None = None  # set when the utterance is over
+    cut: bool = False  # ended by the length cap: confirmed words may lie past the cut
+    segment: int | None = None  # numbered when first shown
+    decoded_length: int = 0  # samples covered by the latest decode request
+    stabilizer: Stabilizer = field(default_factory=Stabilizer)
+    language: str = "en"
+
+    def audio(self) -> np.ndarray:
+        audio = np.concatenate(self.chunks) if self.chunks else np.zeros(0, np.float32)
+        self.chunks = [audio]
+        return audio if self.end is None else audio[: self.end - self.start]
+
+
+class Session:
+    def __init__(self, config: SessionConfig = SessionConfig(), language: str = "en", context: str | None = None):
+        self.config = config
+        self.language = language
+        self.context = context
+        self._segmenter = Segmenter(config.vad)
+        self._keys = itertools.count()
+        self._request_ids = itertools.count(1)
+        self._next_segment = 0
+        self._open: _Utterance | None = None
+        self._closing: deque[_Utterance] = deque()
+        self._in_flight: tuple[DecodeRequest, _Utterance] | None = None
+        self._events: list[CaptionEvent] = []
+        self._ending = False
+        self._decode_seconds = 0.0  # smoothed wall time of recent decodes
+
+    # -- input -------------------------------------------------------------------------------
+    def receive_audio(self, samples: np.ndarray) -> None:
+        if self._ending:
+            raise RuntimeError("audio after end()")
+        for event in self._segmenter.feed(samples):
+            self._segment_event(event)
+
+    def flush(self) -> None:
+        """Finalise the utterance in progress now."""
+        for event in self._segmenter.flush():
+            self._segment_event(event)
+
+    def end(self) -> None:
+        """No more audio: finalise everything; :attr:`finished` turns true when done."""
+        self.flush()
+        self._ending = True
+
+    def configure(self, language: str | None = None, context: str | None = None) -> None:
+        """Applies from the next utterance on."""
+        if language is not None:
+            self.language = language
+        if context is not None:
+            self.context = context
+
+    def receive_hypothesis(self, request_id: int, hypothesis: Hypothesis, wall_seconds: float | None = None) -> None:
+        request, utterance = self._take_in_flight(request_id)
+        if wall_seconds is not None:
+            self._decode_seconds = 0.7 * self._decode_seconds + 0.3 * wall_seconds if self._decode_seconds else wall_seconds
+        words = utterance.stabilizer.update(hypothesis.words)
+        if hypothesis.language:
+            utterance.language = hypothesis.language
+        if request.final:
+            self._emit_final(utterance, words)
+        elif utterance.end is None and words:
+            self._emit_partial(utterance, words, request)
+
+    def receive_failure(self, request_id: int) -> None:
+        """The decode failed: a final still goes out with what partials had shown."""
+        request, utterance = self._take_in_flight(request_id)
+        if request.final:
+            self._emit_final(utterance, utterance.stabilizer.confirmed)
+
+    # -- output ------------------------------------------------------------------------------
+    def next_request(self) -> DecodeRequest | None:
+        if self._in_flight is not None:
+            return None
+        if self._closing:
+            utterance = self._closing[0]
+            # After a length cut, confirmed words may belong to the audio past the cut.
+            prefix = () if utterance.cut else utterance.stabilizer.confirmed
+            return self._request(utterance, final=True, prefix=prefix)
+        utterance = self._open
+        if utterance is None:
+            return None
+        new_audio = utterance.length - utterance.decoded_length
+        if utterance.length < self.config.min_partial_audio_s * SAMPLE_RATE or new_audio < self.partial_interval * SAMPLE_RATE:
+            return None
+        return self._request(utterance, final=False, prefix=utterance.stabilizer.confirmed)
+
+    def events(self) -> list[CaptionEvent]:
+        events, self._events = self._events, []
+        return events
+
+    @property
+    def partial_interval(self) -> float:
+        busy = self.config.busy_factor * self._decode_seconds
+        return min(self.config.max_partial_interval_s, max(self.config.partial_interval_s, busy))
+
+    @property
+    def ending(self) -> bool:
+        """end() was called: no more audio is taken."""
+        return self._ending
+
+    @property
+    def finished(self) -> bool:
+        return self._ending and not self._closing and self._in_flight is None and self._open is None
+
+    @property
+    def clock(self) -> float:
+        """Seconds of audio received."""
+        return self._segmenter.position / SAMPLE_RATE
+
+    @property
+    def busy(self) -> bool:
+        return self._in_flight is not None
+
+    # -- internals ---------------------------------------------------------------------------
+    def _segment_event(self, event) -> None:
+        if isinstance(event, SpeechStart):
+            self._open = _Utterance(key=next(self._keys), start=event.start, language=self.language)
+        elif isinstance(event, SpeechChunk):
+            assert self._open is not None
+            self._open.chunks.append(event.samples)
+            self._open.length += len(event.samples)
+        elif isinstance(event, SpeechEnd):
+            assert self._open is not None
+            self._open.end = max(event.end, self._open.start)
+            self._open.cut = event.reason == "max_length"
+            self._closing.append(self._open)
+            self._open = None
+
+    def _request(self, utterance: _Utterance, final: bool, prefix: tuple[Word, ...]) -> DecodeRequest:
+        audio = utterance.audio()
+        utterance.decoded_length = utterance.length
+        request = DecodeRequest(
+            id=next(self._request_ids),
+            segment_key=utterance.key,
+            audio=audio,
+            prefix=prefix,
+            final=final,
+            language=utterance.language,
+            context=self.context,
+        )
+        self._in_flight = (request, utterance)
+        return request
+
+    def _take_in_flight(self, request_id: int) -> tuple[DecodeRequest, _Utterance]:
+        if self._in_flight is None or self._in_flight[0].id != request_id:
+            raise ValueError(f"no decode request {request_id} is pending")
+        request, utterance = self._in_flight
+        self._in_flight = None
+        if request.final:
+            self._closing.popleft()
+        return request, utterance
+
+    def _times(self, utterance: _Utterance, end: int) -> tuple[float, float]:
+        return utterance.start / SAMPLE_RATE, end / SAMPLE_RATE
+
+    def _emit_partial(self, utterance: _Utterance, words: tuple[Word, ...], request: DecodeRequest) -> None:
+        if utterance.segment is None:
+            utterance.segment = self._next_segment
+            self._next_segment += 1
+        start, end = self._times(utterance, utterance.start + len(request.audio))
+        self._events.append(
+            PartialCaption(
+                segment=utterance.segment,
+                text=join_words(words),
+                stable=len(utterance.stabilizer.confirmed_text),
+                start=start,
+                end=end,
+                language=utterance.language,
+            )
+        )
+
+    def _emit_final(self, utterance: _Utterance, words: tuple[Word, ...]) -> None:
+        text = join_words(words).strip()
+        if not text and utterance.segment is None:
+            return  # nothing was heard and nothing was shown: no caption at all
+        if utterance.segment is None:
+            utterance.segment = self._next_segment
+            self._next_segment += 1
+        assert utterance.end is not None
+        start, end = self._times(utterance, utterance.end)
+        self._events.append(FinalCaption(utterance.segment, text, start, end, utterance.language))

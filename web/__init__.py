@@ -1,0 +1,1 @@
+"""Pages served by the caption server (package data)."""
