@@ -8,7 +8,8 @@ spell it, so a confirmed prefix can be fed back to the model as a forced prefix.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 from typing import Protocol, Sequence
 
 import numpy as np
@@ -67,26 +68,30 @@ class SpeechModel(Protocol):
         ...
 
     def decode(
-        self, features: Features, prefix: Sequence[Word] = (), language: str | None = None
+        self,
+        features: Features,
+        prefix: Sequence[Word] = (),
+        draft: Sequence[Word] = (),
+        language: str | None = None,
     ) -> Hypothesis:
-        """Decode text, starting from ``prefix`` (words already confirmed, forced as-is)."""
+        """Decode text. ``prefix`` words are forced as they are (already shown as stable).
+        ``draft`` words are a guess at what follows (an earlier hypothesis): they are checked in
+        one pass and kept only as far as the model's own greedy choice agrees, so the result
+        is what plain greedy decoding would give, for a fraction of the steps."""
         ...
 
 
 def transcribe(
-    model: SpeechModel, audio: np.ndarray, prefix: Sequence[Word] = (), language: str | None = None
+    model: SpeechModel,
+    audio: np.ndarray,
+    prefix: Sequence[Word] = (),
+    draft: Sequence[Word] = (),
+    language: str | None = None,
 ) -> Hypothesis:
     """Encode then decode one stretch of audio; the usual entry point."""
-    import time
-
     started = time.perf_counter()
-    hyp = model.decode(model.encode(audio), prefix=prefix, language=language)
-    return Hypothesis(
-        words=hyp.words,
-        language=hyp.language,
-        avg_logprob=hyp.avg_logprob,
-        compute_seconds=time.perf_counter() - started,
-    )
+    hyp = model.decode(model.encode(audio), prefix=prefix, draft=draft, language=language)
+    return replace(hyp, compute_seconds=time.perf_counter() - started)
 
 
 @dataclass
@@ -96,8 +101,9 @@ class DecodeLimits:
     tokens_per_second: float = 6.5  # fast speech is ~4-5 tokens/s; more means a loop
     min_tokens: int = 8
     max_tokens: int = 224
-    repeat_ngram_max: int = 6  # longest n-gram checked for back-to-back repetition
-    repeat_times: int = 3  # an n-gram seen this many times in a row is a loop
+    repeat_ngram_max: int = 16  # longest n-gram checked for back-to-back repetition
+    repeat_times: int = 3  # a short n-gram seen this many times in a row is a loop
+    repeat_phrase_tokens: int = 4  # an n-gram this long is a loop when seen twice in a row
     # When the first step prefers end-of-text, the runner-up must be at least this likely to be
     # taken as the start of speech (log-probability; noise and music score below -7).
     first_token_min_logprob: float = -5.0
@@ -108,14 +114,17 @@ class DecodeLimits:
         return int(min(self.max_tokens, max(self.min_tokens, seconds * self.tokens_per_second)))
 
 
-def repetition_start(tokens: Sequence[int], max_n: int = 6, times: int = 3) -> int | None:
-    """If ``tokens`` ends in an n-gram repeated ``times`` times back to back, return the index
-    where the second copy starts (keep one copy, drop the loop); else None."""
+def repetition_start(tokens: Sequence[int], max_n: int = 16, times: int = 3, phrase_n: int = 4) -> int | None:
+    """If ``tokens`` ends in a loop, return where the loop's second copy starts (keep one copy,
+    drop the rest); else None. A loop is an n-gram repeated ``times`` times back to back, or,
+    for n of ``phrase_n`` tokens or more, repeated even once: people say "very very", but a
+    whole phrase said twice in a row is the model re-reading audio it has already transcribed."""
     length = len(tokens)
     for n in range(1, max_n + 1):
-        if n * times > length:
+        copies = times if n < phrase_n else 2
+        if n * copies > length:
             break
         tail = tuple(tokens[length - n :])
-        if all(tuple(tokens[length - k * n : length - (k - 1) * n]) == tail for k in range(2, times + 1)):
-            return length - (times - 1) * n
+        if all(tuple(tokens[length - k * n : length - (k - 1) * n]) == tail for k in range(2, copies + 1)):
+            return length - (copies - 1) * n
     return None

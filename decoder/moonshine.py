@@ -114,10 +114,11 @@ class MoonshineModel:
         return MoonshineFeatures(binding.get_outputs()[0], audio.shape[1] / SAMPLE_RATE)
 
     # -- decoder ---------------------------------------------------------------------------
-    def _step(self, features: MoonshineFeatures, ids: np.ndarray, cache: dict[str, ort.OrtValue] | None):
-        """One decoder call. Returns (log-probs of the last position, new cache)."""
+    def _step(self, features: MoonshineFeatures, ids: Sequence[int], cache: dict[str, ort.OrtValue] | None):
+        """One decoder call on ``ids``. Returns the log-probabilities at every input position
+        (row i predicts the token after ids[i]) and the new cache."""
         binding = self.decoder.io_binding()
-        binding.bind_cpu_input("input_ids", ids)
+        binding.bind_cpu_input("input_ids", np.array([ids], dtype=np.int64))
         binding.bind_ortvalue_input("encoder_hidden_states", features.hidden)
         binding.bind_cpu_input("use_cache_branch", np.array([cache is not None]))
         if cache is None:
@@ -132,26 +133,43 @@ class MoonshineModel:
             binding.bind_output(name, self.device.kind, self.device.index)
         self.decoder.run_with_iobinding(binding)
         outputs = binding.get_outputs()
-        logits = outputs[0].numpy()[0, -1] + self._suppress
+        logits = outputs[0].numpy()[0] + self._suppress
         new_cache = {}
         for name, value in zip(self._present_names, outputs[1:]):
             past = name.replace("present.", "past_key_values.")
             # The cross-attention cache is computed once, on the first call, and then reused.
             keep_old = cache is not None and ".encoder." in name
             new_cache[past] = cache[past] if keep_old else value
-        peak = logits.max()
-        log_probs = logits - (peak + np.log(np.exp(logits - peak).sum()))
+        peak = logits.max(axis=-1, keepdims=True)
+        log_probs = logits - (peak + np.log(np.exp(logits - peak).sum(axis=-1, keepdims=True)))
         return log_probs, new_cache
 
     def decode(
-        self, features: MoonshineFeatures, prefix: Sequence[Word] = (), language: str | None = None
+        self,
+        features: MoonshineFeatures,
+        prefix: Sequence[Word] = (),
+        draft: Sequence[Word] = (),
+        language: str | None = None,
     ) -> Hypothesis:
         started = time.perf_counter()
         forced = [t for w in prefix for t in w.tokens]
+        proposed = [t for w in draft for t in w.tokens]
         budget = self.limits.budget(features.duration)
-        log_probs, cache = self._step(features, np.array([[BOS, *forced]], dtype=np.int64), None)
-        chosen: list[int] = []
-        scores: list[float] = []
+        proposed = proposed[: max(0, budget - len(forced))]
+        # One call checks the whole draft: where the model's greedy choice agrees, the draft
+        # token is what greedy decoding would have produced.
+        log_probs, cache = self._step(features, [BOS, *forced, *proposed], None)
+        accepted = 0
+        while accepted < len(proposed) and int(log_probs[len(forced) + accepted].argmax()) == proposed[accepted]:
+            accepted += 1
+        chosen = proposed[:accepted]
+        scores = [float(log_probs[len(forced) + i, t]) for i, t in enumerate(chosen)]
+        if accepted < len(proposed):
+            # The cache holds the rejected draft tokens too: redo the prefix call without them.
+            log_probs, cache = self._step(features, [BOS, *forced, *chosen], None)
+            log_probs = log_probs[-1]
+        else:
+            log_probs = log_probs[-1]
         eos_overridden = False
         while len(forced) + len(chosen) < budget:
             token = int(log_probs.argmax())
@@ -169,12 +187,15 @@ class MoonshineModel:
                 break
             chosen.append(token)
             scores.append(float(log_probs[token]))
-            loop_at = repetition_start(forced + chosen, self.limits.repeat_ngram_max, self.limits.repeat_times)
+            loop_at = repetition_start(
+                forced + chosen, self.limits.repeat_ngram_max, self.limits.repeat_times, self.limits.repeat_phrase_tokens
+            )
             if loop_at is not None:
                 del chosen[max(0, loop_at - len(forced)) :]
                 del scores[len(chosen) :]
                 break
-            log_probs, cache = self._step(features, np.array([[token]], dtype=np.int64), cache)
+            log_probs, cache = self._step(features, [token], cache)
+            log_probs = log_probs[-1]
         if eos_overridden and scores and np.mean(scores) < self.limits.override_min_avg_logprob:
             chosen, scores = [], []  # the model never believed in these words
         words = self.tokenizer.words(forced + chosen)

@@ -45,7 +45,9 @@ class Engine:
     def decode_blocking(self, request: DecodeRequest) -> Hypothesis:
         """Run one request on the calling thread."""
         try:
-            hypothesis = transcribe(self.model, request.audio, prefix=request.prefix, language=request.language)
+            hypothesis = transcribe(
+                self.model, request.audio, prefix=request.prefix, draft=request.draft, language=request.language
+            )
         except Exception:
             with self._lock:
                 self.stats.failures += 1

@@ -14,10 +14,17 @@ the same way gives the same requests, whatever the machine.
 - Speech is cut into utterances by :mod:`vad.segmenter`.
 - While an utterance is open it is re-decoded every ``partial_interval_s`` of new audio (the
   interval grows when decodes are slow), never with more than one decode pending.
-- Words confirmed by :class:`Stabilizer` are forced as the prefix of the next decode, so a
-  partial's ``stable`` characters never change and the final only decodes the unconfirmed tail.
+- Words confirmed by :class:`Stabilizer` are forced as the prefix of the next partial decode,
+  so a partial's ``stable`` characters never change in later partials; the rest of the
+  previous hypothesis goes along as a draft, which the model checks in one pass.
+- The final is decoded on the whole utterance with the latest partial as its draft: it is
+  what greedy decoding of the complete utterance gives (the most accurate text, which may
+  correct a word the partials had settled on), for little more than one decoder pass.
 - When an utterance ends (trailing silence, length cap, ``flush`` or ``end``) its final is
   decoded before anything else of this session.
+- An utterance that follows the previous one closely is decoded with the previous one in
+  front of it, audio and (forced) words, and only the new words are kept: a short phrase after
+  a pause ("However, | due to the slow...") is heard in its sentence, not alone.
 """
 
 from __future__ import annotations
@@ -42,6 +49,10 @@ class SessionConfig:
     # so a busy machine gets fewer, not later, partials.
     busy_factor: float = 1.5
     max_partial_interval_s: float = 3.0
+    # The previous utterance is decoded in front of the current one when it ended at most
+    # context_gap_s before and is at most context_max_s long.
+    context_gap_s: float = 2.0
+    context_max_s: float = 6.0
 
 
 @dataclass(frozen=True)
@@ -49,10 +60,12 @@ class DecodeRequest:
     id: int
     segment_key: int  # the utterance it belongs to (internal: segments are numbered when shown)
     audio: np.ndarray
-    prefix: tuple[Word, ...]
+    prefix: tuple[Word, ...]  # forced words: context words first, then confirmed words
+    draft: tuple[Word, ...]  # likely continuation, verified by the model (see SpeechModel.decode)
     final: bool
     language: str | None
     context: str | None
+    context_words: int = 0  # leading words of ``prefix`` (and of the result) that are context
 
 
 @dataclass(frozen=True)
@@ -89,6 +102,8 @@ class _Utterance:
     decoded_length: int = 0  # samples covered by the latest decode request
     stabilizer: Stabilizer = field(default_factory=Stabilizer)
     language: str = "en"
+    # The previous utterance, decoded in front of this one: (audio, its final's words).
+    lead_in: tuple[np.ndarray, tuple[Word, ...]] | None = None
 
     def audio(self) -> np.ndarray:
         audio = np.concatenate(self.chunks) if self.chunks else np.zeros(0, np.float32)
@@ -109,6 +124,7 @@ class Session:
         self._closing: deque[_Utterance] = deque()
         self._in_flight: tuple[DecodeRequest, _Utterance] | None = None
         self._events: list[CaptionEvent] = []
+        self._previous: tuple[np.ndarray, tuple[Word, ...], int] | None = None  # audio, words, end
         self._ending = False
         self._decode_seconds = 0.0  # smoothed wall time of recent decodes
 
@@ -140,19 +156,21 @@ class Session:
         request, utterance = self._take_in_flight(request_id)
         if wall_seconds is not None:
             self._decode_seconds = 0.7 * self._decode_seconds + 0.3 * wall_seconds if self._decode_seconds else wall_seconds
-        words = utterance.stabilizer.update(hypothesis.words)
+        words = hypothesis.words[request.context_words :]
         if hypothesis.language:
             utterance.language = hypothesis.language
         if request.final:
             self._emit_final(utterance, words)
-        elif utterance.end is None and words:
-            self._emit_partial(utterance, words, request)
+            return
+        words = utterance.stabilizer.update(words)
+        if utterance.end is None and words:
+            self._emit_partial(utterance, words)
 
     def receive_failure(self, request_id: int) -> None:
         """The decode failed: a final still goes out with what partials had shown."""
         request, utterance = self._take_in_flight(request_id)
         if request.final:
-            self._emit_final(utterance, utterance.stabilizer.confirmed)
+            self._emit_final(utterance, utterance.stabilizer.latest)
 
     # -- output ------------------------------------------------------------------------------
     def next_request(self) -> DecodeRequest | None:
@@ -160,16 +178,19 @@ class Session:
             return None
         if self._closing:
             utterance = self._closing[0]
-            # After a length cut, confirmed words may belong to the audio past the cut.
-            prefix = () if utterance.cut else utterance.stabilizer.confirmed
-            return self._request(utterance, final=True, prefix=prefix)
+            # After a length cut, the partials' words may belong to the audio past the cut.
+            draft = () if utterance.cut else utterance.stabilizer.latest
+            return self._request(utterance, final=True, prefix=(), draft=draft)
         utterance = self._open
         if utterance is None:
             return None
         new_audio = utterance.length - utterance.decoded_length
         if utterance.length < self.config.min_partial_audio_s * SAMPLE_RATE or new_audio < self.partial_interval * SAMPLE_RATE:
             return None
-        return self._request(utterance, final=False, prefix=utterance.stabilizer.confirmed)
+        confirmed = utterance.stabilizer.confirmed
+        return self._request(
+            utterance, final=False, prefix=confirmed, draft=utterance.stabilizer.latest[len(confirmed) :]
+        )
 
     def events(self) -> list[CaptionEvent]:
         events, self._events = self._events, []
@@ -202,6 +223,9 @@ class Session:
     def _segment_event(self, event) -> None:
         if isinstance(event, SpeechStart):
             self._open = _Utterance(key=next(self._keys), start=event.start, language=self.language)
+            previous = self._previous
+            if previous is not None and event.start - previous[2] <= self.config.context_gap_s * SAMPLE_RATE:
+                self._open.lead_in = (previous[0], previous[1])
         elif isinstance(event, SpeechChunk):
             assert self._open is not None
             self._open.chunks.append(event.samples)
@@ -213,17 +237,25 @@ class Session:
             self._closing.append(self._open)
             self._open = None
 
-    def _request(self, utterance: _Utterance, final: bool, prefix: tuple[Word, ...]) -> DecodeRequest:
+    def _request(
+        self, utterance: _Utterance, final: bool, prefix: tuple[Word, ...], draft: tuple[Word, ...]
+    ) -> DecodeRequest:
         audio = utterance.audio()
         utterance.decoded_length = utterance.length
+        lead_words: tuple[Word, ...] = ()
+        if utterance.lead_in is not None:
+            lead_audio, lead_words = utterance.lead_in
+            audio = np.concatenate([lead_audio, audio])
         request = DecodeRequest(
             id=next(self._request_ids),
             segment_key=utterance.key,
             audio=audio,
-            prefix=prefix,
+            prefix=lead_words + prefix,
+            draft=draft,
             final=final,
             language=utterance.language,
             context=self.context,
+            context_words=len(lead_words),
         )
         self._in_flight = (request, utterance)
         return request
@@ -240,11 +272,11 @@ class Session:
     def _times(self, utterance: _Utterance, end: int) -> tuple[float, float]:
         return utterance.start / SAMPLE_RATE, end / SAMPLE_RATE
 
-    def _emit_partial(self, utterance: _Utterance, words: tuple[Word, ...], request: DecodeRequest) -> None:
+    def _emit_partial(self, utterance: _Utterance, words: tuple[Word, ...]) -> None:
         if utterance.segment is None:
             utterance.segment = self._next_segment
             self._next_segment += 1
-        start, end = self._times(utterance, utterance.start + len(request.audio))
+        start, end = self._times(utterance, utterance.start + utterance.decoded_length)
         self._events.append(
             PartialCaption(
                 segment=utterance.segment,
@@ -257,12 +289,17 @@ class Session:
         )
 
     def _emit_final(self, utterance: _Utterance, words: tuple[Word, ...]) -> None:
+        assert utterance.end is not None
+        audio = utterance.audio()
+        # The next utterance may be decoded after this one; a cut utterance's words may not
+        # match its audio exactly, and a long one needs no help.
+        usable = words and not utterance.cut and len(audio) <= self.config.context_max_s * SAMPLE_RATE
+        self._previous = (audio, words, utterance.end) if usable else None
         text = join_words(words).strip()
         if not text and utterance.segment is None:
             return  # nothing was heard and nothing was shown: no caption at all
         if utterance.segment is None:
             utterance.segment = self._next_segment
             self._next_segment += 1
-        assert utterance.end is not None
         start, end = self._times(utterance, utterance.end)
         self._events.append(FinalCaption(utterance.segment, text, start, end, utterance.language))

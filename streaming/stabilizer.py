@@ -24,7 +24,8 @@ def common_prefix_length(a: Sequence[Word], b: Sequence[Word]) -> int:
 
 
 class Stabilizer:
-    def __init__(self) -> None:
+    def __init__(self, holdback: int = 2) -> None:
+        self.holdback = holdback
         self.confirmed: tuple[Word, ...] = ()
         self._previous: tuple[Word, ...] | None = None
 
@@ -37,11 +38,16 @@ class Stabilizer:
             words = self.confirmed + words[common_prefix_length(self.confirmed, words) :]
         if self._previous is not None:
             agreed = common_prefix_length(self._previous, words)
-            agreed = min(agreed, len(self._previous) - 1, len(words) - 1)
+            agreed = min(agreed, len(self._previous) - 1, len(words) - self.holdback)
             if agreed > len(self.confirmed):
                 self.confirmed = words[:agreed]
         self._previous = words
         return words
+
+    @property
+    def latest(self) -> tuple[Word, ...]:
+        """The newest hypothesis as shown (confirmed words first)."""
+        return self._previous or ()
 
     @property
     def confirmed_text(self) -> str:

@@ -32,7 +32,7 @@ class VadConfig:
     start_window_ms: int = 300
     min_speech_ms: int = 200
     end_silence_ms: int = 500
-    tail_ms: int = 150
+    tail_ms: int = 300  # trailing fricatives (the s of 'Americans') are unvoiced to webrtcvad
     max_utterance_s: float = 20.0
     cut_search_s: float = 3.0  # where to look for the quietest point when cutting
     min_level_dbfs: float = -55.0  # frames quieter than this are silence, whatever the VAD says
@@ -82,7 +82,7 @@ SegmentEvent = SpeechStart | SpeechChunk | SpeechEnd
 class BandFloor:
     """Per-band background level of a stream, and how far a frame rises above it."""
 
-    def __init__(self, frame: int, window_frames: int, percentile: float, update_every: int = 5):
+    def __init__(self, frame: int, window_frames: int, percentile: float, short_frames: int = 50, update_every: int = 5):
         self._fft = 1 << (frame - 1).bit_length()
         self._taper = np.hanning(frame).astype(np.float32)
         # ~24 log-spaced bands from 125 Hz to the top of the spectrum.
@@ -93,6 +93,7 @@ class BandFloor:
         self._count = 0
         self._percentile = percentile
         self._update_every = update_every
+        self._short = short_frames
         self._floor: np.ndarray | None = None
 
     def excess_db(self, frame: np.ndarray) -> float:
@@ -101,9 +102,14 @@ class BandFloor:
         levels = 10 * np.log10(bands + 1e-10)
         self._levels[self._count % len(self._levels)] = levels
         self._count += 1
-        if self._floor is None or self._count % self._update_every == 0 or self._count <= len(self._levels) // 10:
+        if self._floor is None or self._count % self._update_every == 0 or self._count <= self._short:
             seen = self._levels[: min(self._count, len(self._levels))]
-            self._floor = np.percentile(seen, self._percentile, axis=0)
+            recent = np.take(self._levels, np.arange(self._count - min(self._count, self._short), self._count), axis=0, mode="wrap")
+            # The long window remembers the quiet between words; the short one lets the floor
+            # rise within a second when a steady noise starts (a fan, a hum).
+            self._floor = np.maximum(
+                np.percentile(seen, self._percentile, axis=0), np.percentile(recent, self._percentile, axis=0)
+            )
         return float(np.mean(np.maximum(0.0, levels - self._floor)))
 
 

@@ -1,0 +1,171 @@
+"""The sans-I/O session, driven by a real recording in 20 ms frames and the real model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from decoder.api import SAMPLE_RATE, transcribe
+from streaming.scoring import error_rate
+from streaming.session import DecodeRequest, FinalCaption, PartialCaption, Session, SessionConfig
+from tests.conftest import CLIPS, ENGLISH, NON_SPEECH, brown_noise, pink_noise
+
+FRAME = SAMPLE_RATE // 50
+
+
+def run(session: Session, audio: np.ndarray, model, frame: int = FRAME, decode_every: int = 1) -> list:
+    """Feed audio frame by frame; decode whatever the session asks for right away."""
+    events, requests = [], []
+
+    def drain() -> None:
+        while (request := session.next_request()) is not None:
+            requests.append(request)
+            session.receive_hypothesis(request.id, transcribe(model, request.audio, request.prefix, request.draft), 0.05)
+            events.extend(session.events())
+
+    for index, offset in enumerate(range(0, len(audio), frame)):
+        session.receive_audio(audio[offset : offset + frame])
+        if index % decode_every == 0:
+            drain()
+    session.end()
+    drain()
+    assert session.finished
+    run.requests = requests
+    return events
+
+
+def with_silence(audio: np.ndarray, before: float = 0.5, after: float = 1.0) -> np.ndarray:
+    return np.concatenate([np.zeros(int(before * SAMPLE_RATE), np.float32), audio, np.zeros(int(after * SAMPLE_RATE), np.float32)])
+
+
+def test_partials_then_a_final_with_growing_stable_prefix(model):
+    clip = CLIPS["en_ls_1995-1837-0001"]
+    events = run(Session(), with_silence(clip.audio), model)
+    partials = [e for e in events if isinstance(e, PartialCaption)]
+    finals = [e for e in events if isinstance(e, FinalCaption)]
+    assert len(partials) >= 10 and finals
+    assert isinstance(events[0], PartialCaption) and isinstance(events[-1], FinalCaption)
+    by_segment: dict[int, list[PartialCaption]] = {}
+    for p in partials:
+        by_segment.setdefault(p.segment, []).append(p)
+    for segment, shown in by_segment.items():
+        for before, after in zip(shown, shown[1:]):
+            # What was shown as stable never changes and never shrinks.
+            assert after.stable >= before.stable
+            assert after.text[: before.stable] == before.text[: before.stable]
+            assert 0 <= after.stable <= len(after.text)
+        assert any(f.segment == segment for f in finals)
+    assert [f.segment for f in finals] == sorted({f.segment for f in finals}) == list(range(len(finals)))
+    assert error_rate([(clip.reference, " ".join(f.text for f in finals))]) < 0.1
+
+
+def test_times_are_on_the_session_audio_clock(model):
+    clip = CLIPS["en_arctic_a0024"]
+    lead = 2.0
+    events = run(Session(), with_silence(clip.audio, before=lead), model)
+    final = [e for e in events if isinstance(e, FinalCaption)][0]
+    assert lead - 0.5 <= final.start <= lead
+    assert lead + len(clip.audio) / SAMPLE_RATE - 0.6 <= final.end <= lead + len(clip.audio) / SAMPLE_RATE + 0.3
+    partial = [e for e in events if isinstance(e, PartialCaption)][-1]
+    assert partial.start == final.start and partial.end <= final.end + 0.6
+
+
+def test_partials_reuse_the_confirmed_prefix_and_finals_verify_the_draft(model):
+    clip = CLIPS["en_ls_1995-1837-0001"]
+    run(Session(), with_silence(clip.audio), model)
+    requests: list[DecodeRequest] = run.requests
+    keys = sorted({r.segment_key for r in requests})
+    longest = 0
+    for key in keys:
+        partials = [r for r in requests if r.segment_key == key and not r.final]
+        prefixes = [len(r.prefix) - r.context_words for r in partials]
+        assert prefixes == sorted(prefixes)  # the forced prefix only grows within an utterance
+        longest = max(longest, prefixes[-1])
+        (final,) = [r for r in requests if r.segment_key == key and r.final]
+        # The final drafts the latest partial, confirmed words first...
+        assert final.draft[: prefixes[-1]] == partials[-1].prefix[partials[-1].context_words :]
+        # ...and the draft changes nothing but the cost: the words are plain greedy decoding's.
+        with_draft = transcribe(model, final.audio, final.prefix, final.draft)
+        without = transcribe(model, final.audio, final.prefix)
+        assert with_draft.words == without.words
+    assert longest >= 10
+
+
+def test_cadence_follows_the_audio_clock_and_one_decode_at_a_time(model):
+    session = Session(SessionConfig(partial_interval_s=0.4))
+    audio = with_silence(CLIPS["en_fleurs_test_004"].audio)
+    session.receive_audio(audio[: SAMPLE_RATE])
+    first = session.next_request()
+    assert first is not None and session.next_request() is None  # never two in flight
+    session.receive_audio(audio[SAMPLE_RATE : 2 * SAMPLE_RATE])
+    assert session.next_request() is None
+    session.receive_hypothesis(first.id, transcribe(model, first.audio), 0.05)
+    second = session.next_request()
+    assert second is not None and len(second.audio) > len(first.audio)
+    with pytest.raises(ValueError):
+        session.receive_hypothesis(first.id, transcribe(model, first.audio))
+
+
+def test_slow_decodes_make_partials_rarer_not_later(model):
+    session = Session(SessionConfig(partial_interval_s=0.4))
+    assert session.partial_interval == pytest.approx(0.4)
+    audio = CLIPS["en_ls_1995-1837-0001"].audio
+    session.receive_audio(audio[: SAMPLE_RATE])
+    request = session.next_request()
+    session.receive_hypothesis(request.id, transcribe(model, request.audio), wall_seconds=1.2)
+    assert session.partial_interval == pytest.approx(1.8)
+
+
+@pytest.mark.parametrize("name", sorted(NON_SPEECH))
+def test_no_caption_at_all_for_non_speech(model, name):
+    assert run(Session(), NON_SPEECH[name](), model) == []
+
+
+def test_no_caption_when_noise_starts_mid_stream(model):
+    audio = np.concatenate([pink_noise(5, level=0.003, seed=5), brown_noise(15, level=0.5, seed=6)])
+    assert run(Session(), audio, model) == []
+
+
+def test_flush_finalises_at_once_and_end_finalises_everything(model):
+    clip = CLIPS["en_jfk_inaugural"]
+    session = Session()
+    session.receive_audio(clip.audio[: 2 * SAMPLE_RATE])  # "And so my fellow Americans" is under way
+    session.flush()
+    request = session.next_request()
+    assert request is not None and request.final
+    session.receive_hypothesis(request.id, transcribe(model, request.audio, request.prefix, request.draft))
+    (final,) = session.events()
+    assert isinstance(final, FinalCaption) and "fellow" in final.text.lower()
+    events = run(session, clip.audio[2 * SAMPLE_RATE :], model)
+    finals = [e for e in events if isinstance(e, FinalCaption)]
+    assert finals and finals[0].segment == 1 and "country" in finals[-1].text.lower()
+
+
+def test_a_failed_final_decode_still_sends_what_the_last_partial_showed(model):
+    session = Session()
+    audio = CLIPS["en_ls_1995-1837-0001"].audio
+    shown = []
+    for offset in range(0, 4 * SAMPLE_RATE, FRAME):
+        session.receive_audio(audio[offset : offset + FRAME])
+        while (request := session.next_request()) is not None:
+            session.receive_hypothesis(request.id, transcribe(model, request.audio, request.prefix, request.draft))
+            shown += session.events()
+    session.end()
+    request = session.next_request()
+    assert request.final
+    session.receive_failure(request.id)
+    (final,) = session.events()
+    last = shown[-1]
+    assert isinstance(final, FinalCaption) and final.text == last.text != ""
+
+
+def test_streaming_accuracy_close_to_offline(model):
+    """Streaming with partials costs little accuracy against decoding each whole clip."""
+    offline = [(c.reference, transcribe(model, c.audio).text) for c in ENGLISH]
+    streamed = []
+    for clip in ENGLISH:
+        events = run(Session(), with_silence(clip.audio), model)
+        streamed.append((clip.reference, " ".join(e.text for e in events if isinstance(e, FinalCaption))))
+    offline_wer, streaming_wer = error_rate(offline), error_rate(streamed)
+    print(f"WER offline {offline_wer:.3f} streaming {streaming_wer:.3f}")
+    assert streaming_wer <= offline_wer * 1.10 + 0.01

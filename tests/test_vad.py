@@ -1,0 +1,133 @@
+"""The webrtcvad segmenter on real speech, pauses, noise and hum."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from vad.segmenter import Segmenter, SpeechChunk, SpeechEnd, SpeechStart, VadConfig
+from tests.conftest import CLIPS, NON_SPEECH, brown_noise, pink_noise
+
+SR = 16000
+
+
+def segments(audio: np.ndarray, config: VadConfig = VadConfig(), frame: int = 320) -> list[tuple[float, float, str]]:
+    segmenter = Segmenter(config)
+    events = []
+    for offset in range(0, len(audio), frame):
+        events += segmenter.feed(audio[offset : offset + frame])
+    events += segmenter.flush()
+    found, start = [], None
+    for event in events:
+        if isinstance(event, SpeechStart):
+            start = event.start
+        elif isinstance(event, SpeechEnd):
+            found.append((start / SR, event.end / SR, event.reason))
+    return found
+
+
+def test_speech_with_a_pause_gives_two_utterances():
+    a, b = CLIPS["en_arctic_a0024"].audio, CLIPS["en_librivox_sns01_0880"].audio
+    gap = np.zeros(int(1.5 * SR), np.float32)
+    found = segments(np.concatenate([gap, a, gap, b, gap]))
+    assert len(found) == 2, found
+    (s1, e1, _), (s2, e2, _) = found
+    # Each utterance covers its recording (pre-roll before, a short tail after).
+    assert s1 <= 1.5 and e1 >= 1.5 + len(a) / SR - 0.4
+    assert 1.5 + len(a) / SR < s2 <= 3.0 + len(a) / SR and e2 >= 3.0 + (len(a) + len(b)) / SR - 0.4
+    # Ends come from trailing silence, placed shortly after the speech, not at the detection.
+    assert all(reason == "silence" for *_, reason in found)
+
+
+@pytest.mark.parametrize("frame", [1, 160, 333, 480, 16000])
+def test_any_frame_size_gives_the_same_segments(frame):
+    audio = np.concatenate([np.zeros(SR, np.float32), CLIPS["en_fleurs_test_004"].audio, np.zeros(SR, np.float32)])
+    if frame == 1:
+        audio = audio[: 3 * SR]  # one sample at a time is slow in Python; the start is what matters
+    assert segments(audio, frame=frame) == segments(audio, frame=320)
+
+
+def test_pre_roll_keeps_the_first_syllable():
+    audio = np.concatenate([np.zeros(SR, np.float32), CLIPS["en_arctic_a0024"].audio])
+    energy = np.abs(audio) > 0.01
+    first_sound = np.argmax(energy) / SR
+    (start, _, _), = segments(audio)
+    assert start <= first_sound - 0.1
+
+
+# Music does open utterances (webrtcvad hears harmonics as voice); the decoder finds no words
+# in them: see test_decoder and test_session.
+@pytest.mark.parametrize("name", ["silence", "pink_noise", "brown_noise"])
+def test_no_segment_on_silence_or_noise(name):
+    assert segments(NON_SPEECH[name]()) == []
+
+
+def test_speech_under_steady_hum_is_found_where_it_is():
+    # FLEURS ja 000 has a 1 kHz hum throughout; the words are between ~1.9 s and ~8.2 s. The
+    # hum fades in during the first 0.2 s, before the stream has any background to compare
+    # with, so the first utterance may start early; it must not run on into the hum after.
+    found = segments(CLIPS["ja_fleurs_test_000"].audio)
+    assert found and found[0][0] <= 1.9 and 8.2 <= found[-1][1] <= 9.0
+    assert all(e - s < 9.5 for s, e, _ in found)
+
+
+def test_noise_that_starts_mid_stream_is_learned_within_a_second():
+    # The background floor needs about a second to rise to a new steady noise: the onset may
+    # open one short utterance (the decoder finds no words in it), never a long one.
+    quiet = pink_noise(5, level=0.003, seed=5)
+    loud = brown_noise(20, level=0.5, seed=6)
+    found = segments(np.concatenate([quiet, loud]))
+    assert len(found) <= 1 and all(e - s <= 2.0 for s, e, _ in found), found
+
+
+def test_speech_in_pink_noise_at_10_db_snr():
+    speech = CLIPS["en_ls_1995-1837-0001"].audio
+    audio = np.concatenate([np.zeros(2 * SR, np.float32), speech, np.zeros(2 * SR, np.float32)])
+    noise = pink_noise(len(audio) / SR, seed=7)
+    noise *= np.sqrt(np.mean(speech**2) / np.mean(noise**2)) / 10 ** (10 / 20)
+    found = segments(audio + noise)
+    assert found and found[0][0] <= 2.3 and found[-1][1] >= 2 + len(speech) / SR - 0.5
+
+
+def test_short_blip_is_ignored():
+    click = np.zeros(3 * SR, np.float32)
+    word = CLIPS["en_arctic_a0024"].audio
+    loud = int(np.argmax(np.abs(word)))
+    click[SR : SR + int(0.1 * SR)] = word[loud : loud + int(0.1 * SR)]
+    assert segments(click) == []
+
+
+def test_long_speech_is_cut_at_a_quiet_point_and_nothing_is_lost():
+    speech = np.concatenate([CLIPS[c].audio for c in ("en_ls_1995-1837-0001", "en_jfk_inaugural")])
+    config = VadConfig(max_utterance_s=8.0, end_silence_ms=2000)
+    segmenter = Segmenter(config)
+    events = []
+    for offset in range(0, len(speech), 320):
+        events += segmenter.feed(speech[offset : offset + 320])
+    events += segmenter.flush()
+    ends = [e for e in events if isinstance(e, SpeechEnd)]
+    starts = [e for e in events if isinstance(e, SpeechStart)]
+    assert any(e.reason == "max_length" for e in ends)
+    for end, next_start in zip(ends, starts[1:]):
+        if end.reason == "max_length":
+            assert next_start.start == end.end  # the rest continues at once: no audio dropped
+            # The cut is at a quiet point: quieter than the utterance's typical level.
+            around = speech[end.end - 800 : end.end + 800]
+            assert np.sqrt(np.mean(around**2)) < 0.5 * np.sqrt(np.mean(speech**2))
+    # Utterance audio adds up: chunks after each start reach at least to its end.
+    position, covered = None, 0
+    for event in events:
+        if isinstance(event, SpeechStart):
+            position = event.start
+        elif isinstance(event, SpeechChunk):
+            position += len(event.samples)
+        elif isinstance(event, SpeechEnd):
+            assert position >= event.end
+    assert all(e.end - s.start <= 8.0 * SR + 320 for s, e in zip(starts, ends))
+
+
+def test_config_is_validated():
+    with pytest.raises(ValueError):
+        VadConfig(frame_ms=25)
+    with pytest.raises(ValueError):
+        VadConfig(aggressiveness=5)
