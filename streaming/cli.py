@@ -79,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default=defaults.log_level, choices=["debug", "info", "warning", "error"],
                        help="log level (default %(default)s; env FLASHCAPTION_LOG_LEVEL)")
     serve.add_argument("--log-json", action="store_true", help="log one JSON object a line")
+    serve.add_argument("--decode-delay", type=float, default=0.0,
+                       help="testing aid: add this many seconds to every decode, to see how clients and the bench react to a slow server")
 
     def add_stream_options(sub: argparse.ArgumentParser) -> None:
         sub.add_argument("--url", default=DEFAULT_URL, help="server (default %(default)s; env FLASHCAPTION_URL)")
@@ -98,6 +100,27 @@ def build_parser() -> argparse.ArgumentParser:
     mic = commands.add_parser("mic", help="caption the microphone", description="Stream the microphone to the server and print the captions; Ctrl-C stops.")
     mic.add_argument("--input-device", default=None, help="sounddevice input device name or number (default: system default)")
     add_stream_options(mic)
+
+    bench = commands.add_parser(
+        "bench", help="measure latency, throughput and accuracy",
+        description="Start a server (or use --url), stream recordings through it as real publishers, and report caption latency, "
+        "partial cadence, accuracy against offline decoding, and server cost.",
+    )
+    default_manifest = Path("../shared/evalset/manifest.tsv")
+    bench.add_argument("--manifest", type=Path, default=default_manifest,
+                       help="TSV with id, wav, lang, reference columns (default %(default)s)")
+    bench.add_argument("--langs", default="en", help="comma-separated languages to use, empty for all (default %(default)s)")
+    bench.add_argument("--streams", type=int, default=1, help="concurrent publishers per recording (default %(default)s)")
+    bench.add_argument("--sweep", default=None, help="comma-separated stream counts, e.g. 1,2,4,8: find the largest that meets the latency goal")
+    bench.add_argument("--speed", type=_speed, default=1.0, help="1 is real time; max sends as fast as the server takes it (default 1)")
+    bench.add_argument("--json", type=Path, default=None, help="write every per-utterance figure to this file")
+    bench.add_argument("--url", default=None, help="measure a running server instead of starting one (no CPU/memory figures)")
+    bench.add_argument("--model", default=DEFAULT_MODEL, choices=sorted(MODELS), help="model for the started server (default %(default)s)")
+    bench.add_argument("--device", default="cpu", help="device for the started server (default %(default)s)")
+    bench.add_argument("--server-arg", dest="server_args", action="append", default=[],
+                       help="extra option for the started server, e.g. --server-arg=--end-silence=400 (repeatable)")
+    bench.add_argument("--no-offline", action="store_true", help="skip the offline decoding of each whole clip")
+    bench.add_argument("--no-non-speech", action="store_true", help="skip streaming silence, noise and music")
 
     watch = commands.add_parser("watch", help="print what viewers of a room see", description="Print the captions of a room as every viewer receives them.")
     watch.add_argument("--url", default=DEFAULT_URL, help="server (default %(default)s)")
@@ -130,6 +153,7 @@ def _serve(args: argparse.Namespace) -> int:
             partial_interval_s=args.partial_interval,
         ),
         replay_finals=args.replay_finals,
+        decode_delay_s=args.decode_delay,
         log_level=args.log_level,
         log_json=args.log_json,
     )
@@ -145,6 +169,23 @@ def _serve(args: argparse.Namespace) -> int:
     except OSError as error:
         log.error("cannot listen on %s:%d: %s", config.host, config.port, error.strerror or error)
         return 2
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import json
+
+    from streaming.bench import print_report, run_bench
+    from streaming.logs import setup_logging
+
+    setup_logging("warning")
+    if not args.url and not args.manifest.is_file():
+        print(f"flashcaption: no manifest at {args.manifest} (use --manifest)", file=sys.stderr)
+        return 1
+    report = run_bench(args)
+    print_report(report)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1, ensure_ascii=False))
     return 0
 
 
@@ -169,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "bench":
+        return _bench(args)
 
     from streaming.client import CaptionPrinter, stream_file, stream_microphone, watch_room
 

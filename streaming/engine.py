@@ -30,8 +30,9 @@ class EngineStats:
 
 
 class Engine:
-    def __init__(self, model: SpeechModel, workers: int = 2, max_queued: int = 64):
+    def __init__(self, model: SpeechModel, workers: int = 2, max_queued: int = 64, delay_s: float = 0.0):
         self.model = model
+        self.delay_s = delay_s
         self.workers = workers
         self.max_queued = max_queued
         self.stats = EngineStats()
@@ -44,6 +45,8 @@ class Engine:
 
     def decode_blocking(self, request: DecodeRequest) -> Hypothesis:
         """Run one request on the calling thread."""
+        if self.delay_s:
+            time.sleep(self.delay_s)  # testing aid (--decode-delay): a slower model
         try:
             hypothesis = transcribe(
                 self.model, request.audio, prefix=request.prefix, draft=request.draft, language=request.language

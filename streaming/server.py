@@ -64,7 +64,7 @@ class CaptionServer:
     def __init__(self, config: ServerConfig, model: SpeechModel):
         self.config = config
         self.model = model
-        self.engine = Engine(model, workers=config.workers, max_queued=config.max_queued_decodes)
+        self.engine = Engine(model, workers=config.workers, max_queued=config.max_queued_decodes, delay_s=config.decode_delay_s)
         self.rooms = Rooms(config.replay_finals, config.viewer_queue)
         self.publishers: dict[str, _Publisher] = {}
         self.viewer_count = 0

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from decoder.api import SAMPLE_RATE, Hypothesis, Word, join_words
+from streaming.scoring import normalize
 from streaming.stabilizer import Stabilizer
 from vad.segmenter import Segmenter, SpeechChunk, SpeechEnd, SpeechStart, VadConfig
 
@@ -53,6 +54,13 @@ class SessionConfig:
     # context_gap_s before and is at most context_max_s long.
     context_gap_s: float = 2.0
     context_max_s: float = 6.0
+    # While the speaker is still talking, the newest word of a hypothesis is usually cut off by
+    # the end of the audio and changes in the next partial; partials leave it out until the
+    # audio has ended in this much silence.
+    settled_silence_ms: int = 200
+    # The first second or so of an utterance gives the model little to go on: two words are
+    # held back while the utterance is younger than this.
+    young_utterance_s: float = 1.5
 
 
 @dataclass(frozen=True)
@@ -66,6 +74,7 @@ class DecodeRequest:
     language: str | None
     context: str | None
     context_words: int = 0  # leading words of ``prefix`` (and of the result) that are context
+    speaking: bool = True  # the audio ended mid-speech (not in a pause)
 
 
 @dataclass(frozen=True)
@@ -99,6 +108,8 @@ class _Utterance:
     end: int | None = None  # set when the utterance is over
     cut: bool = False  # ended by the length cap: confirmed words may lie past the cut
     segment: int | None = None  # numbered when first shown
+    shown: tuple[Word, ...] = ()  # words of the latest partial sent
+    settled_decoded: bool = False  # the latest decode request was made in a pause
     decoded_length: int = 0  # samples covered by the latest decode request
     stabilizer: Stabilizer = field(default_factory=Stabilizer)
     language: str = "en"
@@ -109,6 +120,24 @@ class _Utterance:
         audio = np.concatenate(self.chunks) if self.chunks else np.zeros(0, np.float32)
         self.chunks = [audio]
         return audio if self.end is None else audio[: self.end - self.start]
+
+
+def _without_reread(lead: tuple[Word, ...], words: tuple[Word, ...]) -> tuple[Word, ...]:
+    """Drop a re-reading of the lead-in from the start of the new words.
+
+    Given the previous utterance (forced) and little new audio, the model sometimes reads the
+    previous utterance again ("And so my fellow Americans | and so my fellow America"). New words
+    that repeat the whole lead-in (but at most its last word), case and punctuation aside, the
+    last one possibly cut short, are that. A new sentence that merely starts like the previous
+    one ("It was the first... | It was not so much...") is kept."""
+    said = [" ".join(normalize(w.text)) for w in lead]
+    heard = [" ".join(normalize(w.text)) for w in words]
+    matched = 0
+    while matched < min(len(said), len(heard)) and heard[matched] == said[matched]:
+        matched += 1
+    if matched < min(len(said), len(heard)) and heard[matched] and said[matched].startswith(heard[matched]):
+        matched += 1  # the re-read's last word, cut off by the end of the audio
+    return words[matched:] if matched >= max(2, len(said) - 1) else words
 
 
 class Session:
@@ -157,20 +186,22 @@ class Session:
         if wall_seconds is not None:
             self._decode_seconds = 0.7 * self._decode_seconds + 0.3 * wall_seconds if self._decode_seconds else wall_seconds
         words = hypothesis.words[request.context_words :]
+        if request.context_words:
+            words = _without_reread(request.prefix[: request.context_words], words)
         if hypothesis.language:
             utterance.language = hypothesis.language
         if request.final:
             self._emit_final(utterance, words)
             return
         words = utterance.stabilizer.update(words)
-        if utterance.end is None and words:
-            self._emit_partial(utterance, words)
+        if utterance.end is None:
+            self._emit_partial(utterance, words, request.speaking)
 
     def receive_failure(self, request_id: int) -> None:
         """The decode failed: a final still goes out with what partials had shown."""
         request, utterance = self._take_in_flight(request_id)
         if request.final:
-            self._emit_final(utterance, utterance.stabilizer.latest)
+            self._emit_final(utterance, utterance.shown)
 
     # -- output ------------------------------------------------------------------------------
     def next_request(self) -> DecodeRequest | None:
@@ -185,7 +216,12 @@ class Session:
         if utterance is None:
             return None
         new_audio = utterance.length - utterance.decoded_length
-        if utterance.length < self.config.min_partial_audio_s * SAMPLE_RATE or new_audio < self.partial_interval * SAMPLE_RATE:
+        if utterance.length < self.config.min_partial_audio_s * SAMPLE_RATE or new_audio <= 0:
+            return None
+        # The moment the speaker pauses, the whole hypothesis can be shown: decode at once
+        # rather than at the next cadence tick.
+        pausing = self._segmenter.trailing_silence_ms >= self.config.settled_silence_ms
+        if not (pausing and not utterance.settled_decoded) and new_audio < self.partial_interval * SAMPLE_RATE:
             return None
         confirmed = utterance.stabilizer.confirmed
         return self._request(
@@ -242,6 +278,8 @@ class Session:
     ) -> DecodeRequest:
         audio = utterance.audio()
         utterance.decoded_length = utterance.length
+        speaking = self._segmenter.trailing_silence_ms < self.config.settled_silence_ms
+        utterance.settled_decoded = not speaking
         lead_words: tuple[Word, ...] = ()
         if utterance.lead_in is not None:
             lead_audio, lead_words = utterance.lead_in
@@ -256,6 +294,7 @@ class Session:
             language=utterance.language,
             context=self.context,
             context_words=len(lead_words),
+            speaking=speaking,
         )
         self._in_flight = (request, utterance)
         return request
@@ -272,7 +311,15 @@ class Session:
     def _times(self, utterance: _Utterance, end: int) -> tuple[float, float]:
         return utterance.start / SAMPLE_RATE, end / SAMPLE_RATE
 
-    def _emit_partial(self, utterance: _Utterance, words: tuple[Word, ...]) -> None:
+    def _emit_partial(self, utterance: _Utterance, words: tuple[Word, ...], speaking: bool) -> None:
+        confirmed = len(utterance.stabilizer.confirmed)
+        if speaking:
+            young = utterance.decoded_length < self.config.young_utterance_s * SAMPLE_RATE
+            words = words[: max(confirmed, len(words) - (2 if young else 1))]
+        text = join_words(words)
+        if not text or words == utterance.shown:
+            return
+        utterance.shown = words
         if utterance.segment is None:
             utterance.segment = self._next_segment
             self._next_segment += 1
@@ -280,7 +327,7 @@ class Session:
         self._events.append(
             PartialCaption(
                 segment=utterance.segment,
-                text=join_words(words),
+                text=text,
                 stable=len(utterance.stabilizer.confirmed_text),
                 start=start,
                 end=end,

@@ -169,3 +169,43 @@ def test_streaming_accuracy_close_to_offline(model):
     offline_wer, streaming_wer = error_rate(offline), error_rate(streamed)
     print(f"WER offline {offline_wer:.3f} streaming {streaming_wer:.3f}")
     assert streaming_wer <= offline_wer * 1.10 + 0.01
+
+
+def test_an_utterance_after_a_pause_is_decoded_with_the_previous_one_in_front(model):
+    # JFK pauses after "And so my fellow Americans": the next utterance is decoded behind it.
+    clip = CLIPS["en_jfk_inaugural"]
+    events = run(Session(), with_silence(clip.audio), model)
+    requests = run.requests
+    assert any(r.context_words for r in requests)
+    for request in requests:
+        if request.context_words:
+            assert len(request.audio) > len(request.prefix)  # lead-in audio is part of it
+    # The lead-in is context, never caption: no later segment shows the first one's words again.
+    first = [e for e in events if isinstance(e, FinalCaption)][0]
+    assert "fellow" in first.text
+    assert not any("fellow" in e.text for e in events if e.segment > first.segment)
+
+
+def test_a_sentence_that_starts_like_the_previous_one_keeps_its_words(model):
+    # "It was the first great sorrow of his life. | It was not so much the loss..."
+    clip = CLIPS["en_ls_1995-1837-0001"]
+    finals = [e for e in run(Session(), with_silence(clip.audio), model) if isinstance(e, FinalCaption)]
+    assert len(finals) == 2 and finals[1].text.startswith("It was not")
+
+
+def test_partials_hold_back_the_word_at_the_edge_while_speech_goes_on(model):
+    clip = CLIPS["en_ls_1995-1837-0001"]
+    session = Session()
+    shown, hypotheses = [], []
+    for offset in range(0, int(2.2 * SAMPLE_RATE), FRAME):  # speech all the way: never settled
+        session.receive_audio(clip.audio[offset : offset + FRAME])
+        while (request := session.next_request()) is not None:
+            hypothesis = transcribe(model, request.audio, request.prefix, request.draft)
+            session.receive_hypothesis(request.id, hypothesis)
+            hypotheses.append(hypothesis.text)
+            shown += session.events()
+    assert shown and all(isinstance(e, PartialCaption) for e in shown)
+    for event in shown:
+        assert any(h.startswith(event.text) and len(h) > len(event.text) for h in hypotheses)
+    texts = [e.text for e in shown]
+    assert len(texts) == len(set(texts))  # a partial that changes nothing is not sent

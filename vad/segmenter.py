@@ -142,6 +142,11 @@ class Segmenter:
     def position(self) -> int:
         return self._position
 
+    @property
+    def trailing_silence_ms(self) -> int:
+        """How long the current utterance has been silent (0 when not in speech)."""
+        return self._silent_frames * self.config.frame_ms if self._in_speech else 0
+
     def feed(self, samples: np.ndarray) -> list[SegmentEvent]:
         samples = np.asarray(samples, dtype=np.float32).reshape(-1)
         data = np.concatenate([self._pending, samples]) if self._pending.size else samples

@@ -1,0 +1,458 @@
+"""``flashcaption bench``: latency, throughput and accuracy, measured from the client side.
+
+Each recording of a manifest is streamed through ``/v1/publish`` by N concurrent publishers
+(at real-time pace, or as fast as the server takes it), followed by a tail of silence.
+Speech boundaries come from the audio itself (frame energy against the clip's own noise
+floor), never from what the server reports. Per utterance (per final):
+
+- final latency: last speech sample of the utterance sent -> its final arrived;
+- tail latency: end of speech -> the captions on screen (finals so far + current partial)
+  first show the utterance's complete final text (its words; case and punctuation aside);
+- first-caption latency: speech onset -> first non-empty partial of the utterance.
+
+Per clip: partials per second of speech and the share of partials that rewrite (are not an
+extension of) the previous one, word by word (see :func:`is_extension`); WER/CER of the finals against the reference, next to the
+same model decoding the whole clip offline. Per run: server CPU seconds per audio second and
+peak resident memory, read from /proc for the server process the bench started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import websockets
+from websockets.asyncio.client import connect
+
+from streaming.client import publish_url, read_wav, to_pcm16
+from streaming.scoring import error_counts, normalize
+
+CHUNK_SECONDS = 0.05
+TAIL_SILENCE_SECONDS = 1.5
+FRAME = 0.02
+
+GOALS = {
+    "tail_latency_p50": 0.4,
+    "final_latency_p50": 0.8,
+    "final_latency_p95": 1.2,
+    "first_caption_p50": 1.0,
+    "partials_per_second_min": 2.0,
+    "rewrite_share_max": 0.15,
+    "capacity_final_latency_p95": 1.5,
+}
+
+
+@dataclass
+class Clip:
+    id: str
+    language: str
+    reference: str
+    path: Path
+
+
+@dataclass
+class Utterance:
+    clip: str
+    stream: int
+    segment: int
+    text: str
+    final_latency: float | None
+    tail_latency: float | None
+    first_caption_latency: float | None
+
+
+@dataclass
+class StreamResult:
+    clip: str
+    stream: int
+    finals: list[str]
+    partials: int
+    rewrites: int
+    speech_seconds: float
+    utterances: list[Utterance]
+    errors: list[dict] = field(default_factory=list)
+    behind_seconds: float = 0.0  # how far sending fell behind real time (server back-pressure)
+
+
+def load_manifest(path: Path, languages: set[str] | None) -> list[Clip]:
+    with open(path, encoding="utf-8") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    return [
+        Clip(r["id"], r["lang"], r["reference"], path.parent / r["wav"])
+        for r in rows
+        if not languages or r["lang"] in languages
+    ]
+
+
+def speech_frames(audio: np.ndarray, rate: int) -> np.ndarray:
+    """Boolean per 20 ms frame: energy well above the clip's own quiet level."""
+    hop = int(rate * FRAME)
+    frames = audio[: len(audio) // hop * hop].reshape(-1, hop)
+    level = 20 * np.log10(np.sqrt(np.mean(frames.astype(np.float64) ** 2, axis=1)) + 1e-10)
+    floor = np.percentile(level, 10)
+    return (level > max(-55.0, floor + 15.0)) & (level > level.max() - 45.0)
+
+
+def is_extension(before: str, after: str) -> bool:
+    """A partial extends the previous one when every word shown before is still there, in
+    place (case and punctuation aside: "north which," -> "north, which chiefly" rewrites no
+    word); only the newest word may have grown ("capit" -> "capital")."""
+    old, new = normalize(before), normalize(after)
+    if len(new) < len(old) or new[: len(old) - 1] != old[:-1]:
+        return False
+    return not old or new[len(old) - 1].startswith(old[-1])
+
+
+def _words(text: str) -> list[str]:
+    return normalize(text)
+
+
+async def stream_clip(url: str, clip: Clip, stream: int, speed: float | None, room: str) -> StreamResult:
+    audio, rate = read_wav(clip.path)
+    speech = speech_frames(audio, rate)
+    audio = np.concatenate([audio, np.zeros(int(rate * TAIL_SILENCE_SECONDS), np.float32)])
+    step = int(rate * CHUNK_SECONDS)
+    sent_at: list[float] = []  # wall time each chunk was sent
+    received: list[tuple[float, dict]] = []
+    behind = 0.0
+    async with connect(publish_url(url, room=room, sample_rate=rate, speaker=f"bench{stream}"), max_size=2**22) as ws:
+        ready = json.loads(await ws.recv())
+        if ready.get("type") != "ready":
+            raise RuntimeError(f"server refused the stream: {ready}")
+
+        async def receive() -> None:
+            async for raw in ws:
+                received.append((time.monotonic(), json.loads(raw)))
+
+        receiver = asyncio.create_task(receive())
+        started = time.monotonic()
+        for index, offset in enumerate(range(0, len(audio), step)):
+            if speed:
+                due = started + index * CHUNK_SECONDS / speed
+                delay = due - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                else:
+                    behind = max(behind, -delay)
+            await ws.send(to_pcm16(audio[offset : offset + step]))
+            sent_at.append(time.monotonic())
+        await ws.send(json.dumps({"type": "end"}))
+        try:
+            await asyncio.wait_for(receiver, timeout=120)
+        except (asyncio.TimeoutError, websockets.ConnectionClosed):
+            pass
+    return _measure(clip, stream, speech, sent_at, received, step, rate, behind)
+
+
+def _measure(clip, stream, speech, sent_at, received, step, rate, behind) -> StreamResult:
+    def sent(seconds: float) -> float:
+        index = min(len(sent_at) - 1, int(seconds * rate) // step)
+        return sent_at[index]
+
+    errors = [m for _, m in received if m["type"] == "error"]
+    finals = [(t, m) for t, m in received if m["type"] == "final"]
+    partials = [(t, m) for t, m in received if m["type"] == "partial"]
+    rewrites, previous = 0, {}
+    for _, m in partials:
+        before = previous.get(m["segment"])
+        if before is not None and not is_extension(before, m["text"]):
+            rewrites += 1
+        previous[m["segment"]] = m["text"]
+
+    utterances = []
+    shown_finals: list[str] = []
+    for arrival, final in finals:
+        start_frame, end_frame = int(final["start"] / FRAME), int(np.ceil(final["end"] / FRAME))
+        inside = np.flatnonzero(speech[start_frame:end_frame]) + start_frame
+        target = _words(" ".join(shown_finals + [final["text"]]))
+        final_latency = tail = first = None
+        if inside.size and final["text"]:
+            onset, last = inside[0] * FRAME, (inside[-1] + 1) * FRAME
+            speech_end_sent = sent(last)
+            final_latency = arrival - speech_end_sent
+            # When did the screen first read the complete final text?
+            screen_times = [t for t, m in partials if m["segment"] == final["segment"] and _words(" ".join(shown_finals + [m["text"]])) == target]
+            tail = min(screen_times + [arrival]) - speech_end_sent
+            firsts = [t for t, m in partials if m["segment"] == final["segment"] and m["text"].strip()]
+            first = (min(firsts) if firsts else arrival) - sent(onset)
+        shown_finals.append(final["text"])
+        utterances.append(Utterance(clip.id, stream, final["segment"], final["text"], final_latency, tail, first))
+    return StreamResult(
+        clip=clip.id,
+        stream=stream,
+        finals=[m["text"] for _, m in finals],
+        partials=len(partials),
+        rewrites=rewrites,
+        speech_seconds=float(speech.sum() * FRAME),
+        utterances=utterances,
+        errors=errors,
+        behind_seconds=behind,
+    )
+
+
+# -- the server under test --------------------------------------------------------------------
+class ServerProcess:
+    def __init__(self, args: list[str]):
+        self.port = _free_port()
+        self.url = f"ws://127.0.0.1:{self.port}"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "streaming.cli", "serve", "--port", str(self.port), *args],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited: {self.process.stderr.read()}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.2)
+        raise RuntimeError("server did not start in time")
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def peak_rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _duration(path: Path) -> float:
+    samples, rate = read_wav(path)
+    return len(samples) / rate
+
+
+def machine() -> dict[str, Any]:
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": model, "cores": os.cpu_count(), "python": platform.python_version(), "system": platform.platform()}
+
+
+# -- a run ------------------------------------------------------------------------------------
+def _progress(done: int, total: int, label: str) -> None:
+    if not sys.stderr.isatty():
+        return
+    width = 30
+    filled = int(width * done / max(1, total))
+    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {label[:40]:40s}")
+    sys.stderr.flush()
+    if done == total:
+        sys.stderr.write("\n")
+
+
+async def run_streams(url: str, clips: list[Clip], streams: int, speed: float | None) -> list[StreamResult]:
+    results: list[StreamResult] = []
+    for number, clip in enumerate(clips):
+        _progress(number, len(clips), clip.id)
+        batch = await asyncio.gather(
+            *(stream_clip(url, clip, s, speed, room=f"bench-{clip.id[:40]}-{s}") for s in range(streams))
+        )
+        results.extend(batch)
+    _progress(len(clips), len(clips), "done")
+    return results
+
+
+def offline_texts(clips: list[Clip], model_name: str, device: str) -> dict[str, str]:
+    from decoder.api import transcribe
+    from decoder.models import load_model
+    from decoder.runtime import RuntimeOptions
+
+    import soxr
+
+    model = load_model(model_name, RuntimeOptions(device=device))
+    texts = {}
+    for clip in clips:
+        audio, rate = read_wav(clip.path)
+        if rate != 16000:
+            audio = soxr.resample(audio, rate, 16000)
+        texts[clip.id] = transcribe(model, audio).text
+    return texts
+
+
+def _stats(values: list[float]) -> dict[str, float] | None:
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    ordered = sorted(values)
+    return {
+        "n": len(values),
+        "p50": statistics.median(ordered),
+        "p95": ordered[min(len(ordered) - 1, int(round(0.95 * (len(ordered) - 1))))],
+        "min": ordered[0],
+        "max": ordered[-1],
+    }
+
+
+def offline_error_rates(clips: list[Clip], texts: dict[str, str]) -> dict[str, float]:
+    rates = {}
+    for language in sorted({c.language for c in clips}):
+        counted = [error_counts(c.reference, texts[c.id], language) for c in clips if c.language == language]
+        rates[language] = sum(e for e, _ in counted) / max(1, sum(n for _, n in counted))
+    return rates
+
+
+def summarize(clips: list[Clip], results: list[StreamResult]) -> dict[str, Any]:
+    by_id = {c.id: c for c in clips}
+    utterances = [u for r in results for u in r.utterances]
+    languages: dict[str, dict[str, Any]] = {}
+    for language in sorted({c.language for c in clips}):
+        mine = [r for r in results if by_id[r.clip].language == language]
+        streamed = [error_counts(by_id[r.clip].reference, " ".join(r.finals), language) for r in mine]
+        languages[language] = {
+            "clips": len({r.clip for r in mine}),
+            "streaming_error_rate": sum(e for e, _ in streamed) / max(1, sum(n for _, n in streamed)),
+        }
+    speech = sum(r.speech_seconds for r in results)
+    partials = sum(r.partials for r in results)
+    return {
+        "final_latency": _stats([u.final_latency for u in utterances]),
+        "tail_latency": _stats([u.tail_latency for u in utterances]),
+        "first_caption_latency": _stats([u.first_caption_latency for u in utterances]),
+        "partials_per_second_of_speech": partials / speech if speech else None,
+        "rewrite_share": sum(r.rewrites for r in results) / partials if partials else None,
+        "errors": [e for r in results for e in r.errors],
+        "max_behind_real_time_s": max((r.behind_seconds for r in results), default=0.0),
+        "languages": languages,
+    }
+
+
+def _fmt(stat: dict[str, float] | None) -> str:
+    if not stat:
+        return "-"
+    return f"p50 {stat['p50']:.3f}  p95 {stat['p95']:.3f}  min {stat['min']:.3f}  max {stat['max']:.3f}  (n={stat['n']})"
+
+
+def print_report(report: dict[str, Any], out=sys.stdout) -> None:
+    m = report["machine"]
+    print(f"FlashCaption bench: model {report['model']} on {report['device']}; {m['cpu']}, {m['cores']} cores", file=out)
+    for run in report["runs"]:
+        s = run["summary"]
+        print(f"\nstreams={run['streams']} speed={run['speed'] or 'max'} audio={run['audio_seconds']:.0f}s", file=out)
+        print(f"  final latency (s)        {_fmt(s['final_latency'])}", file=out)
+        print(f"  tail latency (s)         {_fmt(s['tail_latency'])}", file=out)
+        print(f"  first caption (s)        {_fmt(s['first_caption_latency'])}", file=out)
+        if s["partials_per_second_of_speech"] is not None:
+            print(f"  partials per speech s    {s['partials_per_second_of_speech']:.2f}", file=out)
+            print(f"  rewrite share            {s['rewrite_share']:.3f}", file=out)
+        for language, entry in s["languages"].items():
+            unit = "CER" if language in ("zh", "ja", "ko", "yue") else "WER"
+            line = f"  {language} {unit} streaming        {entry['streaming_error_rate']:.4f}"
+            if "offline_error_rate" in entry:
+                line += f"   offline {entry['offline_error_rate']:.4f}"
+            print(line + f"   ({entry['clips']} clips)", file=out)
+        if run.get("cpu_per_audio_second") is not None:
+            print(f"  server CPU s / audio s   {run['cpu_per_audio_second']:.3f}   peak RSS {run['peak_rss_mb']:.0f} MB", file=out)
+        print(f"  behind real time (max)   {s['max_behind_real_time_s']:.2f} s   errors {len(s['errors'])}", file=out)
+    if report.get("non_speech") is not None:
+        print("\nnon-speech (30 s each): " + ", ".join(f"{k}: {v} captions" for k, v in report["non_speech"].items()), file=out)
+    if report.get("capacity") is not None:
+        print(f"\nlargest N meeting p95 final latency <= {GOALS['capacity_final_latency_p95']} s without falling behind: {report['capacity']}", file=out)
+
+
+async def non_speech_captions(url: str, seconds: float = 30.0) -> dict[str, int]:
+    """Stream generated silence, pink noise and music; count captions (should be none)."""
+    rng = np.random.default_rng(0)
+    n = int(seconds * 16000)
+    spectrum = np.fft.rfft(rng.standard_normal(n)) / np.sqrt(np.maximum(np.arange(n // 2 + 1), 1))
+    pink = np.fft.irfft(spectrum, n)
+    t = np.arange(8000) / 16000
+    music = np.zeros(n)
+    for start in range(0, n - 8000, 4000):
+        f0 = [261.6, 329.6, 392.0, 440.0, 523.3][rng.integers(5)]
+        music[start : start + 8000] += 0.15 * sum(np.sin(2 * np.pi * f0 * k * t) / k for k in range(1, 6)) * np.exp(-6 * t)
+    signals = {"silence": np.zeros(n), "pink_noise": 0.3 * pink / np.abs(pink).max(), "music": music}
+    counts = {}
+    for name, audio in signals.items():
+        messages = []
+        async with connect(publish_url(url, room=f"bench-{name}"), max_size=2**22) as ws:
+            await ws.recv()
+            for offset in range(0, n, 16000):
+                await ws.send(to_pcm16(audio[offset : offset + 16000].astype(np.float32)))
+            await ws.send(json.dumps({"type": "end"}))
+            async for raw in ws:
+                messages.append(json.loads(raw))
+        counts[name] = sum(1 for m in messages if m["type"] in ("partial", "final"))
+    return counts
+
+
+def run_bench(args) -> dict[str, Any]:
+    clips = load_manifest(Path(args.manifest), set(args.langs.split(",")) if args.langs else None)
+    if not clips:
+        raise SystemExit(f"no recordings for languages {args.langs} in {args.manifest}")
+    server = None
+    if args.url:
+        url = args.url
+    else:
+        extra = ["--model", args.model, "--device", args.device, *args.server_args]
+        server = ServerProcess(extra)
+        url = server.url
+    try:
+        health = json.loads(urllib.request.urlopen(url.replace("ws://", "http://").replace("wss://", "https://") + "/healthz", timeout=10).read())
+        report: dict[str, Any] = {"machine": machine(), "model": health["model"], "device": health["device"], "runs": []}
+        counts = [int(n) for n in args.sweep.split(",")] if args.sweep else [args.streams]
+        capacity = None
+        for streams in counts:
+            cpu_before = server.cpu_seconds() if server else None
+            results = asyncio.run(run_streams(url, clips, streams, args.speed))
+            audio_seconds = sum(_duration(c.path) for c in clips) * streams
+            run: dict[str, Any] = {"streams": streams, "speed": args.speed, "audio_seconds": audio_seconds}
+            run["summary"] = summarize(clips, results)
+            run["utterances"] = [asdict(u) for r in results for u in r.utterances]
+            if server:
+                run["cpu_per_audio_second"] = (server.cpu_seconds() - cpu_before) / audio_seconds
+                run["peak_rss_mb"] = server.peak_rss_mb()
+            report["runs"].append(run)
+            p95 = (run["summary"]["final_latency"] or {}).get("p95", float("inf"))
+            if p95 <= GOALS["capacity_final_latency_p95"] and run["summary"]["max_behind_real_time_s"] < 0.5:
+                capacity = streams
+        if args.sweep:
+            report["capacity"] = capacity
+        if not args.no_offline:
+            offline = offline_error_rates(clips, offline_texts(clips, health["model"], "cpu"))
+            for run in report["runs"]:
+                for language, rate in offline.items():
+                    run["summary"]["languages"][language]["offline_error_rate"] = rate
+        if not args.no_non_speech:
+            report["non_speech"] = asyncio.run(non_speech_captions(url))
+    finally:
+        if server:
+            server.stop()
+    return report
