@@ -112,7 +112,9 @@ def prepare_moonshine(spec: ModelSpec) -> Path:
         "source_fingerprint": fingerprint,
         "files": {f: hashlib.sha256((target / f).read_bytes()).hexdigest() for f in files},
     }
-    manifest_path.write_text(json.dumps(manifest, indent=2))
+    staged = manifest_path.with_suffix(f".{os.getpid()}.tmp")
+    staged.write_text(json.dumps(manifest, indent=2))
+    os.replace(staged, manifest_path)  # another process may be preparing the same model
     return target
 
 

@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--threads", type=int, default=defaults.runtime.intra_op_threads,
-        help="ONNX Runtime threads per decode, 0 = all cores (default %(default)s)",
+        help="ONNX Runtime threads per decode; 0 = all cores for a decode that runs alone and one each "
+        "for decodes that run alongside others (default %(default)s)",
     )
     serve.add_argument(
         "--workers", type=int, default=defaults.workers,
@@ -160,10 +161,14 @@ def _serve(args: argparse.Namespace) -> int:
     setup_logging(config.log_level, config.log_json)
     try:
         model = load_model(config.model, config.runtime)
+        lean = None
+        if config.workers > 1 and config.runtime.intra_op_threads == 0 and str(getattr(model, "device", "cpu")) == "cpu":
+            # Decodes that run alongside another use one thread each (see streaming/engine.py).
+            lean = load_model(config.model, replace(config.runtime, intra_op_threads=1))
     except (ModelUnavailable, DeviceUnavailable, ValueError) as error:
         log.error("%s", error)
         return 2
-    server = CaptionServer(config, model)
+    server = CaptionServer(config, model, lean)
     try:
         asyncio.run(server.run_until_signal())
     except OSError as error:

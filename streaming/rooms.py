@@ -60,21 +60,26 @@ class Room:
     def finals_since(self, since: int) -> list[dict[str, Any]]:
         return [m for m in self.finals if m["seq"] > since]
 
-    @property
-    def idle(self) -> bool:
-        return not self.viewers and not self.publishers and not self.finals
-
 
 class Rooms:
-    def __init__(self, replay_finals: int = 1000, viewer_queue: int = 512):
+    """All rooms. At most ``max_rooms`` are kept: past that, the room with no one in it that
+    was used least recently is forgotten (with its replay history)."""
+
+    def __init__(self, replay_finals: int = 1000, viewer_queue: int = 512, max_rooms: int = 10_000):
         self.replay_finals = replay_finals
         self.viewer_queue = viewer_queue
-        self._rooms: dict[str, Room] = {}
+        self.max_rooms = max_rooms
+        self._rooms: dict[str, Room] = {}  # in order of last use
 
     def get(self, name: str) -> Room:
-        room = self._rooms.get(name)
+        room = self._rooms.pop(name, None)
         if room is None:
-            room = self._rooms[name] = Room(name, self.replay_finals)
+            room = Room(name, self.replay_finals)
+            if len(self._rooms) >= self.max_rooms:
+                empty = next((r for r in self._rooms.values() if not r.viewers and not r.publishers), None)
+                if empty is not None:
+                    del self._rooms[empty.name]
+        self._rooms[name] = room
         return room
 
     def join_viewer(self, name: str, since: int | None) -> tuple[Viewer, list[dict[str, Any]]]:

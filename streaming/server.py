@@ -61,10 +61,16 @@ class _Publisher:
 
 
 class CaptionServer:
-    def __init__(self, config: ServerConfig, model: SpeechModel):
+    def __init__(self, config: ServerConfig, model: SpeechModel, lean_model: SpeechModel | None = None):
         self.config = config
         self.model = model
-        self.engine = Engine(model, workers=config.workers, max_queued=config.max_queued_decodes, delay_s=config.decode_delay_s)
+        self.engine = Engine(
+            model,
+            workers=config.workers,
+            max_queued=config.max_queued_decodes,
+            delay_s=config.decode_delay_s,
+            lean_model=lean_model,
+        )
         self.rooms = Rooms(config.replay_finals, config.viewer_queue)
         self.publishers: dict[str, _Publisher] = {}
         self.viewer_count = 0

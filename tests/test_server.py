@@ -15,7 +15,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from streaming.rooms import Room, Viewer
+from streaming.rooms import Room, Rooms, Viewer
 from streaming.scoring import error_rate
 from tests.conftest import CLIPS, ServerThread
 
@@ -236,5 +236,18 @@ def test_a_slow_viewer_is_dropped_and_the_room_goes_on():
             room.publish({"type": "final", "text": str(i)})
         assert dropped == [True] and slow not in room.viewers and fast in room.viewers
         assert fast.queue.qsize() == 10 and [m["seq"] for m in room.finals_since(7)] == [8, 9, 10]
+
+    asyncio.run(scenario())
+
+
+def test_rooms_are_bounded_and_occupied_rooms_are_never_forgotten():
+    async def scenario():
+        rooms = Rooms(replay_finals=10, max_rooms=3)
+        occupied = rooms.get("busy")
+        occupied.publishers = 1
+        for name in ("a", "b", "c", "d"):
+            rooms.get(name).publish({"type": "final", "text": name})
+        names = {room.name for room in rooms}
+        assert "busy" in names and len(names) == 3 and names == {"busy", "c", "d"}
 
     asyncio.run(scenario())

@@ -1,0 +1,76 @@
+"""The benchmark measures what it claims: checked against a deliberately slowed server."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+
+from streaming.bench import Clip, _measure, is_extension, run_bench, speech_frames
+from tests.conftest import DATA
+
+
+def bench_args(**overrides) -> argparse.Namespace:
+    args = dict(
+        manifest=DATA / "manifest.tsv", langs="en", streams=1, sweep=None, speed=1.0, json=None, url=None,
+        model="moonshine-base-en", device="cpu", server_args=[], no_offline=True, no_non_speech=True,
+    )
+    args.update(overrides)
+    return argparse.Namespace(**args)
+
+
+def _only(clips: str):
+    # A manifest of two short clips keeps this test to seconds of audio.
+    lines = (DATA / "manifest.tsv").read_text(encoding="utf-8").splitlines()
+    return "\n".join([lines[0]] + [l for l in lines[1:] if l.split("\t")[0] in clips]) + "\n"
+
+
+def test_latency_figures_follow_a_slowed_server(tmp_path):
+    manifest = tmp_path / "manifest.tsv"
+    manifest.write_text(_only({"en_arctic_a0024", "en_librivox_sns01_0880"}), encoding="utf-8")
+    for clip in ("en_arctic_a0024.wav", "en_librivox_sns01_0880.wav"):
+        (tmp_path / clip).symlink_to(DATA / clip)
+    normal = run_bench(bench_args(manifest=manifest))["runs"][0]["summary"]
+    slowed = run_bench(bench_args(manifest=manifest, server_args=["--decode-delay=0.6"]))["runs"][0]["summary"]
+    for name in ("final_latency", "first_caption_latency"):
+        assert normal[name]["n"] >= 2 and slowed[name]["n"] >= 2
+        gap = slowed[name]["p50"] - normal[name]["p50"]
+        # Every caption needs at least one decode, each 0.6 s slower; a final may also wait
+        # for a partial decode in flight, so at most about two delays more.
+        assert 0.45 <= gap <= 1.9, (name, normal[name], slowed[name])
+    # A final cannot arrive before the endpoint silence (0.5 s) has been heard.
+    assert normal["final_latency"]["min"] >= 0.25
+    assert normal["languages"]["en"]["streaming_error_rate"] < 0.1
+
+
+def test_measure_arithmetic_on_known_events():
+    rate, step = 16000, 800  # 50 ms chunks
+    audio = np.zeros(3 * rate, np.float32)
+    t = np.arange(rate) / rate
+    audio[rate : 2 * rate] = 0.3 * np.sin(2 * np.pi * 220 * t)  # "speech" from 1.0 s to 2.0 s
+    speech = speech_frames(audio, rate)
+    assert speech[50:100].all() and not speech[:49].any() and not speech[101:].any()
+    sent_at = [100.0 + i * 0.05 for i in range(60)]  # chunk i sent at 100 + 0.05 i
+    received = [
+        (101.3, {"type": "partial", "segment": 0, "text": "hello"}),
+        (101.9, {"type": "partial", "segment": 0, "text": "Hello, world"}),
+        (102.0, {"type": "partial", "segment": 0, "text": "Hello word"}),
+        (102.6, {"type": "final", "segment": 0, "text": "Hello world.", "start": 0.7, "end": 2.3}),
+    ]
+    clip = Clip("x", "en", "hello world", None)
+    result = _measure(clip, 0, speech, sent_at, received, step, rate, 0.0)
+    (u,) = result.utterances
+    last_speech_sent = sent_at[int(2.0 * rate) // step]  # the chunk holding the 2.0 s boundary
+    assert abs(u.final_latency - (102.6 - last_speech_sent)) < 1e-9
+    assert abs(u.tail_latency - (101.9 - last_speech_sent)) < 1e-9  # "Hello, world" already read right
+    assert abs(u.first_caption_latency - (101.3 - sent_at[int(1.0 * rate) // step])) < 1e-9
+    assert result.partials == 3 and result.rewrites == 1  # "world" -> "word" rewrites a word
+
+
+def test_is_extension():
+    assert is_extension("It was", "It was the first")
+    assert is_extension("north which,", "north, which chiefly")
+    assert is_extension("a capit", "a capital letter")
+    assert not is_extension("the law", "the loss of")
+    assert not is_extension("It was the first", "It was")
