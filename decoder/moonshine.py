@@ -3,8 +3,8 @@
 The decoder is the "merged" export: one graph with an ``If`` on ``use_cache_branch``. The first
 call (no cache) takes BOS plus any forced prefix at once and returns the self-attention cache
 and the cross-attention cache; later calls take one token and the caches. The caches stay in
-ONNX Runtime values bound with I/O binding, so they never travel through numpy (on a GPU they
-never leave the device); only the last row of logits comes back to the host.
+ONNX Runtime values bound with I/O binding, so on a GPU they never leave the device; only the
+logits come back to the host.
 """
 
 from __future__ import annotations
@@ -93,6 +93,7 @@ class MoonshineModel:
         self.limits = limits or DecodeLimits()
         self._past_names = [i.name for i in self.decoder.get_inputs() if i.name.startswith("past_key_values.")]
         self._present_names = [o.name for o in self.decoder.get_outputs() if o.name.startswith("present.")]
+        self._self_attention = [n for n in self._present_names if ".decoder." in n]
         first = next(i for i in self.decoder.get_inputs() if i.name.startswith("past_key_values."))
         self._heads, self._head_dim = int(first.shape[1]), int(first.shape[3])
         vocab = int(self.decoder.get_outputs()[0].shape[-1])
@@ -114,35 +115,54 @@ class MoonshineModel:
         return MoonshineFeatures(binding.get_outputs()[0], audio.shape[1] / SAMPLE_RATE)
 
     # -- decoder ---------------------------------------------------------------------------
-    def _step(self, features: MoonshineFeatures, ids: Sequence[int], cache: dict[str, ort.OrtValue] | None):
-        """One decoder call on ``ids``. Returns the log-probabilities at every input position
-        (row i predicts the token after ids[i]) and the new cache."""
-        binding = self.decoder.io_binding()
-        binding.bind_cpu_input("input_ids", np.array([ids], dtype=np.int64))
-        binding.bind_ortvalue_input("encoder_hidden_states", features.hidden)
-        binding.bind_cpu_input("use_cache_branch", np.array([cache is not None]))
-        if cache is None:
-            empty = np.zeros((1, self._heads, 0, self._head_dim), dtype=np.float32)
-            for name in self._past_names:
-                binding.bind_cpu_input(name, empty)
-        else:
-            for name in self._past_names:
-                binding.bind_ortvalue_input(name, cache[name])
-        binding.bind_output("logits", "cpu")
+    def _start(self, features: MoonshineFeatures, ids: Sequence[int]) -> tuple[np.ndarray, ort.IOBinding]:
+        """First decoder call, on BOS plus any known tokens at once (the no-cache branch).
+        Returns log-probabilities at every input position (row i predicts the token after
+        ids[i]) and a binding ready for :meth:`_next`."""
+        first = self.decoder.io_binding()
+        first.bind_cpu_input("input_ids", np.array([ids], dtype=np.int64))
+        first.bind_ortvalue_input("encoder_hidden_states", features.hidden)
+        first.bind_cpu_input("use_cache_branch", np.array([False]))
+        empty = np.zeros((1, self._heads, 0, self._head_dim), dtype=np.float32)
+        for name in self._past_names:
+            first.bind_cpu_input(name, empty)
+        first.bind_output("logits", "cpu")
         for name in self._present_names:
-            binding.bind_output(name, self.device.kind, self.device.index)
-        self.decoder.run_with_iobinding(binding)
-        outputs = binding.get_outputs()
-        logits = outputs[0].numpy()[0] + self._suppress
-        new_cache = {}
-        for name, value in zip(self._present_names, outputs[1:]):
-            past = name.replace("present.", "past_key_values.")
-            # The cross-attention cache is computed once, on the first call, and then reused.
-            keep_old = cache is not None and ".encoder." in name
-            new_cache[past] = cache[past] if keep_old else value
+            first.bind_output(name, self.device.kind, self.device.index)
+        self.decoder.run_with_iobinding(first)
+        outputs = dict(zip(["logits", *self._present_names], first.get_outputs()))
+        # Later calls reuse one binding: the encoder states and the cross-attention cache
+        # never change, so they are bound once; the cache branch's copies of the latter are
+        # not asked for at all.
+        step = self.decoder.io_binding()
+        step.bind_ortvalue_input("encoder_hidden_states", features.hidden)
+        step.bind_cpu_input("use_cache_branch", np.array([True]))
+        for name in self._present_names:
+            if ".encoder." in name:
+                step.bind_ortvalue_input(name.replace("present.", "past_key_values."), outputs[name])
+        self._bind_self_attention(step, outputs)
+        return self._log_probs(outputs["logits"].numpy()[0]), step
+
+    def _bind_self_attention(self, step: ort.IOBinding, outputs: dict[str, ort.OrtValue]) -> None:
+        for name in self._self_attention:
+            step.bind_ortvalue_input(name.replace("present.", "past_key_values."), outputs[name])
+        step.clear_binding_outputs()
+        step.bind_output("logits", "cpu")
+        for name in self._self_attention:
+            step.bind_output(name, self.device.kind, self.device.index)
+
+    def _next(self, step: ort.IOBinding, token: int) -> np.ndarray:
+        """One cached decoder step; returns the next token's log-probabilities."""
+        step.bind_cpu_input("input_ids", np.array([[token]], dtype=np.int64))
+        self.decoder.run_with_iobinding(step)
+        outputs = dict(zip(["logits", *self._self_attention], step.get_outputs()))
+        self._bind_self_attention(step, outputs)
+        return self._log_probs(outputs["logits"].numpy()[0, -1])
+
+    def _log_probs(self, logits: np.ndarray) -> np.ndarray:
+        logits = logits + self._suppress
         peak = logits.max(axis=-1, keepdims=True)
-        log_probs = logits - (peak + np.log(np.exp(logits - peak).sum(axis=-1, keepdims=True)))
-        return log_probs, new_cache
+        return logits - (peak + np.log(np.exp(logits - peak).sum(axis=-1, keepdims=True)))
 
     def decode(
         self,
@@ -158,7 +178,7 @@ class MoonshineModel:
         proposed = proposed[: max(0, budget - len(forced))]
         # One call checks the whole draft: where the model's greedy choice agrees, the draft
         # token is what greedy decoding would have produced.
-        log_probs, cache = self._step(features, [BOS, *forced, *proposed], None)
+        log_probs, step = self._start(features, [BOS, *forced, *proposed])
         accepted = 0
         while accepted < len(proposed) and int(log_probs[len(forced) + accepted].argmax()) == proposed[accepted]:
             accepted += 1
@@ -166,10 +186,8 @@ class MoonshineModel:
         scores = [float(log_probs[len(forced) + i, t]) for i, t in enumerate(chosen)]
         if accepted < len(proposed):
             # The cache holds the rejected draft tokens too: redo the prefix call without them.
-            log_probs, cache = self._step(features, [BOS, *forced, *chosen], None)
-            log_probs = log_probs[-1]
-        else:
-            log_probs = log_probs[-1]
+            log_probs, step = self._start(features, [BOS, *forced, *chosen])
+        log_probs = log_probs[-1]
         eos_overridden = False
         while len(forced) + len(chosen) < budget:
             token = int(log_probs.argmax())
@@ -194,8 +212,7 @@ class MoonshineModel:
                 del chosen[max(0, loop_at - len(forced)) :]
                 del scores[len(chosen) :]
                 break
-            log_probs, cache = self._step(features, [token], cache)
-            log_probs = log_probs[-1]
+            log_probs = self._next(step, token)
         if eos_overridden and scores and np.mean(scores) < self.limits.override_min_avg_logprob:
             chosen, scores = [], []  # the model never believed in these words
         words = self.tokenizer.words(forced + chosen)

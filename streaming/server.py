@@ -178,14 +178,7 @@ class CaptionServer:
             raise ProtocolError("overloaded", "server is shutting down")
         if self.engine.overloaded:
             raise ProtocolError("overloaded", "server is at capacity; try again later")
-        language = params.language or self.model.languages[0]
-        if language != "auto" and language not in self.model.languages:
-            raise ProtocolError(
-                "bad_request",
-                f"model {self.model.name} does not support language {language!r} (supports: {', '.join(self.model.languages)})",
-            )
-        if language == "auto":
-            language = self.model.languages[0] if len(self.model.languages) == 1 else "auto"
+        language = self._language(params.language) or self.model.languages[0]
         publisher = _Publisher(
             id=uuid.uuid4().hex[:12],
             params=params,
@@ -216,13 +209,24 @@ class CaptionServer:
             log.info("publisher left", extra=publisher.log_extra)
         await connection.close(1000, "end of stream")
 
+    def _language(self, requested: str | None) -> str | None:
+        """A language the model can do, or a bad_request."""
+        if requested is None:
+            return None
+        if requested == "auto":
+            return self.model.languages[0] if len(self.model.languages) == 1 else "auto"
+        if requested not in self.model.languages:
+            raise ProtocolError(
+                "bad_request",
+                f"model {self.model.name} does not support language {requested!r} (supports: {', '.join(self.model.languages)})",
+            )
+        return requested
+
     async def _receive(self, publisher: _Publisher, pcm: PcmDecoder) -> None:
         session = publisher.session
         async for message in publisher.connection:
             try:
                 if isinstance(message, bytes):
-                    if session.ending:
-                        raise ProtocolError("bad_request", "audio after end is ignored")
                     session.receive_audio(pcm.decode(message))
                 else:
                     command = protocol.parse_client_message(message)
@@ -234,7 +238,7 @@ class CaptionServer:
                     if isinstance(command, FlushMessage):
                         session.flush()
                     else:
-                        session.configure(language=command.language, context=command.context)
+                        session.configure(language=self._language(command.language), context=command.context)
             except ProtocolError as error:
                 if error.code == "too_large":
                     raise _Refused(error) from None
@@ -252,10 +256,11 @@ class CaptionServer:
             while (request := session.next_request()) is not None:
                 try:
                     hypothesis, seconds = await self.engine.decode(request)
-                    session.receive_hypothesis(request.id, hypothesis, seconds)
                 except Exception:
                     log.exception("decode failed", extra=publisher.log_extra)
                     session.receive_failure(request.id)
+                else:
+                    session.receive_hypothesis(request.id, hypothesis, seconds)
                 await self._deliver(publisher)
             if session.finished:
                 return

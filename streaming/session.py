@@ -246,15 +246,6 @@ class Session:
     def finished(self) -> bool:
         return self._ending and not self._closing and self._in_flight is None and self._open is None
 
-    @property
-    def clock(self) -> float:
-        """Seconds of audio received."""
-        return self._segmenter.position / SAMPLE_RATE
-
-    @property
-    def busy(self) -> bool:
-        return self._in_flight is not None
-
     # -- internals ---------------------------------------------------------------------------
     def _segment_event(self, event) -> None:
         if isinstance(event, SpeechStart):
@@ -278,7 +269,8 @@ class Session:
     ) -> DecodeRequest:
         audio = utterance.audio()
         utterance.decoded_length = utterance.length
-        speaking = self._segmenter.trailing_silence_ms < self.config.settled_silence_ms
+        # The segmenter's pause state is the open utterance's; a final's audio is complete.
+        speaking = not final and self._segmenter.trailing_silence_ms < self.config.settled_silence_ms
         utterance.settled_decoded = not speaking
         lead_words: tuple[Word, ...] = ()
         if utterance.lead_in is not None:

@@ -104,7 +104,11 @@ def test_folded_float32_weights_give_the_same_tokens_as_the_shipped_model(model)
 def test_io_binding_keeps_the_cache_in_ort_values(model):
     features = model.encode(CLIPS["en_arctic_a0024"].audio)
     assert isinstance(features.hidden, ort.OrtValue)
-    log_probs, cache = model._step(features, [1, 1063], None)
+    log_probs, step = model._start(features, [1, 1063])
     assert log_probs.shape[0] == 2  # one row per input position
-    assert all(isinstance(v, ort.OrtValue) for v in cache.values())
-    assert len(cache) == len(model._past_names)
+    outputs = step.get_outputs()
+    assert outputs and all(isinstance(v, ort.OrtValue) for v in outputs)
+    # Cached steps ask only for the logits and the self-attention cache.
+    assert len(outputs) == 1 + len(model._self_attention) == 17
+    next_log_probs = model._next(step, int(log_probs[-1].argmax()))
+    assert next_log_probs.shape == (log_probs.shape[1],)

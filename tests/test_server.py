@@ -140,14 +140,15 @@ def test_mistakes_mid_stream_are_reported_and_the_stream_goes_on(server):
     with connect(f"{server.url}/v1/publish?room=mistakes") as ws:
         json.loads(ws.recv(timeout=10))
         errors = []
-        for bad in ('{"type":"dance"}', "{oops", '{"type":"config","language":"English"}'):
+        for bad in ('{"type":"dance"}', "{oops", '{"type":"config","language":"English"}', '{"type":"config","language":"fr"}'):
             ws.send(bad)
             errors.append(json.loads(ws.recv(timeout=10)))
         ws.send(b"\x01\x02\x03")  # half a sample
         errors.append(json.loads(ws.recv(timeout=10)))
-        assert [e["type"] for e in errors] == ["error"] * 4
+        assert [e["type"] for e in errors] == ["error"] * 5
         assert all(e["code"] == "bad_request" for e in errors)
-        assert "dance" in errors[0]["message"] and "JSON" in errors[1]["message"] and "whole number" in errors[3]["message"]
+        assert "dance" in errors[0]["message"] and "JSON" in errors[1]["message"]
+        assert "does not support language 'fr'" in errors[3]["message"] and "whole number" in errors[4]["message"]
         audio = np.concatenate([clip.audio, np.zeros(SR, np.float32)])
         for offset in range(0, len(audio), 3200):
             ws.send(pcm16(audio[offset : offset + 3200]))
