@@ -27,6 +27,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from dataclasses import asdict, dataclass, field
@@ -208,8 +209,10 @@ class ServerProcess:
     def __init__(self, args: list[str]):
         self.port = _free_port()
         self.url = f"ws://127.0.0.1:{self.port}"
+        # The bench's captions go to a journal of their own, not the user's.
+        self.data_dir = tempfile.TemporaryDirectory(prefix="flashcaption-bench-")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "streaming.cli", "serve", "--port", str(self.port), *args],
+            [sys.executable, "-m", "streaming.cli", "serve", "--port", str(self.port), "--data-dir", self.data_dir.name, *args],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
@@ -241,6 +244,7 @@ class ServerProcess:
             self.process.wait(30)
         except subprocess.TimeoutExpired:
             self.process.kill()
+        self.data_dir.cleanup()
 
 
 def _free_port() -> int:

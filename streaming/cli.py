@@ -75,8 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--vad-aggressiveness", type=int, choices=range(4), default=vad.aggressiveness,
         help="webrtcvad mode, 3 rejects the most noise (default %(default)s)",
     )
-    serve.add_argument("--replay-finals", type=int, default=defaults.replay_finals,
-                       help="finals each room keeps for viewers resuming with since (default %(default)s)")
+    serve.add_argument("--data-dir", type=Path, default=defaults.data_dir,
+                       help="where the journal of finals is kept (default %(default)s; env FLASHCAPTION_DATA)")
     serve.add_argument("--log-level", default=defaults.log_level, choices=["debug", "info", "warning", "error"],
                        help="log level (default %(default)s; env FLASHCAPTION_LOG_LEVEL)")
     serve.add_argument("--log-json", action="store_true", help="log one JSON object a line")
@@ -123,6 +123,18 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--no-offline", action="store_true", help="skip the offline decoding of each whole clip")
     bench.add_argument("--no-non-speech", action="store_true", help="skip streaming silence, noise and music")
 
+    export = commands.add_parser(
+        "export", help="write a room's transcript as SRT, WebVTT, JSON or text",
+        description="Fetch a room's transcript from the server (or read it from a data directory) as subtitles or text.",
+    )
+    export.add_argument("--room", required=True, help="room to export")
+    export.add_argument("--format", choices=("srt", "vtt", "json", "txt"), default="srt", help="output format (default %(default)s)")
+    export.add_argument("--clock", choices=("wall", "session"), default="wall",
+                        help="cue times from the event's wall clock, or from the session's audio clock (default %(default)s)")
+    export.add_argument("--url", default=DEFAULT_URL, help="server (default %(default)s)")
+    export.add_argument("--data-dir", type=Path, default=None, help="read the journal in this directory instead of asking a server")
+    export.add_argument("-o", "--output", type=Path, default=None, help="write here instead of standard output")
+
     watch = commands.add_parser("watch", help="print what viewers of a room see", description="Print the captions of a room as every viewer receives them.")
     watch.add_argument("--url", default=DEFAULT_URL, help="server (default %(default)s)")
     watch.add_argument("--room", default="default", help="room to watch (default %(default)s)")
@@ -153,7 +165,7 @@ def _serve(args: argparse.Namespace) -> int:
                         aggressiveness=args.vad_aggressiveness),
             partial_interval_s=args.partial_interval,
         ),
-        replay_finals=args.replay_finals,
+        data_dir=args.data_dir,
         decode_delay_s=args.decode_delay,
         log_level=args.log_level,
         log_json=args.log_json,
@@ -194,6 +206,38 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    if args.data_dir is not None:
+        from streaming.export import render
+        from streaming.journal import Journal
+
+        path = args.data_dir / "journal.sqlite3"
+        if not path.is_file():
+            print(f"flashcaption: no journal at {path}", file=sys.stderr)
+            return 1
+        journal = Journal(path)
+        text = render(journal.finals(args.room), args.format, args.clock)
+        journal.close()
+    else:
+        base = args.url.replace("ws://", "http://", 1).replace("wss://", "https://", 1).rstrip("/")
+        query = urllib.parse.urlencode({"format": args.format, "clock": args.clock})
+        try:
+            with urllib.request.urlopen(f"{base}/v1/rooms/{urllib.parse.quote(args.room)}/transcript?{query}", timeout=60) as reply:
+                text = reply.read().decode("utf-8")
+        except (urllib.error.URLError, OSError) as error:
+            print(f"flashcaption: cannot fetch the transcript: {error}", file=sys.stderr)
+            return 1
+    if args.output:
+        args.output.write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def _run_client(coroutine) -> int:
     from streaming.client import ClientError
 
@@ -217,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
         return _serve(args)
     if args.command == "bench":
         return _bench(args)
+    if args.command == "export":
+        return _export(args)
 
     from streaming.client import CaptionPrinter, stream_file, stream_microphone, watch_room
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from decoder.models import DEFAULT_MODEL
 from decoder.runtime import RuntimeOptions
@@ -19,8 +20,8 @@ class ServerConfig:
     # Decodes run on this many threads; each may use runtime.intra_op_threads cores.
     workers: int = 2
     session: SessionConfig = field(default_factory=SessionConfig)
-    # Finals each room keeps in memory for viewers resuming with ?since=N.
-    replay_finals: int = 1000
+    # Where the journal of finals lives.
+    data_dir: Path = field(default_factory=lambda: default_data_dir())
     # Messages queued for one viewer before it is dropped as too slow.
     viewer_queue: int = 512
     # Decode requests waiting across all sessions before new publishers are refused.
@@ -29,3 +30,11 @@ class ServerConfig:
     decode_delay_s: float = 0.0  # testing aid: every decode takes this much longer
     log_level: str = field(default_factory=lambda: os.environ.get("FLASHCAPTION_LOG_LEVEL", "info"))
     log_json: bool = False
+
+
+def default_data_dir() -> Path:
+    configured = os.environ.get("FLASHCAPTION_DATA")
+    if configured:
+        return Path(configured).expanduser()
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "flashcaption"

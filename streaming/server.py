@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import signal
+import time
 import uuid
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -27,6 +29,8 @@ from streaming.audio import PcmDecoder
 from streaming.config import ServerConfig
 from streaming.engine import Engine
 from streaming.protocol import EndMessage, FlushMessage, ProtocolError
+from streaming.export import CONTENT_TYPES, render
+from streaming.journal import Journal
 from streaming.rooms import Room, Rooms
 from streaming.session import Session
 
@@ -36,6 +40,7 @@ log = logging.getLogger(__name__)
 # text) are checked first on anything below it.
 WEBSOCKET_MAX_MESSAGE = 4 * 1024 * 1024
 PAGES = {"/": "index.html"}
+_TRANSCRIPT = re.compile(r"/v1/rooms/([A-Za-z0-9_-]{1,64})/transcript")
 
 
 class _Refused(Exception):
@@ -54,6 +59,7 @@ class _Publisher:
     connection: ServerConnection
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     pump: asyncio.Task | None = None
+    started_wall: float = field(default_factory=time.time)  # Unix time of session clock 0
 
     @property
     def log_extra(self) -> dict[str, str]:
@@ -71,7 +77,7 @@ class CaptionServer:
             delay_s=config.decode_delay_s,
             lean_model=lean_model,
         )
-        self.rooms = Rooms(config.replay_finals, config.viewer_queue)
+        self.rooms = Rooms(Journal(config.data_dir / "journal.sqlite3"), config.viewer_queue)
         self.publishers: dict[str, _Publisher] = {}
         self.viewer_count = 0
         self._server: Server | None = None
@@ -112,6 +118,7 @@ class CaptionServer:
                 await connection.close(1001, "server shutting down")
             await self._server.wait_closed()
         self.engine.close()
+        self.rooms.close()
         log.info("stopped")
 
     async def run_until_signal(self) -> None:
@@ -125,11 +132,14 @@ class CaptionServer:
         await self.shutdown()
 
     # -- HTTP --------------------------------------------------------------------------------
-    def _http(self, connection: ServerConnection, request: Request) -> Response | None:
+    async def _http(self, connection: ServerConnection, request: Request) -> Response | None:
         try:
-            route, _ = protocol.split_path(request.path)
+            route, query = protocol.split_path(request.path)
         except ProtocolError as error:
             return _response(HTTPStatus.BAD_REQUEST, error.message)
+        transcript = _TRANSCRIPT.fullmatch(route)
+        if transcript:
+            return await self._transcript(transcript.group(1), query)
         if route in ("/v1/publish", "/v1/captions"):
             if "upgrade" not in request.headers.get("Connection", "").lower():
                 return _response(HTTPStatus.UPGRADE_REQUIRED, f"{route} is a WebSocket endpoint")
@@ -140,6 +150,14 @@ class CaptionServer:
             page = resources.files("web").joinpath(PAGES[route]).read_text(encoding="utf-8")
             return _response(HTTPStatus.OK, page, "text/html; charset=utf-8")
         return _response(HTTPStatus.NOT_FOUND, "not found")
+
+    async def _transcript(self, room: str, query: dict[str, str]) -> Response:
+        format, clock = query.get("format", "json"), query.get("clock", "wall")
+        try:
+            body = render(await self.rooms.transcript(room), format, clock)
+        except ValueError as error:
+            return _response(HTTPStatus.BAD_REQUEST, str(error))
+        return _response(HTTPStatus.OK, body, CONTENT_TYPES[format])
 
     def health(self) -> dict[str, Any]:
         stats = self.engine.stats
@@ -183,7 +201,7 @@ class CaptionServer:
             id=uuid.uuid4().hex[:12],
             params=params,
             session=Session(self.config.session, language=language, context=params.context),
-            room=self.rooms.get(params.room),
+            room=await self.rooms.get(params.room),
             connection=connection,
         )
         pcm = PcmDecoder(params.encoding, params.sample_rate)
@@ -268,7 +286,12 @@ class CaptionServer:
     async def _deliver(self, publisher: _Publisher) -> None:
         for event in publisher.session.events():
             message = protocol.caption(event, publisher.room.name, publisher.id, publisher.params.speaker)
-            message = publisher.room.publish(message)
+            if message["type"] == "final":
+                message = await self.rooms.publish_final(
+                    publisher.room, message, publisher.started_wall + event.start, publisher.started_wall + event.end
+                )
+            else:
+                self.rooms.publish_partial(publisher.room, message)
             try:
                 await publisher.connection.send(protocol.encode(message))
             except websockets.ConnectionClosed:
@@ -276,7 +299,7 @@ class CaptionServer:
 
     async def _view(self, connection: ServerConnection, query: dict[str, str]) -> None:
         params = protocol.parse_view(query)
-        viewer, backlog = self.rooms.join_viewer(params.room, params.since)
+        viewer, backlog = await self.rooms.join_viewer(params.room, params.since)
         viewer.on_drop = lambda: asyncio.ensure_future(connection.close(1013, "viewer too slow; reconnect with since"))
         self.viewer_count += 1
         try:

@@ -130,10 +130,11 @@ class ServerThread:
 
 
 @pytest.fixture(scope="module")
-def server(model):
+def server(model, tmp_path_factory):
     from streaming.config import ServerConfig
     from streaming.server import CaptionServer
 
-    running = ServerThread(CaptionServer(ServerConfig(port=0, viewer_queue=64), model)).start()
+    config = ServerConfig(port=0, viewer_queue=64, data_dir=tmp_path_factory.mktemp("data"))
+    running = ServerThread(CaptionServer(config, model)).start()
     yield running
     running.stop()

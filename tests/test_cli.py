@@ -34,10 +34,10 @@ def flashcaption(*args: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def serve():
+def serve(tmp_path_factory):
     port = free_port()
     process = subprocess.Popen(
-        flashcaption("serve", "--port", str(port), "--device", "cpu"),
+        flashcaption("serve", "--port", str(port), "--device", "cpu", "--data-dir", str(tmp_path_factory.mktemp("data"))),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     url = f"ws://127.0.0.1:{port}"
@@ -60,7 +60,7 @@ def test_help_explains_every_option():
 
     parser = build_parser()
     commands = next(a for a in parser._actions if a.dest == "command").choices
-    assert set(commands) == {"serve", "file", "mic", "watch", "bench"}
+    assert set(commands) == {"serve", "file", "mic", "watch", "bench", "export"}
     for name, sub in commands.items():
         for action in sub._actions:
             assert action.help, f"flashcaption {name} {action.option_strings or action.dest} has no help"
@@ -105,10 +105,11 @@ def test_file_reports_a_refusal(serve, tmp_path):
     assert missing.returncode == 1 and "no such file" in missing.stderr
 
 
-def test_sigterm_finalises_open_utterances_before_exit():
+def test_sigterm_finalises_open_utterances_before_exit(tmp_path):
     port = free_port()
     process = subprocess.Popen(
-        flashcaption("serve", "--port", str(port), "--device", "cpu"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        flashcaption("serve", "--port", str(port), "--device", "cpu", "--data-dir", str(tmp_path)),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     url = f"ws://127.0.0.1:{port}"
     for _ in range(600):

@@ -15,7 +15,8 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from streaming.rooms import Room, Rooms, Viewer
+from streaming.journal import Journal
+from streaming.rooms import Rooms, Viewer
 from streaming.scoring import error_rate
 from tests.conftest import CLIPS, ServerThread
 
@@ -214,11 +215,11 @@ def test_http_routes(server):
         assert error.value.code == status
 
 
-def test_overloaded_server_refuses_new_publishers(model):
+def test_overloaded_server_refuses_new_publishers(model, tmp_path):
     from streaming.config import ServerConfig
     from streaming.server import CaptionServer
 
-    full = ServerThread(CaptionServer(ServerConfig(port=0, max_queued_decodes=0), model)).start()
+    full = ServerThread(CaptionServer(ServerConfig(port=0, max_queued_decodes=0, data_dir=tmp_path), model)).start()
     try:
         message, code = refused(full.url, "/v1/publish")
         assert message["code"] == "overloaded" and code == 1013
@@ -226,29 +227,39 @@ def test_overloaded_server_refuses_new_publishers(model):
         full.stop()
 
 
-def test_a_slow_viewer_is_dropped_and_the_room_goes_on():
+def test_a_slow_viewer_is_dropped_and_the_room_goes_on(tmp_path):
     async def scenario():
-        room = Room("r", replay_finals=10)
+        rooms = Rooms(Journal(tmp_path / "j.sqlite3"))
+        room = await rooms.get("r")
         slow, fast = Viewer(max_queue=3), Viewer(max_queue=100)
         dropped = []
         slow.on_drop = lambda: dropped.append(True)
         room.viewers |= {slow, fast}
         for i in range(10):
-            room.publish({"type": "final", "text": str(i)})
+            await rooms.publish_final(room, _final("r", str(i)), 0.0, 1.0)
         assert dropped == [True] and slow not in room.viewers and fast in room.viewers
-        assert fast.queue.qsize() == 10 and [m["seq"] for m in room.finals_since(7)] == [8, 9, 10]
+        assert [fast.queue.get_nowait()["seq"] for _ in range(10)] == list(range(1, 11))
+        rooms.close()
 
     asyncio.run(scenario())
 
 
-def test_rooms_are_bounded_and_occupied_rooms_are_never_forgotten():
+def _final(room: str, text: str) -> dict:
+    return {"type": "final", "room": room, "session": "s", "speaker": "", "segment": 0, "text": text,
+            "start": 0.0, "end": 1.0, "language": "en"}
+
+
+def test_rooms_are_bounded_and_occupied_rooms_are_never_forgotten(tmp_path):
     async def scenario():
-        rooms = Rooms(replay_finals=10, max_rooms=3)
-        occupied = rooms.get("busy")
-        occupied.publishers = 1
+        rooms = Rooms(Journal(tmp_path / "j.sqlite3"), max_rooms=3)
+        (await rooms.get("busy")).publishers = 1
         for name in ("a", "b", "c", "d"):
-            rooms.get(name).publish({"type": "final", "text": name})
+            await rooms.publish_final(await rooms.get(name), _final(name, name), 0.0, 1.0)
         names = {room.name for room in rooms}
         assert "busy" in names and len(names) == 3 and names == {"busy", "c", "d"}
+        # A forgotten room's finals are still in the journal, and its seq continues.
+        again = await rooms.get("a")
+        assert again.next_seq == 2
+        rooms.close()
 
     asyncio.run(scenario())

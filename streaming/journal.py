@@ -1,0 +1,83 @@
+"""The durable record of every room's finals: SQLite in WAL mode under the data directory.
+
+A final is written (and synced) before anyone is sent it, so a final a client has seen survives
+``kill -9`` of the server. Room ``seq`` numbers continue from the journal after a restart.
+All calls block: the server runs them on its journal thread, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS finals (
+    room TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    session TEXT NOT NULL,
+    speaker TEXT NOT NULL,
+    segment INTEGER NOT NULL,
+    text TEXT NOT NULL,
+    language TEXT NOT NULL,
+    start REAL NOT NULL,          -- session clock, seconds
+    end REAL NOT NULL,
+    wall_start REAL NOT NULL,     -- Unix time: the session's start + start
+    wall_end REAL NOT NULL,
+    written REAL NOT NULL,        -- Unix time the final was journaled
+    PRIMARY KEY (room, seq)
+) WITHOUT ROWID;
+"""
+
+_FIELDS = ("room", "seq", "session", "speaker", "segment", "text", "language", "start", "end", "wall_start", "wall_end", "written")
+
+
+class Journal:
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # FULL: each final is on disk when append() returns, not just in the OS cache.
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+
+    def last_seq(self, room: str) -> int:
+        with self._lock:
+            row = self._db.execute("SELECT MAX(seq) FROM finals WHERE room = ?", (room,)).fetchone()
+        return row[0] or 0
+
+    def append(self, final: dict[str, Any], wall_start: float, wall_end: float) -> None:
+        row = (
+            final["room"], final["seq"], final["session"], final["speaker"], final["segment"], final["text"],
+            final["language"], final["start"], final["end"], wall_start, wall_end, time.time(),
+        )
+        with self._lock:
+            self._db.execute(f"INSERT INTO finals ({', '.join(_FIELDS)}) VALUES ({', '.join('?' * len(_FIELDS))})", row)
+
+    def finals(self, room: str, since: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
+        """A room's finals with seq > since, in order, as journal rows."""
+        query = f"SELECT {', '.join(_FIELDS)} FROM finals WHERE room = ? AND seq > ? ORDER BY seq"
+        params: tuple = (room, since)
+        if limit is not None:
+            query += " LIMIT ?"
+            params += (limit,)
+        with self._lock:
+            rows = self._db.execute(query, params).fetchall()
+        return [dict(zip(_FIELDS, row)) for row in rows]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+def as_caption(row: dict[str, Any]) -> dict[str, Any]:
+    """A journal row as the protocol's final message."""
+    return {
+        "type": "final", "room": row["room"], "session": row["session"], "speaker": row["speaker"],
+        "segment": row["segment"], "text": row["text"], "start": row["start"], "end": row["end"],
+        "language": row["language"], "seq": row["seq"],
+    }

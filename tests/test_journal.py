@@ -1,0 +1,152 @@
+"""Transcripts that survive: the journal, kill -9 of the server, seq continuity, exports."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+import urllib.request
+
+import numpy as np
+import srt
+import webvtt
+from websockets.sync.client import connect
+
+from streaming.export import MAX_LINE, MAX_LINES, render
+from streaming.journal import Journal
+from tests.conftest import CLIPS
+from tests.test_cli import flashcaption, free_port
+from tests.test_server import finals, publish, receive_until
+
+SR = 16000
+
+
+def _get(url: str) -> str:
+    return urllib.request.urlopen(url, timeout=30).read().decode("utf-8")
+
+
+def test_two_speakers_export_to_valid_srt_and_vtt(server, tmp_path):
+    results = {}
+
+    def speak(name: str, clip: str) -> None:
+        results[name] = finals(publish(server.url, CLIPS[clip].audio, f"room=panel&speaker={name}", pace=0.01)[0])
+
+    threads = [threading.Thread(target=speak, args=a) for a in (("Ada", "en_ls_1995-1837-0001"), ("Grace", "en_jfk_inaugural"))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    spoken = sorted(results["Ada"] + results["Grace"], key=lambda f: f["seq"])
+    assert [f["seq"] for f in spoken] == list(range(1, len(spoken) + 1))
+    base = server.url.replace("ws://", "http://")
+
+    subtitles = list(srt.parse(_get(f"{base}/v1/rooms/panel/transcript?format=srt")))
+    vtt = webvtt.from_buffer(__import__("io").StringIO(_get(f"{base}/v1/rooms/panel/transcript?format=vtt")))
+    for cues in (subtitles, vtt.captions):
+        assert len(cues) >= len(spoken)
+    for cue in subtitles:
+        assert cue.end > cue.start
+        lines = cue.content.split("\n")
+        assert len(lines) <= MAX_LINES + 1  # a long speaker label may take a line of its own
+    for caption in vtt.captions:
+        assert caption.voice in ("Ada", "Grace")
+        assert all(len(line) <= MAX_LINE for line in caption.text.split("\n")) and len(caption.text.split("\n")) <= MAX_LINES
+    # Every spoken word is in the subtitles, in order, for each speaker.
+    for name in ("Ada", "Grace"):
+        said = " ".join(f["text"] for f in results[name]).split()
+        shown = " ".join(c.text.replace("\n", " ") for c in vtt.captions if c.voice == name).split()
+        assert shown == said
+    text = _get(f"{base}/v1/rooms/panel/transcript?format=txt")
+    assert "Ada: " in text and "Grace: " in text
+    rows = json.loads(_get(f"{base}/v1/rooms/panel/transcript?format=json"))["finals"]
+    assert [r["seq"] for r in rows] == [f["seq"] for f in spoken]
+
+
+def test_kill_9_loses_no_final_and_seq_continues(tmp_path):
+    port = free_port()
+    data = tmp_path / "data"
+    command = flashcaption("serve", "--port", str(port), "--device", "cpu", "--data-dir", str(data))
+
+    def start() -> subprocess.Popen:
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(600):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1)
+                return process
+            except OSError:
+                time.sleep(0.2)
+        raise AssertionError("server did not start")
+
+    url = f"ws://127.0.0.1:{port}"
+    first = start()
+    clip = CLIPS["en_jfk_inaugural"].audio
+    seen = []
+    with connect(f"{url}/v1/captions?room=keynote") as viewer, connect(f"{url}/v1/publish?room=keynote") as publisher:
+        json.loads(viewer.recv(timeout=10))
+        json.loads(publisher.recv(timeout=10))
+        for offset in range(0, 9 * SR, 1600):  # three of JFK's four phrases, then the crash
+            publisher.send((clip[offset : offset + 1600] * 32767).astype("<i2").tobytes())
+            time.sleep(0.02)
+        seen = [m for m in receive_until(viewer, lambda m: m["type"] == "final" and m["seq"] >= 2, timeout=60) if m["type"] == "final"]
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait(10)
+    assert len(seen) >= 2
+
+    second = start()
+    try:
+        # The journal may hold a final that was written but not yet sent when the server died.
+        kept = json.loads(_get(f"http://127.0.0.1:{port}/v1/rooms/keynote/transcript?format=json"))["finals"]
+        assert [r["seq"] for r in kept] == list(range(1, len(kept) + 1)) and len(kept) >= len(seen)
+        with connect(f"{url}/v1/captions?room=keynote&since=0") as viewer:
+            json.loads(viewer.recv(timeout=10))
+            replayed = [json.loads(viewer.recv(timeout=10)) for _ in kept]
+            assert replayed[: len(seen)] == seen  # every final a client had, after a kill -9
+            seen = replayed
+            messages, code = publish(url, CLIPS["en_arctic_a0024"].audio, "room=keynote")
+            new = finals(messages)
+            assert code == 1000 and new[0]["seq"] == seen[-1]["seq"] + 1  # no reuse, no gap
+            live = receive_until(viewer, lambda m: m["type"] == "final" and m["seq"] == new[-1]["seq"], timeout=60)
+            assert [m for m in live if m["type"] == "final"] == new  # live captions after the replay
+        with connect(f"{url}/v1/captions?room=keynote&since={seen[0]['seq']}") as late:
+            json.loads(late.recv(timeout=10))
+            missing = [json.loads(late.recv(timeout=10)) for _ in range(len(seen) - 1 + len(new))]
+            assert [m["seq"] for m in missing] == list(range(seen[0]["seq"] + 1, new[-1]["seq"] + 1))
+        exported = subprocess.run(
+            flashcaption("export", "--room", "keynote", "--format", "srt", "--url", url), capture_output=True, text=True, check=True
+        ).stdout
+    finally:
+        second.send_signal(signal.SIGTERM)
+        second.wait(30)
+    for final in seen + new:
+        assert final["text"].split()[0] in exported
+    offline = subprocess.run(
+        flashcaption("export", "--room", "keynote", "--format", "txt", "--data-dir", str(data)), capture_output=True, text=True, check=True
+    ).stdout
+    assert len(offline.splitlines()) == len(seen) + len(new)
+
+
+def test_journal_rows_and_render_errors(tmp_path):
+    journal = Journal(tmp_path / "j.sqlite3")
+    assert journal.last_seq("r") == 0
+    for seq in (1, 2, 3):
+        journal.append(
+            {"room": "r", "seq": seq, "session": "s", "speaker": "", "segment": seq - 1, "text": "word " * 30 * seq,
+             "language": "en", "start": float(seq), "end": seq + 2.0}, 1000.0 + seq, 1002.0 + seq,
+        )
+    assert journal.last_seq("r") == 3 and journal.last_seq("other") == 0
+    assert [r["seq"] for r in journal.finals("r", since=1)] == [2, 3]
+    cues = list(srt.parse(render(journal.finals("r"), "srt")))
+    assert len(cues) > 3 and all(len(l) <= MAX_LINE for c in cues for l in c.content.split("\n"))
+    assert cues[0].start.total_seconds() == 0.0  # wall clock counted from the room's first caption
+    session = list(srt.parse(render(journal.finals("r"), "srt", clock="session")))
+    assert session[0].start.total_seconds() == 1.0
+    for bad in (("doc", "wall"), ("srt", "moon")):
+        try:
+            render([], *bad)
+        except ValueError:
+            continue
+        raise AssertionError(bad)
+    journal.close()
