@@ -75,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--vad-aggressiveness", type=int, choices=range(4), default=vad.aggressiveness,
         help="webrtcvad mode, 3 rejects the most noise (default %(default)s)",
     )
+    serve.add_argument("--resume-grace", type=_positive_float, default=defaults.resume_grace_s,
+                       help="seconds a dropped publisher may take to resume its session with resume=ID (default %(default)s)")
     serve.add_argument("--data-dir", type=Path, default=defaults.data_dir,
                        help="where the journal of finals is kept (default %(default)s; env FLASHCAPTION_DATA)")
     serve.add_argument("--log-level", default=defaults.log_level, choices=["debug", "info", "warning", "error"],
@@ -122,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="extra option for the started server, e.g. --server-arg=--end-silence=400 (repeatable)")
     bench.add_argument("--no-offline", action="store_true", help="skip the offline decoding of each whole clip")
     bench.add_argument("--no-non-speech", action="store_true", help="skip streaming silence, noise and music")
+    bench.add_argument("--journal", type=int, default=None, metavar="N",
+                       help="instead: time writing N finals to a journal, replaying and exporting them")
 
     export = commands.add_parser(
         "export", help="write a room's transcript as SRT, WebVTT, JSON or text",
@@ -166,6 +170,7 @@ def _serve(args: argparse.Namespace) -> int:
             partial_interval_s=args.partial_interval,
         ),
         data_dir=args.data_dir,
+        resume_grace_s=args.resume_grace,
         decode_delay_s=args.decode_delay,
         log_level=args.log_level,
         log_json=args.log_json,
@@ -196,6 +201,11 @@ def _bench(args: argparse.Namespace) -> int:
     from streaming.logs import setup_logging
 
     setup_logging("warning")
+    if args.journal:
+        from streaming.bench import journal_bench
+
+        journal_bench(args.journal)
+        return 0
     if not args.url and not args.manifest.is_file():
         print(f"flashcaption: no manifest at {args.manifest} (use --manifest)", file=sys.stderr)
         return 1

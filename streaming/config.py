@@ -27,6 +27,8 @@ class ServerConfig:
     # Decode requests waiting across all sessions before new publishers are refused.
     max_queued_decodes: int = 64
     shutdown_grace_s: float = 10.0
+    # A publisher whose connection dropped may resume its session within this time.
+    resume_grace_s: float = 60.0
     decode_delay_s: float = 0.0  # testing aid: every decode takes this much longer
     log_level: str = field(default_factory=lambda: os.environ.get("FLASHCAPTION_LOG_LEVEL", "info"))
     log_json: bool = False

@@ -53,6 +53,7 @@ class PublishParams:
     encoding: str = "pcm_s16le"
     context: str | None = None
     token: str | None = None
+    resume: str | None = None  # a session id to continue after a dropped connection
 
     @property
     def bytes_per_second(self) -> int:
@@ -126,7 +127,8 @@ def _context(value: Any) -> str | None:
     return value or None
 
 
-_PUBLISH_KEYS = {"room", "speaker", "language", "sample_rate", "encoding", "context", "token"}
+_PUBLISH_KEYS = {"room", "speaker", "language", "sample_rate", "encoding", "context", "token", "resume"}
+_SESSION_ID = re.compile(r"[0-9a-f]{12}")
 _VIEW_KEYS = {"room", "since", "token"}
 
 
@@ -150,6 +152,9 @@ def parse_publish(query: Mapping[str, str]) -> PublishParams:
     speaker = query.get("speaker", "")
     if len(speaker) > 64 or any(ord(c) < 32 for c in speaker):
         raise ProtocolError("bad_request", "speaker must be at most 64 printable characters")
+    resume = query.get("resume")
+    if resume is not None and not _SESSION_ID.fullmatch(resume):
+        raise ProtocolError("bad_request", "resume must be a session id from a ready message")
     return PublishParams(
         room=_room(query.get("room")),
         speaker=speaker,
@@ -158,6 +163,7 @@ def parse_publish(query: Mapping[str, str]) -> PublishParams:
         encoding=encoding,
         context=_context(query.get("context")),
         token=query.get("token"),
+        resume=resume,
     )
 
 

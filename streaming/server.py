@@ -60,6 +60,7 @@ class _Publisher:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     pump: asyncio.Task | None = None
     started_wall: float = field(default_factory=time.time)  # Unix time of session clock 0
+    parking: bool = False  # the connection dropped: finish what was heard, then wait for a resume
 
     @property
     def log_extra(self) -> dict[str, str]:
@@ -79,6 +80,7 @@ class CaptionServer:
         )
         self.rooms = Rooms(Journal(config.data_dir / "journal.sqlite3"), config.viewer_queue)
         self.publishers: dict[str, _Publisher] = {}
+        self._parked: dict[str, tuple[_Publisher, asyncio.TimerHandle]] = {}
         self.viewer_count = 0
         self._server: Server | None = None
         self._draining = False
@@ -101,6 +103,9 @@ class CaptionServer:
     async def shutdown(self) -> None:
         """Stop taking connections, finalise every open utterance, deliver, then close."""
         self._draining = True
+        for _, timer in self._parked.values():
+            timer.cancel()  # parked sessions have nothing left to finalise
+        self._parked.clear()
         if self._server is not None:
             self._server.close(close_connections=False)
         publishers = list(self.publishers.values())
@@ -194,38 +199,84 @@ class CaptionServer:
         params = protocol.parse_publish(query)
         if self._draining:
             raise ProtocolError("overloaded", "server is shutting down")
-        if self.engine.overloaded:
-            raise ProtocolError("overloaded", "server is at capacity; try again later")
-        language = self._language(params.language) or self.model.languages[0]
-        publisher = _Publisher(
-            id=uuid.uuid4().hex[:12],
-            params=params,
-            session=Session(self.config.session, language=language, context=params.context),
-            room=await self.rooms.get(params.room),
-            connection=connection,
-        )
+        if params.resume is not None:
+            publisher = self._unpark(params.resume, query.get("room"))
+            publisher.connection = connection
+        else:
+            if self.engine.overloaded:
+                raise ProtocolError("overloaded", "server is at capacity; try again later")
+            language = self._language(params.language) or self.model.languages[0]
+            publisher = _Publisher(
+                id=uuid.uuid4().hex[:12],
+                params=params,
+                session=Session(self.config.session, language=language, context=params.context),
+                room=await self.rooms.get(params.room),
+                connection=connection,
+            )
+            publisher.room.publishers += 1
         pcm = PcmDecoder(params.encoding, params.sample_rate)
-        await connection.send(
-            protocol.encode(protocol.ready(publisher.id, params.room, self.model.name, language, params.sample_rate))
-        )
         self.publishers[publisher.id] = publisher
-        publisher.room.publishers += 1
         publisher.pump = asyncio.create_task(self._pump(publisher))
-        log.info("publisher joined (%s, %d Hz)", params.encoding, params.sample_rate, extra=publisher.log_extra)
+        log.info(
+            "publisher %s (%s, %d Hz)", "resumed" if params.resume else "joined", params.encoding, params.sample_rate,
+            extra=publisher.log_extra,
+        )
+        ended = False
         try:
-            await self._receive(publisher, pcm)
+            await connection.send(
+                protocol.encode(
+                    protocol.ready(publisher.id, publisher.room.name, self.model.name, publisher.session.language, params.sample_rate)
+                )
+            )
+            ended = await self._receive(publisher, pcm)
+        except _Refused:
+            ended = True  # refused for breaking the protocol: not resumable
+            raise
         finally:
-            # Whatever ended the connection, the utterance in progress is finalised and its
-            # final reaches the room.
-            if not publisher.session.ending:
-                publisher.session.receive_audio(pcm.finish())
-                publisher.session.end()
-            publisher.wake.set()
-            await asyncio.shield(publisher.pump)
-            publisher.room.publishers -= 1
-            del self.publishers[publisher.id]
-            log.info("publisher left", extra=publisher.log_extra)
+            await self._after_connection(publisher, pcm, ended)
         await connection.close(1000, "end of stream")
+
+    async def _after_connection(self, publisher: _Publisher, pcm: PcmDecoder, ended: bool) -> None:
+        """Whatever ended the connection, the utterance in progress is finalised and its final
+        reaches the room. A dropped connection parks the session for resumption."""
+        session = publisher.session
+        del self.publishers[publisher.id]
+        if not session.ending:
+            session.receive_audio(pcm.finish())
+            if ended or self._draining:
+                session.end()
+            else:
+                session.flush()
+                publisher.parking = True
+        publisher.wake.set()
+        await asyncio.shield(publisher.pump)
+        if session.finished:
+            publisher.room.publishers -= 1
+            log.info("publisher left", extra=publisher.log_extra)
+        else:
+            publisher.parking = False
+            timer = asyncio.get_running_loop().call_later(self.config.resume_grace_s, self._expire, publisher.id)
+            self._parked[publisher.id] = (publisher, timer)
+            log.info("publisher dropped; resumable for %.0f s", self.config.resume_grace_s, extra=publisher.log_extra)
+
+    def _unpark(self, session_id: str, room: str | None) -> _Publisher:
+        parked = self._parked.get(session_id)
+        if parked is None:
+            raise ProtocolError("bad_request", f"no session {session_id} to resume (unknown, ended, or its grace period passed)")
+        publisher, timer = parked
+        if room is not None and room != publisher.room.name:
+            raise ProtocolError("bad_request", f"session {session_id} belongs to room {publisher.room.name}, not {room}")
+        timer.cancel()
+        del self._parked[session_id]
+        # The audio clock stood still while the connection was down; the wall clock did not.
+        publisher.started_wall = time.time() - publisher.session.received_seconds
+        return publisher
+
+    def _expire(self, session_id: str) -> None:
+        publisher, _ = self._parked.pop(session_id)
+        publisher.session.end()
+        publisher.room.publishers -= 1
+        log.info("resumable session expired", extra=publisher.log_extra)
 
     def _language(self, requested: str | None) -> str | None:
         """A language the model can do, or a bad_request."""
@@ -240,7 +291,8 @@ class CaptionServer:
             )
         return requested
 
-    async def _receive(self, publisher: _Publisher, pcm: PcmDecoder) -> None:
+    async def _receive(self, publisher: _Publisher, pcm: PcmDecoder) -> bool:
+        """Feed the session until ``end`` (returns True) or the connection closes (False)."""
         session = publisher.session
         async for message in publisher.connection:
             try:
@@ -252,7 +304,7 @@ class CaptionServer:
                         session.receive_audio(pcm.finish())
                         session.end()
                         publisher.wake.set()
-                        return
+                        return True
                     if isinstance(command, FlushMessage):
                         session.flush()
                     else:
@@ -264,6 +316,7 @@ class CaptionServer:
                 # over one bad message.
                 await _send_error(publisher.connection, error, close=False)
             publisher.wake.set()
+        return False
 
     async def _pump(self, publisher: _Publisher) -> None:
         """Runs a session's decodes, one at a time, and delivers its captions."""
@@ -280,7 +333,7 @@ class CaptionServer:
                 else:
                     session.receive_hypothesis(request.id, hypothesis, seconds)
                 await self._deliver(publisher)
-            if session.finished:
+            if session.finished or (publisher.parking and session.idle):
                 return
 
     async def _deliver(self, publisher: _Publisher) -> None:

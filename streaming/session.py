@@ -243,6 +243,16 @@ class Session:
         return self._ending
 
     @property
+    def received_seconds(self) -> float:
+        """The session's audio clock: seconds of audio received so far."""
+        return self._segmenter.position / SAMPLE_RATE
+
+    @property
+    def idle(self) -> bool:
+        """Nothing heard and not yet captioned, nothing being decoded."""
+        return not self._closing and self._in_flight is None and self._open is None
+
+    @property
     def finished(self) -> bool:
         return self._ending and not self._closing and self._in_flight is None and self._open is None
 

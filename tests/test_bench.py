@@ -14,7 +14,7 @@ from tests.conftest import DATA
 def bench_args(**overrides) -> argparse.Namespace:
     args = dict(
         manifest=DATA / "manifest.tsv", langs="en", streams=1, sweep=None, speed=1.0, json=None, url=None,
-        model="moonshine-base-en", device="cpu", server_args=[], no_offline=True, no_non_speech=True,
+        model="moonshine-base-en", device="cpu", server_args=[], no_offline=True, no_non_speech=True, journal=None,
     )
     args.update(overrides)
     return argparse.Namespace(**args)
@@ -74,3 +74,14 @@ def test_is_extension():
     assert is_extension("a capit", "a capital letter")
     assert not is_extension("the law", "the loss of")
     assert not is_extension("It was the first", "It was")
+
+
+def test_journal_bench_reports_its_figures():
+    from io import StringIO
+
+    from streaming.bench import journal_bench
+
+    out = StringIO()
+    timings = journal_bench(300, out)
+    assert timings["append"]["n"] == 300 and timings["append"]["p50"] > 0 and timings["export_srt"] > 0
+    assert "300 finals appended" in out.getvalue()

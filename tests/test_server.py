@@ -263,3 +263,45 @@ def test_rooms_are_bounded_and_occupied_rooms_are_never_forgotten(tmp_path):
         rooms.close()
 
     asyncio.run(scenario())
+
+
+def test_a_dropped_publisher_resumes_its_session(server):
+    clip = CLIPS["en_ls_1995-1837-0001"].audio
+    with connect(f"{server.url}/v1/captions?room=resume") as viewer:
+        json.loads(viewer.recv(timeout=10))
+        with connect(f"{server.url}/v1/publish?room=resume&speaker=Ada") as ws:
+            session = json.loads(ws.recv(timeout=10))["session"]
+            for offset in range(0, 4 * SR, 1600):  # "It was the first great sorrow of his life. It was not so"
+                ws.send(pcm16(clip[offset : offset + 1600]))
+            ws.socket.shutdown(socket.SHUT_RDWR)  # the network goes away mid-utterance
+        before = finals(receive_until(viewer, lambda m: m["type"] == "final" and "not" in m["text"], timeout=60))
+        # ... and comes back: the same session goes on.
+        rest = clip[4 * SR :]
+        messages, code = publish(server.url, rest, f"resume={session}&room=resume")
+        assert code == 1000 and messages[0]["session"] == session
+        after = finals(messages)
+        assert after and all(f["speaker"] == "Ada" and f["session"] == session for f in after)
+        assert [f["segment"] for f in before + after] == list(range(len(before) + len(after)))
+        assert "cotton" in " ".join(f["text"] for f in after)
+    # Once ended, the session cannot be resumed again.
+    message, code = refused(server.url, f"/v1/publish?resume={session}")
+    assert message["code"] == "bad_request" and "no session" in message["message"] and code == 1008
+    message, _ = refused(server.url, "/v1/publish?resume=0123456789ab")
+    assert "no session" in message["message"]
+
+
+def test_a_session_cannot_be_resumed_after_its_grace_period(model, tmp_path):
+    from streaming.config import ServerConfig
+    from streaming.server import CaptionServer
+
+    quick = ServerThread(CaptionServer(ServerConfig(port=0, data_dir=tmp_path, resume_grace_s=0.5), model)).start()
+    try:
+        with connect(f"{quick.url}/v1/publish?room=g") as ws:
+            session = json.loads(ws.recv(timeout=10))["session"]
+            ws.send(pcm16(CLIPS["en_arctic_a0024"].audio[:SR]))
+            ws.socket.shutdown(socket.SHUT_RDWR)
+        time.sleep(2.0)
+        message, code = refused(quick.url, f"/v1/publish?resume={session}")
+        assert "no session" in message["message"] and code == 1008
+    finally:
+        quick.stop()
