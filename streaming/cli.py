@@ -75,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--vad-aggressiveness", type=int, choices=range(4), default=vad.aggressiveness,
         help="webrtcvad mode, 3 rejects the most noise (default %(default)s)",
     )
+    serve.add_argument("--retain-days", type=_positive_float, default=None,
+                       help="delete finals older than this many days (checked hourly; default: keep everything)")
     serve.add_argument("--resume-grace", type=_positive_float, default=defaults.resume_grace_s,
                        help="seconds a dropped publisher may take to resume its session with resume=ID (default %(default)s)")
     serve.add_argument("--data-dir", type=Path, default=defaults.data_dir,
@@ -171,6 +173,7 @@ def _serve(args: argparse.Namespace) -> int:
         ),
         data_dir=args.data_dir,
         resume_grace_s=args.resume_grace,
+        retain_days=args.retain_days,
         decode_delay_s=args.decode_delay,
         log_level=args.log_level,
         log_json=args.log_json,

@@ -20,8 +20,9 @@ class ServerConfig:
     # Decodes run on this many threads; each may use runtime.intra_op_threads cores.
     workers: int = 2
     session: SessionConfig = field(default_factory=SessionConfig)
-    # Where the journal of finals lives.
+    # Where the journal of finals lives, and how long finals are kept (None: for ever).
     data_dir: Path = field(default_factory=lambda: default_data_dir())
+    retain_days: float | None = None
     # Messages queued for one viewer before it is dropped as too slow.
     viewer_queue: int = 512
     # Decode requests waiting across all sessions before new publishers are refused.

@@ -29,6 +29,12 @@ CREATE TABLE IF NOT EXISTS finals (
     written REAL NOT NULL,        -- Unix time the final was journaled
     PRIMARY KEY (room, seq)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS finals_by_time ON finals (written);
+-- The last seq of every room, kept when retention deletes old finals, so seq never restarts.
+CREATE TABLE IF NOT EXISTS rooms (
+    room TEXT PRIMARY KEY,
+    last_seq INTEGER NOT NULL
+) WITHOUT ROWID;
 """
 
 _FIELDS = ("room", "seq", "session", "speaker", "segment", "text", "language", "start", "end", "wall_start", "wall_end", "written")
@@ -47,16 +53,21 @@ class Journal:
 
     def last_seq(self, room: str) -> int:
         with self._lock:
-            row = self._db.execute("SELECT MAX(seq) FROM finals WHERE room = ?", (room,)).fetchone()
-        return row[0] or 0
+            row = self._db.execute("SELECT last_seq FROM rooms WHERE room = ?", (room,)).fetchone()
+        return row[0] if row else 0
 
     def append(self, final: dict[str, Any], wall_start: float, wall_end: float) -> None:
         row = (
             final["room"], final["seq"], final["session"], final["speaker"], final["segment"], final["text"],
             final["language"], final["start"], final["end"], wall_start, wall_end, time.time(),
         )
-        with self._lock:
+        with self._lock, self._db:
+            self._db.execute("BEGIN")
             self._db.execute(f"INSERT INTO finals ({', '.join(_FIELDS)}) VALUES ({', '.join('?' * len(_FIELDS))})", row)
+            self._db.execute(
+                "INSERT INTO rooms (room, last_seq) VALUES (?, ?) ON CONFLICT (room) DO UPDATE SET last_seq = excluded.last_seq",
+                (final["room"], final["seq"]),
+            )
 
     def finals(self, room: str, since: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
         """A room's finals with seq > since, in order, as journal rows."""
@@ -68,6 +79,19 @@ class Journal:
         with self._lock:
             rows = self._db.execute(query, params).fetchall()
         return [dict(zip(_FIELDS, row)) for row in rows]
+
+    def delete_older_than(self, cutoff: float) -> int:
+        """Retention: drop finals journaled before ``cutoff`` (Unix time); seq numbering stays."""
+        with self._lock:
+            return self._db.execute("DELETE FROM finals WHERE written < ?", (cutoff,)).rowcount
+
+    def delete_room(self, room: str) -> int:
+        """Forget a room entirely: its finals and its seq numbering."""
+        with self._lock, self._db:
+            self._db.execute("BEGIN")
+            deleted = self._db.execute("DELETE FROM finals WHERE room = ?", (room,)).rowcount
+            self._db.execute("DELETE FROM rooms WHERE room = ?", (room,))
+        return deleted
 
     def close(self) -> None:
         with self._lock:

@@ -114,6 +114,17 @@ class Rooms:
     async def transcript(self, name: str) -> list[dict[str, Any]]:
         return await self._in_journal(self.journal.finals, name, 0)
 
+    async def delete(self, name: str) -> int | None:
+        """Delete a room and its transcript; None if someone is in it."""
+        room = self._rooms.get(name)
+        if room is not None and (room.viewers or room.publishers):
+            return None
+        self._rooms.pop(name, None)
+        return await self._in_journal(self.journal.delete_room, name)
+
+    async def expire(self, cutoff: float) -> int:
+        return await self._in_journal(self.journal.delete_older_than, cutoff)
+
     def close(self) -> None:
         self._journal_thread.shutdown(wait=True)
         self.journal.close()

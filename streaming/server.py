@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 WEBSOCKET_MAX_MESSAGE = 4 * 1024 * 1024
 PAGES = {"/": "index.html"}
 _TRANSCRIPT = re.compile(r"/v1/rooms/([A-Za-z0-9_-]{1,64})/transcript")
+_ROOM = re.compile(r"/v1/rooms/([A-Za-z0-9_-]{1,64})")
 
 
 class _Refused(Exception):
@@ -81,6 +82,7 @@ class CaptionServer:
         self.rooms = Rooms(Journal(config.data_dir / "journal.sqlite3"), config.viewer_queue)
         self.publishers: dict[str, _Publisher] = {}
         self._parked: dict[str, tuple[_Publisher, asyncio.TimerHandle]] = {}
+        self._retention: asyncio.Task | None = None
         self.viewer_count = 0
         self._server: Server | None = None
         self._draining = False
@@ -97,12 +99,16 @@ class CaptionServer:
             server_header="FlashCaption",
         )
         port = next(iter(self._server.sockets)).getsockname()[1]
+        if self.config.retain_days is not None:
+            self._retention = asyncio.create_task(self._expire_finals())
         log.info("listening on ws://%s:%d (model %s)", self.config.host, port, self.model.name)
         return port
 
     async def shutdown(self) -> None:
         """Stop taking connections, finalise every open utterance, deliver, then close."""
         self._draining = True
+        if self._retention is not None:
+            self._retention.cancel()
         for _, timer in self._parked.values():
             timer.cancel()  # parked sessions have nothing left to finalise
         self._parked.clear()
@@ -145,6 +151,11 @@ class CaptionServer:
         transcript = _TRANSCRIPT.fullmatch(route)
         if transcript:
             return await self._transcript(transcript.group(1), query)
+        room = _ROOM.fullmatch(route)
+        if room and request.method == "DELETE":
+            return await self._delete_room(room.group(1))
+        if request.method != "GET":
+            return _response(HTTPStatus.METHOD_NOT_ALLOWED, f"{request.method} is not supported here")
         if route in ("/v1/publish", "/v1/captions"):
             if "upgrade" not in request.headers.get("Connection", "").lower():
                 return _response(HTTPStatus.UPGRADE_REQUIRED, f"{route} is a WebSocket endpoint")
@@ -163,6 +174,24 @@ class CaptionServer:
         except ValueError as error:
             return _response(HTTPStatus.BAD_REQUEST, str(error))
         return _response(HTTPStatus.OK, body, CONTENT_TYPES[format])
+
+    async def _delete_room(self, room: str) -> Response:
+        # Unauthenticated like every route until access control lands: keep the server on
+        # loopback or behind a proxy that checks access (README, Limits).
+        deleted = await self.rooms.delete(room)
+        if deleted is None:
+            return _response(HTTPStatus.CONFLICT, f"room {room} has publishers or viewers connected")
+        log.info("room deleted with %d finals", deleted, extra={"room": room})
+        return _response(HTTPStatus.OK, json.dumps({"room": room, "deleted_finals": deleted}), "application/json")
+
+    async def _expire_finals(self) -> None:
+        """Retention: every hour, drop finals older than --retain-days."""
+        while True:
+            cutoff = time.time() - self.config.retain_days * 86400
+            deleted = await self.rooms.expire(cutoff)
+            if deleted:
+                log.info("retention: deleted %d finals older than %g days", deleted, self.config.retain_days)
+            await asyncio.sleep(3600)
 
     def health(self) -> dict[str, Any]:
         stats = self.engine.stats

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import threading
 import time
+import urllib.error
 import urllib.request
 
 import numpy as np
@@ -150,3 +151,28 @@ def test_journal_rows_and_render_errors(tmp_path):
             continue
         raise AssertionError(bad)
     journal.close()
+
+
+def test_retention_keeps_seq_and_rooms_can_be_deleted(server, tmp_path):
+    journal = Journal(tmp_path / "j.sqlite3")
+    final = {"room": "r", "session": "s", "speaker": "", "segment": 0, "text": "hello", "language": "en", "start": 0.0, "end": 1.0}
+    journal.append({**final, "seq": 1}, 0.0, 1.0)
+    journal.append({**final, "seq": 2}, 0.0, 1.0)
+    assert journal.delete_older_than(time.time() + 1) == 2 and journal.finals("r") == []
+    assert journal.last_seq("r") == 2  # retention never lets seq start again
+    assert journal.delete_room("r") == 0 and journal.last_seq("r") == 0
+    journal.close()
+
+    publish(server.url, CLIPS["en_arctic_a0024"].audio, "room=doomed")
+    base = server.url.replace("ws://", "http://")
+    request = urllib.request.Request(f"{base}/v1/rooms/doomed", method="DELETE")
+    reply = json.loads(urllib.request.urlopen(request, timeout=30).read())
+    assert reply["deleted_finals"] >= 1
+    assert json.loads(_get(f"{base}/v1/rooms/doomed/transcript?format=json"))["finals"] == []
+    with connect(f"{server.url}/v1/captions?room=busy-room"):
+        busy = urllib.request.Request(f"{base}/v1/rooms/busy-room", method="DELETE")
+        try:
+            urllib.request.urlopen(busy, timeout=30)
+            raise AssertionError("deleting an occupied room must fail")
+        except urllib.error.HTTPError as error:
+            assert error.code == 409
