@@ -30,6 +30,12 @@ CREATE TABLE IF NOT EXISTS finals (
     PRIMARY KEY (room, seq)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS finals_by_time ON finals (written);
+CREATE INDEX IF NOT EXISTS finals_by_session ON finals (session, written);
+-- Sessions that ended (end, or their resume grace passed): never to be resumed.
+CREATE TABLE IF NOT EXISTS ended_sessions (
+    session TEXT PRIMARY KEY,
+    ended REAL NOT NULL
+) WITHOUT ROWID;
 -- The last seq of every room, kept when retention deletes old finals, so seq never restarts.
 CREATE TABLE IF NOT EXISTS rooms (
     room TEXT PRIMARY KEY,
@@ -79,6 +85,20 @@ class Journal:
         with self._lock:
             rows = self._db.execute(query, params).fetchall()
         return [dict(zip(_FIELDS, row)) for row in rows]
+
+    def end_session(self, session: str) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO ended_sessions (session, ended) VALUES (?, ?)", (session, time.time()))
+
+    def last_of_session(self, session: str) -> dict[str, Any] | None:
+        """The latest final of a session that has not ended (to resume it after a restart)."""
+        with self._lock:
+            if self._db.execute("SELECT 1 FROM ended_sessions WHERE session = ?", (session,)).fetchone():
+                return None
+            row = self._db.execute(
+                f"SELECT {', '.join(_FIELDS)} FROM finals WHERE session = ? ORDER BY written DESC LIMIT 1", (session,)
+            ).fetchone()
+        return dict(zip(_FIELDS, row)) if row else None
 
     def delete_older_than(self, cutoff: float) -> int:
         """Retention: drop finals journaled before ``cutoff`` (Unix time); seq numbering stays."""

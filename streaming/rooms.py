@@ -122,6 +122,12 @@ class Rooms:
         self._rooms.pop(name, None)
         return await self._in_journal(self.journal.delete_room, name)
 
+    async def last_of_session(self, session: str) -> dict[str, Any] | None:
+        return await self._in_journal(self.journal.last_of_session, session)
+
+    async def end_session(self, session: str) -> None:
+        await self._in_journal(self.journal.end_session, session)
+
     async def expire(self, cutoff: float) -> int:
         return await self._in_journal(self.journal.delete_older_than, cutoff)
 

@@ -13,7 +13,7 @@ import re
 import signal
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http import HTTPStatus
 from importlib import resources
 from typing import Any
@@ -229,7 +229,7 @@ class CaptionServer:
         if self._draining:
             raise ProtocolError("overloaded", "server is shutting down")
         if params.resume is not None:
-            publisher = self._unpark(params.resume, query.get("room"))
+            publisher = self._unpark(params.resume, query.get("room")) or await self._revive(params, query, connection)
             publisher.connection = connection
         else:
             if self.engine.overloaded:
@@ -281,6 +281,8 @@ class CaptionServer:
         await asyncio.shield(publisher.pump)
         if session.finished:
             publisher.room.publishers -= 1
+            if not self._draining:  # a drained session may still be resumed after the restart
+                await self.rooms.end_session(publisher.id)
             log.info("publisher left", extra=publisher.log_extra)
         else:
             publisher.parking = False
@@ -288,10 +290,10 @@ class CaptionServer:
             self._parked[publisher.id] = (publisher, timer)
             log.info("publisher dropped; resumable for %.0f s", self.config.resume_grace_s, extra=publisher.log_extra)
 
-    def _unpark(self, session_id: str, room: str | None) -> _Publisher:
+    def _unpark(self, session_id: str, room: str | None) -> _Publisher | None:
         parked = self._parked.get(session_id)
         if parked is None:
-            raise ProtocolError("bad_request", f"no session {session_id} to resume (unknown, ended, or its grace period passed)")
+            return None
         publisher, timer = parked
         if room is not None and room != publisher.room.name:
             raise ProtocolError("bad_request", f"session {session_id} belongs to room {publisher.room.name}, not {room}")
@@ -301,10 +303,37 @@ class CaptionServer:
         publisher.started_wall = time.time() - publisher.session.received_seconds
         return publisher
 
+    async def _revive(self, params: protocol.PublishParams, query: dict[str, str], connection: ServerConnection) -> _Publisher:
+        """Resume a session this process never held (the server restarted): its room, speaker,
+        segment numbering and audio clock come from its latest final in the journal."""
+        last = await self.rooms.last_of_session(params.resume)
+        if last is None or time.time() - last["written"] > self.config.resume_grace_s or self._draining:
+            raise ProtocolError("bad_request", f"no session {params.resume} to resume (unknown, ended, or its grace period passed)")
+        if "room" in query and query["room"] != last["room"]:
+            raise ProtocolError("bad_request", f"session {params.resume} belongs to room {last['room']}, not {query['room']}")
+        session = Session(
+            self.config.session,
+            language=last["language"],
+            context=params.context,
+            first_segment=last["segment"] + 1,
+            clock_offset_s=last["end"],
+        )
+        publisher = _Publisher(
+            id=params.resume,
+            params=replace(params, speaker=last["speaker"]),
+            session=session,
+            room=await self.rooms.get(last["room"]),
+            connection=connection,
+        )
+        publisher.started_wall = time.time() - last["end"]
+        publisher.room.publishers += 1
+        return publisher
+
     def _expire(self, session_id: str) -> None:
         publisher, _ = self._parked.pop(session_id)
         publisher.session.end()
         publisher.room.publishers -= 1
+        asyncio.ensure_future(self.rooms.end_session(session_id))
         log.info("resumable session expired", extra=publisher.log_extra)
 
     def _language(self, requested: str | None) -> str | None:

@@ -141,14 +141,24 @@ def _without_reread(lead: tuple[Word, ...], words: tuple[Word, ...]) -> tuple[Wo
 
 
 class Session:
-    def __init__(self, config: SessionConfig = SessionConfig(), language: str = "en", context: str | None = None):
+    def __init__(
+        self,
+        config: SessionConfig = SessionConfig(),
+        language: str = "en",
+        context: str | None = None,
+        first_segment: int = 0,
+        clock_offset_s: float = 0.0,
+    ):
+        """``first_segment`` and ``clock_offset_s`` continue a session from an earlier life
+        (resumed after a server restart): numbering and the audio clock go on from there."""
         self.config = config
+        self._clock_offset = clock_offset_s
         self.language = language
         self.context = context
         self._segmenter = Segmenter(config.vad)
         self._keys = itertools.count()
         self._request_ids = itertools.count(1)
-        self._next_segment = 0
+        self._next_segment = first_segment
         self._open: _Utterance | None = None
         self._closing: deque[_Utterance] = deque()
         self._in_flight: tuple[DecodeRequest, _Utterance] | None = None
@@ -245,7 +255,7 @@ class Session:
     @property
     def received_seconds(self) -> float:
         """The session's audio clock: seconds of audio received so far."""
-        return self._segmenter.position / SAMPLE_RATE
+        return self._clock_offset + self._segmenter.position / SAMPLE_RATE
 
     @property
     def idle(self) -> bool:
@@ -311,7 +321,7 @@ class Session:
         return request, utterance
 
     def _times(self, utterance: _Utterance, end: int) -> tuple[float, float]:
-        return utterance.start / SAMPLE_RATE, end / SAMPLE_RATE
+        return self._clock_offset + utterance.start / SAMPLE_RATE, self._clock_offset + end / SAMPLE_RATE
 
     def _emit_partial(self, utterance: _Utterance, words: tuple[Word, ...], speaking: bool) -> None:
         confirmed = len(utterance.stabilizer.confirmed)

@@ -85,9 +85,9 @@ def test_kill_9_loses_no_final_and_seq_continues(tmp_path):
     first = start()
     clip = CLIPS["en_jfk_inaugural"].audio
     seen = []
-    with connect(f"{url}/v1/captions?room=keynote") as viewer, connect(f"{url}/v1/publish?room=keynote") as publisher:
+    with connect(f"{url}/v1/captions?room=keynote") as viewer, connect(f"{url}/v1/publish?room=keynote&speaker=JFK") as publisher:
         json.loads(viewer.recv(timeout=10))
-        json.loads(publisher.recv(timeout=10))
+        session = json.loads(publisher.recv(timeout=10))["session"]
         for offset in range(0, 9 * SR, 1600):  # three of JFK's four phrases, then the crash
             publisher.send((clip[offset : offset + 1600] * 32767).astype("<i2").tobytes())
             time.sleep(0.02)
@@ -106,9 +106,13 @@ def test_kill_9_loses_no_final_and_seq_continues(tmp_path):
             replayed = [json.loads(viewer.recv(timeout=10)) for _ in kept]
             assert replayed[: len(seen)] == seen  # every final a client had, after a kill -9
             seen = replayed
-            messages, code = publish(url, CLIPS["en_arctic_a0024"].audio, "room=keynote")
+            # The publisher resumes its session on the new server process.
+            messages, code = publish(url, CLIPS["en_arctic_a0024"].audio, f"room=keynote&resume={session}")
             new = finals(messages)
-            assert code == 1000 and new[0]["seq"] == seen[-1]["seq"] + 1  # no reuse, no gap
+            assert code == 1000 and messages[0]["session"] == session
+            assert new[0]["seq"] == seen[-1]["seq"] + 1  # no reuse, no gap
+            assert new[0]["segment"] == seen[-1]["segment"] + 1 and new[0]["speaker"] == "JFK"
+            assert new[0]["start"] >= seen[-1]["end"]  # the session's audio clock goes on
             live = receive_until(viewer, lambda m: m["type"] == "final" and m["seq"] == new[-1]["seq"], timeout=60)
             assert [m for m in live if m["type"] == "final"] == new  # live captions after the replay
         with connect(f"{url}/v1/captions?room=keynote&since={seen[0]['seq']}") as late:
