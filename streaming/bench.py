@@ -39,7 +39,8 @@ import websockets
 from websockets.asyncio.client import connect
 
 from streaming.client import publish_url, read_wav, to_pcm16
-from streaming.scoring import error_counts, normalize
+from streaming.nonspeech import NON_SPEECH
+from streaming.scoring import CHARACTER_LANGUAGES, error_counts, normalize
 
 CHUNK_SECONDS = 0.05
 TAIL_SILENCE_SECONDS = 1.5
@@ -377,7 +378,7 @@ def print_report(report: dict[str, Any], out=sys.stdout) -> None:
             print(f"  partials per speech s    {s['partials_per_second_of_speech']:.2f}", file=out)
             print(f"  rewrite share            {s['rewrite_share']:.3f}", file=out)
         for language, entry in s["languages"].items():
-            unit = "CER" if language in ("zh", "ja", "ko", "yue") else "WER"
+            unit = "CER" if language in CHARACTER_LANGUAGES else "WER"
             line = f"  {language} {unit} streaming        {entry['streaming_error_rate']:.4f}"
             if "offline_error_rate" in entry:
                 line += f"   offline {entry['offline_error_rate']:.4f}"
@@ -393,23 +394,14 @@ def print_report(report: dict[str, Any], out=sys.stdout) -> None:
 
 async def non_speech_captions(url: str, seconds: float = 30.0) -> dict[str, int]:
     """Stream generated silence, pink noise and music; count captions (should be none)."""
-    rng = np.random.default_rng(0)
-    n = int(seconds * 16000)
-    spectrum = np.fft.rfft(rng.standard_normal(n)) / np.sqrt(np.maximum(np.arange(n // 2 + 1), 1))
-    pink = np.fft.irfft(spectrum, n)
-    t = np.arange(8000) / 16000
-    music = np.zeros(n)
-    for start in range(0, n - 8000, 4000):
-        f0 = [261.6, 329.6, 392.0, 440.0, 523.3][rng.integers(5)]
-        music[start : start + 8000] += 0.15 * sum(np.sin(2 * np.pi * f0 * k * t) / k for k in range(1, 6)) * np.exp(-6 * t)
-    signals = {"silence": np.zeros(n), "pink_noise": 0.3 * pink / np.abs(pink).max(), "music": music}
     counts = {}
-    for name, audio in signals.items():
+    for name in ("silence", "pink_noise", "music"):
+        audio = NON_SPEECH[name](seconds)
         messages = []
         async with connect(publish_url(url, room=f"bench-{name}"), max_size=2**22) as ws:
             await ws.recv()
-            for offset in range(0, n, 16000):
-                await ws.send(to_pcm16(audio[offset : offset + 16000].astype(np.float32)))
+            for offset in range(0, len(audio), 16000):
+                await ws.send(to_pcm16(audio[offset : offset + 16000]))
             await ws.send(json.dumps({"type": "end"}))
             async for raw in ws:
                 messages.append(json.loads(raw))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import csv
 import threading
-import wave
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import pytest
 from decoder.api import SAMPLE_RATE
 from decoder.models import DEFAULT_MODEL, load_model
 from decoder.runtime import RuntimeOptions
+from streaming import client, nonspeech
 
 DATA = Path(__file__).parent / "data"
 
@@ -28,9 +28,9 @@ class Clip:
 
 
 def read_wav(path: Path) -> np.ndarray:
-    with wave.open(str(path)) as wav:
-        assert wav.getframerate() == SAMPLE_RATE and wav.getsampwidth() == 2 and wav.getnchannels() == 1
-        return np.frombuffer(wav.readframes(wav.getnframes()), "<i2").astype(np.float32) / 32768
+    samples, rate = client.read_wav(path)
+    assert rate == SAMPLE_RATE, path
+    return samples
 
 
 def _load_clips() -> dict[str, Clip]:
@@ -54,42 +54,7 @@ def model():
 
 
 # -- generated audio without speech ---------------------------------------------------------
-def pink_noise(seconds: float, level: float = 0.3, seed: int = 1) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    n = int(seconds * SAMPLE_RATE)
-    spectrum = np.fft.rfft(rng.standard_normal(n))
-    spectrum /= np.sqrt(np.maximum(np.arange(len(spectrum)), 1))
-    noise = np.fft.irfft(spectrum, n)
-    return (level * noise / np.abs(noise).max()).astype(np.float32)
-
-
-def brown_noise(seconds: float, level: float = 0.5, seed: int = 2) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    noise = np.cumsum(rng.standard_normal(int(seconds * SAMPLE_RATE)))
-    noise -= np.convolve(noise, np.ones(801) / 801, mode="same")  # keep it from drifting off
-    return (level * noise / np.abs(noise).max()).astype(np.float32)
-
-
-def music(seconds: float, seed: int = 3) -> np.ndarray:
-    """Plucked notes with harmonics over a chord progression: music, no voice."""
-    rng = np.random.default_rng(seed)
-    n = int(seconds * SAMPLE_RATE)
-    out = np.zeros(n, np.float32)
-    t = np.arange(int(0.5 * SAMPLE_RATE)) / SAMPLE_RATE
-    scale = [261.6, 293.7, 329.6, 349.2, 392.0, 440.0, 493.9, 523.3]
-    for start in range(0, n - len(t), len(t) // 2):
-        f0 = scale[rng.integers(len(scale))] * (2 if rng.random() < 0.3 else 1)
-        note = sum(np.sin(2 * np.pi * f0 * k * t) / k for k in range(1, 6)) * np.exp(-6 * t)
-        out[start : start + len(t)] += 0.15 * note.astype(np.float32)
-    return out
-
-
-NON_SPEECH = {
-    "silence": lambda: np.zeros(30 * SAMPLE_RATE, np.float32),
-    "pink_noise": lambda: pink_noise(30),
-    "brown_noise": lambda: brown_noise(30),
-    "music": lambda: music(30),
-}
+NON_SPEECH = {name: (lambda make=make: make(30)) for name, make in nonspeech.NON_SPEECH.items()}
 
 
 # -- a real server on a loopback port ---------------------------------------------------------

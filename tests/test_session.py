@@ -8,7 +8,8 @@ import pytest
 from decoder.api import SAMPLE_RATE, transcribe
 from streaming.scoring import error_rate
 from streaming.session import DecodeRequest, FinalCaption, PartialCaption, Session, SessionConfig
-from tests.conftest import CLIPS, ENGLISH, NON_SPEECH, brown_noise, pink_noise
+from streaming.nonspeech import brown_noise, pink_noise
+from tests.conftest import CLIPS, ENGLISH, NON_SPEECH
 
 FRAME = SAMPLE_RATE // 50
 

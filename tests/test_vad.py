@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from vad.segmenter import Segmenter, SpeechChunk, SpeechEnd, SpeechStart, VadConfig
-from tests.conftest import CLIPS, NON_SPEECH, brown_noise, pink_noise
+from streaming.nonspeech import brown_noise, pink_noise
+from tests.conftest import CLIPS, NON_SPEECH
 
 SR = 16000
 
