@@ -252,12 +252,17 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _run_client(coroutine) -> int:
+    from websockets.exceptions import InvalidHandshake, InvalidURI
+
     from streaming.client import ClientError
 
     try:
         result = asyncio.run(coroutine)
     except ClientError as error:
         print(f"flashcaption: {error}", file=sys.stderr)
+        return 1
+    except (InvalidURI, InvalidHandshake) as error:
+        print(f"flashcaption: the server did not accept the connection: {error}", file=sys.stderr)
         return 1
     except OSError as error:
         print(f"flashcaption: cannot reach the server: {error}", file=sys.stderr)

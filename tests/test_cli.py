@@ -103,6 +103,15 @@ def test_file_reports_a_refusal(serve, tmp_path):
     assert result.returncode == 1 and "does not support language 'fr'" in result.stderr
     missing = subprocess.run(flashcaption("file", str(tmp_path / "nope.wav"), "--url", url), capture_output=True, text=True)
     assert missing.returncode == 1 and "no such file" in missing.stderr
+    wrong = subprocess.run(
+        flashcaption("watch", "--url", url + "/nowhere", "--room", "x"), capture_output=True, text=True, timeout=30
+    )
+    assert wrong.returncode == 1 and "did not accept" in wrong.stderr and "Traceback" not in wrong.stderr
+    down = subprocess.run(
+        flashcaption("file", str(DATA / "en_arctic_a0024.wav"), "--url", f"ws://127.0.0.1:{free_port()}"),
+        capture_output=True, text=True, timeout=30,
+    )
+    assert down.returncode == 1 and "cannot reach the server" in down.stderr
 
 
 def test_sigterm_finalises_open_utterances_before_exit(tmp_path):
