@@ -75,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--vad-aggressiveness", type=int, choices=range(4), default=vad.aggressiveness,
         help="webrtcvad mode, 3 rejects the most noise (default %(default)s)",
     )
+    serve.add_argument("--auth", choices=("auto", "on", "off"), default=defaults.auth,
+                       help="require signed tokens; auto: on unless --host is a loopback address (default %(default)s)")
+    serve.add_argument("--secret-file", type=Path, default=None,
+                       help="file holding the token secret (default: FLASHCAPTION_SECRET, else DATA_DIR/secret, made on first use)")
+    serve.add_argument("--public-rooms", action="store_true", help="viewers need no token (publishers still do)")
     serve.add_argument("--retain-days", type=_positive_float, default=None,
                        help="delete finals older than this many days (checked hourly; default: keep everything)")
     serve.add_argument("--resume-grace", type=_positive_float, default=defaults.resume_grace_s,
@@ -94,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--language", default=None, help="language code, or auto (default: the model's)")
         sub.add_argument("--context", default=None, help="names and terms that may be spoken")
         sub.add_argument("--json", action="store_true", help="print every event as a JSON line")
+        sub.add_argument("--token", default=os.environ.get("FLASHCAPTION_TOKEN"), help="access token (env FLASHCAPTION_TOKEN)")
 
     file = commands.add_parser("file", help="stream a WAV file and print its captions",
                                description="Stream a WAV recording to the server as if spoken live, and print the captions as they arrive.")
@@ -140,12 +146,25 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--url", default=DEFAULT_URL, help="server (default %(default)s)")
     export.add_argument("--data-dir", type=Path, default=None, help="read the journal in this directory instead of asking a server")
     export.add_argument("-o", "--output", type=Path, default=None, help="write here instead of standard output")
+    export.add_argument("--token", default=os.environ.get("FLASHCAPTION_TOKEN"), help="access token (env FLASHCAPTION_TOKEN)")
+
+    token = commands.add_parser(
+        "token", help="make access tokens", description="Make a signed access token; it is printed alone on standard output."
+    )
+    token_commands = token.add_subparsers(dest="token_command", required=True, metavar="ACTION", help="create: make a token")
+    create = token_commands.add_parser("create", help="make a token", description="Make a signed token for a room and role.")
+    create.add_argument("--room", required=True, help="room the token is for, or * for every room")
+    create.add_argument("--role", required=True, choices=("publish", "view", "admin"), help="what the token allows")
+    create.add_argument("--ttl", default="2h", help="how long it is valid: 90, 15m, 2h, 7d (default %(default)s)")
+    create.add_argument("--data-dir", type=Path, default=defaults.data_dir, help="the server's data directory, where its secret is (default %(default)s)")
+    create.add_argument("--secret-file", type=Path, default=None, help="the server's --secret-file, if it uses one")
 
     watch = commands.add_parser("watch", help="print what viewers of a room see", description="Print the captions of a room as every viewer receives them.")
     watch.add_argument("--url", default=DEFAULT_URL, help="server (default %(default)s)")
     watch.add_argument("--room", default="default", help="room to watch (default %(default)s)")
     watch.add_argument("--since", type=int, default=None, help="first replay the room's finals after this seq")
     watch.add_argument("--json", action="store_true", help="print every event as a JSON line")
+    watch.add_argument("--token", default=os.environ.get("FLASHCAPTION_TOKEN"), help="access token (env FLASHCAPTION_TOKEN)")
     return parser
 
 
@@ -174,6 +193,9 @@ def _serve(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         resume_grace_s=args.resume_grace,
         retain_days=args.retain_days,
+        auth=args.auth,
+        secret_file=args.secret_file,
+        public_rooms=args.public_rooms,
         decode_delay_s=args.decode_delay,
         log_level=args.log_level,
         log_json=args.log_json,
@@ -188,7 +210,11 @@ def _serve(args: argparse.Namespace) -> int:
     except (ModelUnavailable, DeviceUnavailable, ValueError) as error:
         log.error("%s", error)
         return 2
-    server = CaptionServer(config, model, lean)
+    try:
+        server = CaptionServer(config, model, lean)
+    except (ValueError, OSError) as error:
+        log.error("%s", error)
+        return 2
     try:
         asyncio.run(server.run_until_signal())
     except OSError as error:
@@ -219,6 +245,18 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _token(args: argparse.Namespace) -> int:
+    from streaming import auth
+
+    try:
+        secret = auth.load_secret(args.data_dir, args.secret_file)
+        print(auth.create_token(secret, args.room, args.role, auth.parse_ttl(args.ttl)))
+    except (ValueError, OSError) as error:
+        print(f"flashcaption: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _export(args: argparse.Namespace) -> int:
     import urllib.error
     import urllib.parse
@@ -238,8 +276,11 @@ def _export(args: argparse.Namespace) -> int:
     else:
         base = args.url.replace("ws://", "http://", 1).replace("wss://", "https://", 1).rstrip("/")
         query = urllib.parse.urlencode({"format": args.format, "clock": args.clock})
+        request = urllib.request.Request(f"{base}/v1/rooms/{urllib.parse.quote(args.room)}/transcript?{query}")
+        if args.token:
+            request.add_header("Authorization", f"Bearer {args.token}")
         try:
-            with urllib.request.urlopen(f"{base}/v1/rooms/{urllib.parse.quote(args.room)}/transcript?{query}", timeout=60) as reply:
+            with urllib.request.urlopen(request, timeout=60) as reply:
                 text = reply.read().decode("utf-8")
         except (urllib.error.URLError, OSError) as error:
             print(f"flashcaption: cannot fetch the transcript: {error}", file=sys.stderr)
@@ -281,14 +322,16 @@ def main(argv: list[str] | None = None) -> int:
         return _bench(args)
     if args.command == "export":
         return _export(args)
+    if args.command == "token":
+        return _token(args)
 
     from streaming.client import CaptionPrinter, stream_file, stream_microphone, watch_room
 
     if args.command == "watch":
         printer = CaptionPrinter(json_lines=args.json, show_speaker=True)
-        return _run_client(watch_room(args.url, args.room, printer, since=args.since))
+        return _run_client(watch_room(args.url, args.room, printer, since=args.since, token=args.token))
     printer = CaptionPrinter(json_lines=args.json)
-    params = dict(room=args.room, speaker=args.speaker, language=args.language, context=args.context)
+    params = dict(room=args.room, speaker=args.speaker, language=args.language, context=args.context, token=args.token)
     if args.command == "file":
         if not args.path.is_file():
             print(f"flashcaption: no such file: {args.path}", file=sys.stderr)

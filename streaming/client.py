@@ -54,8 +54,8 @@ def publish_url(base: str, **params: Any) -> str:
     return f"{base.rstrip('/')}/v1/publish?{urlencode(query)}"
 
 
-def captions_url(base: str, room: str, since: int | None = None) -> str:
-    query = {"room": room} | ({"since": since} if since is not None else {})
+def captions_url(base: str, room: str, since: int | None = None, token: str | None = None) -> str:
+    query = {"room": room} | ({"since": since} if since is not None else {}) | ({"token": token} if token else {})
     return f"{base.rstrip('/')}/v1/captions?{urlencode(query)}"
 
 
@@ -192,7 +192,9 @@ async def stream_microphone(
     return await stream_samples(url, chunks(), on_message)
 
 
-async def watch_room(base_url: str, room: str, on_message: Callable[[dict], None], since: int | None = None) -> None:
-    async with connect(captions_url(base_url, room, since), max_size=2**22) as connection:
+async def watch_room(
+    base_url: str, room: str, on_message: Callable[[dict], None], since: int | None = None, token: str | None = None
+) -> None:
+    async with connect(captions_url(base_url, room, since, token), max_size=2**22) as connection:
         await _expect_ready(connection)
         await _receive(connection, on_message)

@@ -28,6 +28,10 @@ class ServerConfig:
     # Decode requests waiting across all sessions before new publishers are refused.
     max_queued_decodes: int = 64
     shutdown_grace_s: float = 10.0
+    # Access control: "auto" is on unless the server listens on loopback only.
+    auth: str = "auto"
+    secret_file: Path | None = None
+    public_rooms: bool = False  # viewers need no token
     # A publisher whose connection dropped may resume its session within this time.
     resume_grace_s: float = 60.0
     decode_delay_s: float = 0.0  # testing aid: every decode takes this much longer

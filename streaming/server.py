@@ -24,7 +24,7 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from decoder.api import SpeechModel
-from streaming import protocol
+from streaming import auth, protocol
 from streaming.audio import PcmDecoder
 from streaming.config import ServerConfig
 from streaming.engine import Engine
@@ -83,6 +83,10 @@ class CaptionServer:
         self.publishers: dict[str, _Publisher] = {}
         self._parked: dict[str, tuple[_Publisher, asyncio.TimerHandle]] = {}
         self._retention: asyncio.Task | None = None
+        if config.auth not in ("auto", "on", "off"):
+            raise ValueError("auth must be auto, on or off")
+        self.auth = config.auth == "on" or (config.auth == "auto" and not auth.is_loopback(config.host))
+        self._secret = auth.load_secret(config.data_dir, config.secret_file) if self.auth else b""
         self.viewer_count = 0
         self._server: Server | None = None
         self._draining = False
@@ -99,6 +103,11 @@ class CaptionServer:
             server_header="FlashCaption",
         )
         port = next(iter(self._server.sockets)).getsockname()[1]
+        log.info(
+            "access control %s%s", "on" if self.auth else "off",
+            " (auto: not loopback)" if self.config.auth == "auto" and self.auth
+            else " (auto: loopback only)" if self.config.auth == "auto" else "",
+        )
         if self.config.retain_days is not None:
             self._retention = asyncio.create_task(self._expire_finals())
         log.info("listening on ws://%s:%d (model %s)", self.config.host, port, self.model.name)
@@ -149,11 +158,16 @@ class CaptionServer:
         except ProtocolError as error:
             return _response(HTTPStatus.BAD_REQUEST, error.message)
         transcript = _TRANSCRIPT.fullmatch(route)
-        if transcript:
-            return await self._transcript(transcript.group(1), query)
         room = _ROOM.fullmatch(route)
-        if room and request.method == "DELETE":
-            return await self._delete_room(room.group(1))
+        try:
+            if transcript:
+                self._authorize(request, query, transcript.group(1), "view")
+                return await self._transcript(transcript.group(1), query)
+            if room and request.method == "DELETE":
+                self._authorize(request, query, room.group(1), "admin")
+                return await self._delete_room(room.group(1))
+        except ProtocolError as error:
+            return _response(HTTPStatus.UNAUTHORIZED, error.message)
         if request.method != "GET":
             return _response(HTTPStatus.METHOD_NOT_ALLOWED, f"{request.method} is not supported here")
         if route in ("/v1/publish", "/v1/captions"):
@@ -176,8 +190,6 @@ class CaptionServer:
         return _response(HTTPStatus.OK, body, CONTENT_TYPES[format])
 
     async def _delete_room(self, room: str) -> Response:
-        # Unauthenticated like every route until access control lands: keep the server on
-        # loopback or behind a proxy that checks access (README, Limits).
         deleted = await self.rooms.delete(room)
         if deleted is None:
             return _response(HTTPStatus.CONFLICT, f"room {room} has publishers or viewers connected")
@@ -229,9 +241,13 @@ class CaptionServer:
         if self._draining:
             raise ProtocolError("overloaded", "server is shutting down")
         if params.resume is not None:
+            parked = self._parked.get(params.resume)
+            earlier = parked[0].room.name if parked else (await self.rooms.last_of_session(params.resume) or {}).get("room")
+            self._authorize(connection.request, query, earlier or params.room, "publish")
             publisher = self._unpark(params.resume, query.get("room")) or await self._revive(params, query, connection)
             publisher.connection = connection
         else:
+            self._authorize(connection.request, query, params.room, "publish")
             if self.engine.overloaded:
                 raise ProtocolError("overloaded", "server is at capacity; try again later")
             language = self._language(params.language) or self.model.languages[0]
@@ -336,6 +352,22 @@ class CaptionServer:
         asyncio.ensure_future(self.rooms.end_session(session_id))
         log.info("resumable session expired", extra=publisher.log_extra)
 
+    def _authorize(self, request: Request, query: dict[str, str], room: str, action: str) -> None:
+        """Raise ``unauthorized`` unless the request's token allows ``action`` in ``room``."""
+        if not self.auth or (action == "view" and self.config.public_rooms):
+            return
+        token = query.get("token")
+        bearer = request.headers.get("Authorization", "")
+        if token is None and bearer.lower().startswith("bearer "):
+            token = bearer[7:].strip()
+        try:
+            if not token:
+                raise auth.Unauthorized("a token is required (token= or Authorization: Bearer)")
+            auth.check(auth.verify_token(self._secret, token), room, action)
+        except auth.Unauthorized as error:
+            log.warning("refused to %s: %s", action, error, extra={"room": room})  # never the token
+            raise ProtocolError("unauthorized", str(error)) from None
+
     def _language(self, requested: str | None) -> str | None:
         """A language the model can do, or a bad_request."""
         if requested is None:
@@ -410,6 +442,7 @@ class CaptionServer:
 
     async def _view(self, connection: ServerConnection, query: dict[str, str]) -> None:
         params = protocol.parse_view(query)
+        self._authorize(connection.request, query, params.room, "view")
         viewer, backlog = await self.rooms.join_viewer(params.room, params.since)
         viewer.on_drop = lambda: asyncio.ensure_future(connection.close(1013, "viewer too slow; reconnect with since"))
         self.viewer_count += 1
