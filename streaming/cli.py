@@ -79,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="require signed tokens; auto: on unless --host is a loopback address (default %(default)s)")
     serve.add_argument("--secret-file", type=Path, default=None,
                        help="file holding the token secret (default: FLASHCAPTION_SECRET, else DATA_DIR/secret, made on first use)")
+    serve.add_argument("--allow-origin", dest="allow_origins", action="append", default=[],
+                       help="a browser Origin allowed to connect, e.g. https://studio.example.org (repeatable; default: any)")
+    serve.add_argument("--certfile", type=Path, default=None, help="TLS certificate (PEM): serve wss:// and https://")
+    serve.add_argument("--keyfile", type=Path, default=None, help="TLS private key (PEM), if not in --certfile")
     serve.add_argument("--public-rooms", action="store_true", help="viewers need no token (publishers still do)")
     serve.add_argument("--retain-days", type=_positive_float, default=None,
                        help="delete finals older than this many days (checked hourly; default: keep everything)")
@@ -196,6 +200,9 @@ def _serve(args: argparse.Namespace) -> int:
         auth=args.auth,
         secret_file=args.secret_file,
         public_rooms=args.public_rooms,
+        allow_origins=tuple(args.allow_origins),
+        certfile=args.certfile,
+        keyfile=args.keyfile,
         decode_delay_s=args.decode_delay,
         log_level=args.log_level,
         log_json=args.log_json,
@@ -218,7 +225,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         asyncio.run(server.run_until_signal())
     except OSError as error:
-        log.error("cannot listen on %s:%d: %s", config.host, config.port, error.strerror or error)
+        log.error("cannot start on %s:%d: %s", config.host, config.port, error.strerror or error)
         return 2
     return 0
 

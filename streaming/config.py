@@ -32,6 +32,10 @@ class ServerConfig:
     auth: str = "auto"
     secret_file: Path | None = None
     public_rooms: bool = False  # viewers need no token
+    # Browsers may connect only from these origins (empty: any); clients without Origin always.
+    allow_origins: tuple[str, ...] = ()
+    certfile: Path | None = None  # TLS: serve wss:// and https://
+    keyfile: Path | None = None
     # A publisher whose connection dropped may resume its session within this time.
     resume_grace_s: float = 60.0
     decode_delay_s: float = 0.0  # testing aid: every decode takes this much longer

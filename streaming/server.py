@@ -11,6 +11,7 @@ import json
 import logging
 import re
 import signal
+import ssl
 import time
 import uuid
 from dataclasses import dataclass, field, replace
@@ -31,6 +32,7 @@ from streaming.engine import Engine
 from streaming.protocol import EndMessage, FlushMessage, ProtocolError
 from streaming.export import CONTENT_TYPES, render
 from streaming.journal import Journal
+from streaming.metrics import Metrics
 from streaming.rooms import Room, Rooms
 from streaming.session import Session
 
@@ -83,6 +85,7 @@ class CaptionServer:
         self.publishers: dict[str, _Publisher] = {}
         self._parked: dict[str, tuple[_Publisher, asyncio.TimerHandle]] = {}
         self._retention: asyncio.Task | None = None
+        self.metrics = Metrics()
         if config.auth not in ("auto", "on", "off"):
             raise ValueError("auth must be auto, on or off")
         self.auth = config.auth == "on" or (config.auth == "auto" and not auth.is_loopback(config.host))
@@ -94,6 +97,10 @@ class CaptionServer:
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> int:
         """Start listening; returns the port (useful with port 0)."""
+        tls = None
+        if self.config.certfile:
+            tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            tls.load_cert_chain(self.config.certfile, self.config.keyfile)
         self._server = await serve(
             self._route,
             self.config.host,
@@ -101,6 +108,9 @@ class CaptionServer:
             process_request=self._http,
             max_size=WEBSOCKET_MAX_MESSAGE,
             server_header="FlashCaption",
+            ssl=tls,
+            # Non-browser clients send no Origin and are always let in.
+            origins=[*self.config.allow_origins, None] if self.config.allow_origins else None,
         )
         port = next(iter(self._server.sockets)).getsockname()[1]
         log.info(
@@ -110,7 +120,8 @@ class CaptionServer:
         )
         if self.config.retain_days is not None:
             self._retention = asyncio.create_task(self._expire_finals())
-        log.info("listening on ws://%s:%d (model %s)", self.config.host, port, self.model.name)
+        scheme = "wss" if tls else "ws"
+        log.info("listening on %s://%s:%d (model %s)", scheme, self.config.host, port, self.model.name)
         return port
 
     async def shutdown(self) -> None:
@@ -176,6 +187,12 @@ class CaptionServer:
             return None
         if route == "/healthz":
             return _response(HTTPStatus.OK, json.dumps(self.health()), "application/json")
+        if route == "/readyz":
+            ready = not self._draining and not self.engine.overloaded
+            status = HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE
+            return _response(status, json.dumps({"ready": ready}), "application/json")
+        if route == "/metrics":
+            return _response(HTTPStatus.OK, self.prometheus(), "text/plain; version=0.0.4; charset=utf-8")
         if route in PAGES:
             page = resources.files("web").joinpath(PAGES[route]).read_text(encoding="utf-8")
             return _response(HTTPStatus.OK, page, "text/html; charset=utf-8")
@@ -205,6 +222,29 @@ class CaptionServer:
                 log.info("retention: deleted %d finals older than %g days", deleted, self.config.retain_days)
             await asyncio.sleep(3600)
 
+    def prometheus(self) -> str:
+        stats = self.engine.stats
+        rooms = list(self.rooms)
+        return self.metrics.render(
+            gauges={
+                "flashcaption_publishers": ("Publishers connected.", len(self.publishers)),
+                "flashcaption_sessions_resumable": ("Sessions waiting for their publisher to resume.", len(self._parked)),
+                "flashcaption_viewers": ("Viewers connected.", self.viewer_count),
+                "flashcaption_rooms": ("Rooms in memory.", len(rooms)),
+                "flashcaption_decode_queue": ("Decodes waiting or running.", stats.queued),
+                "flashcaption_real_time_factor": (
+                    "Decode compute seconds per second of audio decoded.",
+                    stats.compute_seconds / stats.audio_seconds if stats.audio_seconds else 0.0,
+                ),
+            },
+            counters={
+                "flashcaption_decodes_total": ("Decodes run.", stats.decodes),
+                "flashcaption_decode_failures_total": ("Decodes that raised.", stats.failures),
+                "flashcaption_decoded_audio_seconds_total": ("Audio decoded, re-decodes included.", stats.audio_seconds),
+                "flashcaption_decode_compute_seconds_total": ("Compute spent decoding.", stats.compute_seconds),
+            },
+        )
+
     def health(self) -> dict[str, Any]:
         stats = self.engine.stats
         return {
@@ -227,14 +267,14 @@ class CaptionServer:
             elif route == "/v1/captions":
                 await self._view(connection, query)
         except _Refused as refused:
-            await _send_error(connection, refused.error, close=True)
+            await _send_error(connection, refused.error, close=True, metrics=self.metrics)
         except ProtocolError as error:
-            await _send_error(connection, error, close=True)
+            await _send_error(connection, error, close=True, metrics=self.metrics)
         except websockets.ConnectionClosed:
             pass
         except Exception:
             log.exception("internal error on %s", route)
-            await _send_error(connection, ProtocolError("internal", "internal server error"), close=True)
+            await _send_error(connection, ProtocolError("internal", "internal server error"), close=True, metrics=self.metrics)
 
     async def _publish(self, connection: ServerConnection, query: dict[str, str]) -> None:
         params = protocol.parse_publish(query)
@@ -404,7 +444,7 @@ class CaptionServer:
                     raise _Refused(error) from None
                 # Other mistakes are reported and the stream goes on: captions are not lost
                 # over one bad message.
-                await _send_error(publisher.connection, error, close=False)
+                await _send_error(publisher.connection, error, close=False, metrics=self.metrics)
             publisher.wake.set()
         return False
 
@@ -430,9 +470,9 @@ class CaptionServer:
         for event in publisher.session.events():
             message = protocol.caption(event, publisher.room.name, publisher.id, publisher.params.speaker)
             if message["type"] == "final":
-                message = await self.rooms.publish_final(
-                    publisher.room, message, publisher.started_wall + event.start, publisher.started_wall + event.end
-                )
+                audio_end = publisher.started_wall + event.end
+                message = await self.rooms.publish_final(publisher.room, message, publisher.started_wall + event.start, audio_end)
+                self.metrics.final_latency.observe(max(0.0, time.time() - audio_end))
             else:
                 self.rooms.publish_partial(publisher.room, message)
             try:
@@ -444,7 +484,11 @@ class CaptionServer:
         params = protocol.parse_view(query)
         self._authorize(connection.request, query, params.room, "view")
         viewer, backlog = await self.rooms.join_viewer(params.room, params.since)
-        viewer.on_drop = lambda: asyncio.ensure_future(connection.close(1013, "viewer too slow; reconnect with since"))
+        def drop() -> None:
+            self.metrics.dropped_viewers += 1
+            asyncio.ensure_future(connection.close(1013, "viewer too slow; reconnect with since"))
+
+        viewer.on_drop = drop
         self.viewer_count += 1
         try:
             await connection.send(
@@ -477,7 +521,9 @@ async def _ignore_incoming(connection: ServerConnection) -> None:
         pass
 
 
-async def _send_error(connection: ServerConnection, error: ProtocolError, close: bool) -> None:
+async def _send_error(connection: ServerConnection, error: ProtocolError, close: bool, metrics: Metrics | None = None) -> None:
+    if metrics is not None:
+        metrics.errors[error.code] += 1
     try:
         await connection.send(protocol.encode(protocol.error(error.code, error.message)))
         if close:

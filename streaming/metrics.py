@@ -1,0 +1,57 @@
+"""Counters and a histogram, rendered in the Prometheus text format for ``GET /metrics``."""
+
+from __future__ import annotations
+
+import bisect
+from collections import Counter
+from typing import Callable
+
+LATENCY_BUCKETS = (0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
+
+
+class Histogram:
+    def __init__(self, buckets: tuple[float, ...] = LATENCY_BUCKETS):
+        self.buckets = buckets
+        self.counts = [0] * (len(buckets) + 1)
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.buckets, value)] += 1
+        self.sum += value
+        self.count += 1
+
+    def lines(self, name: str) -> list[str]:
+        out, running = [], 0
+        for bound, count in zip(self.buckets, self.counts):
+            running += count
+            out.append(f'{name}_bucket{{le="{bound}"}} {running}')
+        out.append(f'{name}_bucket{{le="+Inf"}} {self.count}')
+        out += [f"{name}_sum {self.sum:.6f}", f"{name}_count {self.count}"]
+        return out
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.errors: Counter[str] = Counter()  # by protocol error code
+        self.dropped_viewers = 0
+        self.final_latency = Histogram()  # end of an utterance's audio -> its final sent
+
+    def render(self, gauges: dict[str, tuple[str, float]], counters: dict[str, tuple[str, float]]) -> str:
+        lines: list[str] = []
+
+        def metric(name: str, kind: str, help: str, values: Callable[[], list[str]]) -> None:
+            lines.extend([f"# HELP {name} {help}", f"# TYPE {name} {kind}", *values()])
+
+        for name, (help, value) in gauges.items():
+            metric(name, "gauge", help, lambda value=value, name=name: [f"{name} {value:g}"])
+        for name, (help, value) in counters.items():
+            metric(name, "counter", help, lambda value=value, name=name: [f"{name} {value:g}"])
+        metric("flashcaption_viewers_dropped_total", "counter", "Viewers closed for falling behind.",
+               lambda: [f"flashcaption_viewers_dropped_total {self.dropped_viewers}"])
+        metric("flashcaption_errors_total", "counter", "Protocol errors sent to clients, by code.",
+               lambda: [f'flashcaption_errors_total{{code="{code}"}} {n}' for code, n in sorted(self.errors.items())])
+        metric("flashcaption_final_latency_seconds", "histogram",
+               "From the end of an utterance's audio (on arrival) to its final being sent.",
+               lambda: self.final_latency.lines("flashcaption_final_latency_seconds"))
+        return "\n".join(lines) + "\n"

@@ -1,0 +1,86 @@
+"""Operating the server: metrics, readiness, TLS, browser origins."""
+
+from __future__ import annotations
+
+import json
+import ssl
+import subprocess
+import urllib.error
+import urllib.request
+
+import pytest
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
+
+from streaming.config import ServerConfig
+from streaming.server import CaptionServer
+from tests.conftest import CLIPS, ServerThread
+from tests.test_server import finals, publish, refused
+
+
+def _metrics(url: str) -> dict[str, float]:
+    text = urllib.request.urlopen(url.replace("ws://", "http://") + "/metrics", timeout=10).read().decode()
+    values = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            values[name] = float(value)
+    return values
+
+
+def test_metrics_count_what_happened(server):
+    before = _metrics(server.url)
+    messages, _ = publish(server.url, CLIPS["en_arctic_a0024"].audio, "room=metrics")
+    refused(server.url, "/v1/publish?sample_rate=1")
+    after = _metrics(server.url)
+    assert after["flashcaption_decodes_total"] > before["flashcaption_decodes_total"]
+    assert after["flashcaption_decoded_audio_seconds_total"] > before["flashcaption_decoded_audio_seconds_total"]
+    got = after['flashcaption_final_latency_seconds_count'] - before['flashcaption_final_latency_seconds_count']
+    assert got == len(finals(messages)) >= 1
+    assert after['flashcaption_final_latency_seconds_bucket{le="+Inf"}'] == after["flashcaption_final_latency_seconds_count"]
+    assert after['flashcaption_errors_total{code="bad_request"}'] >= before.get('flashcaption_errors_total{code="bad_request"}', 0) + 1
+    assert 0 < after["flashcaption_real_time_factor"] < 1
+    for gauge in ("flashcaption_publishers", "flashcaption_viewers", "flashcaption_rooms", "flashcaption_decode_queue"):
+        assert gauge in after
+
+
+def test_readyz(server):
+    reply = urllib.request.urlopen(server.url.replace("ws://", "http://") + "/readyz", timeout=10)
+    assert reply.status == 200 and json.loads(reply.read()) == {"ready": True}
+
+
+def test_tls(model, tmp_path):
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )
+    config = ServerConfig(port=0, data_dir=tmp_path, certfile=cert, keyfile=key)
+    running = ServerThread(CaptionServer(config, model)).start()
+    try:
+        trust = ssl.create_default_context(cafile=str(cert))
+        with connect(f"wss://127.0.0.1:{running.port}/v1/captions?room=tls", ssl=trust) as viewer:
+            assert json.loads(viewer.recv(timeout=10))["type"] == "ready"
+        assert urllib.request.urlopen(f"https://127.0.0.1:{running.port}/healthz", context=trust, timeout=10).status == 200
+        with pytest.raises(Exception):
+            with connect(f"ws://127.0.0.1:{running.port}/v1/captions?room=tls", open_timeout=5):
+                pass
+    finally:
+        running.stop()
+
+
+def test_origin_allow_list(model, tmp_path):
+    config = ServerConfig(port=0, data_dir=tmp_path, allow_origins=("https://studio.example.org",))
+    running = ServerThread(CaptionServer(config, model)).start()
+    try:
+        with connect(f"{running.url}/v1/captions?room=o", origin="https://studio.example.org") as viewer:
+            assert json.loads(viewer.recv(timeout=10))["type"] == "ready"
+        with connect(f"{running.url}/v1/captions?room=o") as viewer:  # not a browser: no Origin
+            assert json.loads(viewer.recv(timeout=10))["type"] == "ready"
+        with pytest.raises(InvalidStatus) as refused_origin:
+            with connect(f"{running.url}/v1/captions?room=o", origin="https://evil.example.com"):
+                pass
+        assert refused_origin.value.response.status_code == 403
+    finally:
+        running.stop()
