@@ -130,7 +130,8 @@ async def stream_clip(url: str, clip: Clip, stream: int, speed: float | None, ro
     sent_at: list[float] = []  # wall time each chunk was sent
     received: list[tuple[float, dict]] = []
     behind = 0.0
-    async with connect(publish_url(url, room=room, sample_rate=rate, speaker=f"bench{stream}"), max_size=2**22) as ws:
+    mode = "live" if speed == 1.0 else "file"
+    async with connect(publish_url(url, room=room, sample_rate=rate, speaker=f"bench{stream}", mode=mode), max_size=2**22) as ws:
         ready = json.loads(await ws.recv())
         if ready.get("type") != "ready":
             raise RuntimeError(f"server refused the stream: {ready}")
@@ -398,7 +399,7 @@ async def non_speech_captions(url: str, seconds: float = 30.0) -> dict[str, int]
     for name in ("silence", "pink_noise", "music"):
         audio = NON_SPEECH[name](seconds)
         messages = []
-        async with connect(publish_url(url, room=f"bench-{name}"), max_size=2**22) as ws:
+        async with connect(publish_url(url, room=f"bench-{name}", mode="file"), max_size=2**22) as ws:
             await ws.recv()
             for offset in range(0, len(audio), 16000):
                 await ws.send(to_pcm16(audio[offset : offset + 16000]))

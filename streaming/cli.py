@@ -83,6 +83,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a browser Origin allowed to connect, e.g. https://studio.example.org (repeatable; default: any)")
     serve.add_argument("--certfile", type=Path, default=None, help="TLS certificate (PEM): serve wss:// and https://")
     serve.add_argument("--keyfile", type=Path, default=None, help="TLS private key (PEM), if not in --certfile")
+    serve.add_argument("--max-connections-per-ip", type=int, default=defaults.max_connections_per_ip,
+                       help="WebSocket connections one address may hold, 0 for no limit (default %(default)s)")
+    serve.add_argument("--max-publishers-per-room", type=int, default=defaults.max_publishers_per_room,
+                       help="publishers one room may have, 0 for no limit (default %(default)s)")
+    serve.add_argument("--max-viewers-per-room", type=int, default=defaults.max_viewers_per_room,
+                       help="viewers one room may have, 0 for no limit (default %(default)s)")
+    serve.add_argument("--idle-timeout", type=float, default=defaults.idle_timeout_s,
+                       help="close a publisher that sends nothing for this many seconds, 0 never (default %(default)s)")
     serve.add_argument("--public-rooms", action="store_true", help="viewers need no token (publishers still do)")
     serve.add_argument("--retain-days", type=_positive_float, default=None,
                        help="delete finals older than this many days (checked hourly; default: keep everything)")
@@ -200,6 +208,10 @@ def _serve(args: argparse.Namespace) -> int:
         auth=args.auth,
         secret_file=args.secret_file,
         public_rooms=args.public_rooms,
+        max_connections_per_ip=args.max_connections_per_ip,
+        max_publishers_per_room=args.max_publishers_per_room,
+        max_viewers_per_room=args.max_viewers_per_room,
+        idle_timeout_s=args.idle_timeout,
         allow_origins=tuple(args.allow_origins),
         certfile=args.certfile,
         keyfile=args.keyfile,

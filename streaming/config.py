@@ -36,6 +36,13 @@ class ServerConfig:
     allow_origins: tuple[str, ...] = ()
     certfile: Path | None = None  # TLS: serve wss:// and https://
     keyfile: Path | None = None
+    # Limits (0: none).
+    max_connections_per_ip: int = 64
+    max_publishers_per_room: int = 16
+    max_viewers_per_room: int = 1000
+    idle_timeout_s: float = 120.0  # a publisher that sends nothing this long is closed
+    # A live publisher may run this far ahead of real time before its socket is read slower.
+    audio_burst_s: float = 10.0
     # A publisher whose connection dropped may resume its session within this time.
     resume_grace_s: float = 60.0
     decode_delay_s: float = 0.0  # testing aid: every decode takes this much longer

@@ -54,6 +54,7 @@ class PublishParams:
     context: str | None = None
     token: str | None = None
     resume: str | None = None  # a session id to continue after a dropped connection
+    mode: str = "live"  # "file": audio may come faster than real time
 
     @property
     def bytes_per_second(self) -> int:
@@ -127,7 +128,7 @@ def _context(value: Any) -> str | None:
     return value or None
 
 
-_PUBLISH_KEYS = {"room", "speaker", "language", "sample_rate", "encoding", "context", "token", "resume"}
+_PUBLISH_KEYS = {"room", "speaker", "language", "sample_rate", "encoding", "context", "token", "resume", "mode"}
 _SESSION_ID = re.compile(r"[0-9a-f]{12}")
 _VIEW_KEYS = {"room", "since", "token"}
 
@@ -152,6 +153,9 @@ def parse_publish(query: Mapping[str, str]) -> PublishParams:
     speaker = query.get("speaker", "")
     if len(speaker) > 64 or any(ord(c) < 32 for c in speaker):
         raise ProtocolError("bad_request", "speaker must be at most 64 printable characters")
+    mode = query.get("mode", "live")
+    if mode not in ("live", "file"):
+        raise ProtocolError("bad_request", f"mode must be live or file, not {mode!r}")
     resume = query.get("resume")
     if resume is not None and not _SESSION_ID.fullmatch(resume):
         raise ProtocolError("bad_request", "resume must be a session id from a ready message")
@@ -164,6 +168,7 @@ def parse_publish(query: Mapping[str, str]) -> PublishParams:
         context=_context(query.get("context")),
         token=query.get("token"),
         resume=resume,
+        mode=mode,
     )
 
 

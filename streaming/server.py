@@ -7,6 +7,7 @@ pages in ``web/``.
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
 import re
@@ -86,6 +87,7 @@ class CaptionServer:
         self._parked: dict[str, tuple[_Publisher, asyncio.TimerHandle]] = {}
         self._retention: asyncio.Task | None = None
         self.metrics = Metrics()
+        self._per_ip: collections.Counter[str] = collections.Counter()
         if config.auth not in ("auto", "on", "off"):
             raise ValueError("auth must be auto, on or off")
         self.auth = config.auth == "on" or (config.auth == "auto" and not auth.is_loopback(config.host))
@@ -260,7 +262,12 @@ class CaptionServer:
     # -- WebSocket ---------------------------------------------------------------------------
     async def _route(self, connection: ServerConnection) -> None:
         route, query = "", {}
+        address = connection.remote_address[0] if connection.remote_address else ""
+        self._per_ip[address] += 1
         try:
+            limit = self.config.max_connections_per_ip
+            if limit and self._per_ip[address] > limit:
+                raise ProtocolError("overloaded", f"too many connections from your address (at most {limit})")
             route, query = protocol.split_path(connection.request.path)
             if route == "/v1/publish":
                 await self._publish(connection, query)
@@ -275,6 +282,10 @@ class CaptionServer:
         except Exception:
             log.exception("internal error on %s", route)
             await _send_error(connection, ProtocolError("internal", "internal server error"), close=True, metrics=self.metrics)
+        finally:
+            self._per_ip[address] -= 1
+            if not self._per_ip[address]:
+                del self._per_ip[address]
 
     async def _publish(self, connection: ServerConnection, query: dict[str, str]) -> None:
         params = protocol.parse_publish(query)
@@ -288,6 +299,10 @@ class CaptionServer:
             publisher.connection = connection
         else:
             self._authorize(connection.request, query, params.room, "publish")
+            room = await self.rooms.get(params.room)
+            limit = self.config.max_publishers_per_room
+            if limit and room.publishers >= limit:
+                raise ProtocolError("overloaded", f"room {params.room} has the most publishers allowed ({limit})")
             if self.engine.overloaded:
                 raise ProtocolError("overloaded", "server is at capacity; try again later")
             language = self._language(params.language) or self.model.languages[0]
@@ -295,7 +310,7 @@ class CaptionServer:
                 id=uuid.uuid4().hex[:12],
                 params=params,
                 session=Session(self.config.session, language=language, context=params.context),
-                room=await self.rooms.get(params.room),
+                room=room,
                 connection=connection,
             )
             publisher.room.publishers += 1
@@ -424,10 +439,26 @@ class CaptionServer:
     async def _receive(self, publisher: _Publisher, pcm: PcmDecoder) -> bool:
         """Feed the session until ``end`` (returns True) or the connection closes (False)."""
         session = publisher.session
-        async for message in publisher.connection:
+        live = publisher.params.mode == "live"
+        started, audio_seconds = time.monotonic(), 0.0
+        while True:
+            try:
+                message = await asyncio.wait_for(publisher.connection.recv(), self.config.idle_timeout_s or None)
+            except asyncio.TimeoutError:
+                raise _Refused(ProtocolError("bad_request", f"no audio or message for {self.config.idle_timeout_s:g} s")) from None
+            except websockets.ConnectionClosedOK:
+                return False
             try:
                 if isinstance(message, bytes):
-                    session.receive_audio(pcm.decode(message))
+                    samples = pcm.decode(message)
+                    session.receive_audio(samples)
+                    publisher.wake.set()
+                    audio_seconds += len(samples) / 16000
+                    ahead = audio_seconds - (time.monotonic() - started) - self.config.audio_burst_s
+                    if live and ahead > 0:
+                        # Faster than real time beyond the burst: read this socket later, so
+                        # TCP slows the sender down instead of the server doing its work early.
+                        await asyncio.sleep(ahead)
                 else:
                     command = protocol.parse_client_message(message)
                     if isinstance(command, EndMessage):
@@ -446,7 +477,6 @@ class CaptionServer:
                 # over one bad message.
                 await _send_error(publisher.connection, error, close=False, metrics=self.metrics)
             publisher.wake.set()
-        return False
 
     async def _pump(self, publisher: _Publisher) -> None:
         """Runs a session's decodes, one at a time, and delivers its captions."""
@@ -483,6 +513,9 @@ class CaptionServer:
     async def _view(self, connection: ServerConnection, query: dict[str, str]) -> None:
         params = protocol.parse_view(query)
         self._authorize(connection.request, query, params.room, "view")
+        limit = self.config.max_viewers_per_room
+        if limit and len((await self.rooms.get(params.room)).viewers) >= limit:
+            raise ProtocolError("overloaded", f"room {params.room} has the most viewers allowed ({limit})")
         viewer, backlog = await self.rooms.join_viewer(params.room, params.since)
         def drop() -> None:
             self.metrics.dropped_viewers += 1

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import ssl
 import subprocess
+import time
 import urllib.error
 import urllib.request
 
+import numpy as np
 import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
@@ -82,5 +84,46 @@ def test_origin_allow_list(model, tmp_path):
             with connect(f"{running.url}/v1/captions?room=o", origin="https://evil.example.com"):
                 pass
         assert refused_origin.value.response.status_code == 403
+    finally:
+        running.stop()
+
+
+def test_limits(model, tmp_path):
+    config = ServerConfig(
+        port=0, data_dir=tmp_path, max_connections_per_ip=3, max_publishers_per_room=1, max_viewers_per_room=1,
+        idle_timeout_s=1.0, audio_burst_s=1.0,
+    )
+    running = ServerThread(CaptionServer(config, model)).start()
+    try:
+        with connect(f"{running.url}/v1/captions?room=a") as first:
+            json.loads(first.recv(timeout=10))
+            message, code = refused(running.url, "/v1/captions?room=a")
+            assert message["code"] == "overloaded" and "most viewers" in message["message"] and code == 1013
+            with connect(f"{running.url}/v1/publish?room=a") as publisher:
+                json.loads(publisher.recv(timeout=10))
+                message, code = refused(running.url, "/v1/publish?room=a")
+                assert "most publishers" in message["message"] and code == 1013
+                with connect(f"{running.url}/v1/captions?room=b"):
+                    message, code = refused(running.url, "/v1/captions?room=c")  # a 4th connection
+                    assert "too many connections" in message["message"] and code == 1013
+        # A publisher that goes quiet is closed with a reason.
+        with connect(f"{running.url}/v1/publish?room=idle") as quiet:
+            json.loads(quiet.recv(timeout=10))
+            message = json.loads(quiet.recv(timeout=10))
+            assert message["code"] == "bad_request" and "no audio" in message["message"]
+        # Live audio far faster than real time is slowed to real time past the burst; a file is not.
+        audio = (np.zeros(4 * 16000, "<i2")).tobytes()
+        for mode, slowest in (("live", 2.5), ("file", None)):
+            with connect(f"{running.url}/v1/publish?room=fast-{mode}&mode={mode}") as ws:
+                json.loads(ws.recv(timeout=10))
+                started = time.monotonic()
+                for offset in range(0, len(audio), 3200):
+                    ws.send(audio[offset : offset + 3200])
+                ws.send('{"type":"end"}')
+                with pytest.raises(Exception):
+                    while True:
+                        ws.recv(timeout=30)
+                took = time.monotonic() - started
+            assert (took >= slowest) if slowest else (took < 1.5), (mode, took)
     finally:
         running.stop()
