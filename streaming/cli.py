@@ -147,6 +147,22 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--journal", type=int, default=None, metavar="N",
                        help="instead: time writing N finals to a journal, replaying and exporting them")
 
+    soak = commands.add_parser(
+        "soak", help="run publishers and viewers for a while and check nothing leaks or is lost",
+        description="Start a server (or use --url); N publishers stream recordings in a loop at real-time pace, each in its "
+        "own room, and M viewers watch; after T minutes report server memory, errors, lost finals and latency.",
+    )
+    soak.add_argument("--publishers", type=int, default=3, help="concurrent publishers (default %(default)s)")
+    soak.add_argument("--viewers", type=int, default=12, help="viewers, spread over the publishers' rooms (default %(default)s)")
+    soak.add_argument("--minutes", type=float, default=5.0, help="how long to run (default %(default)s)")
+    soak.add_argument("--manifest", type=Path, default=default_manifest, help="recordings to stream (default %(default)s)")
+    soak.add_argument("--langs", default="en", help="languages to use (default %(default)s)")
+    soak.add_argument("--url", default=None, help="soak a running server instead of starting one")
+    soak.add_argument("--model", default=DEFAULT_MODEL, choices=sorted(MODELS), help="model for the started server")
+    soak.add_argument("--device", default="cpu", help="device for the started server (default %(default)s)")
+    soak.add_argument("--server-arg", dest="server_args", action="append", default=[], help="extra option for the started server (repeatable)")
+    soak.add_argument("--json", type=Path, default=None, help="write the report to this file")
+
     export = commands.add_parser(
         "export", help="write a room's transcript as SRT, WebVTT, JSON or text",
         description="Fetch a room's transcript from the server (or read it from a data directory) as subtitles or text.",
@@ -264,6 +280,22 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _soak(args: argparse.Namespace) -> int:
+    import json
+
+    from streaming.bench import run_soak
+    from streaming.logs import setup_logging
+
+    setup_logging("warning")
+    if not args.manifest.is_file():
+        print(f"flashcaption: no manifest at {args.manifest} (use --manifest)", file=sys.stderr)
+        return 1
+    report = run_soak(args)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1, ensure_ascii=False))
+    return 1 if report["lost_finals"] or report["repeated_finals"] or report["errors"] else 0
+
+
 def _token(args: argparse.Namespace) -> int:
     from streaming import auth
 
@@ -341,6 +373,8 @@ def main(argv: list[str] | None = None) -> int:
         return _bench(args)
     if args.command == "export":
         return _export(args)
+    if args.command == "soak":
+        return _soak(args)
     if args.command == "token":
         return _token(args)
 

@@ -25,7 +25,9 @@ class ServerConfig:
     retain_days: float | None = None
     # Messages queued for one viewer before it is dropped as too slow.
     viewer_queue: int = 512
-    # Decode requests waiting across all sessions before new publishers are refused.
+    # New publishers are refused while decodes wait longer than this for a worker on average
+    # (the machine is saturated), or while this many decodes are queued.
+    max_decode_wait_s: float = 0.75
     max_queued_decodes: int = 64
     shutdown_grace_s: float = 10.0
     # Access control: "auto" is on unless the server listens on loopback only.

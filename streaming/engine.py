@@ -35,6 +35,12 @@ class EngineStats:
     audio_seconds: float = 0.0  # audio decoded (counted once per decode, re-decodes included)
     compute_seconds: float = 0.0
     queued: int = 0  # waiting or running right now
+    wait_seconds: float = 0.0  # smoothed time a request waits for a free worker
+
+    @property
+    def real_time_factor(self) -> float | None:
+        """Compute seconds per second of audio decoded."""
+        return self.compute_seconds / self.audio_seconds if self.audio_seconds else None
 
 
 class Engine:
@@ -45,7 +51,9 @@ class Engine:
         max_queued: int = 64,
         delay_s: float = 0.0,
         lean_model: SpeechModel | None = None,
+        max_wait_s: float = 0.75,
     ):
+        self.max_wait_s = max_wait_s
         self.model = model
         self.lean_model = lean_model
         self._running = 0
@@ -64,7 +72,9 @@ class Engine:
 
     @property
     def overloaded(self) -> bool:
-        return self.stats.queued >= self.max_queued
+        """Saturated: requests wait long for a worker (or very many are queued). New streams
+        are then refused, rather than every stream's captions growing late."""
+        return self.stats.queued >= self.max_queued or self.stats.wait_seconds > self.max_wait_s
 
     def decode_blocking(self, request: DecodeRequest) -> Hypothesis:
         """Run one request on the calling thread."""
@@ -99,7 +109,7 @@ class Engine:
         with self._lock:
             self.stats.queued += 1
         try:
-            self._queue.put((0 if request.final else 1, next(self._order), request, future, loop))
+            self._queue.put((0 if request.final else 1, next(self._order), request, future, loop, time.perf_counter()))
             hypothesis = await future
         finally:
             with self._lock:
@@ -108,9 +118,12 @@ class Engine:
 
     def _work(self) -> None:
         while True:
-            _, _, request, future, loop = self._queue.get()
+            _, _, request, future, loop, queued_at = self._queue.get()
             if request is None:
                 return
+            with self._lock:
+                waited = time.perf_counter() - queued_at
+                self.stats.wait_seconds = 0.8 * self.stats.wait_seconds + 0.2 * waited
             if future.cancelled():
                 continue
             try:
@@ -122,7 +135,7 @@ class Engine:
 
     def close(self) -> None:
         for _ in self._threads:
-            self._queue.put((2, next(self._order), None, None, None))
+            self._queue.put((2, next(self._order), None, None, None, 0.0))
         for thread in self._threads:
             thread.join(timeout=30)
 

@@ -81,6 +81,7 @@ class CaptionServer:
             max_queued=config.max_queued_decodes,
             delay_s=config.decode_delay_s,
             lean_model=lean_model,
+            max_wait_s=config.max_decode_wait_s,
         )
         self.rooms = Rooms(Journal(config.data_dir / "journal.sqlite3"), config.viewer_queue)
         self.publishers: dict[str, _Publisher] = {}
@@ -234,9 +235,9 @@ class CaptionServer:
                 "flashcaption_viewers": ("Viewers connected.", self.viewer_count),
                 "flashcaption_rooms": ("Rooms in memory.", len(rooms)),
                 "flashcaption_decode_queue": ("Decodes waiting or running.", stats.queued),
+                "flashcaption_decode_wait_seconds": ("Smoothed time decodes wait for a free worker.", stats.wait_seconds),
                 "flashcaption_real_time_factor": (
-                    "Decode compute seconds per second of audio decoded.",
-                    stats.compute_seconds / stats.audio_seconds if stats.audio_seconds else 0.0,
+                    "Decode compute seconds per second of audio decoded.", stats.real_time_factor or 0.0
                 ),
             },
             counters={
@@ -256,7 +257,8 @@ class CaptionServer:
             "publishers": len(self.publishers),
             "viewers": self.viewer_count,
             "decode_queue": stats.queued,
-            "real_time_factor": round(stats.compute_seconds / stats.audio_seconds, 4) if stats.audio_seconds else None,
+            "decode_wait_s": round(stats.wait_seconds, 3),
+            "real_time_factor": round(stats.real_time_factor, 4) if stats.real_time_factor is not None else None,
         }
 
     # -- WebSocket ---------------------------------------------------------------------------
@@ -297,6 +299,8 @@ class CaptionServer:
             self._authorize(connection.request, query, earlier or params.room, "publish")
             publisher = self._unpark(params.resume, query.get("room")) or await self._revive(params, query, connection)
             publisher.connection = connection
+            # This connection's audio format and mode; the session's speaker.
+            publisher.params = replace(params, speaker=publisher.params.speaker)
         else:
             self._authorize(connection.request, query, params.room, "publish")
             room = await self.rooms.get(params.room)

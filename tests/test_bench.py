@@ -56,7 +56,7 @@ def test_measure_arithmetic_on_known_events():
         (101.3, {"type": "partial", "segment": 0, "text": "hello"}),
         (101.9, {"type": "partial", "segment": 0, "text": "Hello, world"}),
         (102.0, {"type": "partial", "segment": 0, "text": "Hello word"}),
-        (102.6, {"type": "final", "segment": 0, "text": "Hello world.", "start": 0.7, "end": 2.3}),
+        (102.6, {"type": "final", "segment": 0, "seq": 1, "text": "Hello world.", "start": 0.7, "end": 2.3}),
     ]
     clip = Clip("x", "en", "hello world", None)
     result = _measure(clip, 0, speech, sent_at, received, step, rate, 0.0)
@@ -85,3 +85,22 @@ def test_journal_bench_reports_its_figures():
     timings = journal_bench(300, out)
     assert timings["append"]["n"] == 300 and timings["append"]["p50"] > 0 and timings["export_srt"] > 0
     assert "300 finals appended" in out.getvalue()
+
+
+def test_soak_command_runs_and_accounts_for_every_final(tmp_path):
+    import subprocess
+    import sys
+
+    manifest = tmp_path / "manifest.tsv"
+    manifest.write_text(_only({"en_arctic_a0024", "en_librivox_sns01_0880"}), encoding="utf-8")
+    for clip in ("en_arctic_a0024.wav", "en_librivox_sns01_0880.wav"):
+        (tmp_path / clip).symlink_to(DATA / clip)
+    result = subprocess.run(
+        [sys.executable, "-m", "streaming.cli", "soak", "--publishers", "2", "--viewers", "3", "--minutes", "0.2",
+         "--manifest", str(manifest), "--json", str(tmp_path / "soak.json")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads((tmp_path / "soak.json").read_text())
+    assert report["finals"] >= 4 and report["lost_finals"] == 0 and report["repeated_finals"] == 0
+    assert len(report["memory_mb"]) >= 2 and "lost finals 0" in result.stdout

@@ -127,3 +127,38 @@ def test_limits(model, tmp_path):
             assert (took >= slowest) if slowest else (took < 1.5), (mode, took)
     finally:
         running.stop()
+
+
+def test_a_saturated_server_refuses_new_publishers_and_is_not_ready(model, tmp_path):
+    import threading
+
+    config = ServerConfig(port=0, data_dir=tmp_path, workers=1, decode_delay_s=1.5)
+    running = ServerThread(CaptionServer(config, model)).start()
+    speech = (CLIPS["en_ls_1995-1837-0001"].audio * 32767).astype("<i2").tobytes()
+
+    def busy(room: str, stop: threading.Event) -> None:
+        with connect(f"{running.url}/v1/publish?room={room}&mode=file") as ws:
+            json.loads(ws.recv(timeout=10))
+            for offset in range(0, len(speech), 16000):
+                ws.send(speech[offset : offset + 16000])
+            stop.wait(60)
+
+    stop = threading.Event()
+    threads = [threading.Thread(target=busy, args=(f"busy{i}", stop)) for i in range(2)]
+    try:
+        for thread in threads:
+            thread.start()
+        base = running.url.replace("ws://", "http://")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and json.loads(urllib.request.urlopen(base + "/healthz").read())["decode_wait_s"] <= 0.75:
+            time.sleep(0.5)
+        message, code = refused(running.url, "/v1/publish?room=late")
+        assert message["code"] == "overloaded" and code == 1013
+        with pytest.raises(urllib.error.HTTPError) as not_ready:
+            urllib.request.urlopen(base + "/readyz", timeout=10)
+        assert not_ready.value.code == 503
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(60)
+        running.stop()
