@@ -89,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="publishers one room may have, 0 for no limit (default %(default)s)")
     serve.add_argument("--max-viewers-per-room", type=int, default=defaults.max_viewers_per_room,
                        help="viewers one room may have, 0 for no limit (default %(default)s)")
+    serve.add_argument("--max-decode-wait", type=_positive_float, default=defaults.max_decode_wait_s,
+                       help="refuse new publishers (overloaded) while decodes wait this long for a worker on average (default %(default)s)")
     serve.add_argument("--idle-timeout", type=float, default=defaults.idle_timeout_s,
                        help="close a publisher that sends nothing for this many seconds, 0 never (default %(default)s)")
     serve.add_argument("--public-rooms", action="store_true", help="viewers need no token (publishers still do)")
@@ -228,6 +230,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_publishers_per_room=args.max_publishers_per_room,
         max_viewers_per_room=args.max_viewers_per_room,
         idle_timeout_s=args.idle_timeout,
+        max_decode_wait_s=args.max_decode_wait,
         allow_origins=tuple(args.allow_origins),
         certfile=args.certfile,
         keyfile=args.keyfile,

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
 import sys
 import time
 import wave
-from pathlib import Path
 
 import numpy as np
 import pytest

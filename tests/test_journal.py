@@ -11,7 +11,6 @@ import time
 import urllib.error
 import urllib.request
 
-import numpy as np
 import srt
 import webvtt
 from websockets.sync.client import connect
