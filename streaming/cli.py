@@ -8,6 +8,10 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # imported lazily below: client commands need not load the server
+    from streaming.config import ServerConfig
 
 DEFAULT_URL = os.environ.get("FLASHCAPTION_URL", "ws://127.0.0.1:8765")
 log = logging.getLogger("flashcaption")
@@ -198,18 +202,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _serve(args: argparse.Namespace) -> int:
+def _server_config(args: argparse.Namespace) -> ServerConfig:
+    """The one configuration object, from the serve command's options; ValueError if invalid."""
     from dataclasses import replace
 
-    from decoder.models import ModelUnavailable, load_model
-    from decoder.runtime import DeviceUnavailable, RuntimeOptions
+    from decoder.runtime import RuntimeOptions
     from streaming.config import ServerConfig
-    from streaming.logs import setup_logging
-    from streaming.server import CaptionServer
     from streaming.session import SessionConfig
     from vad.segmenter import VadConfig
 
-    config = ServerConfig(
+    return ServerConfig(
         host=args.host,
         port=args.port,
         model=args.model,
@@ -238,6 +240,21 @@ def _serve(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         log_json=args.log_json,
     )
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from decoder.models import ModelUnavailable, load_model
+    from decoder.runtime import DeviceUnavailable
+    from streaming.logs import setup_logging
+    from streaming.server import CaptionServer
+
+    try:
+        config = _server_config(args)
+    except ValueError as error:
+        print(f"flashcaption serve: {error}", file=sys.stderr)
+        return 2
     setup_logging(config.log_level, config.log_json)
     try:
         model = load_model(config.model, config.runtime)

@@ -145,3 +145,9 @@ def test_sigterm_finalises_open_utterances_before_exit(tmp_path):
     assert process.wait(30) == 0
     assert "cotton" in " ".join(texts), texts
     assert viewer.close_code == 1001
+
+
+def test_serve_refuses_bad_settings_in_one_line():
+    for options, words in ((["--end-silence", "5"], "too small"), (["--device", "gpu"], "device must be")):
+        result = subprocess.run(flashcaption("serve", "--port", str(free_port()), *options), capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2 and words in result.stderr and "Traceback" not in result.stderr, result.stderr
