@@ -130,13 +130,9 @@ class Segmenter:
         self._start = 0
         self._last_voiced_end = 0
         self._silent_frames = 0
-        # Current utterance's frames, kept to find a cut point: (position, level) pairs.
+        # The current utterance's frames, kept to find a cut point: (position, level in dBFS, voiced).
         self._levels: list[tuple[int, float, bool]] = []
         self._utterance_audio: list[np.ndarray] = []
-
-    @property
-    def in_speech(self) -> bool:
-        return self._in_speech
 
     @property
     def position(self) -> int:
