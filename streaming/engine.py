@@ -35,7 +35,16 @@ class EngineStats:
     audio_seconds: float = 0.0  # audio decoded (counted once per decode, re-decodes included)
     compute_seconds: float = 0.0
     queued: int = 0  # waiting or running right now
-    wait_seconds: float = 0.0  # smoothed time a request waits for a free worker
+    wait_seconds: float = 0.0  # smoothed time a request waited for a free worker, when last measured
+    wait_measured: float = 0.0  # time.monotonic() of that measurement
+
+    def recent_wait(self, now: float | None = None, half_life_s: float = 2.0) -> float:
+        """The smoothed wait, fading while no request is queued: a server that was saturated
+        and then went quiet must take new streams again, although no decode measures it."""
+        if self.queued:
+            return self.wait_seconds  # still busy: the last measurement stands
+        elapsed = max(0.0, (time.monotonic() if now is None else now) - self.wait_measured)
+        return self.wait_seconds * 0.5 ** (elapsed / half_life_s)
 
     @property
     def real_time_factor(self) -> float | None:
@@ -74,7 +83,7 @@ class Engine:
     def overloaded(self) -> bool:
         """Saturated: requests wait long for a worker (or very many are queued). New streams
         are then refused, rather than every stream's captions growing late."""
-        return self.stats.queued >= self.max_queued or self.stats.wait_seconds > self.max_wait_s
+        return self.stats.queued >= self.max_queued or self.stats.recent_wait() > self.max_wait_s
 
     def decode_blocking(self, request: DecodeRequest) -> Hypothesis:
         """Run one request on the calling thread."""
@@ -123,7 +132,9 @@ class Engine:
                 return
             with self._lock:
                 waited = time.perf_counter() - queued_at
-                self.stats.wait_seconds = 0.8 * self.stats.wait_seconds + 0.2 * waited
+                now = time.monotonic()
+                self.stats.wait_seconds = 0.8 * self.stats.recent_wait(now) + 0.2 * waited
+                self.stats.wait_measured = now
             if future.cancelled():
                 continue
             try:

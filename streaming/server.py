@@ -235,7 +235,7 @@ class CaptionServer:
                 "flashcaption_viewers": ("Viewers connected.", self.viewer_count),
                 "flashcaption_rooms": ("Rooms in memory.", len(rooms)),
                 "flashcaption_decode_queue": ("Decodes waiting or running.", stats.queued),
-                "flashcaption_decode_wait_seconds": ("Smoothed time decodes wait for a free worker.", stats.wait_seconds),
+                "flashcaption_decode_wait_seconds": ("Smoothed time decodes wait for a free worker.", stats.recent_wait()),
                 "flashcaption_real_time_factor": (
                     "Decode compute seconds per second of audio decoded.", stats.real_time_factor or 0.0
                 ),
@@ -257,7 +257,7 @@ class CaptionServer:
             "publishers": len(self.publishers),
             "viewers": self.viewer_count,
             "decode_queue": stats.queued,
-            "decode_wait_s": round(stats.wait_seconds, 3),
+            "decode_wait_s": round(stats.recent_wait(), 3),
             "real_time_factor": round(stats.real_time_factor, 4) if stats.real_time_factor is not None else None,
         }
 

@@ -157,6 +157,19 @@ def test_a_saturated_server_refuses_new_publishers_and_is_not_ready(model, tmp_p
         with pytest.raises(urllib.error.HTTPError) as not_ready:
             urllib.request.urlopen(base + "/readyz", timeout=10)
         assert not_ready.value.code == 503
+        # Once the load is gone the server takes new streams again, with no decode to tell it.
+        stop.set()
+        for thread in threads:
+            thread.join(60)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and urllib.request.urlopen(base + "/healthz").status == 200:
+            if json.loads(urllib.request.urlopen(base + "/healthz").read())["decode_queue"] == 0:
+                break
+            time.sleep(0.5)
+        time.sleep(8)  # several half-lives of the wait estimate
+        assert urllib.request.urlopen(base + "/readyz", timeout=10).status == 200
+        with connect(f"{running.url}/v1/publish?room=after") as ws:
+            assert json.loads(ws.recv(timeout=10))["type"] == "ready"
     finally:
         stop.set()
         for thread in threads:
