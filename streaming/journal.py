@@ -123,5 +123,5 @@ def as_caption(row: dict[str, Any]) -> dict[str, Any]:
     return {
         "type": "final", "room": row["room"], "session": row["session"], "speaker": row["speaker"],
         "segment": row["segment"], "text": row["text"], "start": row["start"], "end": row["end"],
-        "language": row["language"], "seq": row["seq"],
+        "language": row["language"], "seq": row["seq"], "wall_start": round(row["wall_start"], 3),
     }

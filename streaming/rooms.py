@@ -87,7 +87,7 @@ class Rooms:
     async def publish_final(self, room: Room, message: dict[str, Any], wall_start: float, wall_end: float) -> dict[str, Any]:
         """Number the final, write it to the journal, then fan it out; returns it with its seq."""
         async with room.lock:
-            message = {**message, "seq": room.next_seq}
+            message = {**message, "seq": room.next_seq, "wall_start": round(wall_start, 3)}
             try:
                 await self._in_journal(self.journal.append, message, wall_start, wall_end)
             except Exception:
@@ -97,14 +97,16 @@ class Rooms:
             room.fan_out(message)
         return message
 
-    async def join_viewer(self, name: str, since: int | None) -> tuple[Viewer, list[dict[str, Any]]]:
-        """Register a viewer; returns it and the finals after ``since`` to send first."""
+    async def join_viewer(self, name: str, since: int | None) -> tuple[Viewer, list[dict[str, Any]], int]:
+        """Register a viewer; returns it, the finals after ``since`` to send first, and the room's
+        last seq (so a viewer that came without ``since`` knows where to resume from)."""
         room = await self.get(name)
         viewer = Viewer(self.viewer_queue)
         async with room.lock:
             backlog = [] if since is None else [as_caption(r) for r in await self._in_journal(self.journal.finals, name, since)]
             room.viewers.add(viewer)
-        return viewer, backlog
+            last_seq = room.next_seq - 1
+        return viewer, backlog, last_seq
 
     def leave_viewer(self, name: str, viewer: Viewer) -> None:
         room = self._rooms.get(name)

@@ -42,7 +42,15 @@ log = logging.getLogger(__name__)
 # Hard cap enforced by websockets itself; our own, clearer limits (1 s of audio, 64 KiB of
 # text) are checked first on anything below it.
 WEBSOCKET_MAX_MESSAGE = 4 * 1024 * 1024
-PAGES = {"/": "index.html"}
+# Pages and the files they load, all from the `web` package: no build step, nothing external.
+PAGES = {"/": "index.html", "/overlay": "overlay.html", "/capture": "capture.html", "/transcript": "transcript.html"}
+STATIC_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8"}
+_STATIC = re.compile(r"/static/([a-z0-9-]{1,40}\.(?:js|css))")
+# Pages run only their own scripts and talk only to this server.
+PAGE_POLICY = (
+    "default-src 'self'; connect-src 'self' ws: wss:; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; media-src 'self' blob:; object-src 'none'; base-uri 'none'; frame-ancestors *"
+)
 _TRANSCRIPT = re.compile(r"/v1/rooms/([A-Za-z0-9_-]{1,64})/transcript")
 _ROOM = re.compile(r"/v1/rooms/([A-Za-z0-9_-]{1,64})")
 
@@ -198,7 +206,14 @@ class CaptionServer:
             return _response(HTTPStatus.OK, self.prometheus(), "text/plain; version=0.0.4; charset=utf-8")
         if route in PAGES:
             page = resources.files("web").joinpath(PAGES[route]).read_text(encoding="utf-8")
-            return _response(HTTPStatus.OK, page, "text/html; charset=utf-8")
+            response = _response(HTTPStatus.OK, page, "text/html; charset=utf-8")
+            response.headers["Content-Security-Policy"] = PAGE_POLICY
+            return response
+        static = _STATIC.fullmatch(route)
+        if static and resources.files("web").joinpath(static.group(1)).is_file():
+            name = static.group(1)
+            body = resources.files("web").joinpath(name).read_text(encoding="utf-8")
+            return _response(HTTPStatus.OK, body, STATIC_TYPES[name[name.rindex("."):]])
         return _response(HTTPStatus.NOT_FOUND, "not found")
 
     async def _transcript(self, room: str, query: dict[str, str]) -> Response:
@@ -520,7 +535,7 @@ class CaptionServer:
         limit = self.config.max_viewers_per_room
         if limit and len((await self.rooms.get(params.room)).viewers) >= limit:
             raise ProtocolError("overloaded", f"room {params.room} has the most viewers allowed ({limit})")
-        viewer, backlog = await self.rooms.join_viewer(params.room, params.since)
+        viewer, backlog, last_seq = await self.rooms.join_viewer(params.room, params.since)
         def drop() -> None:
             self.metrics.dropped_viewers += 1
             asyncio.ensure_future(connection.close(1013, "viewer too slow; reconnect with since"))
@@ -529,7 +544,9 @@ class CaptionServer:
         self.viewer_count += 1
         try:
             await connection.send(
-                protocol.encode(protocol.ready(uuid.uuid4().hex[:12], params.room, self.model.name, self.model.languages[0]))
+                protocol.encode(
+                    {**protocol.ready(uuid.uuid4().hex[:12], params.room, self.model.name, self.model.languages[0]), "seq": last_seq}
+                )
             )
             for message in backlog:
                 await connection.send(protocol.encode(message))
