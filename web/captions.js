@@ -1,0 +1,220 @@
+// Shared by the overlay, capture and transcript pages: the viewer connection and the caption
+// board. Plain ES module, no dependencies, so the pages work offline and need no build step.
+
+/** The page's query parameters as a plain object (first value wins). */
+export function pageParams() {
+  const params = {};
+  for (const [key, value] of new URLSearchParams(location.search)) {
+    if (!(key in params)) params[key] = value;
+  }
+  return params;
+}
+
+/** A ws:// or wss:// URL on this server, with the given query parameters (empty ones left out). */
+export function socketUrl(path, query) {
+  const url = new URL(path, location.href);
+  url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
+  for (const [key, value] of Object.entries(query)) {
+    if (value !== undefined && value !== null && value !== "") url.searchParams.set(key, String(value));
+  }
+  return url.toString();
+}
+
+/** Errors after which retrying cannot help: tell the person, do not hammer the server. */
+const FATAL_CODES = new Set(["unauthorized", "bad_request"]);
+
+/**
+ * A viewer of one room that reconnects by itself with backoff and resumes from the last final
+ * it delivered (`since`), so a network blip or a server restart loses and repeats no final.
+ *
+ * onEvent(message) gets partials and finals; onState(state, detail) gets "connecting", "live",
+ * "waiting" (a retry is scheduled; detail.retryIn in seconds) and "refused" (detail.message).
+ */
+export class CaptionFeed {
+  constructor({ room, token, since = null, onEvent, onState = () => {} }) {
+    this.room = room;
+    this.token = token;
+    this.lastSeq = since; // null: live captions only until the first ready tells us the room's seq
+    this.onEvent = onEvent;
+    this.onState = onState;
+    this.failures = 0;
+    this.stopped = false;
+    this.socket = null;
+    this.timer = null;
+  }
+
+  start() {
+    this.stopped = false;
+    this._connect();
+  }
+
+  stop() {
+    this.stopped = true;
+    clearTimeout(this.timer);
+    if (this.socket) this.socket.close(1000);
+  }
+
+  _connect() {
+    this.onState("connecting", {});
+    const socket = new WebSocket(
+      socketUrl("/v1/captions", { room: this.room, since: this.lastSeq, token: this.token }),
+    );
+    this.socket = socket;
+    let refused = null;
+    socket.onmessage = (message) => {
+      let event;
+      try {
+        event = JSON.parse(message.data);
+      } catch {
+        return; // the server sends JSON only; ignore anything else rather than stop
+      }
+      if (event.type === "ready") {
+        this.failures = 0;
+        if (this.lastSeq === null && Number.isInteger(event.seq)) this.lastSeq = event.seq;
+        this.onState("live", {});
+      } else if (event.type === "error") {
+        if (FATAL_CODES.has(event.code)) refused = event.message;
+      } else if (event.type === "final") {
+        // A final at or below the last one shown was already shown: never repeat it.
+        if (this.lastSeq !== null && event.seq <= this.lastSeq) return;
+        this.lastSeq = event.seq;
+        this.onEvent(event);
+      } else if (event.type === "partial") {
+        this.onEvent(event);
+      }
+    };
+    socket.onclose = () => {
+      if (this.socket !== socket || this.stopped) return;
+      if (refused !== null) {
+        this.onState("refused", { message: refused });
+        return;
+      }
+      // Partials of the lost connection may never be finalised to us: let the page drop them.
+      this.onEvent({ type: "reset" });
+      this.failures += 1;
+      const base = Math.min(10, 0.5 * 2 ** (this.failures - 1));
+      const retryIn = base * (0.75 + Math.random() * 0.5); // jitter: viewers do not return in lockstep
+      this.onState("waiting", { retryIn });
+      this.timer = setTimeout(() => this._connect(), retryIn * 1000);
+    };
+  }
+}
+
+/**
+ * Caption lines in a bottom-anchored stack: a partial is drawn in place (settled characters
+ * apart from tentative ones) and its final replaces it in the same element, so nothing jumps;
+ * when the stack grows, the old lines glide up instead of snapping.
+ */
+export class CaptionBoard {
+  constructor(stack, { keep = 12, speakers = "auto" } = {}) {
+    this.stack = stack;
+    this.keep = keep;
+    this.speakers = speakers; // "auto": label only when the room has several publishers
+    this.blocks = new Map(); // "session/segment" -> element
+    this.sessions = new Map(); // session id -> label shown for it
+  }
+
+  /** Apply a partial or final; returns true when something visible changed. */
+  show(event) {
+    if (event.type === "reset") {
+      for (const [key, element] of this.blocks) {
+        if (element.classList.contains("partial")) {
+          element.remove();
+          this.blocks.delete(key);
+        }
+      }
+      return true;
+    }
+    const key = `${event.session}/${event.segment}`;
+    if (!this.sessions.has(event.session)) {
+      this.sessions.set(event.session, event.speaker || `Speaker ${this.sessions.size + 1}`);
+      if (this.sessions.size === 2) this._relabel();
+    }
+    let element = this.blocks.get(key);
+    if (event.type === "final" && !event.text) {
+      // An utterance that came to nothing: clear its partials.
+      if (element) this._animate(() => element.remove());
+      this.blocks.delete(key);
+      return Boolean(element);
+    }
+    this._animate(() => {
+      if (!element) {
+        element = document.createElement("p");
+        element.className = "line";
+        element.dir = "auto"; // each caption takes its own text's direction; the page's dir aligns them
+        element.dataset.session = event.session;
+        this.stack.append(element);
+        this.blocks.set(key, element);
+      }
+      element.classList.toggle("partial", event.type === "partial");
+      element.classList.toggle("final", event.type === "final");
+      if (event.type === "final") element.dataset.seq = event.seq;
+      if (event.language) element.lang = event.language;
+      const stable = event.type === "final" ? event.text.length : Math.min(event.stable || 0, event.text.length);
+      element.replaceChildren();
+      const label = this._label(event.session);
+      if (label) {
+        const speaker = document.createElement("span");
+        speaker.className = "speaker";
+        speaker.textContent = `${label}: `;
+        element.append(speaker);
+      }
+      const settled = document.createElement("span");
+      settled.className = "settled";
+      settled.textContent = event.text.slice(0, stable);
+      const tentative = document.createElement("span");
+      tentative.className = "tentative";
+      tentative.textContent = event.text.slice(stable);
+      element.append(settled, tentative);
+      this._prune();
+    });
+    return true;
+  }
+
+  clear() {
+    this.stack.replaceChildren();
+    this.blocks.clear();
+  }
+
+  _label(session) {
+    const several = this.sessions.size > 1;
+    if (this.speakers === "never" || (this.speakers === "auto" && !several)) return "";
+    return this.sessions.get(session) || "";
+  }
+
+  _relabel() {
+    for (const element of this.stack.querySelectorAll(".line")) {
+      const label = this._label(element.dataset.session);
+      let speaker = element.querySelector(".speaker");
+      if (label && !speaker) {
+        speaker = document.createElement("span");
+        speaker.className = "speaker";
+        element.prepend(speaker);
+      }
+      if (speaker) speaker.textContent = label ? `${label}: ` : "";
+    }
+  }
+
+  _prune() {
+    // Keep a few lines beyond those visible so a growing partial never exposes a gap.
+    const lines = this.stack.querySelectorAll(".line");
+    for (let i = 0; i < lines.length - this.keep; i++) {
+      const line = lines[i];
+      for (const [key, element] of this.blocks) if (element === line) this.blocks.delete(key);
+      line.remove();
+    }
+  }
+
+  _animate(change) {
+    // FLIP: measure, change, then start from the old position and glide to the new one.
+    const before = this.stack.offsetHeight;
+    change();
+    const delta = this.stack.offsetHeight - before;
+    if (delta <= 0 || matchMedia("(prefers-reduced-motion: reduce)").matches) return;
+    this.stack.style.transition = "none";
+    this.stack.style.transform = `translateY(${delta}px)`;
+    void this.stack.offsetHeight; // commit the start position before transitioning
+    this.stack.style.transition = "transform 220ms ease-out";
+    this.stack.style.transform = "translateY(0)";
+  }
+}
