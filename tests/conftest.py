@@ -103,3 +103,11 @@ def server(model, tmp_path_factory):
     running = ServerThread(CaptionServer(config, model)).start()
     yield running
     running.stop()
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Point at the browser tests' screenshots, which are part of the test output."""
+    from tests.test_web import SCREENSHOTS
+
+    if SCREENSHOTS.is_dir() and any(SCREENSHOTS.glob("*.png")):
+        terminalreporter.write_line(f"screenshots: {SCREENSHOTS} ({len(list(SCREENSHOTS.glob('*.png')))} files)")
