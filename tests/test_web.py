@@ -337,3 +337,32 @@ def test_overlay_resumes_after_a_restart_without_losing_or_repeating_a_final(mod
         assert "country" in page.inner_text("#stack").lower()
     finally:
         second.stop()
+
+
+def test_capture_page_says_the_connection_was_lost_and_resumes(model, tmp_path, context):
+    from streaming.config import ServerConfig
+    from streaming.server import CaptionServer
+
+    def start(port: int) -> ServerThread:
+        return ServerThread(CaptionServer(ServerConfig(port=port, data_dir=tmp_path), model)).start()
+
+    first = start(0)
+    port = first.port
+    page = context.new_page()
+    page.goto(f"http://127.0.0.1:{port}/capture?room=flaky&speaker=Ada")
+    page.click("#start")
+    wait_for(page, "document.body.dataset.state === 'live'", 20)
+    first.stop()
+    wait_for(page, "/connection was lost/.test(document.getElementById('state').textContent)", 10)
+    assert "your speech is kept" in page.inner_text("#state")
+    second = start(port)
+    try:
+        # Back on its own (resuming its session if the server can, else a new one) with the
+        # speech recorded meanwhile, and captions flow again.
+        wait_for(page, "document.body.dataset.state === 'live'", 30)
+        wait_for(page, "document.querySelector('#stack .final') !== null", 60)
+        journal = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/rooms/flaky/transcript").read())["finals"]
+        assert journal and {f["speaker"] for f in journal} == {"Ada"}
+    finally:
+        page.click("#stop")
+        second.stop()
