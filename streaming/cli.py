@@ -107,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default=defaults.log_level, choices=["debug", "info", "warning", "error"],
                        help="log level (default %(default)s; env FLASHCAPTION_LOG_LEVEL)")
     serve.add_argument("--log-json", action="store_true", help="log one JSON object a line")
+    serve.add_argument("--context-file", default=None,
+                       help='names and terms for rooms whose publishers give none: text (every room), a JSON context '
+                            '{"terms": [...]}, or {"rooms": {"ROOM": CONTEXT, "*": CONTEXT}}')
     serve.add_argument("--decode-delay", type=float, default=0.0,
                        help="testing aid: add this many seconds to every decode, to see how clients and the bench react to a slow server")
 
@@ -115,7 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--room", default="default", help="room to publish to (default %(default)s)")
         sub.add_argument("--speaker", default="", help="speaker name shown with the captions")
         sub.add_argument("--language", default=None, help="language code, or auto (default: the model's)")
-        sub.add_argument("--context", default=None, help="names and terms that may be spoken")
+        sub.add_argument("--context", default=None,
+                         help='names and terms that may be spoken: "Hester Prynne, Qwen3-ASR" or a JSON context {"terms": [...]}')
+        sub.add_argument("--context-file", default=None, help="read --context from this file (text or JSON)")
         sub.add_argument("--json", action="store_true", help="print every event as a JSON line")
         sub.add_argument("--token", default=os.environ.get("FLASHCAPTION_TOKEN"), help="access token (env FLASHCAPTION_TOKEN)")
 
@@ -150,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="extra option for the started server, e.g. --server-arg=--end-silence=400 (repeatable)")
     bench.add_argument("--no-offline", action="store_true", help="skip the offline decoding of each whole clip")
     bench.add_argument("--no-non-speech", action="store_true", help="skip streaming silence, noise and music")
+    bench.add_argument("--context", type=Path, default=None, metavar="TERMS.json",
+                       help="instead: context biasing: term recall, false alarms, WER and latency with and without the term lists "
+                            "of this file (tests/data/context_terms.json)")
     bench.add_argument("--journal", type=int, default=None, metavar="N",
                        help="instead: time writing N finals to a journal, replaying and exporting them")
 
@@ -206,12 +214,18 @@ def _server_config(args: argparse.Namespace) -> ServerConfig:
     """The one configuration object, from the serve command's options; ValueError if invalid."""
     from dataclasses import replace
 
+    from decoder.context import load_context_file
     from decoder.runtime import RuntimeOptions
     from streaming.config import ServerConfig
     from streaming.session import SessionConfig
     from vad.segmenter import VadConfig
 
+    try:
+        room_contexts = load_context_file(args.context_file) if args.context_file else {}
+    except OSError as error:
+        raise ValueError(f"cannot read --context-file: {error}") from None
     return ServerConfig(
+        room_contexts=room_contexts,
         host=args.host,
         port=args.port,
         model=args.model,
@@ -404,13 +418,38 @@ def main(argv: list[str] | None = None) -> int:
         printer = CaptionPrinter(json_lines=args.json, show_speaker=True)
         return _run_client(watch_room(args.url, args.room, printer, since=args.since, token=args.token))
     printer = CaptionPrinter(json_lines=args.json)
-    params = dict(room=args.room, speaker=args.speaker, language=args.language, context=args.context, token=args.token)
+    try:
+        context = _client_context(args)
+    except ValueError as error:
+        print(f"flashcaption {args.command}: {error}", file=sys.stderr)
+        return 2
+    params = dict(room=args.room, speaker=args.speaker, language=args.language, context=context, token=args.token)
     if args.command == "file":
         if not args.path.is_file():
             print(f"flashcaption: no such file: {args.path}", file=sys.stderr)
             return 1
         return _run_client(stream_file(args.url, args.path, printer, speed=args.speed, **params))
     return _run_client(stream_microphone(args.url, printer, device=args.input_device, **params))
+
+
+def _client_context(args: argparse.Namespace) -> str | None:
+    """--context or --context-file, checked here so a mistake is explained before connecting."""
+    import json
+
+    from decoder.context import parse_context
+
+    if args.context_file:
+        try:
+            with open(args.context_file, encoding="utf-8") as f:
+                args.context = f.read()
+        except OSError as error:
+            raise ValueError(f"cannot read --context-file: {error}") from None
+    context = parse_context(args.context)
+    if context is None:
+        return None
+    if args.context.lstrip().startswith("{"):
+        return json.dumps(json.loads(args.context), ensure_ascii=False, separators=(",", ":"))
+    return args.context
 
 
 if __name__ == "__main__":

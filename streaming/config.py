@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from decoder.context import Context
 from decoder.models import DEFAULT_MODEL
 from decoder.runtime import RuntimeOptions
 from streaming.session import SessionConfig
@@ -47,6 +48,8 @@ class ServerConfig:
     audio_burst_s: float = 10.0
     # A publisher whose connection dropped may resume its session within this time.
     resume_grace_s: float = 60.0
+    # Names and terms for rooms whose publishers give no context (decoder/context.py).
+    room_contexts: dict[str, Context] = field(default_factory=dict)
     decode_delay_s: float = 0.0  # testing aid: every decode takes this much longer
     log_level: str = field(default_factory=lambda: os.environ.get("FLASHCAPTION_LOG_LEVEL", "info"))
     log_json: bool = False

@@ -12,12 +12,12 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 from urllib.parse import parse_qs, urlsplit
 
+from decoder.context import Context, ContextError, parse_context
 from streaming.session import FinalCaption, PartialCaption
 
 VERSION = 1
 ENCODINGS = {"pcm_s16le": 2, "pcm_f32le": 4}  # bytes per sample
 MIN_RATE, MAX_RATE = 8000, 48000
-MAX_CONTEXT_CHARS = 2000
 MAX_TEXT_MESSAGE_BYTES = 64 * 1024
 _ROOM = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _LANGUAGE = re.compile(r"auto|[a-z]{2,3}(-[A-Za-z0-9]{2,8})?")
@@ -51,7 +51,7 @@ class PublishParams:
     language: str | None = None
     sample_rate: int = 16000
     encoding: str = "pcm_s16le"
-    context: str | None = None
+    context: Context | None = None
     token: str | None = None
     resume: str | None = None  # a session id to continue after a dropped connection
     mode: str = "live"  # "file": audio may come faster than real time
@@ -71,7 +71,7 @@ class ViewParams:
 @dataclass(frozen=True)
 class ConfigMessage:
     language: str | None = None
-    context: str | None = None
+    context: Context | None = None
 
 
 @dataclass(frozen=True)
@@ -112,20 +112,12 @@ def _language(value: Any) -> str | None:
     return value
 
 
-def _context(value: Any) -> str | None:
-    """Context is free text, or a term list; kept as text until biasing lands."""
-    if value is None:
-        return None
-    if isinstance(value, dict) and isinstance(value.get("terms"), list):
-        terms = [t.get("text") if isinstance(t, dict) else t for t in value["terms"]]
-        if not all(isinstance(t, str) for t in terms):
-            raise ProtocolError("bad_request", "context terms must be strings or {\"text\": ...} objects")
-        value = ", ".join(terms)
-    if not isinstance(value, str):
-        raise ProtocolError("bad_request", "context must be text or {\"terms\": [...]}")
-    if len(value) > MAX_CONTEXT_CHARS:
-        raise ProtocolError("too_large", f"context is longer than {MAX_CONTEXT_CHARS} characters")
-    return value or None
+def _context(value: Any) -> Context | None:
+    """Free text or a term list (see decoder/context.py for the forms and limits)."""
+    try:
+        return parse_context(value)
+    except ContextError as error:
+        raise ProtocolError("too_large" if error.too_large else "bad_request", str(error)) from None
 
 
 _PUBLISH_KEYS = {"room", "speaker", "language", "sample_rate", "encoding", "context", "token", "resume", "mode"}

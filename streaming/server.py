@@ -26,6 +26,7 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from decoder.api import SpeechModel
+from decoder.context import Context
 from streaming import auth, protocol
 from streaming.audio import PcmDecoder
 from streaming.config import ServerConfig
@@ -328,7 +329,7 @@ class CaptionServer:
             publisher = _Publisher(
                 id=uuid.uuid4().hex[:12],
                 params=params,
-                session=Session(self.config.session, language=language, context=params.context),
+                session=Session(self.config.session, language=language, context=params.context or self._room_context(params.room)),
                 room=room,
                 connection=connection,
             )
@@ -404,7 +405,7 @@ class CaptionServer:
         session = Session(
             self.config.session,
             language=last["language"],
-            context=params.context,
+            context=params.context or self._room_context(last["room"]),
             first_segment=last["segment"] + 1,
             clock_offset_s=last["end"],
         )
@@ -441,6 +442,11 @@ class CaptionServer:
         except auth.Unauthorized as error:
             log.warning("refused to %s: %s", action, error, extra={"room": room})  # never the token
             raise ProtocolError("unauthorized", str(error)) from None
+
+    def _room_context(self, room: str) -> Context | None:
+        """The room's default context (--context-file), for publishers that give none."""
+        contexts = self.config.room_contexts
+        return contexts.get(room) or contexts.get("*")
 
     def _language(self, requested: str | None) -> str | None:
         """A language the model can do, or a bad_request."""

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from decoder.api import SAMPLE_RATE, Hypothesis, Word, join_words
+from decoder.context import Context
 from streaming.scoring import normalize
 from streaming.stabilizer import Stabilizer
 from vad.segmenter import Segmenter, SpeechChunk, SpeechEnd, SpeechStart, VadConfig
@@ -72,7 +73,7 @@ class DecodeRequest:
     draft: tuple[Word, ...]  # likely continuation, verified by the model (see SpeechModel.decode)
     final: bool
     language: str | None
-    context: str | None
+    context: Context | None  # the session's names and terms, for biasing
     context_words: int = 0  # leading words of ``prefix`` (and of the result) that are context
     speaking: bool = True  # the audio ended mid-speech (not in a pause)
 
@@ -145,7 +146,7 @@ class Session:
         self,
         config: SessionConfig = SessionConfig(),
         language: str = "en",
-        context: str | None = None,
+        context: Context | None = None,
         first_segment: int = 0,
         clock_offset_s: float = 0.0,
     ):
@@ -184,7 +185,7 @@ class Session:
         self.flush()
         self._ending = True
 
-    def configure(self, language: str | None = None, context: str | None = None) -> None:
+    def configure(self, language: str | None = None, context: Context | None = None) -> None:
         """Applies from the next utterance on."""
         if language is not None:
             self.language = language

@@ -6,6 +6,8 @@ import json
 
 import pytest
 
+from decoder.context import Context, Term
+
 from streaming import protocol
 from streaming.protocol import ConfigMessage, EndMessage, FlushMessage, ProtocolError
 
@@ -19,7 +21,7 @@ def test_publish_all_fields():
     params = protocol.parse_publish(
         {"room": "keynote-1", "speaker": "Ada", "language": "en", "sample_rate": "48000", "encoding": "pcm_f32le", "context": "Qwen3-ASR", "token": "t"}
     )
-    assert params.bytes_per_second == 48000 * 4 and params.context == "Qwen3-ASR"
+    assert params.bytes_per_second == 48000 * 4 and params.context == Context("Qwen3-ASR", (Term("Qwen3-ASR"),))
 
 
 @pytest.mark.parametrize(
@@ -59,9 +61,9 @@ def test_view_params():
 def test_client_messages():
     assert protocol.parse_client_message('{"type":"flush"}') == FlushMessage()
     assert protocol.parse_client_message('{"type":"end"}') == EndMessage()
-    assert protocol.parse_client_message('{"type":"config","language":"en","context":"Hester Prynne"}') == ConfigMessage("en", "Hester Prynne")
+    assert protocol.parse_client_message('{"type":"config","language":"en","context":"Hester Prynne"}') == ConfigMessage("en", Context("Hester Prynne", (Term("Hester Prynne"),)))
     terms = {"type": "config", "context": {"terms": [{"text": "Qwen3-ASR", "boost": 2.0}, "Hester Prynne"]}}
-    assert protocol.parse_client_message(json.dumps(terms)).context == "Qwen3-ASR, Hester Prynne"
+    assert protocol.parse_client_message(json.dumps(terms)).context.terms == (Term("Qwen3-ASR", 2.0), Term("Hester Prynne"))
 
 
 @pytest.mark.parametrize(
