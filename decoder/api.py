@@ -14,6 +14,8 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
+from decoder.context import Context
+
 SAMPLE_RATE = 16_000
 
 
@@ -73,11 +75,14 @@ class SpeechModel(Protocol):
         prefix: Sequence[Word] = (),
         draft: Sequence[Word] = (),
         language: str | None = None,
+        context: Context | None = None,
     ) -> Hypothesis:
         """Decode text. ``prefix`` words are forced as they are (already shown as stable).
         ``draft`` words are a guess at what follows (an earlier hypothesis): they are checked in
         one pass and kept only as far as the model's own greedy choice agrees, so the result
-        is what plain greedy decoding would give, for a fraction of the steps."""
+        is what plain greedy decoding would give, for a fraction of the steps. ``context``
+        (names, jargon) biases the decoding towards its terms; its text never appears in the
+        result unless it was spoken."""
         ...
 
 
@@ -87,10 +92,11 @@ def transcribe(
     prefix: Sequence[Word] = (),
     draft: Sequence[Word] = (),
     language: str | None = None,
+    context: Context | None = None,
 ) -> Hypothesis:
     """Encode then decode one stretch of audio; the usual entry point."""
     started = time.perf_counter()
-    hyp = model.decode(model.encode(audio), prefix=prefix, draft=draft, language=language)
+    hyp = model.decode(model.encode(audio), prefix=prefix, draft=draft, language=language, context=context)
     return replace(hyp, compute_seconds=time.perf_counter() - started)
 
 

@@ -94,7 +94,12 @@ class Engine:
             if self.delay_s:
                 time.sleep(self.delay_s)  # testing aid (--decode-delay): a slower model
             hypothesis = transcribe(
-                model, request.audio, prefix=request.prefix, draft=request.draft, language=request.language
+                model,
+                request.audio,
+                prefix=request.prefix,
+                draft=request.draft,
+                language=request.language,
+                context=request.context,
             )
         except Exception:
             with self._lock:
