@@ -123,7 +123,9 @@ def _words(text: str) -> list[str]:
     return normalize(text)
 
 
-async def stream_clip(url: str, clip: Clip, stream: int, speed: float | None, room: str) -> StreamResult:
+async def stream_clip(
+    url: str, clip: Clip, stream: int, speed: float | None, room: str, context: str | None = None
+) -> StreamResult:
     audio, rate = read_wav(clip.path)
     speech = speech_frames(audio, rate)
     audio = np.concatenate([audio, np.zeros(int(rate * TAIL_SILENCE_SECONDS), np.float32)])
@@ -132,7 +134,8 @@ async def stream_clip(url: str, clip: Clip, stream: int, speed: float | None, ro
     received: list[tuple[float, dict]] = []
     behind = 0.0
     mode = "live" if speed == 1.0 else "file"
-    async with connect(publish_url(url, room=room, sample_rate=rate, speaker=f"bench{stream}", mode=mode), max_size=2**22) as ws:
+    query = dict(room=room, sample_rate=rate, speaker=f"bench{stream}", mode=mode, context=context)
+    async with connect(publish_url(url, **query), max_size=2**22) as ws:
         ready = json.loads(await ws.recv())
         if ready.get("type") != "ready":
             raise RuntimeError(f"server refused the stream: {ready}")
@@ -377,6 +380,8 @@ def _fmt(stat: dict[str, float] | None) -> str:
 def print_report(report: dict[str, Any], out=sys.stdout) -> None:
     m = report["machine"]
     print(f"FlashCaption bench: model {report['model']} on {report['device']}; {m['cpu']}, {m['cores']} cores", file=out)
+    if "context" in report:
+        print_context_report(report["context"], out)
     for run in report["runs"]:
         s = run["summary"]
         print(f"\nstreams={run['streams']} speed={run['speed'] or 'max'} audio={run['audio_seconds']:.0f}s", file=out)
@@ -432,6 +437,12 @@ def run_bench(args) -> dict[str, Any]:
     try:
         health = json.loads(urllib.request.urlopen(url.replace("ws://", "http://").replace("wss://", "https://") + "/healthz", timeout=10).read())
         report: dict[str, Any] = {"machine": machine(), "model": health["model"], "device": health["device"], "runs": []}
+        if getattr(args, "context", None):
+            term_lists = json.loads(Path(args.context).read_text(encoding="utf-8"))
+            clips = [c for c in clips if c.id in term_lists["clips"]]
+            results = asyncio.run(run_context_streams(url, clips, term_lists, args.speed))
+            report["context"] = summarize_context(clips, term_lists, results)
+            return report
         counts = [int(n) for n in args.sweep.split(",")] if args.sweep else [args.streams]
         capacity = None
         for streams in counts:
@@ -461,6 +472,75 @@ def run_bench(args) -> dict[str, Any]:
         if server:
             server.stop()
     return report
+
+
+# -- context biasing -------------------------------------------------------------------------------
+CONTEXT_CONDITIONS = ("none", "terms", "unrelated")
+
+
+def said(term: str, text: str) -> bool:
+    """Whether ``term`` appears in ``text`` as whole words (case and punctuation aside)."""
+    wanted, words = normalize(term), normalize(text)
+    return any(words[i : i + len(wanted)] == wanted for i in range(len(words) - len(wanted) + 1))
+
+
+def context_query(terms: list[str]) -> str:
+    return json.dumps({"terms": terms}, ensure_ascii=False, separators=(",", ":"))
+
+
+async def run_context_streams(url: str, clips: list[Clip], term_lists: dict[str, Any], speed: float | None) -> dict[str, list[StreamResult]]:
+    """Each recording under three contexts: none; its spoken terms mixed with as many
+    distractors (order fixed, spoken ones not first); and an unrelated list."""
+    results: dict[str, list[StreamResult]] = {condition: [] for condition in CONTEXT_CONDITIONS}
+    for number, clip in enumerate(clips):
+        _progress(number, len(clips), clip.id)
+        entry = term_lists["clips"][clip.id]
+        mixed = [t for pair in zip(entry["distractors"], entry["spoken"]) for t in pair]
+        contexts = {"none": None, "terms": context_query(mixed), "unrelated": context_query(term_lists["unrelated"])}
+        for condition in CONTEXT_CONDITIONS:
+            room = f"bench-context-{condition}-{clip.id[:40]}"
+            results[condition].append(await stream_clip(url, clip, 0, speed, room=room, context=contexts[condition]))
+    _progress(len(clips), len(clips), "done")
+    return results
+
+
+def summarize_context(clips: list[Clip], term_lists: dict[str, Any], results: dict[str, list[StreamResult]]) -> dict[str, Any]:
+    by_id = {c.id: c for c in clips}
+    summary: dict[str, Any] = {}
+    for condition, runs in results.items():
+        spoken = [(r.clip, t) for r in runs for t in term_lists["clips"][r.clip]["spoken"]]
+        distractors = [(r.clip, t) for r in runs for t in term_lists["clips"][r.clip]["distractors"]]
+        texts = {r.clip: " ".join(r.finals) for r in runs}
+        counted = [error_counts(by_id[r.clip].reference, texts[r.clip], "en") for r in runs]
+        utterances = [u for r in runs for u in r.utterances]
+        summary[condition] = {
+            "term_recall": sum(said(t, texts[c]) for c, t in spoken) / len(spoken),
+            "missed_terms": [f"{c}: {t}" for c, t in spoken if not said(t, texts[c])],
+            "false_alarm_rate": sum(said(t, texts[c]) for c, t in distractors) / len(distractors),
+            "false_alarms": [f"{c}: {t}" for c, t in distractors if said(t, texts[c])],
+            "word_error_rate": sum(e for e, _ in counted) / max(1, sum(n for _, n in counted)),
+            "final_latency": _stats([u.final_latency for u in utterances]),
+            "tail_latency": _stats([u.tail_latency for u in utterances]),
+            "terms": (len(spoken), len(distractors)),
+        }
+    return summary
+
+
+def print_context_report(summary: dict[str, Any], out=sys.stdout) -> None:
+    names = {"none": "no context", "terms": "spoken terms + distractors", "unrelated": "unrelated terms"}
+    spoken, distractors = summary["none"]["terms"]
+    print(f"\ncontext biasing ({spoken} spoken terms, {distractors} distractors):", file=out)
+    for condition, entry in summary.items():
+        print(
+            f"  {names[condition]:28s} term recall {entry['term_recall']:.3f}   false alarms {entry['false_alarm_rate']:.3f}"
+            f"   WER {entry['word_error_rate']:.4f}",
+            file=out,
+        )
+        print(f"  {'':28s} final latency {_fmt(entry['final_latency'])}", file=out)
+        if entry["missed_terms"]:
+            print(f"  {'':28s} missed: {', '.join(entry['missed_terms'])}", file=out)
+        if entry["false_alarms"] and condition != "none":
+            print(f"  {'':28s} false alarms: {', '.join(entry['false_alarms'])}", file=out)
 
 
 def journal_bench(count: int, out=sys.stdout) -> dict[str, Any]:
