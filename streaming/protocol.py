@@ -49,6 +49,7 @@ class PublishParams:
     room: str = "default"
     speaker: str = ""
     language: str | None = None
+    languages: tuple[str, ...] = ()  # with language auto: the candidates to detect among
     sample_rate: int = 16000
     encoding: str = "pcm_s16le"
     context: Context | None = None
@@ -120,7 +121,7 @@ def _context(value: Any) -> Context | None:
         raise ProtocolError("too_large" if error.too_large else "bad_request", str(error)) from None
 
 
-_PUBLISH_KEYS = {"room", "speaker", "language", "sample_rate", "encoding", "context", "token", "resume", "mode"}
+_PUBLISH_KEYS = {"room", "speaker", "language", "languages", "sample_rate", "encoding", "context", "token", "resume", "mode"}
 _SESSION_ID = re.compile(r"[0-9a-f]{12}")
 _VIEW_KEYS = {"room", "since", "token"}
 
@@ -155,6 +156,7 @@ def parse_publish(query: Mapping[str, str]) -> PublishParams:
         room=_room(query.get("room")),
         speaker=speaker,
         language=_language(query.get("language")),
+        languages=tuple(_language(code.strip()) for code in query.get("languages", "").split(",") if code.strip()),
         sample_rate=rate,
         encoding=encoding,
         context=_context(query.get("context")),

@@ -325,7 +325,7 @@ class CaptionServer:
                 raise ProtocolError("overloaded", f"room {params.room} has the most publishers allowed ({limit})")
             if self.engine.overloaded:
                 raise ProtocolError("overloaded", "server is at capacity; try again later")
-            language = self._language(params.language) or self.model.languages[0]
+            language = self._language(params.language, params.languages) or self._default_language()
             publisher = _Publisher(
                 id=uuid.uuid4().hex[:12],
                 params=params,
@@ -443,23 +443,30 @@ class CaptionServer:
             log.warning("refused to %s: %s", action, error, extra={"room": room})  # never the token
             raise ProtocolError("unauthorized", str(error)) from None
 
+    def _default_language(self) -> str:
+        """Multilingual models detect the language of each utterance unless told."""
+        return self.model.languages[0] if len(self.model.languages) == 1 else "auto"
+
     def _room_context(self, room: str) -> Context | None:
         """The room's default context (--context-file), for publishers that give none."""
         contexts = self.config.room_contexts
         return contexts.get(room) or contexts.get("*")
 
-    def _language(self, requested: str | None) -> str | None:
-        """A language the model can do, or a bad_request."""
-        if requested is None:
+    def _language(self, requested: str | None, candidates: tuple[str, ...] = ()) -> str | None:
+        """What sessions ask the model for: a language it can do, "auto", or candidates to
+        detect among ("en,zh"); a bad_request for a language the model lacks."""
+        supported = self.model.languages
+        for code in (*candidates, *([requested] if requested not in (None, "auto") else [])):
+            if code not in supported:
+                listed = ", ".join(supported) if len(supported) < 12 else f"{len(supported)} languages, e.g. {', '.join(supported[:12])}"
+                raise ProtocolError("bad_request", f"model {self.model.name} does not support language {code!r} (supports: {listed})")
+        if requested is None and not candidates:
             return None
-        if requested == "auto":
-            return self.model.languages[0] if len(self.model.languages) == 1 else "auto"
-        if requested not in self.model.languages:
-            raise ProtocolError(
-                "bad_request",
-                f"model {self.model.name} does not support language {requested!r} (supports: {', '.join(self.model.languages)})",
-            )
-        return requested
+        if requested not in (None, "auto"):
+            return requested
+        if len(supported) == 1:
+            return supported[0]
+        return ",".join(candidates) if len(candidates) > 1 else (candidates[0] if candidates else "auto")
 
     async def _receive(self, publisher: _Publisher, pcm: PcmDecoder) -> bool:
         """Feed the session until ``end`` (returns True) or the connection closes (False)."""
@@ -551,7 +558,7 @@ class CaptionServer:
         try:
             await connection.send(
                 protocol.encode(
-                    {**protocol.ready(uuid.uuid4().hex[:12], params.room, self.model.name, self.model.languages[0]), "seq": last_seq}
+                    {**protocol.ready(uuid.uuid4().hex[:12], params.room, self.model.name, self._default_language()), "seq": last_seq}
                 )
             )
             for message in backlog:

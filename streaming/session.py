@@ -55,6 +55,8 @@ class SessionConfig:
     # context_gap_s before and is at most context_max_s long.
     context_gap_s: float = 2.0
     context_max_s: float = 6.0
+    # With language detection, an utterance's language is fixed after this much audio.
+    language_lock_s: float = 2.0
     # While the speaker is still talking, the newest word of a hypothesis is usually cut off by
     # the end of the audio and changes in the next partial; partials leave it out until the
     # audio has ended in this much silence.
@@ -113,9 +115,16 @@ class _Utterance:
     settled_decoded: bool = False  # the latest decode request was made in a pause
     decoded_length: int = 0  # samples covered by the latest decode request
     stabilizer: Stabilizer = field(default_factory=Stabilizer)
+    # What decodes are asked for: a code, "auto", or candidates "en,zh" until detection locks
+    # it; ``detected`` is the latest detection (reported before the lock).
     language: str = "en"
+    detected: str | None = None
     # The previous utterance, decoded in front of this one: (audio, its final's words).
     lead_in: tuple[np.ndarray, tuple[Word, ...]] | None = None
+
+    @property
+    def reported_language(self) -> str:
+        return self.detected if _automatic(self.language) and self.detected else self.language
 
     def audio(self) -> np.ndarray:
         audio = np.concatenate(self.chunks) if self.chunks else np.zeros(0, np.float32)
@@ -199,8 +208,15 @@ class Session:
         words = hypothesis.words[request.context_words :]
         if request.context_words:
             words = _without_reread(request.prefix[: request.context_words], words)
-        if hypothesis.language:
-            utterance.language = hypothesis.language
+            # The punctuation that closed the lead-in's sentence belongs to it, not to the new one.
+            while words and not normalize(words[0].text):
+                words = words[1:]
+        if hypothesis.language and _automatic(utterance.language):
+            utterance.detected = hypothesis.language
+            # Detection on a second of audio is a guess; once it has heard enough, the
+            # utterance keeps its language (no flip-flopping mid-sentence).
+            if request.final or len(request.audio) >= self.config.language_lock_s * SAMPLE_RATE:
+                utterance.language = hypothesis.language
         if request.final:
             self._emit_final(utterance, words)
             return
@@ -344,7 +360,7 @@ class Session:
                 stable=len(utterance.stabilizer.confirmed_text),
                 start=start,
                 end=end,
-                language=utterance.language,
+                language=utterance.reported_language,
             )
         )
 
@@ -362,4 +378,9 @@ class Session:
             utterance.segment = self._next_segment
             self._next_segment += 1
         start, end = self._times(utterance, utterance.end)
-        self._events.append(FinalCaption(utterance.segment, text, start, end, utterance.language))
+        self._events.append(FinalCaption(utterance.segment, text, start, end, utterance.reported_language))
+
+
+def _automatic(language: str) -> bool:
+    """Whether the language is still to be detected ("auto", or candidates "en,zh")."""
+    return language == "auto" or "," in language

@@ -1,0 +1,358 @@
+"""Whisper (multilingual encoder-decoder on log-mel features), converted to ONNX by
+``decoder/whisper_convert.py``: front end, tokenizer, language identification, KV-cached greedy
+decoding with draft verification, and the guards Whisper needs on non-speech.
+
+Streaming decodes short stretches many times, so the encoder runs on a window just long enough
+for the audio (whole 5-second steps up to Whisper's 30 s) rather than always on 30 s: the
+positional encodings are sliced to the window.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import unicodedata
+import zlib
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from decoder.api import SAMPLE_RATE, DecodeLimits, Hypothesis, Word, repetition_start
+from decoder.context import Context
+from decoder.runtime import RuntimeOptions, create_session
+
+log = logging.getLogger(__name__)
+
+N_FFT, HOP = 400, 160
+CHUNK_SECONDS = 30
+WINDOW_STEP_SECONDS = 5
+# Prompt budget: Whisper reads at most half its 448-token context as previous text.
+MAX_PROMPT_TOKENS = 223
+# Whisper's own thresholds for "this was not speech" and for looping output.
+NO_SPEECH_THRESHOLD = 0.6
+LOGPROB_THRESHOLD = -1.0
+COMPRESSION_RATIO_THRESHOLD = 2.4
+# Measured on the test recordings and generated non-speech: speech averages -0.06 to -0.3 per
+# token, noise and music -1.5 to -2.2 (with no-speech probabilities 0.5-0.9): text this unsure,
+# with nothing confirmed before it, is not shown.
+UNSURE_LOGPROB = -1.5
+
+
+# -- front end ------------------------------------------------------------------------------
+def _hz_to_mel(frequencies: np.ndarray) -> np.ndarray:
+    """Slaney's mel scale (linear below 1 kHz, logarithmic above), as Whisper's filters use."""
+    frequencies = np.asarray(frequencies, dtype=np.float64)
+    mels = frequencies / (200.0 / 3)
+    log_region = frequencies >= 1000.0
+    mels[log_region] = 15.0 + np.log(frequencies[log_region] / 1000.0) / (np.log(6.4) / 27.0)
+    return mels
+
+
+def _mel_to_hz(mels: np.ndarray) -> np.ndarray:
+    mels = np.asarray(mels, dtype=np.float64)
+    frequencies = mels * (200.0 / 3)
+    log_region = mels >= 15.0
+    frequencies[log_region] = 1000.0 * np.exp((np.log(6.4) / 27.0) * (mels[log_region] - 15.0))
+    return frequencies
+
+
+@lru_cache(maxsize=4)
+def mel_filters(n_mels: int) -> np.ndarray:
+    """Triangular filters on the mel scale, area-normalised (librosa's ``norm="slaney"``)."""
+    fft_frequencies = np.linspace(0, SAMPLE_RATE / 2, N_FFT // 2 + 1)
+    edges = _mel_to_hz(np.linspace(_hz_to_mel(np.array([0.0]))[0], _hz_to_mel(np.array([SAMPLE_RATE / 2]))[0], n_mels + 2))
+    widths = np.diff(edges)
+    slopes = edges[:, None] - fft_frequencies[None, :]
+    lower = -slopes[:-2] / widths[:-1, None]
+    upper = slopes[2:] / widths[1:, None]
+    weights = np.maximum(0, np.minimum(lower, upper))
+    weights *= (2.0 / (edges[2 : n_mels + 2] - edges[:n_mels]))[:, None]
+    return weights.astype(np.float32)
+
+
+def log_mel(audio: np.ndarray, n_mels: int = 80, seconds: float = CHUNK_SECONDS) -> np.ndarray:
+    """Whisper's log-mel spectrogram of ``audio`` padded with silence to ``seconds``:
+    ``[n_mels, 100 * seconds]``."""
+    samples = int(seconds * SAMPLE_RATE)
+    audio = np.asarray(audio, dtype=np.float32)[:samples]
+    audio = np.pad(audio, (0, samples - len(audio)))
+    padded = np.pad(audio, N_FFT // 2, mode="reflect")  # centred frames
+    window = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(N_FFT) / N_FFT)).astype(np.float32)  # periodic Hann
+    frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT)[::HOP]
+    power = np.abs(np.fft.rfft(frames * window, axis=-1)) ** 2
+    mel = mel_filters(n_mels) @ power[:-1].T.astype(np.float32)  # the last frame is dropped, as in Whisper
+    log_spec = np.log10(np.maximum(mel, 1e-10))
+    log_spec = np.maximum(log_spec, log_spec.max() - 8.0)
+    return ((log_spec + 4.0) / 4.0).astype(np.float32)
+
+
+def window_seconds(duration: float) -> float:
+    """The encoder window for ``duration`` seconds of audio: whole 5 s steps, at most 30."""
+    return float(min(CHUNK_SECONDS, WINDOW_STEP_SECONDS * max(1, int(np.ceil((duration + 0.5) / WINDOW_STEP_SECONDS)))))
+
+
+# -- tokenizer ------------------------------------------------------------------------------
+@lru_cache(maxsize=1)
+def _byte_decoder() -> dict[str, int]:
+    """GPT-2's byte-level BPE alphabet: printable characters standing for each byte."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    codes = printable[:]
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            codes.append(256 + extra)
+            extra += 1
+    return {chr(code): byte for byte, code in zip(printable, codes)}
+
+
+def _unspaced(char: str) -> bool:
+    """Scripts written without spaces between words (each character is its own unit)."""
+    name = unicodedata.name(char, "")
+    return any(script in name for script in ("CJK", "HIRAGANA", "KATAKANA", "HANGUL", "THAI"))
+
+
+class WhisperTokenizer:
+    def __init__(self, path: Path):
+        from tokenizers import Tokenizer  # the same BPE implementation the checkpoint was made with
+
+        self._tokenizer = Tokenizer.from_file(str(path))
+        decoder = _byte_decoder()
+        size = self._tokenizer.get_vocab_size(with_added_tokens=True)
+        self.token_bytes: list[bytes] = []
+        for token in range(size):
+            piece = self._tokenizer.id_to_token(token) or ""
+            self.token_bytes.append(bytes(decoder[c] for c in piece) if all(c in decoder for c in piece) else b"")
+        self.eot = self._tokenizer.token_to_id("<|endoftext|>")
+        self.sot = self._tokenizer.token_to_id("<|startoftranscript|>")
+        self.transcribe = self._tokenizer.token_to_id("<|transcribe|>")
+        self.prev = self._tokenizer.token_to_id("<|startofprev|>")
+        self.no_speech = self._tokenizer.token_to_id("<|nospeech|>") or self._tokenizer.token_to_id("<|nocaptions|>")
+        self.no_timestamps = self._tokenizer.token_to_id("<|notimestamps|>")
+        self.languages: dict[str, int] = {}
+        for token in range(self.sot + 1, self.transcribe):
+            name = self._tokenizer.id_to_token(token)
+            if name and name.startswith("<|") and name.endswith("|>") and name not in ("<|translate|>",):
+                self.languages[name[2:-2]] = token
+
+    def encode(self, text: str) -> list[int]:
+        return self._tokenizer.encode(text, add_special_tokens=False).ids
+
+    def text(self, tokens: Sequence[int]) -> str:
+        return b"".join(self.token_bytes[t] for t in tokens if t < self.eot).decode("utf-8", errors="replace")
+
+    def words(self, tokens: Sequence[int]) -> tuple[Word, ...]:
+        """Group tokens into words: a word starts at a token beginning with a space, or at each
+        character of scripts without spaces; a word never ends inside a UTF-8 character."""
+        groups: list[list[int]] = []
+        pending = b""
+        for token in tokens:
+            if token >= self.eot:
+                continue
+            data = self.token_bytes[token]
+            try:
+                complete = pending.decode("utf-8") if pending else ""
+            except UnicodeDecodeError:
+                complete = None
+            starts_word = data[:1] == b" " or (
+                complete is not None and bool(complete) and (_unspaced(complete[-1]) or _unspaced(data.decode("utf-8", "ignore")[:1] or " "))
+            )
+            if groups and complete is not None and starts_word:
+                groups.append([token])
+                pending = data
+            elif groups:
+                groups[-1].append(token)
+                pending += data
+            else:
+                groups.append([token])
+                pending = data
+        return tuple(Word(self.text(group), tuple(group)) for group in groups)
+
+
+# -- model ------------------------------------------------------------------------------------
+@dataclass
+class WhisperFeatures:
+    cross: dict[str, np.ndarray]  # per decoder layer: cross-attention keys and values
+    duration: float
+    no_speech_prob: float | None = None
+
+
+class WhisperModel:
+    """The Whisper family behind :class:`decoder.api.SpeechModel`."""
+
+    def __init__(self, name: str, directory: Path, runtime: RuntimeOptions = RuntimeOptions(), limits: DecodeLimits | None = None):
+        self.name = name
+        config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+        self.encoder, self.device = create_session(directory / "encoder.onnx", runtime)
+        self.decoder, _ = create_session(directory / "decoder.onnx", runtime)
+        self.tokenizer = WhisperTokenizer(directory / "tokenizer.json")
+        self.n_mels = int(config.get("n_mels", 80))
+        self.layers, self.heads = int(config["n_text_layers"]), int(config["n_text_heads"])
+        self.head_dim = int(config["n_text_state"]) // self.heads
+        # Chinese and Japanese take more tokens per second of speech than English, and repeat
+        # single characters legitimately (短短, 哈哈哈): a one-token loop needs more copies.
+        self.limits = limits or DecodeLimits(tokens_per_second=12.0, min_tokens=12, repeat_times=5)
+        # Encoder window at least this long (30: always Whisper's full window, as CTranslate2).
+        self.min_window_s = 0.0
+        self.languages = tuple(self.tokenizer.languages)
+        self.multilingual = len(self.languages) > 1
+        vocab = int(config.get("n_vocab", len(self.tokenizer.token_bytes)))
+        self._suppress = np.zeros(vocab, dtype=np.float32)
+        self._suppress[[t for t in config.get("suppress_ids", []) if t < vocab]] = -np.inf
+        self._suppress[self.tokenizer.eot + 1 :] = -np.inf  # special and timestamp tokens: never text
+        self._suppress_begin = [t for t in config.get("suppress_ids_begin", [220, self.tokenizer.eot]) if t < vocab]
+        self._cross_names = [f"cross_{kind}_{layer}" for layer in range(self.layers) for kind in "kv"]
+
+    # -- encoder ---------------------------------------------------------------------------
+    def encode(self, audio: np.ndarray) -> WhisperFeatures:
+        duration = len(audio) / SAMPLE_RATE
+        mel = log_mel(audio, self.n_mels, max(self.min_window_s, window_seconds(duration)))[None]
+        outputs = self.encoder.run(self._cross_names, {"mel": mel})
+        return WhisperFeatures(dict(zip(self._cross_names, outputs)), duration)
+
+    # -- decoder ---------------------------------------------------------------------------
+    def _run(self, features: WhisperFeatures, tokens: Sequence[int], past: dict[str, np.ndarray] | None, offset: int):
+        """Decoder on ``tokens`` after ``offset`` cached positions; log-probabilities of every
+        position and the grown cache."""
+        if past is None:
+            empty = np.zeros((1, self.heads, 0, self.head_dim), dtype=np.float32)
+            past = {f"self_{kind}_{layer}": empty for layer in range(self.layers) for kind in "kv"}
+        feeds = {"tokens": np.array([tokens], dtype=np.int64), "offset": np.array([offset], dtype=np.int64), **past, **features.cross}
+        names = [f"new_self_{kind}_{layer}" for layer in range(self.layers) for kind in "kv"]
+        outputs = self.decoder.run(["logits", *names], feeds)
+        cache = {name.replace("new_", ""): value for name, value in zip(names, outputs[1:])}
+        logits = outputs[0][0]
+        peak = logits.max(axis=-1, keepdims=True)
+        return logits - (peak + np.log(np.exp(logits - peak).sum(axis=-1, keepdims=True))), cache
+
+    def detect_language(self, features: WhisperFeatures, candidates: Sequence[str] | None = None) -> tuple[str, float]:
+        """The most likely language (among ``candidates``, if given) and its probability."""
+        if not self.multilingual:
+            return self.languages[0], 1.0
+        log_probs, _ = self._run(features, [self.tokenizer.sot], None, 0)
+        names = [c for c in (candidates or self.languages) if c in self.tokenizer.languages] or list(self.languages)
+        scores = np.array([log_probs[-1, self.tokenizer.languages[n]] for n in names])
+        probs = np.exp(scores - scores.max())
+        probs /= probs.sum()
+        best = int(probs.argmax())
+        return names[best], float(probs[best])
+
+    def _prompt(self, context: Context | None) -> list[int]:
+        """The context as Whisper's "previous text": it steers spelling, and is never output."""
+        if context is None:
+            return []
+        text = context.text or ", ".join(t.text for t in context.terms)
+        if context.text and context.terms:
+            text = f"{context.text} {', '.join(t.text for t in context.terms)}"
+        tokens = self.tokenizer.encode(" " + text.strip())[-MAX_PROMPT_TOKENS:]
+        return [self.tokenizer.prev, *tokens] if tokens else []
+
+    def decode(
+        self,
+        features: WhisperFeatures,
+        prefix: Sequence[Word] = (),
+        draft: Sequence[Word] = (),
+        language: str | None = None,
+        context: Context | None = None,
+    ) -> Hypothesis:
+        started = time.perf_counter()
+        candidates = None
+        if language and "," in language:
+            candidates, language = language.split(","), None
+        if not language or language == "auto":
+            language, _ = self.detect_language(features, candidates)
+        start = [*self._prompt(context), self.tokenizer.sot]
+        if self.multilingual:
+            start.append(self.tokenizer.languages[language])
+        start += [self.tokenizer.transcribe, self.tokenizer.no_timestamps]
+        forced = [t for w in prefix for t in w.tokens]
+        budget = self.limits.budget(features.duration)
+        proposed = [t for w in draft for t in w.tokens][: max(0, budget - len(forced))]
+        log_probs, cache = self._run(features, [*start, *forced, *proposed], None, 0)
+        no_speech = float(np.exp(log_probs[start.index(self.tokenizer.sot), self.tokenizer.no_speech]))
+        first = len(start) - 1 + len(forced)  # row predicting the first token after the forced ones
+
+        def choose(row: np.ndarray, at_start: bool) -> int:
+            row = row + self._suppress
+            if at_start:
+                row = row.copy()
+                row[self._suppress_begin] = -np.inf
+            return int(row.argmax())
+
+        chosen: list[int] = []
+        while len(chosen) < len(proposed) and choose(log_probs[first + len(chosen)], not forced and not chosen) == proposed[len(chosen)]:
+            chosen.append(proposed[len(chosen)])
+        scores = [float(log_probs[first + i, t]) for i, t in enumerate(chosen)]
+        row = log_probs[first + len(chosen)]
+        if len(chosen) < len(proposed):
+            # The cache holds rejected draft tokens: keep only the accepted positions.
+            keep = len(start) + len(forced) + len(chosen)
+            cache = {name: value[:, :, :keep] for name, value in cache.items()}
+        offset = len(start) + len(forced) + len(chosen)
+        while len(forced) + len(chosen) < budget:
+            token = choose(row, not forced and not chosen)
+            if token == self.tokenizer.eot:
+                break
+            chosen.append(token)
+            scores.append(float(row[token]))
+            loop_at = repetition_start(
+                forced + chosen, self.limits.repeat_ngram_max, self.limits.repeat_times, self.limits.repeat_phrase_tokens
+            )
+            if loop_at is not None:
+                del chosen[max(0, loop_at - len(forced)) :]
+                del scores[len(chosen) :]
+                break
+            step, cache = self._run(features, [token], cache, offset)
+            offset += 1
+            row = step[-1]
+        average = float(np.mean(scores)) if scores else 0.0
+        text = self.tokenizer.text(forced + chosen)
+        if (
+            (no_speech > NO_SPEECH_THRESHOLD and average < LOGPROB_THRESHOLD)
+            or (not forced and average < UNSURE_LOGPROB)
+            or _compression_ratio(text) > COMPRESSION_RATIO_THRESHOLD
+            or not any(char.isalnum() for char in self.tokenizer.text(chosen))
+            or _copies_prompt(self.tokenizer.text(chosen), context)
+        ):
+            # Whisper's rules: the model itself says there was no speech, or the text loops;
+            # and on music it writes "..." or "♪": no words, no caption. This is what keeps
+            # "Thanks for watching!" off silent stretches.
+            chosen, scores, average = [], [], 0.0
+        return Hypothesis(
+            words=self.tokenizer.words(forced + chosen),
+            language=language,
+            avg_logprob=average,
+            compute_seconds=time.perf_counter() - started,
+            no_speech_prob=no_speech,
+        )
+
+
+def _copies_prompt(text: str, context: Context | None) -> bool:
+    """Whisper given a prompt and no speech reads the prompt back: text whose words all come,
+    in order, from the prompt, and more than one term or four words of it, is that, never a
+    caption. (A speaker who says just one of the terms is still heard.)"""
+    if context is None:
+        return False
+    words = _plain_words(text)
+    prompt = _plain_words(f"{context.text} {' '.join(t.text for t in context.terms)}")
+    if not words:
+        return False
+    remaining = iter(prompt)
+    if not all(word in remaining for word in words):
+        return False
+    joined = f" {' '.join(words)} "
+    terms = sum(f" {' '.join(_plain_words(t.text))} " in joined for t in context.terms)
+    return len(words) >= 4 or terms >= 2
+
+
+def _plain_words(text: str) -> list[str]:
+    return "".join(c.lower() if c.isalnum() else " " for c in text).split()
+
+
+def _compression_ratio(text: str) -> float:
+    data = text.encode("utf-8")
+    return len(data) / len(zlib.compress(data)) if len(data) > 40 else 0.0
