@@ -88,6 +88,7 @@ class StreamResult:
     utterances: list[Utterance]
     errors: list[dict] = field(default_factory=list)
     behind_seconds: float = 0.0  # how far sending fell behind real time (server back-pressure)
+    languages: list[str] = field(default_factory=list)  # each final's language, as the server said
 
 
 def load_manifest(path: Path, languages: set[str] | None) -> list[Clip]:
@@ -208,6 +209,7 @@ def _measure(clip, stream, speech, sent_at, received, step, rate, behind) -> Str
         utterances=utterances,
         errors=errors,
         behind_seconds=behind,
+        languages=[m.get("language", "") for _, m in finals if m["text"]],
     )
 
 
@@ -353,9 +355,12 @@ def summarize(clips: list[Clip], results: list[StreamResult]) -> dict[str, Any]:
     for language in sorted({c.language for c in clips}):
         mine = [r for r in results if by_id[r.clip].language == language]
         streamed = [error_counts(by_id[r.clip].reference, " ".join(r.finals), language) for r in mine]
+        # Language identification, per stream: the language most of its finals were given.
+        identified = [bool(r.languages) and max(set(r.languages), key=r.languages.count) == language for r in mine]
         languages[language] = {
             "clips": len({r.clip for r in mine}),
             "streaming_error_rate": sum(e for e, _ in streamed) / max(1, sum(n for _, n in streamed)),
+            "language_id_share": sum(identified) / max(1, len(identified)),
         }
     speech = sum(r.speech_seconds for r in results)
     partials = sum(r.partials for r in results)
@@ -396,7 +401,7 @@ def print_report(report: dict[str, Any], out=sys.stdout) -> None:
             line = f"  {language} {unit} streaming        {entry['streaming_error_rate']:.4f}"
             if "offline_error_rate" in entry:
                 line += f"   offline {entry['offline_error_rate']:.4f}"
-            print(line + f"   ({entry['clips']} clips)", file=out)
+            print(line + f"   language right {entry['language_id_share']:.0%}   ({entry['clips']} clips)", file=out)
         if run.get("cpu_per_audio_second") is not None:
             print(f"  server CPU s / audio s   {run['cpu_per_audio_second']:.3f}   peak RSS {run['peak_rss_mb']:.0f} MB", file=out)
         print(f"  behind real time (max)   {s['max_behind_real_time_s']:.2f} s   errors {len(s['errors'])}", file=out)

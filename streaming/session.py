@@ -55,8 +55,11 @@ class SessionConfig:
     # context_gap_s before and is at most context_max_s long.
     context_gap_s: float = 2.0
     context_max_s: float = 6.0
-    # With language detection, an utterance's language is fixed after this much audio.
+    # With language detection, an utterance's language is fixed after this much audio; until an
+    # utterance is this long too, it is taken to be in the language detected last (a speaker
+    # rarely switches language between sentences, and two seconds are easily mistaken).
     language_lock_s: float = 2.0
+    language_keep_s: float = 4.0
     # While the speaker is still talking, the newest word of a hypothesis is usually cut off by
     # the end of the audio and changes in the next partial; partials leave it out until the
     # audio has ended in this much silence.
@@ -164,6 +167,7 @@ class Session:
         self.config = config
         self._clock_offset = clock_offset_s
         self.language = language
+        self._last_language: str | None = None  # the latest utterance language detection fixed
         self.context = context
         self._segmenter = Segmenter(config.vad)
         self._keys = itertools.count()
@@ -194,6 +198,15 @@ class Session:
         self.flush()
         self._ending = True
 
+    def _language_for(self, utterance: _Utterance, samples: int) -> str:
+        """What to ask the model for: a short utterance is taken to be in the session's last
+        detected language rather than detected on its own."""
+        if _automatic(utterance.language) and self._last_language and samples < self.config.language_keep_s * SAMPLE_RATE:
+            candidates = utterance.language.split(",")
+            if utterance.language == "auto" or self._last_language in candidates:
+                return self._last_language
+        return utterance.language
+
     def configure(self, language: str | None = None, context: Context | None = None) -> None:
         """Applies from the next utterance on."""
         if language is not None:
@@ -215,8 +228,11 @@ class Session:
             utterance.detected = hypothesis.language
             # Detection on a second of audio is a guess; once it has heard enough, the
             # utterance keeps its language (no flip-flopping mid-sentence).
-            if request.final or len(request.audio) >= self.config.language_lock_s * SAMPLE_RATE:
+            detected_freely = _automatic(request.language)
+            if request.final or (detected_freely and len(request.audio) >= self.config.language_lock_s * SAMPLE_RATE):
                 utterance.language = hypothesis.language
+                if detected_freely:
+                    self._last_language = hypothesis.language
         if request.final:
             self._emit_final(utterance, words)
             return
@@ -320,7 +336,7 @@ class Session:
             prefix=lead_words + prefix,
             draft=draft,
             final=final,
-            language=utterance.language,
+            language=self._language_for(utterance, len(audio)),
             context=self.context,
             context_words=len(lead_words),
             speaking=speaking,
