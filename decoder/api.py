@@ -82,7 +82,8 @@ class SpeechModel(Protocol):
         """Decode text. ``prefix`` words are forced as they are (already shown as stable).
         ``draft`` words are a guess at what follows (an earlier hypothesis): they are checked in
         one pass and kept only as far as the model's own greedy choice agrees, so the result
-        is what plain greedy decoding would give, for a fraction of the steps. ``context``
+        is what plain greedy decoding would give, for a fraction of the steps. ``language``: a
+        code, None or "auto" (detect it), or candidates to detect among ("en,zh"). ``context``
         (names, jargon) biases the decoding towards its terms; its text never appears in the
         result unless it was spoken."""
         ...
