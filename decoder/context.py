@@ -50,9 +50,6 @@ class Context:
     def __bool__(self) -> bool:
         return bool(self.text or self.terms)
 
-    def describe(self) -> str:
-        return self.text or ", ".join(t.text for t in self.terms)
-
 
 def parse_context(value: Any) -> Context | None:
     """Free text, or ``{"terms": ["Hester Prynne", {"text": "Qwen3-ASR", "boost": 2.0}], "text": ...}``
@@ -212,12 +209,6 @@ class TermMatcher:
         """Bonus at the end of the text: whole terms count, unfinished ones do not."""
         done = [self._bonus(i, m) for i, m in state.partial.items() if m == len(self.forms[i])]
         return state.banked + max(done, default=0.0)
-
-    def continuations(self, state: MatchState) -> list[str]:
-        """Text that would extend a partial match or start a term: what to look for in the
-        vocabulary so a term's tokens are considered even when the model ranks them low."""
-        rests = [self.forms[i][m:] for i, m in state.partial.items() if m < len(self.forms[i])]
-        return rests + self.forms
 
     def _bonus(self, index: int, chars: int) -> float:
         # The leading space is not evidence of the term; count the characters after it.

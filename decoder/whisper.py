@@ -245,9 +245,9 @@ class WhisperModel:
         """The context as Whisper's "previous text": it steers spelling, and is never output."""
         if context is None:
             return []
-        text = context.text or ", ".join(t.text for t in context.terms)
-        if context.text and context.terms:
-            text = f"{context.text} {', '.join(t.text for t in context.terms)}"
+        # Free text already holds its terms; terms given apart from the text are added to it.
+        extra = [t.text for t in context.terms if t.text not in context.text]
+        text = " ".join(part for part in (context.text, ", ".join(extra)) if part)
         tokens = self.tokenizer.encode(" " + text.strip())[-MAX_PROMPT_TOKENS:]
         return [self.tokenizer.prev, *tokens] if tokens else []
 
