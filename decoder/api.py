@@ -122,6 +122,20 @@ class DecodeLimits:
     def budget(self, seconds: float) -> int:
         return int(min(self.max_tokens, max(self.min_tokens, seconds * self.tokens_per_second)))
 
+    def loop_start(self, tokens: Sequence[int]) -> int | None:
+        """Where the loop ``tokens`` ends in begins its second copy (see :func:`repetition_start`)."""
+        return repetition_start(tokens, self.repeat_ngram_max, self.repeat_times, self.repeat_phrase_tokens)
+
+    def cut_loop(self, forced: Sequence[int], chosen: list[int], scores: list[float]) -> bool:
+        """If ``forced + chosen`` ends in a loop, drop the repeats from ``chosen`` and their
+        ``scores`` (in place) and return True: decoding should stop."""
+        loop_at = self.loop_start([*forced, *chosen])
+        if loop_at is None:
+            return False
+        del chosen[max(0, loop_at - len(forced)) :]
+        del scores[len(chosen) :]
+        return True
+
 
 def repetition_start(tokens: Sequence[int], max_n: int = 16, times: int = 3, phrase_n: int = 4) -> int | None:
     """If ``tokens`` ends in a loop, return where the loop's second copy starts (keep one copy,

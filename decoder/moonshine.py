@@ -19,7 +19,7 @@ from typing import Sequence
 import numpy as np
 import onnxruntime as ort
 
-from decoder.api import SAMPLE_RATE, DecodeLimits, Hypothesis, Word, repetition_start
+from decoder.api import SAMPLE_RATE, DecodeLimits, Hypothesis, Word
 from decoder.context import Context, MatchState, TermMatcher
 from decoder.runtime import RuntimeOptions, create_session
 
@@ -259,12 +259,7 @@ class MoonshineModel:
                 break
             chosen.append(token)
             scores.append(float(log_probs[token]))
-            loop_at = repetition_start(
-                forced + chosen, self.limits.repeat_ngram_max, self.limits.repeat_times, self.limits.repeat_phrase_tokens
-            )
-            if loop_at is not None:
-                del chosen[max(0, loop_at - len(forced)) :]
-                del scores[len(chosen) :]
+            if self.limits.cut_loop(forced, chosen, scores):
                 break
             log_probs = self._next(step, token)
         if eos_overridden and scores and np.mean(scores) < self.limits.override_min_avg_logprob:
@@ -373,9 +368,7 @@ class MoonshineModel:
                     if not kept:
                         break  # the best hypothesis ends here
                     continue
-                if repetition_start(
-                    forced + beam.tokens + [token], self.limits.repeat_ngram_max, self.limits.repeat_times, self.limits.repeat_phrase_tokens
-                ) is not None:
+                if self.limits.loop_start(forced + beam.tokens + [token]) is not None:
                     continue
                 kept.append((score, beam, token, after))
             if not kept or candidates[0][2] == EOS:

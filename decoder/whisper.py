@@ -21,7 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
-from decoder.api import SAMPLE_RATE, DecodeLimits, Hypothesis, Word, repetition_start
+from decoder.api import SAMPLE_RATE, DecodeLimits, Hypothesis, Word
 from decoder.context import Context
 from decoder.runtime import RuntimeOptions, create_session
 
@@ -299,12 +299,7 @@ class WhisperModel:
                 break
             chosen.append(token)
             scores.append(float(row[token]))
-            loop_at = repetition_start(
-                forced + chosen, self.limits.repeat_ngram_max, self.limits.repeat_times, self.limits.repeat_phrase_tokens
-            )
-            if loop_at is not None:
-                del chosen[max(0, loop_at - len(forced)) :]
-                del scores[len(chosen) :]
+            if self.limits.cut_loop(forced, chosen, scores):
                 break
             step, cache = self._run(features, [token], cache, offset)
             offset += 1
