@@ -136,6 +136,14 @@ def check_layout(geometry: dict) -> None:
         assert top >= bottom - 1, f"caption lines overlap: {bands}"
 
 
+def own_server(model, data_dir, port: int = 0, **settings) -> ServerThread:
+    """A server of the test's own (to restart on the same port and data, or with other settings)."""
+    from streaming.config import ServerConfig
+    from streaming.server import CaptionServer
+
+    return ServerThread(CaptionServer(ServerConfig(port=port, data_dir=data_dir, **settings), model)).start()
+
+
 def words(text: str) -> set[str]:
     return set(normalize(text))
 
@@ -201,10 +209,7 @@ def test_capture_page_explains_a_denied_microphone(server, playwright):
 
 
 def test_capture_page_explains_a_rejected_token(model, tmp_path, context):
-    from streaming.config import ServerConfig
-    from streaming.server import CaptionServer
-
-    guarded = ServerThread(CaptionServer(ServerConfig(port=0, data_dir=tmp_path, auth="on"), model)).start()
+    guarded = own_server(model, tmp_path, auth="on")
     try:
         page = context.new_page()
         page.goto(f"http://127.0.0.1:{guarded.port}/capture?room=locked&token=not-a-token")
@@ -305,13 +310,7 @@ def test_transcript_page_lists_and_searches_the_room(server, context):
 
 # -- resuming after a server restart -------------------------------------------------------------
 def test_overlay_resumes_after_a_restart_without_losing_or_repeating_a_final(model, tmp_path, context):
-    from streaming.config import ServerConfig
-    from streaming.server import CaptionServer
-
-    def start(port: int) -> ServerThread:
-        return ServerThread(CaptionServer(ServerConfig(port=port, data_dir=tmp_path), model)).start()
-
-    first = start(0)
+    first = own_server(model, tmp_path)
     port = first.port
     page = context.new_page()
     page.goto(f"http://127.0.0.1:{port}/overlay?room=restart&lines=3")
@@ -323,7 +322,7 @@ def test_overlay_resumes_after_a_restart_without_losing_or_repeating_a_final(mod
     # The restarted server takes new captions at once, usually before the overlay's next try:
     # those it fetches from the journal (since=its last seq), the rest come live; either way
     # each final once, in order.
-    second = start(port)
+    second = own_server(model, tmp_path, port=port)
     try:
         publish(second.url, LONG.audio, "room=restart")
         journal = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/rooms/restart/transcript").read())["finals"]
@@ -340,13 +339,7 @@ def test_overlay_resumes_after_a_restart_without_losing_or_repeating_a_final(mod
 
 
 def test_capture_page_says_the_connection_was_lost_and_resumes(model, tmp_path, context):
-    from streaming.config import ServerConfig
-    from streaming.server import CaptionServer
-
-    def start(port: int) -> ServerThread:
-        return ServerThread(CaptionServer(ServerConfig(port=port, data_dir=tmp_path), model)).start()
-
-    first = start(0)
+    first = own_server(model, tmp_path)
     port = first.port
     page = context.new_page()
     page.goto(f"http://127.0.0.1:{port}/capture?room=flaky&speaker=Ada")
@@ -355,7 +348,7 @@ def test_capture_page_says_the_connection_was_lost_and_resumes(model, tmp_path, 
     first.stop()
     wait_for(page, "/connection was lost/.test(document.getElementById('state').textContent)", 10)
     assert "your speech is kept" in page.inner_text("#state")
-    second = start(port)
+    second = own_server(model, tmp_path, port=port)
     try:
         # Back on its own (resuming its session if the server can, else a new one) with the
         # speech recorded meanwhile, and captions flow again.
