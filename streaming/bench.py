@@ -457,6 +457,7 @@ def run_bench(args) -> dict[str, Any]:
             run: dict[str, Any] = {"streams": streams, "speed": args.speed, "audio_seconds": audio_seconds}
             run["summary"] = summarize(clips, results)
             run["utterances"] = [asdict(u) for r in results for u in r.utterances]
+            run["clips"] = [{"clip": r.clip, "stream": r.stream, "finals": r.finals, "languages": r.languages} for r in results]
             if server:
                 run["cpu_per_audio_second"] = (server.cpu_seconds() - cpu_before) / audio_seconds
                 run["peak_rss_mb"] = server.peak_rss_mb()
@@ -467,7 +468,9 @@ def run_bench(args) -> dict[str, Any]:
         if args.sweep:
             report["capacity"] = capacity
         if not args.no_offline:
-            offline = offline_error_rates(clips, offline_texts(clips, health["model"], "cpu"))
+            texts = offline_texts(clips, health["model"], "cpu")
+            report["offline_texts"] = texts
+            offline = offline_error_rates(clips, texts)
             for run in report["runs"]:
                 for language, rate in offline.items():
                     run["summary"]["languages"][language]["offline_error_rate"] = rate
