@@ -123,7 +123,7 @@ class Engine:
         with self._lock:
             self.stats.queued += 1
         try:
-            self._queue.put((0 if request.final else 1, next(self._order), request, future, loop, time.perf_counter()))
+            self._queue.put((0 if request.urgent else 1, next(self._order), request, future, loop, time.perf_counter()))
             hypothesis = await future
         finally:
             with self._lock:

@@ -525,6 +525,7 @@ class CaptionServer:
                 else:
                     session.receive_hypothesis(request.id, hypothesis, seconds)
                 await self._deliver(publisher)
+            await self._deliver(publisher)  # audio alone can complete a final (decoded early)
             if session.finished or (publisher.parking and session.idle):
                 return
 

@@ -6,7 +6,7 @@ Drive it like ``h11.Connection``:
     while (request := session.next_request()) is not None:
         hypothesis = <run request on a model, anywhere>
         session.receive_hypothesis(request.id, hypothesis)
-    for event in session.events(): ...      # PartialCaption / FinalCaption
+    for event in session.events(): ...      # PartialCaption / FinalCaption, after audio too
 
 Timing decisions use the stream's own audio clock (samples received), so the same audio fed
 the same way gives the same requests, whatever the machine.
@@ -20,6 +20,11 @@ the same way gives the same requests, whatever the machine.
 - The final is decoded on the whole utterance with the latest partial as its draft: it is
   what greedy decoding of the complete utterance gives (the most accurate text, which may
   correct a word the partials had settled on), for little more than one decoder pass.
+- The final is decoded early: once the speaker has been silent for the segmenter's
+  ``tail_ms``, the utterance's end is known unless they resume, so its final is decoded then
+  and shown as a partial; when the silence reaches ``end_silence_ms`` it is sent as the final
+  at once. The wait for the end of an utterance and the final's decode overlap, so a longer
+  ``end_silence_ms`` (fewer sentences cut at a pause) costs less latency.
 - When an utterance ends (trailing silence, length cap, ``flush`` or ``end``) its final is
   decoded before anything else of this session.
 - An utterance that follows the previous one closely is decoded with the previous one in
@@ -81,6 +86,13 @@ class DecodeRequest:
     context: Context | None  # the session's names and terms, for biasing
     context_words: int = 0  # leading words of ``prefix`` (and of the result) that are context
     speaking: bool = True  # the audio ended mid-speech (not in a pause)
+    # An early final: the utterance's final if it ends here (see the module notes).
+    early_end: int | None = None
+
+    @property
+    def urgent(self) -> bool:
+        """A final, or likely one: it is on the latency path and goes before partials."""
+        return self.final or self.early_end is not None
 
 
 @dataclass(frozen=True)
@@ -124,6 +136,9 @@ class _Utterance:
     detected: str | None = None
     # The previous utterance, decoded in front of this one: (audio, its final's words).
     lead_in: tuple[np.ndarray, tuple[Word, ...]] | None = None
+    # The early final: where it supposed the utterance ends, and its words once decoded.
+    early_end: int | None = None
+    early_words: tuple[Word, ...] | None = None
 
     @property
     def reported_language(self) -> str:
@@ -216,6 +231,10 @@ class Session:
 
     def receive_hypothesis(self, request_id: int, hypothesis: Hypothesis, wall_seconds: float | None = None) -> None:
         request, utterance = self._take_in_flight(request_id)
+        # An early final whose utterance has meanwhile ended where it supposed is the final.
+        final = request.final or (request.early_end is not None and utterance.end == request.early_end)
+        if utterance.end is not None and not final:
+            return  # a partial (or an early final that guessed wrong) of an utterance now over
         if wall_seconds is not None:
             self._decode_seconds = 0.7 * self._decode_seconds + 0.3 * wall_seconds if self._decode_seconds else wall_seconds
         words = hypothesis.words[request.context_words :]
@@ -224,26 +243,37 @@ class Session:
             # The punctuation that closed the lead-in's sentence belongs to it, not to the new one.
             while words and not normalize(words[0].text):
                 words = words[1:]
+            if request.urgent and not words:
+                # The model heard only the lead-in (it may close the sentence there and stop):
+                # decode the utterance again on its own rather than lose its words.
+                utterance.lead_in = None
+                utterance.early_end = None  # asked again: as the final, or early if still open
+                return
         if hypothesis.language and _automatic(utterance.language):
             utterance.detected = hypothesis.language
             # Detection on a second of audio is a guess; once it has heard enough, the
             # utterance keeps its language (no flip-flopping mid-sentence).
             detected_freely = _automatic(request.language)
-            if request.final or (detected_freely and len(request.audio) >= self.config.language_lock_s * SAMPLE_RATE):
+            if final or (detected_freely and len(request.audio) >= self.config.language_lock_s * SAMPLE_RATE):
                 utterance.language = hypothesis.language
                 if detected_freely:
                     self._last_language = hypothesis.language
-        if request.final:
+        if final:
+            self._closing.remove(utterance)
             self._emit_final(utterance, words)
             return
-        words = utterance.stabilizer.update(words)
-        if utterance.end is None:
-            self._emit_partial(utterance, words, request.speaking)
+        if request.early_end is not None:
+            utterance.early_words = words
+            confirmed = utterance.stabilizer.confirmed
+            if words[: len(confirmed)] != confirmed:
+                return  # it corrects a word partials promised to keep: only the final may
+        self._emit_partial(utterance, utterance.stabilizer.update(words), request.speaking)
 
     def receive_failure(self, request_id: int) -> None:
         """The decode failed: a final still goes out with what partials had shown."""
         request, utterance = self._take_in_flight(request_id)
         if request.final:
+            self._closing.remove(utterance)
             self._emit_final(utterance, utterance.shown)
 
     # -- output ------------------------------------------------------------------------------
@@ -258,6 +288,10 @@ class Session:
         utterance = self._open
         if utterance is None:
             return None
+        pending_end = self._segmenter.pending_end
+        if pending_end is not None and pending_end != utterance.early_end:
+            utterance.early_end, utterance.early_words = pending_end, None
+            return self._request(utterance, final=False, prefix=(), draft=utterance.stabilizer.latest, early_end=pending_end)
         new_audio = utterance.length - utterance.decoded_length
         if utterance.length < self.config.min_partial_audio_s * SAMPLE_RATE or new_audio <= 0:
             return None
@@ -311,19 +345,30 @@ class Session:
             self._open.chunks.append(event.samples)
             self._open.length += len(event.samples)
         elif isinstance(event, SpeechEnd):
-            assert self._open is not None
-            self._open.end = max(event.end, self._open.start)
-            self._open.cut = event.reason == "max_length"
-            self._closing.append(self._open)
+            utterance = self._open
+            assert utterance is not None
             self._open = None
+            utterance.end = max(event.end, utterance.start)
+            utterance.cut = event.reason == "max_length"
+            if utterance.early_words is not None and utterance.early_end == utterance.end and not self._closing:
+                self._emit_final(utterance, utterance.early_words)  # decoded already
+            else:
+                self._closing.append(utterance)
 
     def _request(
-        self, utterance: _Utterance, final: bool, prefix: tuple[Word, ...], draft: tuple[Word, ...]
+        self,
+        utterance: _Utterance,
+        final: bool,
+        prefix: tuple[Word, ...],
+        draft: tuple[Word, ...],
+        early_end: int | None = None,
     ) -> DecodeRequest:
         audio = utterance.audio()
         utterance.decoded_length = utterance.length
+        if early_end is not None:
+            audio = audio[: early_end - utterance.start]
         # The segmenter's pause state is the open utterance's; a final's audio is complete.
-        speaking = not final and self._segmenter.trailing_silence_ms < self.config.settled_silence_ms
+        speaking = not final and early_end is None and self._segmenter.trailing_silence_ms < self.config.settled_silence_ms
         utterance.settled_decoded = not speaking
         lead_words: tuple[Word, ...] = ()
         if utterance.lead_in is not None:
@@ -340,6 +385,7 @@ class Session:
             context=self.context,
             context_words=len(lead_words),
             speaking=speaking,
+            early_end=early_end,
         )
         self._in_flight = (request, utterance)
         return request
@@ -349,8 +395,6 @@ class Session:
             raise ValueError(f"no decode request {request_id} is pending")
         request, utterance = self._in_flight
         self._in_flight = None
-        if request.final:
-            self._closing.popleft()
         return request, utterance
 
     def _times(self, utterance: _Utterance, end: int) -> tuple[float, float]:

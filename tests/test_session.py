@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from decoder.api import SAMPLE_RATE, transcribe
+from decoder.api import SAMPLE_RATE, Hypothesis, transcribe
 from streaming.scoring import error_rate
 from streaming.session import DecodeRequest, FinalCaption, PartialCaption, Session, SessionConfig
 from streaming.nonspeech import brown_noise, pink_noise
+from vad.segmenter import VadConfig
 from tests.conftest import CLIPS, ENGLISH, NON_SPEECH
 
 FRAME = SAMPLE_RATE // 50
@@ -23,6 +24,7 @@ def run(session: Session, audio: np.ndarray, model, frame: int = FRAME, decode_e
             requests.append(request)
             session.receive_hypothesis(request.id, transcribe(model, request.audio, request.prefix, request.draft), 0.05)
             events.extend(session.events())
+        events.extend(session.events())  # audio alone can complete a final (decoded early)
 
     for index, offset in enumerate(range(0, len(audio), frame)):
         session.receive_audio(audio[offset : offset + frame])
@@ -78,11 +80,13 @@ def test_partials_reuse_the_confirmed_prefix_and_finals_verify_the_draft(model):
     keys = sorted({r.segment_key for r in requests})
     longest = 0
     for key in keys:
-        partials = [r for r in requests if r.segment_key == key and not r.final]
+        partials = [r for r in requests if r.segment_key == key and not r.urgent]
         prefixes = [len(r.prefix) - r.context_words for r in partials]
         assert prefixes == sorted(prefixes)  # the forced prefix only grows within an utterance
         longest = max(longest, prefixes[-1])
-        (final,) = [r for r in requests if r.segment_key == key and r.final]
+        # The final, decoded early (in the pause that ended the utterance) or after the end.
+        final = [r for r in requests if r.segment_key == key and r.urgent][-1]
+        assert final.final or final.early_end is not None
         # The final drafts the latest partial, confirmed words first...
         assert final.draft[: prefixes[-1]] == partials[-1].prefix[partials[-1].context_words :]
         # ...and the draft changes nothing but the cost: the words are plain greedy decoding's.
@@ -210,3 +214,76 @@ def test_partials_hold_back_the_word_at_the_edge_while_speech_goes_on(model):
         assert any(h.startswith(event.text) and len(h) > len(event.text) for h in hypotheses)
     texts = [e.text for e in shown]
     assert len(texts) == len(set(texts))  # a partial that changes nothing is not sent
+
+
+def test_the_final_is_decoded_in_the_pause_and_sent_when_the_silence_confirms_it(model):
+    config = SessionConfig()
+    session = Session(config)
+    audio = with_silence(CLIPS["en_librivox_sns01_0880"].audio, after=1.0)
+    early, events = None, []
+    for offset in range(0, len(audio), FRAME):
+        session.receive_audio(audio[offset : offset + FRAME])
+        events += session.events()
+        while (request := session.next_request()) is not None:
+            assert not request.final  # the end is never waited for: its final is decoded already
+            if request.early_end is not None:
+                early = (request, session.received_seconds)
+            session.receive_hypothesis(request.id, transcribe(model, request.audio, request.prefix, request.draft))
+            events += session.events()
+    request, asked_at = early
+    finals = [e for e in events if isinstance(e, FinalCaption)]
+    assert len(finals) == 1 and finals[0].end * SAMPLE_RATE == request.early_end
+    # Asked for tail_ms into the pause, end_silence_ms before the end is declared...
+    pause = asked_at - request.early_end / SAMPLE_RATE + config.vad.tail_ms / 1000
+    assert pause == pytest.approx(config.vad.tail_ms / 1000, abs=0.03)
+    # ...and shown as a partial meanwhile: the screen reads the final before it is final.
+    last_partial = [e for e in events if isinstance(e, PartialCaption)][-1]
+    assert last_partial.text == finals[0].text != ""
+
+
+def test_an_early_final_that_corrects_a_stable_word_is_not_shown_as_a_partial(model):
+    # The partials settle on "think about the mess dinosaurs"; the whole utterance reads
+    # "think about them as dinosaurs". Stable text never changes in partials: only the final
+    # may correct it.
+    events = run(Session(), with_silence(CLIPS["en_fleurs_test_004"].audio, after=1.0), model)
+    partials = [e for e in events if isinstance(e, PartialCaption)]
+    (final,) = [e for e in events if isinstance(e, FinalCaption)]
+    assert "them as dinosaurs" in final.text and not final.text.startswith(partials[-1].text[: partials[-1].stable])
+    for before, after in zip(partials, partials[1:]):
+        assert after.text.startswith(before.text[: before.stable])
+
+
+def test_an_early_final_is_dropped_when_the_speaker_goes_on(model):
+    # JFK pauses after "Americans" and "for you"; with a long end silence they do not end it.
+    session = Session(SessionConfig(vad=VadConfig(end_silence_ms=3000)))
+    events = run(session, with_silence(CLIPS["en_jfk_inaugural"].audio), model)
+    earlies = [r for r in run.requests if r.early_end is not None]
+    assert len(earlies) >= 2  # one per pause
+    (final,) = [e for e in events if isinstance(e, FinalCaption)]
+    assert "fellow" in final.text and "country" in final.text
+    assert final.end * SAMPLE_RATE == earlies[-1].early_end  # only the last pause's guess held
+
+
+def test_a_final_that_hears_only_the_lead_in_is_decoded_again_without_it(model):
+    # Whisper may close the lead-in's sentence and stop; the new words must not be lost.
+    clip = CLIPS["en_jfk_inaugural"]
+    session = Session()
+    audio = with_silence(clip.audio)
+    answered_lead_only = None
+    for offset in range(0, len(audio), FRAME):
+        session.receive_audio(audio[offset : offset + FRAME])
+        while (request := session.next_request()) is not None:
+            if answered_lead_only is None and request.urgent and request.context_words:
+                answered_lead_only = request
+                lead = request.prefix[: request.context_words]
+                session.receive_hypothesis(request.id, Hypothesis(words=lead))
+                again = session.next_request()
+                assert again.segment_key == request.segment_key and again.urgent and again.context_words == 0
+                request = again
+            session.receive_hypothesis(request.id, transcribe(model, request.audio, request.prefix, request.draft))
+    session.end()
+    while (request := session.next_request()) is not None:
+        session.receive_hypothesis(request.id, transcribe(model, request.audio, request.prefix, request.draft))
+    assert answered_lead_only is not None
+    finals = [e.text for e in session.events() if isinstance(e, FinalCaption)]
+    assert len(finals) >= 2 and all(finals)

@@ -143,6 +143,15 @@ class Segmenter:
         """How long the current utterance has been silent (0 when not in speech)."""
         return self._silent_frames * self.config.frame_ms if self._in_speech else 0
 
+    @property
+    def pending_end(self) -> int | None:
+        """Where the current utterance will end if the silence it is in goes on: known once
+        the silence is ``tail_ms`` long, ``end_silence_ms`` before the end is declared. A final
+        decoded on the audio up to here is the final, unless the speaker resumes."""
+        if not self._in_speech or self._silent_frames * self.config.frame_ms < self.config.tail_ms:
+            return None
+        return self._last_voiced_end + self._tail
+
     def feed(self, samples: np.ndarray) -> list[SegmentEvent]:
         samples = np.asarray(samples, dtype=np.float32).reshape(-1)
         data = np.concatenate([self._pending, samples]) if self._pending.size else samples
