@@ -104,3 +104,13 @@ def test_soak_command_runs_and_accounts_for_every_final(tmp_path):
     report = json.loads((tmp_path / "soak.json").read_text())
     assert report["finals"] >= 4 and report["lost_finals"] == 0 and report["repeated_finals"] == 0
     assert len(report["memory_mb"]) >= 2 and "lost finals 0" in result.stdout
+
+
+def test_chinese_is_scored_in_one_script():
+    from streaming.scoring import error_counts
+
+    # The same sentence in simplified (reference) and traditional characters (Whisper's choice).
+    assert error_counts("在短短几周内美军解放了德国", "在短短幾週內美軍解放了德國", "zh") == (0, 13)
+    assert error_counts("在短短几周内美军解放了德国", "在短短幾週內美軍解放了法國", "zh") == (1, 13)
+    assert error_counts("美國", "美国", "yue") == (0, 2)
+    assert error_counts("Deutschland", "deutschland", "de") == (0, 1)
