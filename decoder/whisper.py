@@ -5,6 +5,10 @@ decoding with draft verification, and the guards Whisper needs on non-speech.
 Streaming decodes short stretches many times, so the encoder runs on a window just long enough
 for the audio (whole 5-second steps up to Whisper's 30 s) rather than always on 30 s: the
 positional encodings are sliced to the window.
+
+Tensors are passed with I/O binding, as in ``decoder/moonshine.py``: the cross-attention keys
+and values and the self-attention cache stay on the model's device between calls, and only the
+mel features (in) and the logits (out) cross to the host.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import onnxruntime as ort
 
 from decoder.api import SAMPLE_RATE, DecodeLimits, Hypothesis, Word
 from decoder.context import Context
@@ -36,10 +41,13 @@ MAX_PROMPT_TOKENS = 223
 NO_SPEECH_THRESHOLD = 0.6
 LOGPROB_THRESHOLD = -1.0
 COMPRESSION_RATIO_THRESHOLD = 2.4
-# Measured on the test recordings and generated non-speech: speech averages -0.06 to -0.3 per
-# token, noise and music -1.5 to -2.2 (with no-speech probabilities 0.5-0.9): text this unsure,
-# with nothing confirmed before it, is not shown.
+# Measured on the shared recordings and generated non-speech: text this unsure, with nothing
+# confirmed before it, is not shown. Speech averages above -1.4 per token in its first one or
+# two seconds and above -0.65 over four seconds or more; noise scores -1.5 to -2.2, and music
+# -1.9 over 10 s but -1.44 over 20 s (no-speech probability 0.47: Whisper's own rule misses it).
 UNSURE_LOGPROB = -1.5
+UNSURE_LOGPROB_LONG = -1.0
+LONG_AUDIO_S = 4.0
 
 
 # -- front end ------------------------------------------------------------------------------
@@ -176,7 +184,7 @@ class WhisperTokenizer:
 # -- model ------------------------------------------------------------------------------------
 @dataclass
 class WhisperFeatures:
-    cross: dict[str, np.ndarray]  # per decoder layer: cross-attention keys and values
+    cross: dict[str, ort.OrtValue]  # per decoder layer: cross-attention keys and values, on the device
     duration: float
     no_speech_prob: float | None = None
 
@@ -206,26 +214,41 @@ class WhisperModel:
         self._suppress[self.tokenizer.eot + 1 :] = -np.inf  # special and timestamp tokens: never text
         self._suppress_begin = [t for t in config.get("suppress_ids_begin", [220, self.tokenizer.eot]) if t < vocab]
         self._cross_names = [f"cross_{kind}_{layer}" for layer in range(self.layers) for kind in "kv"]
+        self._cache_outputs = [f"new_self_{kind}_{layer}" for layer in range(self.layers) for kind in "kv"]
 
     # -- encoder ---------------------------------------------------------------------------
     def encode(self, audio: np.ndarray) -> WhisperFeatures:
         duration = len(audio) / SAMPLE_RATE
         mel = log_mel(audio, self.n_mels, max(self.min_window_s, window_seconds(duration)))[None]
-        outputs = self.encoder.run(self._cross_names, {"mel": mel})
-        return WhisperFeatures(dict(zip(self._cross_names, outputs)), duration)
+        binding = self.encoder.io_binding()
+        binding.bind_cpu_input("mel", mel)
+        for name in self._cross_names:
+            binding.bind_output(name, self.device.kind, self.device.index)
+        self.encoder.run_with_iobinding(binding)
+        return WhisperFeatures(dict(zip(self._cross_names, binding.get_outputs())), duration)
 
     # -- decoder ---------------------------------------------------------------------------
-    def _run(self, features: WhisperFeatures, tokens: Sequence[int], past: dict[str, np.ndarray] | None, offset: int):
+    def _run(self, features: WhisperFeatures, tokens: Sequence[int], past: dict[str, ort.OrtValue | np.ndarray] | None, offset: int):
         """Decoder on ``tokens`` after ``offset`` cached positions; log-probabilities of every
-        position and the grown cache."""
+        position and the grown cache (on the device)."""
         if past is None:
             empty = np.zeros((1, self.heads, 0, self.head_dim), dtype=np.float32)
             past = {f"self_{kind}_{layer}": empty for layer in range(self.layers) for kind in "kv"}
-        feeds = {"tokens": np.array([tokens], dtype=np.int64), "offset": np.array([offset], dtype=np.int64), **past, **features.cross}
-        names = [f"new_self_{kind}_{layer}" for layer in range(self.layers) for kind in "kv"]
-        outputs = self.decoder.run(["logits", *names], feeds)
-        cache = {name.replace("new_", ""): value for name, value in zip(names, outputs[1:])}
-        logits = outputs[0][0]
+        binding = self.decoder.io_binding()
+        binding.bind_cpu_input("tokens", np.array([tokens], dtype=np.int64))
+        binding.bind_cpu_input("offset", np.array([offset], dtype=np.int64))
+        for name, value in (*past.items(), *features.cross.items()):
+            if isinstance(value, np.ndarray):
+                binding.bind_cpu_input(name, value)
+            else:
+                binding.bind_ortvalue_input(name, value)
+        binding.bind_output("logits", "cpu")
+        for name in self._cache_outputs:
+            binding.bind_output(name, self.device.kind, self.device.index)
+        self.decoder.run_with_iobinding(binding)
+        outputs = binding.get_outputs()
+        cache = {name.replace("new_", ""): value for name, value in zip(self._cache_outputs, outputs[1:])}
+        logits = outputs[0].numpy()[0]
         peak = logits.max(axis=-1, keepdims=True)
         return logits - (peak + np.log(np.exp(logits - peak).sum(axis=-1, keepdims=True))), cache
 
@@ -289,9 +312,10 @@ class WhisperModel:
         scores = [float(log_probs[first + i, t]) for i, t in enumerate(chosen)]
         row = log_probs[first + len(chosen)]
         if len(chosen) < len(proposed):
-            # The cache holds rejected draft tokens: keep only the accepted positions.
+            # The cache holds rejected draft tokens: keep only the accepted positions (one trip
+            # through host memory per decode, and only when the draft was wrong).
             keep = len(start) + len(forced) + len(chosen)
-            cache = {name: value[:, :, :keep] for name, value in cache.items()}
+            cache = {name: np.ascontiguousarray(value.numpy()[:, :, :keep]) for name, value in cache.items()}
         offset = len(start) + len(forced) + len(chosen)
         while len(forced) + len(chosen) < budget:
             token = choose(row, not forced and not chosen)
@@ -308,7 +332,7 @@ class WhisperModel:
         text = self.tokenizer.text(forced + chosen)
         if (
             (no_speech > NO_SPEECH_THRESHOLD and average < LOGPROB_THRESHOLD)
-            or (not forced and average < UNSURE_LOGPROB)
+            or (not forced and average < (UNSURE_LOGPROB_LONG if features.duration >= LONG_AUDIO_S else UNSURE_LOGPROB))
             or _compression_ratio(text) > COMPRESSION_RATIO_THRESHOLD
             or not any(char.isalnum() for char in self.tokenizer.text(chosen))
             or _copies_prompt(self.tokenizer.text(chosen), context)
