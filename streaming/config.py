@@ -50,6 +50,9 @@ class ServerConfig:
     resume_grace_s: float = 60.0
     # Names and terms for rooms whose publishers give no context (decoder/context.py).
     room_contexts: dict[str, Context] = field(default_factory=dict)
+    # Languages to detect among in a room ("*": every room) for publishers that name none:
+    # detection on short audio is unreliable, and an event knows its languages.
+    room_languages: dict[str, tuple[str, ...]] = field(default_factory=dict)
     decode_delay_s: float = 0.0  # testing aid: every decode takes this much longer
     log_level: str = field(default_factory=lambda: os.environ.get("FLASHCAPTION_LOG_LEVEL", "info"))
     log_json: bool = False

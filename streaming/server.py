@@ -84,6 +84,10 @@ class CaptionServer:
     def __init__(self, config: ServerConfig, model: SpeechModel, lean_model: SpeechModel | None = None):
         self.config = config
         self.model = model
+        for room, codes in config.room_languages.items():
+            missing = [code for code in codes if code not in model.languages]
+            if missing:
+                raise ValueError(f"--room-languages {room}: model {model.name} does not support {', '.join(missing)}")
         self.engine = Engine(
             model,
             workers=config.workers,
@@ -325,7 +329,7 @@ class CaptionServer:
                 raise ProtocolError("overloaded", f"room {params.room} has the most publishers allowed ({limit})")
             if self.engine.overloaded:
                 raise ProtocolError("overloaded", "server is at capacity; try again later")
-            language = self._language(params.language, params.languages) or self._default_language()
+            language = self._language(params.language, params.languages or self._room_languages(params.room)) or self._default_language()
             publisher = _Publisher(
                 id=uuid.uuid4().hex[:12],
                 params=params,
@@ -446,6 +450,11 @@ class CaptionServer:
     def _default_language(self) -> str:
         """Multilingual models detect the language of each utterance unless told."""
         return self.model.languages[0] if len(self.model.languages) == 1 else "auto"
+
+    def _room_languages(self, room: str) -> tuple[str, ...]:
+        """The room's language candidates (--room-languages), for publishers that name none."""
+        languages = self.config.room_languages
+        return languages.get(room) or languages.get("*") or ()
 
     def _room_context(self, room: str) -> Context | None:
         """The room's default context (--context-file), for publishers that give none."""

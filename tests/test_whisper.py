@@ -223,3 +223,27 @@ def test_server_detects_and_reports_the_language(whisper, tmp_path):
         assert refusal["type"] == "error" and refusal["code"] == "bad_request" and "'xx'" in refusal["message"]
     finally:
         running.stop()
+
+
+def test_a_room_restricts_the_languages_detected(whisper, tmp_path):
+    from streaming.config import ServerConfig
+    from streaming.server import CaptionServer
+    from tests.conftest import ServerThread
+
+    with pytest.raises(ValueError, match="does not support xx"):
+        CaptionServer(ServerConfig(port=0, data_dir=tmp_path, room_languages={"talks": ("en", "xx")}), whisper)
+    config = ServerConfig(port=0, data_dir=tmp_path, room_languages={"talks": ("en", "es"), "*": ("de", "fr")})
+    running = ServerThread(CaptionServer(config, whisper)).start()
+    try:
+        messages, _ = publish(running.url, CLIPS["es_fleurs_test_000"].audio, "room=talks")
+        assert messages[0]["language"] == "en,es"
+        assert {m["language"] for m in finals(messages)} == {"es"}
+        # Chinese speech in a room set to German and French is reported as one of those.
+        messages, _ = publish(running.url, CLIPS["zh_fleurs_test_000"].audio, "room=other")
+        assert messages[0]["language"] == "de,fr"
+        assert {m["language"] for m in finals(messages)} <= {"de", "fr"}
+        # A publisher's own choice wins over the room's.
+        messages, _ = publish(running.url, CLIPS["en_arctic_a0024"].audio, "room=talks&language=en")
+        assert messages[0]["language"] == "en" and finals(messages)
+    finally:
+        running.stop()
