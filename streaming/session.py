@@ -254,7 +254,8 @@ class Session:
             # Detection on a second of audio is a guess; once it has heard enough, the
             # utterance keeps its language (no flip-flopping mid-sentence).
             detected_freely = _automatic(request.language)
-            if final or (detected_freely and len(request.audio) >= self.config.language_lock_s * SAMPLE_RATE):
+            # An early final is decoded on the whole utterance so far: it fixes it as a final does.
+            if request.urgent or (detected_freely and len(request.audio) >= self.config.language_lock_s * SAMPLE_RATE):
                 utterance.language = hypothesis.language
                 if detected_freely:
                     self._last_language = hypothesis.language
