@@ -148,7 +148,12 @@ def test_sigterm_finalises_open_utterances_before_exit(tmp_path):
 
 
 def test_serve_refuses_bad_settings_in_one_line():
-    for options, words in ((["--end-silence", "5"], "too small"), (["--device", "gpu"], "device must be")):
+    for options, words in (
+        (["--end-silence", "5"], "too small"),
+        (["--device", "gpu"], "device must be"),
+        (["--room-languages", "keynote"], "expected ROOM=CODES"),
+        (["--room-languages", "keynote=en,xx"], "does not support xx"),  # the model's languages
+    ):
         result = subprocess.run(flashcaption("serve", "--port", str(free_port()), *options), capture_output=True, text=True, timeout=120)
         assert result.returncode == 2 and words in result.stderr and "Traceback" not in result.stderr, result.stderr
 
