@@ -217,13 +217,15 @@ def test_partials_hold_back_the_word_at_the_edge_while_speech_goes_on(model):
 
 
 def test_the_final_is_decoded_in_the_pause_and_sent_when_the_silence_confirms_it(model):
-    config = SessionConfig()
-    session = Session(config)
+    vad = SessionConfig().vad
+    session = Session()
     audio = with_silence(CLIPS["en_librivox_sns01_0880"].audio, after=1.0)
-    early, events = None, []
+    early, final_at, events = None, None, []
     for offset in range(0, len(audio), FRAME):
         session.receive_audio(audio[offset : offset + FRAME])
         events += session.events()
+        if final_at is None and any(isinstance(e, FinalCaption) for e in events):
+            final_at = session.received_seconds
         while (request := session.next_request()) is not None:
             assert not request.final  # the end is never waited for: its final is decoded already
             if request.early_end is not None:
@@ -231,14 +233,16 @@ def test_the_final_is_decoded_in_the_pause_and_sent_when_the_silence_confirms_it
             session.receive_hypothesis(request.id, transcribe(model, request.audio, request.prefix, request.draft))
             events += session.events()
     request, asked_at = early
-    finals = [e for e in events if isinstance(e, FinalCaption)]
-    assert len(finals) == 1 and finals[0].end * SAMPLE_RATE == request.early_end
-    # Asked for tail_ms into the pause, end_silence_ms before the end is declared...
-    pause = asked_at - request.early_end / SAMPLE_RATE + config.vad.tail_ms / 1000
-    assert pause == pytest.approx(config.vad.tail_ms / 1000, abs=0.03)
-    # ...and shown as a partial meanwhile: the screen reads the final before it is final.
+    (final,) = [e for e in events if isinstance(e, FinalCaption)]
+    end = request.early_end / SAMPLE_RATE
+    assert final.end == pytest.approx(end)
+    # Asked as soon as all its audio was in (tail_ms into the pause); sent, with no decode
+    # after the audio, when the pause reached end_silence_ms.
+    assert asked_at == pytest.approx(end, abs=0.021)
+    assert final_at == pytest.approx(end + (vad.end_silence_ms - vad.tail_ms) / 1000, abs=0.021)
+    # Meanwhile it was shown as a partial: the screen read the final before it was final.
     last_partial = [e for e in events if isinstance(e, PartialCaption)][-1]
-    assert last_partial.text == finals[0].text != ""
+    assert last_partial.text == final.text != ""
 
 
 def test_an_early_final_that_corrects_a_stable_word_is_not_shown_as_a_partial(model):
