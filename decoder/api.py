@@ -110,7 +110,9 @@ class DecodeLimits:
     tokens_per_second: float = 6.5  # fast speech is ~4-5 tokens/s; more means a loop
     min_tokens: int = 8
     max_tokens: int = 224
-    repeat_ngram_max: int = 16  # longest n-gram checked for back-to-back repetition
+    # Longest n-gram checked for back-to-back repetition: a whole sentence (Whisper, prompted,
+    # was seen to repeat a 20-token sentence three times).
+    repeat_ngram_max: int = 48
     repeat_times: int = 3  # a short n-gram seen this many times in a row is a loop
     repeat_phrase_tokens: int = 4  # an n-gram this long is a loop when seen twice in a row
     # When the first step prefers end-of-text, the runner-up must be at least this likely to be
@@ -137,7 +139,7 @@ class DecodeLimits:
         return True
 
 
-def repetition_start(tokens: Sequence[int], max_n: int = 16, times: int = 3, phrase_n: int = 4) -> int | None:
+def repetition_start(tokens: Sequence[int], max_n: int = 48, times: int = 3, phrase_n: int = 4) -> int | None:
     """If ``tokens`` ends in a loop, return where the loop's second copy starts (keep one copy,
     drop the rest); else None. A loop is an n-gram repeated ``times`` times back to back, or,
     for n of ``phrase_n`` tokens or more, repeated even once: people say "very very", but a

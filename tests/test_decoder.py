@@ -67,6 +67,9 @@ def test_repetition_start():
     assert repetition_start([9, 1, 2, 3, 4, 1, 2, 3, 4]) == 5  # a long phrase twice is a loop
     assert repetition_start([1, 2, 3, 4, 5, 1, 2, 3, 4]) is None
     assert repetition_start([]) is None
+    sentence = list(range(100, 125))  # a whole sentence read twice is a loop too
+    assert repetition_start([1, 2, *sentence, *sentence]) == 2 + len(sentence)
+    assert repetition_start([1, 2, *sentence, *sentence[:-1]]) is None
 
 
 def test_repetition_guard_cuts_a_loop(model):
