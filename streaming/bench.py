@@ -340,12 +340,13 @@ def _stats(values: list[float]) -> dict[str, float] | None:
     }
 
 
-def offline_error_rates(clips: list[Clip], texts: dict[str, str]) -> dict[str, float]:
-    rates = {}
+def offline_errors(clips: list[Clip], texts: dict[str, str]) -> dict[str, tuple[int, int]]:
+    """Per language: (errors, reference words or characters) of the offline transcripts."""
+    totals = {}
     for language in sorted({c.language for c in clips}):
         counted = [error_counts(c.reference, texts[c.id], language) for c in clips if c.language == language]
-        rates[language] = sum(e for e, _ in counted) / max(1, sum(n for _, n in counted))
-    return rates
+        totals[language] = (sum(e for e, _ in counted), sum(n for _, n in counted))
+    return totals
 
 
 def summarize(clips: list[Clip], results: list[StreamResult]) -> dict[str, Any]:
@@ -359,6 +360,8 @@ def summarize(clips: list[Clip], results: list[StreamResult]) -> dict[str, Any]:
         identified = [bool(r.languages) and max(set(r.languages), key=r.languages.count) == language for r in mine]
         languages[language] = {
             "clips": len({r.clip for r in mine}),
+            "units": sum(n for _, n in streamed),  # reference words (characters for zh, ja...)
+            "streaming_errors": sum(e for e, _ in streamed),
             "streaming_error_rate": sum(e for e, _ in streamed) / max(1, sum(n for _, n in streamed)),
             "language_id_share": sum(identified) / max(1, len(identified)),
         }
@@ -401,6 +404,8 @@ def print_report(report: dict[str, Any], out=sys.stdout) -> None:
             line = f"  {language} {unit} streaming        {entry['streaming_error_rate']:.4f}"
             if "offline_error_rate" in entry:
                 line += f"   offline {entry['offline_error_rate']:.4f}"
+                # Few clips: one word is several points, so the counts go along.
+                line += f" ({entry['streaming_errors']} vs {entry['offline_errors']} of {entry['units']})"
             print(line + f"   language right {entry['language_id_share']:.0%}   ({entry['clips']} clips)", file=out)
         if run.get("cpu_per_audio_second") is not None:
             print(f"  server CPU s / audio s   {run['cpu_per_audio_second']:.3f}   peak RSS {run['peak_rss_mb']:.0f} MB", file=out)
@@ -470,10 +475,12 @@ def run_bench(args) -> dict[str, Any]:
         if not args.no_offline:
             texts = offline_texts(clips, health["model"], "cpu")
             report["offline_texts"] = texts
-            offline = offline_error_rates(clips, texts)
+            offline = offline_errors(clips, texts)
             for run in report["runs"]:
-                for language, rate in offline.items():
-                    run["summary"]["languages"][language]["offline_error_rate"] = rate
+                for language, (errors, units) in offline.items():
+                    entry = run["summary"]["languages"][language]
+                    entry["offline_errors"] = errors * run["streams"]  # counted as often as streamed
+                    entry["offline_error_rate"] = errors / max(1, units)
         if not args.no_non_speech:
             report["non_speech"] = asyncio.run(non_speech_captions(url))
     finally:
