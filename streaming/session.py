@@ -139,6 +139,7 @@ class _Utterance:
     # The early final: where it supposed the utterance ends, and its words once decoded.
     early_end: int | None = None
     early_words: tuple[Word, ...] | None = None
+    early_language: tuple[str | None, str] | None = None  # (asked for, detected)
 
     @property
     def reported_language(self) -> str:
@@ -252,13 +253,12 @@ class Session:
         if hypothesis.language and _automatic(utterance.language):
             utterance.detected = hypothesis.language
             # Detection on a second of audio is a guess; once it has heard enough, the
-            # utterance keeps its language (no flip-flopping mid-sentence).
-            detected_freely = _automatic(request.language)
-            # An early final is decoded on the whole utterance so far: it fixes it as a final does.
-            if request.urgent or (detected_freely and len(request.audio) >= self.config.language_lock_s * SAMPLE_RATE):
-                utterance.language = hypothesis.language
-                if detected_freely:
-                    self._last_language = hypothesis.language
+            # utterance keeps its language (no flip-flopping mid-sentence). An early final
+            # fixes it only if it becomes the final: the speaker may be pausing after a word.
+            if final or (_automatic(request.language) and len(request.audio) >= self.config.language_lock_s * SAMPLE_RATE):
+                self._fix_language(utterance, request.language, hypothesis.language)
+            elif request.early_end is not None:
+                utterance.early_language = (request.language, hypothesis.language)
         if final:
             self._closing.remove(utterance)
             self._emit_final(utterance, words)
@@ -291,7 +291,7 @@ class Session:
             return None
         pending_end = self._segmenter.pending_end
         if pending_end is not None and pending_end != utterance.early_end:
-            utterance.early_end, utterance.early_words = pending_end, None
+            utterance.early_end, utterance.early_words, utterance.early_language = pending_end, None, None
             return self._request(utterance, final=False, prefix=(), draft=utterance.stabilizer.latest, early_end=pending_end)
         new_audio = utterance.length - utterance.decoded_length
         if utterance.length < self.config.min_partial_audio_s * SAMPLE_RATE or new_audio <= 0:
@@ -352,6 +352,8 @@ class Session:
             utterance.end = max(event.end, utterance.start)
             utterance.cut = event.reason == "max_length"
             if utterance.early_words is not None and utterance.early_end == utterance.end and not self._closing:
+                if utterance.early_language is not None and _automatic(utterance.language):
+                    self._fix_language(utterance, *utterance.early_language)
                 self._emit_final(utterance, utterance.early_words)  # decoded already
             else:
                 self._closing.append(utterance)
@@ -390,6 +392,13 @@ class Session:
         )
         self._in_flight = (request, utterance)
         return request
+
+    def _fix_language(self, utterance: _Utterance, asked: str | None, detected: str) -> None:
+        """The utterance keeps ``detected``; detected freely (not taken over from the previous
+        utterance), it is also what the next short utterances are taken to be in."""
+        utterance.language = detected
+        if asked is not None and _automatic(asked):
+            self._last_language = detected
 
     def _take_in_flight(self, request_id: int) -> tuple[DecodeRequest, _Utterance]:
         if self._in_flight is None or self._in_flight[0].id != request_id:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -291,3 +293,42 @@ def test_a_final_that_hears_only_the_lead_in_is_decoded_again_without_it(model):
     assert answered_lead_only is not None
     finals = [e.text for e in session.events() if isinstance(e, FinalCaption)]
     assert len(finals) >= 2 and all(finals)
+
+
+def test_an_early_final_fixes_the_language_only_if_it_becomes_the_final(model):
+    # A multilingual model's detection on the first second or two is a guess (Whisper once took
+    # French for English at a pause after one word, then translated the whole sentence). The
+    # detected language is the model's output; here it is set per request: "de" for the chosen
+    # early finals, "en" for every other decode.
+    def finals_of(session: Session, audio: np.ndarray, german) -> list[FinalCaption]:
+        earlies = 0
+
+        def decode(request: DecodeRequest) -> Hypothesis:
+            nonlocal earlies
+            heard = transcribe(model, request.audio, request.prefix, request.draft)
+            if request.early_end is None:
+                return replace(heard, language="en")
+            earlies += 1
+            return replace(heard, language="de" if german(earlies) else "en")
+
+        events = []
+        for offset in range(0, len(audio), FRAME):
+            session.receive_audio(audio[offset : offset + FRAME])
+            while (request := session.next_request()) is not None:
+                session.receive_hypothesis(request.id, decode(request))
+            events += session.events()
+        session.end()
+        while (request := session.next_request()) is not None:
+            session.receive_hypothesis(request.id, decode(request))
+        return [e for e in events + session.events() if isinstance(e, FinalCaption)]
+
+    audio = with_silence(CLIPS["en_jfk_inaugural"].audio)
+    partials_never_fix = SessionConfig(language_lock_s=60.0)
+    # JFK's pauses do not end the utterance: the first early final ("And so my fellow
+    # Americans", taken for German) is dropped when he goes on, and fixes nothing.
+    config = replace(partials_never_fix, vad=VadConfig(end_silence_ms=3000))
+    (final,) = finals_of(Session(config, language="auto"), audio, german=lambda n: n == 1)
+    assert final.language == "en"
+    # With the usual end silence the early finals become the finals, language and all.
+    finals = finals_of(Session(partials_never_fix, language="auto"), audio, german=lambda n: True)
+    assert len(finals) >= 2 and {f.language for f in finals} == {"de"}
