@@ -17,14 +17,16 @@ from tests.conftest import CLIPS, ENGLISH, NON_SPEECH
 FRAME = SAMPLE_RATE // 50
 
 
-def run(session: Session, audio: np.ndarray, model, frame: int = FRAME, decode_every: int = 1) -> list:
-    """Feed audio frame by frame; decode whatever the session asks for right away."""
+def run(session: Session, audio: np.ndarray, model, frame: int = FRAME, decode_every: int = 1, decode=None) -> list:
+    """Feed audio frame by frame; decode whatever the session asks for right away (with the
+    model, or with ``decode(request)`` when given)."""
     events, requests = [], []
+    decode = decode or (lambda request: transcribe(model, request.audio, request.prefix, request.draft))
 
     def drain() -> None:
         while (request := session.next_request()) is not None:
             requests.append(request)
-            session.receive_hypothesis(request.id, transcribe(model, request.audio, request.prefix, request.draft), 0.05)
+            session.receive_hypothesis(request.id, decode(request), 0.05)
             events.extend(session.events())
         events.extend(session.events())  # audio alone can complete a final (decoded early)
 
@@ -311,16 +313,7 @@ def test_an_early_final_fixes_the_language_only_if_it_becomes_the_final(model):
             earlies += 1
             return replace(heard, language="de" if german(earlies) else "en")
 
-        events = []
-        for offset in range(0, len(audio), FRAME):
-            session.receive_audio(audio[offset : offset + FRAME])
-            while (request := session.next_request()) is not None:
-                session.receive_hypothesis(request.id, decode(request))
-            events += session.events()
-        session.end()
-        while (request := session.next_request()) is not None:
-            session.receive_hypothesis(request.id, decode(request))
-        return [e for e in events + session.events() if isinstance(e, FinalCaption)]
+        return [e for e in run(session, audio, model, decode=decode) if isinstance(e, FinalCaption)]
 
     audio = with_silence(CLIPS["en_jfk_inaugural"].audio)
     partials_never_fix = SessionConfig(language_lock_s=60.0)
