@@ -63,6 +63,16 @@ class Clip:
     language: str
     reference: str
     path: Path
+    lead_silence: float = 0.0  # seconds of silence streamed (and decoded offline) before the recording
+
+    def audio(self) -> tuple[np.ndarray, np.ndarray, int]:
+        """The samples to stream, with the lead silence, and which 20 ms frames of them are speech
+        (found in the recording alone: digital silence would move its noise floor)."""
+        samples, rate = read_wav(self.path)
+        lead_frames = int(round(self.lead_silence / FRAME))
+        silence = np.zeros(lead_frames * int(rate * FRAME), np.float32)
+        speech = np.concatenate([np.zeros(lead_frames, bool), speech_frames(samples, rate)])
+        return np.concatenate([silence, samples]), speech, rate
 
 
 @dataclass
@@ -91,11 +101,11 @@ class StreamResult:
     languages: list[str] = field(default_factory=list)  # each final's language, as the server said
 
 
-def load_manifest(path: Path, languages: set[str] | None) -> list[Clip]:
+def load_manifest(path: Path, languages: set[str] | None, lead_silence: float = 0.0) -> list[Clip]:
     with open(path, encoding="utf-8") as f:
         rows = list(csv.DictReader(f, delimiter="\t"))
     return [
-        Clip(r["id"], r["lang"], r["reference"], path.parent / r["wav"])
+        Clip(r["id"], r["lang"], r["reference"], path.parent / r["wav"], lead_silence)
         for r in rows
         if not languages or r["lang"] in languages
     ]
@@ -127,8 +137,7 @@ def _words(text: str) -> list[str]:
 async def stream_clip(
     url: str, clip: Clip, stream: int, speed: float | None, room: str, context: str | None = None
 ) -> StreamResult:
-    audio, rate = read_wav(clip.path)
-    speech = speech_frames(audio, rate)
+    audio, speech, rate = clip.audio()
     audio = np.concatenate([audio, np.zeros(int(rate * TAIL_SILENCE_SECONDS), np.float32)])
     step = int(rate * CHUNK_SECONDS)
     sent_at: list[float] = []  # wall time each chunk was sent
@@ -268,8 +277,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _duration(path: Path) -> float:
-    samples, rate = read_wav(path)
+def _duration(clip: Clip) -> float:
+    samples, _, rate = clip.audio()
     return len(samples) / rate
 
 
@@ -319,7 +328,7 @@ def offline_texts(clips: list[Clip], model_name: str, device: str) -> dict[str, 
     model = load_model(model_name, RuntimeOptions(device=device))
     texts = {}
     for clip in clips:
-        audio, rate = read_wav(clip.path)
+        audio, _, rate = clip.audio()
         if rate != 16000:
             audio = soxr.resample(audio, rate, 16000)
         texts[clip.id] = transcribe(model, audio).text
@@ -388,6 +397,8 @@ def _fmt(stat: dict[str, float] | None) -> str:
 def print_report(report: dict[str, Any], out=sys.stdout) -> None:
     m = report["machine"]
     print(f"FlashCaption bench: model {report['model']} on {report['device']}; {m['cpu']}, {m['cores']} cores", file=out)
+    if report.get("lead_silence"):
+        print(f"each recording streamed and decoded after {report['lead_silence']:.2f} s of silence", file=out)
     if "context" in report:
         print_context_report(report["context"], out)
     for run in report["runs"]:
@@ -434,7 +445,7 @@ async def non_speech_captions(url: str, seconds: float = 30.0) -> dict[str, int]
 
 
 def run_bench(args) -> dict[str, Any]:
-    clips = load_manifest(Path(args.manifest), set(args.langs.split(",")) if args.langs else None)
+    clips = load_manifest(Path(args.manifest), set(args.langs.split(",")) if args.langs else None, args.lead_silence)
     if not clips:
         raise SystemExit(f"no recordings for languages {args.langs} in {args.manifest}")
     server = None
@@ -447,6 +458,7 @@ def run_bench(args) -> dict[str, Any]:
     try:
         health = json.loads(urllib.request.urlopen(url.replace("ws://", "http://").replace("wss://", "https://") + "/healthz", timeout=10).read())
         report: dict[str, Any] = {"machine": machine(), "model": health["model"], "device": health["device"], "runs": []}
+        report["lead_silence"] = clips[0].lead_silence
         if getattr(args, "context", None):
             term_lists = json.loads(Path(args.context).read_text(encoding="utf-8"))
             clips = [c for c in clips if c.id in term_lists["clips"]]
@@ -458,7 +470,7 @@ def run_bench(args) -> dict[str, Any]:
         for streams in counts:
             cpu_before = server.cpu_seconds() if server else None
             results = asyncio.run(run_streams(url, clips, streams, args.speed))
-            audio_seconds = sum(_duration(c.path) for c in clips) * streams
+            audio_seconds = sum(_duration(c) for c in clips) * streams
             run: dict[str, Any] = {"streams": streams, "speed": args.speed, "audio_seconds": audio_seconds}
             run["summary"] = summarize(clips, results)
             run["utterances"] = [asdict(u) for r in results for u in r.utterances]

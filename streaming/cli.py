@@ -25,6 +25,13 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
+    return value
+
+
 def _speed(text: str) -> float | None:
     if text == "max":
         return None
@@ -158,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--device", default="cpu", help="device for the started server (default %(default)s)")
     bench.add_argument("--server-arg", dest="server_args", action="append", default=[],
                        help="extra option for the started server, e.g. --server-arg=--end-silence=400 (repeatable)")
+    bench.add_argument("--lead-silence", type=_non_negative_float, default=0.0, metavar="SECONDS",
+                       help="stream (and decode offline) this much silence before each recording: where the first word "
+                            "falls in the stream changes how it is cut, so a few values show which differences are chance")
     bench.add_argument("--no-offline", action="store_true", help="skip the offline decoding of each whole clip")
     bench.add_argument("--no-non-speech", action="store_true", help="skip streaming silence, noise and music")
     bench.add_argument("--context", type=Path, default=None, metavar="TERMS.json",

@@ -15,6 +15,7 @@ def bench_args(**overrides) -> argparse.Namespace:
     args = dict(
         manifest=DATA / "manifest.tsv", langs="en", streams=1, sweep=None, speed=1.0, json=None, url=None,
         model="moonshine-base-en", device="cpu", server_args=[], no_offline=True, no_non_speech=True, journal=None,
+        lead_silence=0.0,
     )
     args.update(overrides)
     return argparse.Namespace(**args)
@@ -66,6 +67,18 @@ def test_measure_arithmetic_on_known_events():
     assert abs(u.tail_latency - (101.9 - last_speech_sent)) < 1e-9  # "Hello, world" already read right
     assert abs(u.first_caption_latency - (101.3 - sent_at[int(1.0 * rate) // step])) < 1e-9
     assert result.partials == 3 and result.rewrites == 1  # "world" -> "word" rewrites a word
+
+
+def test_lead_silence_moves_the_speech_the_bench_measures_from():
+    # Latencies are taken from the speech frames of what is streamed, so the silence put before
+    # a recording must move them by its length, and leave them otherwise as they were.
+    plain = Clip("x", "en", "", DATA / "en_arctic_a0024.wav")
+    padded = Clip("x", "en", "", DATA / "en_arctic_a0024.wav", lead_silence=0.5)
+    (audio, speech, rate), (padded_audio, padded_speech, _) = plain.audio(), padded.audio()
+    assert len(padded_audio) == len(audio) + rate // 2 and not padded_audio[: rate // 2].any()
+    assert speech.any() and not padded_speech[:25].any()
+    assert (padded_speech[25:] == speech).all()  # 20 ms frames
+    assert len(padded_speech) == len(padded_audio) // (rate // 50)
 
 
 def test_is_extension():
