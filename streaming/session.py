@@ -60,9 +60,11 @@ class SessionConfig:
     # context_gap_s before and is at most context_max_s long.
     context_gap_s: float = 2.0
     context_max_s: float = 6.0
-    # With language detection, an utterance's language is fixed after this much audio; until an
-    # utterance is this long too, it is taken to be in the language detected last (a speaker
-    # rarely switches language between sentences, and two seconds are easily mistaken).
+    # With language detection, partials keep an utterance's language once two detections on at
+    # least language_lock_s of audio agree; its final detects it again over the whole utterance.
+    # Until an utterance is language_keep_s long, it is taken to be in the language the last
+    # final detected (a speaker rarely switches language between sentences, and two seconds are
+    # easily mistaken).
     language_lock_s: float = 2.0
     language_keep_s: float = 4.0
     # While the speaker is still talking, the newest word of a hypothesis is usually cut off by
@@ -130,10 +132,13 @@ class _Utterance:
     settled_decoded: bool = False  # the latest decode request was made in a pause
     decoded_length: int = 0  # samples covered by the latest decode request
     stabilizer: Stabilizer = field(default_factory=Stabilizer)
-    # What decodes are asked for: a code, "auto", or candidates "en,zh" until detection locks
-    # it; ``detected`` is the latest detection (reported before the lock).
+    # What the publisher asked for (a code, "auto", or candidates "en,zh"), and what partial
+    # decodes ask for: the same until detection locks it. ``detected`` is the latest language a
+    # decode came back with (reported before the lock); ``detection`` the latest one detected.
+    asked: str = "en"
     language: str = "en"
     detected: str | None = None
+    detection: str | None = None
     # The previous utterance, decoded in front of this one: (audio, its final's words).
     lead_in: tuple[np.ndarray, tuple[Word, ...]] | None = None
     # The early final: where it supposed the utterance ends, and its words once decoded.
@@ -214,14 +219,16 @@ class Session:
         self.flush()
         self._ending = True
 
-    def _language_for(self, utterance: _Utterance, samples: int) -> str:
-        """What to ask the model for: a short utterance is taken to be in the session's last
+    def _language_for(self, utterance: _Utterance, samples: int, whole: bool) -> str:
+        """What to ask the model for. Partials keep the language locked early, so that they do
+        not flip; a final (``whole``) reads the whole utterance and detects it again over all
+        of it, as offline decoding would. A short utterance is taken to be in the session's last
         detected language rather than detected on its own."""
-        if _automatic(utterance.language) and self._last_language and samples < self.config.language_keep_s * SAMPLE_RATE:
-            candidates = utterance.language.split(",")
-            if utterance.language == "auto" or self._last_language in candidates:
+        language = utterance.asked if whole else utterance.language
+        if _automatic(language) and self._last_language and samples < self.config.language_keep_s * SAMPLE_RATE:
+            if language == "auto" or self._last_language in language.split(","):
                 return self._last_language
-        return utterance.language
+        return language
 
     def configure(self, language: str | None = None, context: Context | None = None) -> None:
         """Applies from the next utterance on."""
@@ -250,15 +257,23 @@ class Session:
                 utterance.lead_in = None
                 utterance.early_end = None  # asked again: as the final, or early if still open
                 return
-        if hypothesis.language and _automatic(utterance.language):
+        if hypothesis.language and _automatic(utterance.asked):
+            detected = _automatic(request.language)
+            agreed = detected and hypothesis.language == utterance.detection
             utterance.detected = hypothesis.language
-            # Detection on a second of audio is a guess; once it has heard enough, the
-            # utterance keeps its language (no flip-flopping mid-sentence). An early final
-            # fixes it only if it becomes the final: the speaker may be pausing after a word.
-            if final or (_automatic(request.language) and len(request.audio) >= self.config.language_lock_s * SAMPLE_RATE):
+            if detected:
+                utterance.detection = hypothesis.language
+            # Detection on a second or two of audio is a guess (an English sentence was once
+            # taken for Greek with probability 0.78 on its first two seconds). Partials keep
+            # the language once two detections on enough audio agree, so they do not flip
+            # mid-sentence; the final is the whole utterance's own detection. An early final
+            # counts only if it becomes the final: the speaker may be pausing after a word.
+            if final:
                 self._fix_language(utterance, request.language, hypothesis.language)
             elif request.early_end is not None:
                 utterance.early_language = (request.language, hypothesis.language)
+            elif agreed and _automatic(utterance.language) and len(request.audio) >= self.config.language_lock_s * SAMPLE_RATE:
+                utterance.language = hypothesis.language
         if final:
             self._closing.remove(utterance)
             self._emit_final(utterance, words)
@@ -337,7 +352,7 @@ class Session:
     # -- internals ---------------------------------------------------------------------------
     def _segment_event(self, event) -> None:
         if isinstance(event, SpeechStart):
-            self._open = _Utterance(key=next(self._keys), start=event.start, language=self.language)
+            self._open = _Utterance(key=next(self._keys), start=event.start, asked=self.language, language=self.language)
             previous = self._previous
             if previous is not None and event.start - previous[2] <= self.config.context_gap_s * SAMPLE_RATE:
                 self._open.lead_in = (previous[0], previous[1])
@@ -352,7 +367,7 @@ class Session:
             utterance.end = max(event.end, utterance.start)
             utterance.cut = event.reason == "max_length"
             if utterance.early_words is not None and utterance.early_end == utterance.end and not self._closing:
-                if utterance.early_language is not None and _automatic(utterance.language):
+                if utterance.early_language is not None and _automatic(utterance.asked):
                     self._fix_language(utterance, *utterance.early_language)
                 self._emit_final(utterance, utterance.early_words)  # decoded already
             else:
@@ -384,7 +399,7 @@ class Session:
             prefix=lead_words + prefix,
             draft=draft,
             final=final,
-            language=self._language_for(utterance, len(audio)),
+            language=self._language_for(utterance, len(audio), whole=final or early_end is not None),
             context=self.context,
             context_words=len(lead_words),
             speaking=speaking,

