@@ -458,7 +458,7 @@ def run_bench(args) -> dict[str, Any]:
     try:
         health = json.loads(urllib.request.urlopen(url.replace("ws://", "http://").replace("wss://", "https://") + "/healthz", timeout=10).read())
         report: dict[str, Any] = {"machine": machine(), "model": health["model"], "device": health["device"], "runs": []}
-        report["lead_silence"] = clips[0].lead_silence
+        report["lead_silence"] = args.lead_silence
         if getattr(args, "context", None):
             term_lists = json.loads(Path(args.context).read_text(encoding="utf-8"))
             clips = [c for c in clips if c.id in term_lists["clips"]]
