@@ -18,7 +18,7 @@ import uuid
 from dataclasses import dataclass, field, replace
 from http import HTTPStatus
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 
 import websockets
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -78,6 +78,14 @@ class _Publisher:
     @property
     def log_extra(self) -> dict[str, str]:
         return {"session": self.id, "room": self.room.name}
+
+
+T = TypeVar("T")
+
+
+def _room_setting(settings: dict[str, T], room: str) -> T | None:
+    """An operator's per-room setting: the room's own, else the one for every room ("*")."""
+    return settings.get(room) or settings.get("*")
 
 
 class CaptionServer:
@@ -453,13 +461,11 @@ class CaptionServer:
 
     def _room_languages(self, room: str) -> tuple[str, ...]:
         """The room's language candidates (--room-languages), for publishers that name none."""
-        languages = self.config.room_languages
-        return languages.get(room) or languages.get("*") or ()
+        return _room_setting(self.config.room_languages, room) or ()
 
     def _room_context(self, room: str) -> Context | None:
         """The room's default context (--context-file), for publishers that give none."""
-        contexts = self.config.room_contexts
-        return contexts.get(room) or contexts.get("*")
+        return _room_setting(self.config.room_contexts, room)
 
     def _language(self, requested: str | None, candidates: tuple[str, ...] = ()) -> str | None:
         """What sessions ask the model for: a language it can do, "auto", or candidates to
