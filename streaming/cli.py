@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--end-silence", type=int, default=None,
         help="milliseconds of silence that end an utterance and fix its final (default: the model's, "
-             f"{vad.end_silence_ms} for Moonshine, 700 for Whisper)",
+             f"{MODELS['moonshine-base-en'].end_silence_ms} for Moonshine, {MODELS['whisper-base'].end_silence_ms} for Whisper)",
     )
     serve.add_argument(
         "--max-utterance", type=_positive_float, default=vad.max_utterance_s,
