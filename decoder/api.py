@@ -78,14 +78,17 @@ class SpeechModel(Protocol):
         draft: Sequence[Word] = (),
         language: str | None = None,
         context: Context | None = None,
+        likely_language: str | None = None,
     ) -> Hypothesis:
         """Decode text. ``prefix`` words are forced as they are (already shown as stable).
         ``draft`` words are a guess at what follows (an earlier hypothesis): they are checked in
         one pass and kept only as far as the model's own greedy choice agrees, so the result
         is what plain greedy decoding would give, for a fraction of the steps. ``language``: a
-        code, None or "auto" (detect it), or candidates to detect among ("en,zh"). ``context``
-        (names, jargon) biases the decoding towards its terms; its text never appears in the
-        result unless it was spoken."""
+        code, None or "auto" (detect it), or candidates to detect among ("en,zh").
+        ``likely_language``: when detecting, the language the speaker was last heard in, kept
+        unless the audio rules it out (short audio is easily taken for a language it is not).
+        ``context`` (names, jargon) biases the decoding towards its terms; its text never
+        appears in the result unless it was spoken."""
         ...
 
 
@@ -96,10 +99,12 @@ def transcribe(
     draft: Sequence[Word] = (),
     language: str | None = None,
     context: Context | None = None,
+    likely_language: str | None = None,
 ) -> Hypothesis:
     """Encode then decode one stretch of audio; the usual entry point."""
     started = time.perf_counter()
-    hyp = model.decode(model.encode(audio), prefix=prefix, draft=draft, language=language, context=context)
+    features = model.encode(audio)
+    hyp = model.decode(features, prefix=prefix, draft=draft, language=language, context=context, likely_language=likely_language)
     return replace(hyp, compute_seconds=time.perf_counter() - started)
 
 

@@ -213,6 +213,7 @@ class MoonshineModel:
         draft: Sequence[Word] = (),
         language: str | None = None,
         context: Context | None = None,
+        likely_language: str | None = None,
     ) -> Hypothesis:
         started = time.perf_counter()
         forced = [t for w in prefix for t in w.tokens]

@@ -48,6 +48,11 @@ COMPRESSION_RATIO_THRESHOLD = 2.4
 UNSURE_LOGPROB = -1.5
 UNSURE_LOGPROB_LONG = -1.0
 LONG_AUDIO_S = 4.0
+# A speaker's likely language is kept unless the audio makes it less probable than this.
+# Measured on 1.5-4 s stretches of the shared recordings: the top guess was wrong on 14% of
+# 2 s stretches, but the language spoken never scored below 0.0047; another language scored
+# below 0.003 on 70% of 2 s stretches and 83% of 4 s ones, so a real switch is soon followed.
+KEEP_LANGUAGE_MIN_PROB = 0.003
 
 
 # -- front end ------------------------------------------------------------------------------
@@ -252,8 +257,11 @@ class WhisperModel:
         peak = logits.max(axis=-1, keepdims=True)
         return logits - (peak + np.log(np.exp(logits - peak).sum(axis=-1, keepdims=True))), cache
 
-    def detect_language(self, features: WhisperFeatures, candidates: Sequence[str] | None = None) -> tuple[str, float]:
-        """The most likely language (among ``candidates``, if given) and its probability."""
+    def detect_language(
+        self, features: WhisperFeatures, candidates: Sequence[str] | None = None, likely: str | None = None
+    ) -> tuple[str, float]:
+        """The most likely language (among ``candidates``, if given) and its probability; or
+        ``likely``, if the audio leaves it at least :data:`KEEP_LANGUAGE_MIN_PROB`."""
         if not self.multilingual:
             return self.languages[0], 1.0
         log_probs, _ = self._run(features, [self.tokenizer.sot], None, 0)
@@ -261,6 +269,8 @@ class WhisperModel:
         scores = np.array([log_probs[-1, self.tokenizer.languages[n]] for n in names])
         probs = np.exp(scores - scores.max())
         probs /= probs.sum()
+        if likely in names and probs[names.index(likely)] >= KEEP_LANGUAGE_MIN_PROB:
+            return likely, float(probs[names.index(likely)])
         best = int(probs.argmax())
         return names[best], float(probs[best])
 
@@ -281,13 +291,14 @@ class WhisperModel:
         draft: Sequence[Word] = (),
         language: str | None = None,
         context: Context | None = None,
+        likely_language: str | None = None,
     ) -> Hypothesis:
         started = time.perf_counter()
         candidates = None
         if language and "," in language:
             candidates, language = language.split(","), None
         if not language or language == "auto":
-            language, _ = self.detect_language(features, candidates)
+            language, _ = self.detect_language(features, candidates, likely_language)
         start = [*self._prompt(context), self.tokenizer.sot]
         if self.multilingual:
             start.append(self.tokenizer.languages[language])

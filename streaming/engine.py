@@ -100,6 +100,7 @@ class Engine:
                 draft=request.draft,
                 language=request.language,
                 context=request.context,
+                likely_language=request.likely_language,
             )
         except Exception:
             with self._lock:

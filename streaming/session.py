@@ -62,9 +62,10 @@ class SessionConfig:
     context_max_s: float = 6.0
     # With language detection, partials keep an utterance's language once two detections on at
     # least language_lock_s of audio agree; its final detects it again over the whole utterance.
-    # Until an utterance is language_keep_s long, it is taken to be in the language the last
-    # final detected (a speaker rarely switches language between sentences, and two seconds are
-    # easily mistaken).
+    # Until an utterance is language_keep_s long, the language the last final detected is kept
+    # unless the audio rules it out (a speaker rarely switches language between sentences, and
+    # two seconds are easily mistaken for another language; but a speaker who does switch must
+    # not stay captioned in the old one).
     language_lock_s: float = 2.0
     language_keep_s: float = 4.0
     # While the speaker is still talking, the newest word of a hypothesis is usually cut off by
@@ -86,6 +87,7 @@ class DecodeRequest:
     final: bool
     language: str | None
     context: Context | None  # the session's names and terms, for biasing
+    likely_language: str | None = None  # when detecting: kept unless the audio rules it out
     context_words: int = 0  # leading words of ``prefix`` (and of the result) that are context
     speaking: bool = True  # the audio ended mid-speech (not in a pause)
     # An early final: the utterance's final if it ends here (see the module notes).
@@ -182,13 +184,15 @@ class Session:
         context: Context | None = None,
         first_segment: int = 0,
         clock_offset_s: float = 0.0,
+        last_language: str | None = None,
     ):
-        """``first_segment`` and ``clock_offset_s`` continue a session from an earlier life
-        (resumed after a server restart): numbering and the audio clock go on from there."""
+        """``first_segment``, ``clock_offset_s`` and ``last_language`` continue a session from an
+        earlier life (resumed after a server restart): numbering, the audio clock and the language
+        its last final was in go on from there."""
         self.config = config
         self._clock_offset = clock_offset_s
         self.language = language
-        self._last_language: str | None = None  # the latest utterance language detection fixed
+        self._last_language = last_language  # the latest utterance language detection fixed
         self.context = context
         self._segmenter = Segmenter(config.vad)
         self._keys = itertools.count()
@@ -219,16 +223,15 @@ class Session:
         self.flush()
         self._ending = True
 
-    def _language_for(self, utterance: _Utterance, samples: int, whole: bool) -> str:
-        """What to ask the model for. Partials keep the language locked early, so that they do
-        not flip; a final (``whole``) reads the whole utterance and detects it again over all
-        of it, as offline decoding would. A short utterance is taken to be in the session's last
-        detected language rather than detected on its own."""
+    def _language_for(self, utterance: _Utterance, samples: int, whole: bool) -> tuple[str, str | None]:
+        """What to ask the model for, and the likely language. Partials keep the language
+        locked early, so that they do not flip; a final (``whole``) reads the whole utterance
+        and detects it again over all of it, as offline decoding would. A short utterance is
+        likely in the session's last detected language: detection keeps it unless ruled out."""
         language = utterance.asked if whole else utterance.language
-        if _automatic(language) and self._last_language and samples < self.config.language_keep_s * SAMPLE_RATE:
-            if language == "auto" or self._last_language in language.split(","):
-                return self._last_language
-        return language
+        if _automatic(language) and samples < self.config.language_keep_s * SAMPLE_RATE:
+            return language, self._last_language
+        return language, None
 
     def configure(self, language: str | None = None, context: Context | None = None) -> None:
         """Applies from the next utterance on."""
@@ -392,6 +395,7 @@ class Session:
         if utterance.lead_in is not None:
             lead_audio, lead_words = utterance.lead_in
             audio = np.concatenate([lead_audio, audio])
+        language, likely = self._language_for(utterance, len(audio), whole=final or early_end is not None)
         request = DecodeRequest(
             id=next(self._request_ids),
             segment_key=utterance.key,
@@ -399,8 +403,9 @@ class Session:
             prefix=lead_words + prefix,
             draft=draft,
             final=final,
-            language=self._language_for(utterance, len(audio), whole=final or early_end is not None),
+            language=language,
             context=self.context,
+            likely_language=likely,
             context_words=len(lead_words),
             speaking=speaking,
             early_end=early_end,
@@ -409,8 +414,8 @@ class Session:
         return request
 
     def _fix_language(self, utterance: _Utterance, asked: str | None, detected: str) -> None:
-        """The utterance keeps ``detected``; detected freely (not taken over from the previous
-        utterance), it is also what the next short utterances are taken to be in."""
+        """The utterance keeps ``detected``; if it was detected (not asked for by name), it is
+        also the likely language of the next short utterances."""
         utterance.language = detected
         if asked is not None and _automatic(asked):
             self._last_language = detected
