@@ -92,6 +92,18 @@ def parse_context(value: Any) -> Context | None:
     return context or None
 
 
+def context_to_json(context: Context) -> str:
+    """A checked context as JSON, to keep it (the journal keeps each session's context)."""
+    return json.dumps({"text": context.text, "terms": [{"text": t.text, "boost": t.boost} for t in context.terms]})
+
+
+def context_from_json(value: str) -> Context:
+    """The inverse of :func:`context_to_json`. No limits are checked again: the context passed
+    them when it was given, and a free-text context counts its text once, not again as terms."""
+    data = json.loads(value)
+    return Context(text=data["text"], terms=tuple(Term(t["text"], t["boost"]) for t in data["terms"]))
+
+
 def load_context_file(path: str) -> dict[str, Context]:
     """``--context-file``: plain text (the context of every room), a JSON context
     (``{"terms": [...]}``), or ``{"rooms": {"keynote": CONTEXT, "*": CONTEXT}}`` per room."""

@@ -36,6 +36,14 @@ CREATE TABLE IF NOT EXISTS ended_sessions (
     session TEXT PRIMARY KEY,
     ended REAL NOT NULL
 ) WITHOUT ROWID;
+-- What each live session asked for, to revive it as it was after a restart; gone when it ends.
+CREATE TABLE IF NOT EXISTS sessions (
+    session TEXT PRIMARY KEY,
+    room TEXT NOT NULL,
+    language TEXT NOT NULL,       -- as the session has it: auto, a code, or candidates "en,es"
+    context TEXT,                 -- the publisher's own context as JSON; NULL: the room's
+    started REAL NOT NULL
+) WITHOUT ROWID;
 -- The last seq of every room, kept when retention deletes old finals, so seq never restarts.
 CREATE TABLE IF NOT EXISTS rooms (
     room TEXT PRIMARY KEY,
@@ -86,9 +94,28 @@ class Journal:
             rows = self._db.execute(query, params).fetchall()
         return [dict(zip(_FIELDS, row)) for row in rows]
 
-    def end_session(self, session: str) -> None:
+    def keep_session(self, session: str, room: str, language: str, context: str | None) -> None:
+        """Record (or, after ``configure``, update) what a session asked for; a ``context`` of
+        None keeps the one recorded."""
         with self._lock:
+            self._db.execute(
+                "INSERT INTO sessions (session, room, language, context, started) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT (session) DO UPDATE SET language = excluded.language,"
+                " context = COALESCE(excluded.context, sessions.context)",
+                (session, room, language, context, time.time()),
+            )
+
+    def session_settings(self, session: str) -> dict[str, Any] | None:
+        """``{"language", "context"}`` as :meth:`keep_session` last recorded them."""
+        with self._lock:
+            row = self._db.execute("SELECT language, context FROM sessions WHERE session = ?", (session,)).fetchone()
+        return {"language": row[0], "context": row[1]} if row else None
+
+    def end_session(self, session: str) -> None:
+        with self._lock, self._db:
+            self._db.execute("BEGIN")
             self._db.execute("INSERT OR REPLACE INTO ended_sessions (session, ended) VALUES (?, ?)", (session, time.time()))
+            self._db.execute("DELETE FROM sessions WHERE session = ?", (session,))
 
     def last_of_session(self, session: str) -> dict[str, Any] | None:
         """The latest final of a session that has not ended (to resume it after a restart)."""
@@ -101,9 +128,15 @@ class Journal:
         return dict(zip(_FIELDS, row)) if row else None
 
     def delete_older_than(self, cutoff: float) -> int:
-        """Retention: drop finals journaled before ``cutoff`` (Unix time); seq numbering stays."""
-        with self._lock:
-            return self._db.execute("DELETE FROM finals WHERE written < ?", (cutoff,)).rowcount
+        """Retention: drop finals journaled before ``cutoff`` (Unix time), and the settings of
+        sessions that started before it and have no final left; seq numbering stays."""
+        with self._lock, self._db:
+            self._db.execute("BEGIN")
+            deleted = self._db.execute("DELETE FROM finals WHERE written < ?", (cutoff,)).rowcount
+            self._db.execute(
+                "DELETE FROM sessions WHERE started < ? AND session NOT IN (SELECT session FROM finals)", (cutoff,)
+            )
+        return deleted
 
     def delete_room(self, room: str) -> int:
         """Forget a room entirely: its finals and its seq numbering."""
@@ -111,6 +144,7 @@ class Journal:
             self._db.execute("BEGIN")
             deleted = self._db.execute("DELETE FROM finals WHERE room = ?", (room,)).rowcount
             self._db.execute("DELETE FROM rooms WHERE room = ?", (room,))
+            self._db.execute("DELETE FROM sessions WHERE room = ?", (room,))
         return deleted
 
     def close(self) -> None:

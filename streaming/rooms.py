@@ -127,6 +127,16 @@ class Rooms:
     async def last_of_session(self, session: str) -> dict[str, Any] | None:
         return await self._in_journal(self.journal.last_of_session, session)
 
+    async def keep_session(self, session: str, room: str, language: str, context: str | None) -> None:
+        try:
+            await self._in_journal(self.journal.keep_session, session, room, language, context)
+        except Exception:
+            # As with finals: the stream goes on; only a revival after a restart would miss it.
+            log.exception("could not journal session %s", session, extra={"room": room})
+
+    async def session_settings(self, session: str) -> dict[str, Any] | None:
+        return await self._in_journal(self.journal.session_settings, session)
+
     async def end_session(self, session: str) -> None:
         await self._in_journal(self.journal.end_session, session)
 

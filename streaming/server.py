@@ -26,7 +26,7 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from decoder.api import SpeechModel
-from decoder.context import Context
+from decoder.context import Context, context_from_json, context_to_json
 from streaming import auth, protocol
 from streaming.audio import PcmDecoder
 from streaming.config import ServerConfig
@@ -346,6 +346,7 @@ class CaptionServer:
                 connection=connection,
             )
             publisher.room.publishers += 1
+            await self._keep_settings(publisher, params.context)
         pcm = PcmDecoder(params.encoding, params.sample_rate)
         self.publishers[publisher.id] = publisher
         publisher.pump = asyncio.create_task(self._pump(publisher))
@@ -414,12 +415,16 @@ class CaptionServer:
             raise ProtocolError("bad_request", f"no session {params.resume} to resume (unknown, ended, or its grace period passed)")
         if "room" in query and query["room"] != last["room"]:
             raise ProtocolError("bad_request", f"session {params.resume} belongs to room {last['room']}, not {query['room']}")
+        # What the session asked for (a journal older than that table has only its last final).
+        settings = await self.rooms.session_settings(params.resume) or {}
+        own_context = params.context or (context_from_json(settings["context"]) if settings.get("context") else None)
         session = Session(
             self.config.session,
-            language=last["language"],
-            context=params.context or self._room_context(last["room"]),
+            language=settings.get("language") or last["language"],
+            context=own_context or self._room_context(last["room"]),
             first_segment=last["segment"] + 1,
             clock_offset_s=last["end"],
+            last_language=last["language"],
         )
         publisher = _Publisher(
             id=params.resume,
@@ -430,7 +435,14 @@ class CaptionServer:
         )
         publisher.started_wall = time.time() - last["end"]
         publisher.room.publishers += 1
+        await self._keep_settings(publisher, own_context)
         return publisher
+
+    async def _keep_settings(self, publisher: _Publisher, own_context: Context | None) -> None:
+        """Journal the session's language and the publisher's own context (None: unchanged),
+        so that a session resumed after a restart goes on as it was."""
+        context = context_to_json(own_context) if own_context else None
+        await self.rooms.keep_session(publisher.id, publisher.room.name, publisher.session.language, context)
 
     def _expire(self, session_id: str) -> None:
         publisher, _ = self._parked.pop(session_id)
@@ -517,6 +529,7 @@ class CaptionServer:
                         session.flush()
                     else:
                         session.configure(language=self._language(command.language), context=command.context)
+                        await self._keep_settings(publisher, command.context)
             except ProtocolError as error:
                 if error.code == "too_large":
                     raise _Refused(error) from None

@@ -90,6 +90,8 @@ class ServerThread:
         return f"ws://127.0.0.1:{self.port}"
 
     def stop(self) -> None:
+        if not self._thread.is_alive():
+            return
         self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(30)
 

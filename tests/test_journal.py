@@ -15,6 +15,7 @@ import srt
 import webvtt
 from websockets.sync.client import connect
 
+from decoder.context import context_from_json, context_to_json, parse_context
 from streaming.export import MAX_LINE, MAX_LINES, render
 from streaming.journal import Journal
 from tests.conftest import CLIPS
@@ -179,3 +180,32 @@ def test_retention_keeps_seq_and_rooms_can_be_deleted(server, tmp_path):
             raise AssertionError("deleting an occupied room must fail")
         except urllib.error.HTTPError as error:
             assert error.code == 409
+
+
+def test_a_session_keeps_what_it_asked_for_until_it_ends(tmp_path):
+    journal = Journal(tmp_path / "j.sqlite3")
+    # A free-text context at the size limit whose items are also terms: kept as it was given.
+    text = ", ".join(f"Speaker Number {i:03d}" for i in range(100))
+    context = parse_context(text)
+    journal.keep_session("s1", "r", "auto", context_to_json(context))
+    journal.keep_session("s2", "r", "en,es", None)
+    assert context_from_json(journal.session_settings("s1")["context"]) == context
+    # configure: a new language; no new context keeps the one recorded.
+    journal.keep_session("s1", "r", "de", None)
+    assert journal.session_settings("s1")["language"] == "de"
+    assert context_from_json(journal.session_settings("s1")["context"]) == context
+    assert journal.session_settings("s2") == {"language": "en,es", "context": None}
+    journal.end_session("s1")
+    assert journal.session_settings("s1") is None and journal.session_settings("missing") is None
+    # Retention forgets sessions with no final left; deleting the room forgets the rest.
+    final = {"room": "r", "seq": 1, "session": "s2", "speaker": "", "segment": 0, "text": "hi", "language": "en", "start": 0.0, "end": 1.0}
+    journal.append(final, 0.0, 1.0)
+    journal.keep_session("s3", "r", "auto", None)
+    journal.delete_older_than(time.time() - 60)
+    assert journal.session_settings("s2") and journal.session_settings("s3")
+    journal.delete_older_than(time.time() + 1)
+    assert journal.session_settings("s2") is None and journal.session_settings("s3") is None
+    journal.keep_session("s4", "r", "auto", None)
+    journal.delete_room("r")
+    assert journal.session_settings("s4") is None
+    journal.close()

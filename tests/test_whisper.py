@@ -331,3 +331,41 @@ def test_a_room_restricts_the_languages_detected(whisper, tmp_path):
         assert messages[0]["language"] == "en" and finals(messages)
     finally:
         running.stop()
+
+
+def test_a_session_revived_after_a_restart_keeps_its_language_and_context(whisper, tmp_path):
+    """The journal keeps what a session asked for: after a restart it still detects the language
+    of each utterance, rather than staying in the language of its last final."""
+    from websockets.sync.client import connect
+
+    from streaming.config import ServerConfig
+    from streaming.server import CaptionServer
+    from tests.conftest import ServerThread
+    from tests.test_server import pcm16, receive_until
+
+    context = "Ask not, Kennedy"
+    first = ServerThread(CaptionServer(ServerConfig(port=0, data_dir=tmp_path), whisper)).start()
+    try:
+        with connect(f"{first.url}/v1/publish?room=relay&mode=file&context={context.replace(' ', '%20')}") as ws:
+            session = json.loads(ws.recv(timeout=10))["session"]
+            audio = np.concatenate([CLIPS["es_fleurs_test_000"].audio, np.zeros(16000, np.float32)])
+            for offset in range(0, len(audio), 1600):
+                ws.send(pcm16(audio[offset : offset + 1600]))
+            spanish = [m for m in receive_until(ws, lambda m: m["type"] == "final", timeout=120) if m["type"] == "final"]
+            assert spanish[-1]["language"] == "es"
+            first.stop()  # a restart: the drain finalises, the session stays resumable
+    finally:
+        first.stop()
+    second = ServerThread(CaptionServer(ServerConfig(port=0, data_dir=tmp_path), whisper)).start()
+    try:
+        with connect(f"{second.url}/v1/publish?resume={session}") as ws:
+            assert json.loads(ws.recv(timeout=10))["language"] == "auto"
+            revived = second.server.publishers[session].session
+            assert revived.language == "auto" and revived.context == parse_context(context)
+        messages, _ = publish(second.url, CLIPS["en_jfk_inaugural"].audio, f"resume={session}")
+        english = finals(messages)
+        assert english, messages
+        assert {m["language"] for m in english} == {"en"}, english
+        assert english[0]["segment"] > spanish[-1]["segment"]
+    finally:
+        second.stop()
