@@ -80,7 +80,9 @@ class SpeechModel(Protocol):
         context: Context | None = None,
         likely_language: str | None = None,
     ) -> Hypothesis:
-        """Decode text. ``prefix`` words are forced as they are (already shown as stable).
+        """Decode text. ``prefix`` words are forced as they are (already shown as stable), and
+        the result begins with them exactly: a token the model adds after them (the comma after
+        "Cristo") starts a word of its own, so the words shown as stable stay the same words.
         ``draft`` words are a guess at what follows (an earlier hypothesis): they are checked in
         one pass and kept only as far as the model's own greedy choice agrees, so the result
         is what plain greedy decoding would give, for a fraction of the steps. ``language``: a

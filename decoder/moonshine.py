@@ -224,7 +224,7 @@ class MoonshineModel:
             proposed = [t for w in draft for t in w.tokens][: max(0, budget - len(forced))]
             chosen, scores = self._beam_search(features, forced, proposed, budget, self._matcher(context))
             return Hypothesis(
-                words=self.tokenizer.words(forced + chosen),
+                words=(*prefix, *self.tokenizer.words(chosen)),
                 language="en",
                 avg_logprob=float(np.mean(scores)) if scores else 0.0,
                 compute_seconds=time.perf_counter() - started,
@@ -265,9 +265,8 @@ class MoonshineModel:
             log_probs = self._next(step, token)
         if eos_overridden and scores and np.mean(scores) < self.limits.override_min_avg_logprob:
             chosen, scores = [], []  # the model never believed in these words
-        words = self.tokenizer.words(forced + chosen)
         return Hypothesis(
-            words=words,
+            words=(*prefix, *self.tokenizer.words(chosen)),
             language="en",
             avg_logprob=float(np.mean(scores)) if scores else 0.0,
             compute_seconds=time.perf_counter() - started,

@@ -353,7 +353,7 @@ class WhisperModel:
             # "Thanks for watching!" off silent stretches.
             chosen, scores, average = [], [], 0.0
         return Hypothesis(
-            words=self.tokenizer.words(forced + chosen),
+            words=(*prefix, *self.tokenizer.words(chosen)),
             language=language,
             avg_logprob=average,
             compute_seconds=time.perf_counter() - started,

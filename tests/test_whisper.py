@@ -22,6 +22,7 @@ from streaming.scoring import error_counts
 from streaming.session import FinalCaption, Session, SessionConfig
 from vad.segmenter import VadConfig
 from tests.conftest import CLIPS, NON_SPEECH
+from tests.test_decoder import check_forced_word_before_punctuation
 from tests.test_server import finals, publish
 from tests.test_session import run
 
@@ -161,6 +162,10 @@ def test_greedy_transcripts_equal_ctranslate2(whisper, reference):
 
 
 # -- language identification --------------------------------------------------------------------
+def test_a_forced_word_comes_back_as_given_when_punctuation_follows(whisper):
+    check_forced_word_before_punctuation(whisper, CLIPS["en_jfk_inaugural"])  # "you" then ","
+
+
 def test_language_of_each_clip_is_detected(whisper):
     for clip_id in SPOKEN:
         clip = CLIPS[clip_id]
