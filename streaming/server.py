@@ -418,9 +418,16 @@ class CaptionServer:
         # What the session asked for (a journal older than that table has only its last final).
         settings = await self.rooms.session_settings(params.resume) or {}
         own_context = params.context or (context_from_json(settings["context"]) if settings.get("context") else None)
+        asked = settings.get("language") or last["language"]
+        try:
+            language = self._language(*((None, tuple(asked.split(","))) if "," in asked else (asked,)))
+        except ProtocolError:
+            # The server came back with a model that lacks the language: its default, said so.
+            log.warning("resumed session asked for %s, which model %s lacks", asked, self.model.name)
+            language = self._default_language()
         session = Session(
             self.config.session,
-            language=settings.get("language") or last["language"],
+            language=language,
             context=own_context or self._room_context(last["room"]),
             first_segment=last["segment"] + 1,
             clock_offset_s=last["end"],

@@ -16,9 +16,11 @@ import webvtt
 from websockets.sync.client import connect
 
 from decoder.context import context_from_json, context_to_json, parse_context
+from streaming.config import ServerConfig
 from streaming.export import MAX_LINE, MAX_LINES, render
 from streaming.journal import Journal
-from tests.conftest import CLIPS
+from streaming.server import CaptionServer
+from tests.conftest import CLIPS, ServerThread
 from tests.test_cli import flashcaption, free_port
 from tests.test_server import finals, publish, receive_until
 
@@ -209,3 +211,21 @@ def test_a_session_keeps_what_it_asked_for_until_it_ends(tmp_path):
     journal.delete_room("r")
     assert journal.session_settings("s4") is None
     journal.close()
+
+
+def test_a_session_resumed_on_a_model_without_its_language_gets_the_model_default(model, tmp_path):
+    # The server restarted with another model: a Spanish session resumes in English, not refused.
+    journal = Journal(tmp_path / "journal.sqlite3")
+    final = {"room": "r", "seq": 1, "session": "0123456789ab", "speaker": "Ana", "segment": 3, "text": "hola",
+             "language": "es", "start": 10.0, "end": 12.0}
+    journal.append(final, time.time() - 2, time.time())
+    journal.keep_session("0123456789ab", "r", "es", None)
+    journal.close()
+    running = ServerThread(CaptionServer(ServerConfig(port=0, data_dir=tmp_path), model)).start()
+    try:
+        messages, code = publish(running.url, CLIPS["en_arctic_a0024"].audio, "resume=0123456789ab")
+        assert code == 1000 and messages[0]["language"] == "en"
+        said = finals(messages)
+        assert said and said[0]["segment"] == 4 and said[0]["speaker"] == "Ana" and said[0]["start"] >= 12.0
+    finally:
+        running.stop()
