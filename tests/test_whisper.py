@@ -161,11 +161,11 @@ def test_greedy_transcripts_equal_ctranslate2(whisper, reference):
         whisper.min_window_s = 0
 
 
-# -- language identification --------------------------------------------------------------------
 def test_a_forced_word_comes_back_as_given_when_punctuation_follows(whisper):
     check_forced_word_before_punctuation(whisper, CLIPS["en_jfk_inaugural"])  # "you" then ","
 
 
+# -- language identification --------------------------------------------------------------------
 def test_language_of_each_clip_is_detected(whisper):
     for clip_id in SPOKEN:
         clip = CLIPS[clip_id]
