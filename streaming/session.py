@@ -159,21 +159,40 @@ class _Utterance:
 
 
 def _without_reread(lead: tuple[Word, ...], words: tuple[Word, ...]) -> tuple[Word, ...]:
-    """Drop a re-reading of the lead-in from the start of the new words.
+    """Drop a re-reading of the lead-in from the new words.
 
     Given the previous utterance (forced) and little new audio, the model sometimes reads the
-    previous utterance again ("And so my fellow Americans | and so my fellow America"). New words
-    that repeat the whole lead-in (but at most its last word), case and punctuation aside, the
-    last one possibly cut short, are that. A new sentence that merely starts like the previous
-    one ("It was the first... | It was not so much...") is kept."""
-    said = [" ".join(normalize(w.text)) for w in lead]
-    heard = [" ".join(normalize(w.text)) for w in words]
+    previous utterance again ("And so my fellow Americans | and so my fellow America"), at the
+    start of the new words or after them ("Ask not. And so my fellow Americans ask": having
+    read the new audio, it starts over from the lead-in's). New words that repeat the whole
+    lead-in (but at most its last word), case and punctuation aside, the last one possibly cut
+    short, are that: at the start they are dropped; after new words (where it takes three
+    words or more to be sure), they and all that follows are. A new sentence that merely starts
+    like the previous one ("It was the first... | It was not so much...") is kept."""
+    said = [text for text in (" ".join(normalize(w.text)) for w in lead) if text]
+    # Punctuation comes as words of its own after a forced prefix: compare spoken words only.
+    spoken = [(index, text) for index, text in enumerate(" ".join(normalize(w.text)) for w in words) if text]
+    heard = [text for _, text in spoken]
+    whole = max(2, len(said) - 1)
+    matched = _reread_length(said, heard)
+    if matched >= whole:
+        words = words[spoken[matched][0] :] if matched < len(spoken) else ()
+        spoken = [(index - spoken[matched][0], text) for index, text in spoken[matched:]] if matched < len(spoken) else []
+        heard = heard[matched:]
+    for at in range(1, len(heard)):
+        if _reread_length(said, heard[at:]) >= max(3, whole):
+            return words[: spoken[at][0]]
+    return words
+
+
+def _reread_length(said: list[str], heard: list[str]) -> int:
+    """How many of ``heard``'s first words read ``said`` again (the last one maybe cut short)."""
     matched = 0
     while matched < min(len(said), len(heard)) and heard[matched] == said[matched]:
         matched += 1
-    if matched < min(len(said), len(heard)) and heard[matched] and said[matched].startswith(heard[matched]):
+    if matched < len(said) and matched == len(heard) - 1 and said[matched].startswith(heard[matched]):
         matched += 1  # the re-read's last word, cut off by the end of the audio
-    return words[matched:] if matched >= max(2, len(said) - 1) else words
+    return matched
 
 
 class Session:

@@ -7,9 +7,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from decoder.api import SAMPLE_RATE, Hypothesis, transcribe
+from decoder.api import SAMPLE_RATE, Hypothesis, Word, join_words, transcribe
 from streaming.scoring import error_rate
-from streaming.session import DecodeRequest, FinalCaption, PartialCaption, Session, SessionConfig
+from streaming.session import DecodeRequest, FinalCaption, PartialCaption, Session, SessionConfig, _without_reread
 from streaming.nonspeech import brown_noise, pink_noise
 from vad.segmenter import VadConfig
 from tests.conftest import CLIPS, ENGLISH, NON_SPEECH
@@ -295,6 +295,29 @@ def test_a_final_that_hears_only_the_lead_in_is_decoded_again_without_it(model):
     assert answered_lead_only is not None
     finals = [e.text for e in session.events() if isinstance(e, FinalCaption)]
     assert len(finals) >= 2 and all(finals)
+
+
+def test_a_reread_of_the_lead_in_is_dropped_wherever_it_starts():
+    def words(text: str) -> tuple[Word, ...]:
+        # Punctuation after a forced prefix comes as a word of its own: "," here.
+        return tuple(Word(w if w == "," else " " + w, ()) for w in text.split())
+
+    def new_text(lead: str, heard: str) -> str:
+        return join_words(_without_reread(words(lead), words(heard))).strip()
+
+    jfk = "And so my fellow Americans."
+    assert new_text(jfk, "and so my fellow America") == ""  # the lead-in read again, cut short
+    assert new_text(jfk, ", And so my fellow Americans ask not") == "ask not"
+    # Seen with whisper-base int8: the new words, then the lead-in again and the new words again.
+    assert new_text(jfk, "Ask not. And so my fellow Americans ask") == "Ask not."
+    assert new_text(jfk, "Ask not , and so my fellow Amer") == "Ask not,"
+    # Kept: a sentence that starts like the last one, a phrase that repeats part of it, and a
+    # short lead-in repeated inside new words (too short to tell a re-read from speech).
+    sorrow = "It was the first great sorrow of his life."
+    assert new_text(sorrow, "It was not so much") == "It was not so much"
+    assert new_text(jfk, "my fellow citizens of the world") == "my fellow citizens of the world"
+    assert new_text(jfk, "Yes, and so my f b") == "Yes, and so my f b"  # "f" ends no audio: not "fellow" cut short
+    assert new_text("Ask not.", "What your country can do for you, ask not") == "What your country can do for you, ask not"
 
 
 def test_an_early_final_fixes_the_language_only_if_it_becomes_the_final(model):
