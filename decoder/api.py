@@ -122,6 +122,7 @@ class DecodeLimits:
     repeat_ngram_max: int = 48
     repeat_times: int = 3  # a short n-gram seen this many times in a row is a loop
     repeat_phrase_tokens: int = 4  # an n-gram this long is a loop when seen twice in a row
+    repeat_phrase_words: int = 4  # ...and so is a phrase of this many words, case aside
     # When the first step prefers end-of-text, the runner-up must be at least this likely to be
     # taken as the start of speech (log-probability; noise and music score below -7).
     first_token_min_logprob: float = -5.0
@@ -144,6 +145,33 @@ class DecodeLimits:
         del chosen[max(0, loop_at - len(forced)) :]
         del scores[len(chosen) :]
         return True
+
+    def cut_repeated_phrase(self, prefix: Sequence[Word], words: Sequence[Word], chosen: list[int], scores: list[float]) -> tuple[Word, ...]:
+        """The new ``words`` (decoded as ``chosen``) up to a phrase said twice in a row in
+        ``prefix + words`` (see :func:`repeated_phrase_start`); ``chosen`` and ``scores`` are
+        cut to match, in place."""
+        at = repeated_phrase_start([*prefix, *words], self.repeat_phrase_words)
+        if at is None:
+            return tuple(words)
+        kept = tuple(words[: max(0, at - len(prefix))])
+        del chosen[sum(len(w.tokens) for w in kept) :]
+        del scores[len(chosen) :]
+        return kept
+
+
+def repeated_phrase_start(words: Sequence[Word], min_words: int = 4) -> int | None:
+    """Where the first phrase of ``min_words`` or more words said twice back to back (case and
+    punctuation aside) begins its second copy, reading from the start; else None. Whisper
+    re-reads what it has written with the first word recased ("However, due to the slow
+    communication channels, however, due to the slow communication channels,"): other tokens,
+    so the token loop guard does not see it."""
+    keyed = [(i, key) for i, w in enumerate(words) if (key := "".join(c for c in w.text.casefold() if c.isalnum()))]
+    keys = [key for _, key in keyed]
+    for end in range(2 * min_words, len(keys) + 1):
+        for n in range(min_words, end // 2 + 1):
+            if keys[end - 2 * n : end - n] == keys[end - n : end]:
+                return keyed[end - n][0]
+    return None
 
 
 def repetition_start(tokens: Sequence[int], max_n: int = 48, times: int = 3, phrase_n: int = 4) -> int | None:

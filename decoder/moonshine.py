@@ -223,8 +223,9 @@ class MoonshineModel:
             # only where a term is at stake (sessions without context stay greedy and pay nothing).
             proposed = [t for w in draft for t in w.tokens][: max(0, budget - len(forced))]
             chosen, scores = self._beam_search(features, forced, proposed, budget, self._matcher(context))
+            words = self.limits.cut_repeated_phrase(prefix, self.tokenizer.words(chosen), chosen, scores)
             return Hypothesis(
-                words=(*prefix, *self.tokenizer.words(chosen)),
+                words=(*prefix, *words),
                 language="en",
                 avg_logprob=float(np.mean(scores)) if scores else 0.0,
                 compute_seconds=time.perf_counter() - started,
@@ -263,10 +264,11 @@ class MoonshineModel:
             if self.limits.cut_loop(forced, chosen, scores):
                 break
             log_probs = self._next(step, token)
+        words = self.limits.cut_repeated_phrase(prefix, self.tokenizer.words(chosen), chosen, scores)
         if eos_overridden and scores and np.mean(scores) < self.limits.override_min_avg_logprob:
-            chosen, scores = [], []  # the model never believed in these words
+            words, scores = (), []  # the model never believed in these words
         return Hypothesis(
-            words=(*prefix, *self.tokenizer.words(chosen)),
+            words=(*prefix, *words),
             language="en",
             avg_logprob=float(np.mean(scores)) if scores else 0.0,
             compute_seconds=time.perf_counter() - started,

@@ -339,6 +339,7 @@ class WhisperModel:
             step, cache = self._run(features, [token], cache, offset)
             offset += 1
             row = step[-1]
+        words = self.limits.cut_repeated_phrase(prefix, self.tokenizer.words(chosen), chosen, scores)
         average = float(np.mean(scores)) if scores else 0.0
         text = self.tokenizer.text(forced + chosen)
         if (
@@ -351,9 +352,9 @@ class WhisperModel:
             # Whisper's rules: the model itself says there was no speech, or the text loops;
             # and on music it writes "..." or "♪": no words, no caption. This is what keeps
             # "Thanks for watching!" off silent stretches.
-            chosen, scores, average = [], [], 0.0
+            words, average = (), 0.0
         return Hypothesis(
-            words=(*prefix, *self.tokenizer.words(chosen)),
+            words=(*prefix, *words),
             language=language,
             avg_logprob=average,
             compute_seconds=time.perf_counter() - started,

@@ -6,7 +6,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from decoder.api import SAMPLE_RATE, DecodeLimits, Word, repetition_start, transcribe
+from decoder.api import SAMPLE_RATE, DecodeLimits, Word, repeated_phrase_start, repetition_start, transcribe
 from decoder.models import MODELS
 from decoder.moonshine import MoonshineModel
 from streaming.scoring import error_rate
@@ -87,6 +87,27 @@ def test_repetition_start():
     sentence = list(range(100, 125))  # a whole sentence read twice is a loop too
     assert repetition_start([1, 2, *sentence, *sentence]) == 2 + len(sentence)
     assert repetition_start([1, 2, *sentence, *sentence[:-1]]) is None
+
+
+def test_a_phrase_said_twice_in_a_row_is_found_whatever_its_case():
+    def words(text: str) -> list[Word]:
+        return [Word(" " + w, (i,)) for i, w in enumerate(text.split())]
+
+    # Seen with whisper-base int8: the sentence read again, its first word recased.
+    looped = words("However, due to the slow communication channels, however, due to the slow communication channels,")
+    assert repeated_phrase_start(looped) == 7
+    # People repeat a few words ("I want to, I want to go"); the token guard takes short loops.
+    assert repeated_phrase_start(words("I want to, I want to go")) is None
+    assert repeated_phrase_start(words("no no no no")) is None
+    assert repeated_phrase_start(words("a b c d , A b c d e")) == 5  # punctuation words do not count
+
+    limits = DecodeLimits()
+    chosen, scores = [t for w in looped for t in w.tokens], [-0.1] * len(looped)
+    kept = limits.cut_repeated_phrase(words("However,"), looped[1:], chosen[1:], scores[1:])
+    assert [w.text for w in kept] == [w.text for w in looped[1:7]]
+    prefix_chosen, prefix_scores = chosen[1:], scores[1:]
+    limits.cut_repeated_phrase(looped[:1], looped[1:], prefix_chosen, prefix_scores)
+    assert prefix_chosen == chosen[1:7] and len(prefix_scores) == 6
 
 
 def test_repetition_guard_cuts_a_loop(model):
