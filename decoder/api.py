@@ -146,14 +146,15 @@ class DecodeLimits:
         del scores[len(chosen) :]
         return True
 
-    def cut_repeated_phrase(self, prefix: Sequence[Word], words: Sequence[Word], chosen: list[int], scores: list[float]) -> tuple[Word, ...]:
-        """The new ``words`` (decoded as ``chosen``) up to a phrase said twice in a row in
-        ``prefix + words`` (see :func:`repeated_phrase_start`); ``chosen`` and ``scores`` are
-        cut to match, in place."""
-        at = repeated_phrase_start([*prefix, *words], self.repeat_phrase_words)
+    def cut_repeated_phrase(self, words: Sequence[Word], chosen: list[int], scores: list[float]) -> tuple[Word, ...]:
+        """The new ``words`` (decoded as ``chosen``) up to a phrase they say twice in a row (see
+        :func:`repeated_phrase_start`); ``chosen`` and ``scores`` are cut to match, in place.
+        Only the new words are searched: a lead-in read again is the session's to drop, keeping
+        what follows it."""
+        at = repeated_phrase_start(words, self.repeat_phrase_words)
         if at is None:
             return tuple(words)
-        kept = tuple(words[: max(0, at - len(prefix))])
+        kept = tuple(words[:at])
         del chosen[sum(len(w.tokens) for w in kept) :]
         del scores[len(chosen) :]
         return kept

@@ -223,7 +223,7 @@ class MoonshineModel:
             # only where a term is at stake (sessions without context stay greedy and pay nothing).
             proposed = [t for w in draft for t in w.tokens][: max(0, budget - len(forced))]
             chosen, scores = self._beam_search(features, forced, proposed, budget, self._matcher(context))
-            words = self.limits.cut_repeated_phrase(prefix, self.tokenizer.words(chosen), chosen, scores)
+            words = self.limits.cut_repeated_phrase(self.tokenizer.words(chosen), chosen, scores)
             return Hypothesis(
                 words=(*prefix, *words),
                 language="en",
@@ -264,7 +264,7 @@ class MoonshineModel:
             if self.limits.cut_loop(forced, chosen, scores):
                 break
             log_probs = self._next(step, token)
-        words = self.limits.cut_repeated_phrase(prefix, self.tokenizer.words(chosen), chosen, scores)
+        words = self.limits.cut_repeated_phrase(self.tokenizer.words(chosen), chosen, scores)
         if eos_overridden and scores and np.mean(scores) < self.limits.override_min_avg_logprob:
             words, scores = (), []  # the model never believed in these words
         return Hypothesis(

@@ -339,7 +339,7 @@ class WhisperModel:
             step, cache = self._run(features, [token], cache, offset)
             offset += 1
             row = step[-1]
-        words = self.limits.cut_repeated_phrase(prefix, self.tokenizer.words(chosen), chosen, scores)
+        words = self.limits.cut_repeated_phrase(self.tokenizer.words(chosen), chosen, scores)
         average = float(np.mean(scores)) if scores else 0.0
         text = self.tokenizer.text(forced + chosen)
         if (

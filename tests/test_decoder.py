@@ -101,13 +101,9 @@ def test_a_phrase_said_twice_in_a_row_is_found_whatever_its_case():
     assert repeated_phrase_start(words("no no no no")) is None
     assert repeated_phrase_start(words("a b c d , A b c d e")) == 5  # punctuation words do not count
 
-    limits = DecodeLimits()
     chosen, scores = [t for w in looped for t in w.tokens], [-0.1] * len(looped)
-    kept = limits.cut_repeated_phrase(words("However,"), looped[1:], chosen[1:], scores[1:])
-    assert [w.text for w in kept] == [w.text for w in looped[1:7]]
-    prefix_chosen, prefix_scores = chosen[1:], scores[1:]
-    limits.cut_repeated_phrase(looped[:1], looped[1:], prefix_chosen, prefix_scores)
-    assert prefix_chosen == chosen[1:7] and len(prefix_scores) == 6
+    kept = DecodeLimits().cut_repeated_phrase(looped, chosen, scores)
+    assert kept == tuple(looped[:7]) and chosen == [0, 1, 2, 3, 4, 5, 6] and len(scores) == 7
 
 
 def test_repetition_guard_cuts_a_loop(model):
