@@ -174,15 +174,14 @@ def _without_reread(lead: tuple[Word, ...], words: tuple[Word, ...]) -> tuple[Wo
     spoken = [(index, text) for index, text in enumerate(" ".join(normalize(w.text)) for w in words) if text]
     heard = [text for _, text in spoken]
     whole = max(2, len(said) - 1)
-    matched = _reread_length(said, heard)
-    if matched >= whole:
-        words = words[spoken[matched][0] :] if matched < len(spoken) else ()
-        spoken = [(index - spoken[matched][0], text) for index, text in spoken[matched:]] if matched < len(spoken) else []
-        heard = heard[matched:]
-    for at in range(1, len(heard)):
+    skip = _reread_length(said, heard)
+    if skip < whole:
+        skip = 0
+    begin = 0 if not skip else spoken[skip][0] if skip < len(spoken) else len(words)
+    for at in range(skip + 1, len(heard)):
         if _reread_length(said, heard[at:]) >= max(3, whole):
-            return words[: spoken[at][0]]
-    return words
+            return words[begin : spoken[at][0]]
+    return words[begin:]
 
 
 def _reread_length(said: list[str], heard: list[str]) -> int:
