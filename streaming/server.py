@@ -419,8 +419,9 @@ class CaptionServer:
         settings = await self.rooms.session_settings(params.resume) or {}
         own_context = params.context or (context_from_json(settings["context"]) if settings.get("context") else None)
         asked = settings.get("language") or last["language"]
+        requested, candidates = (None, tuple(asked.split(","))) if "," in asked else (asked, ())
         try:
-            language = self._language(*((None, tuple(asked.split(","))) if "," in asked else (asked,)))
+            language = self._language(requested, candidates)
         except ProtocolError:
             # The server came back with a model that lacks the language: its default, said so.
             log.warning("resumed session asked for %s, which model %s lacks", asked, self.model.name)
