@@ -90,7 +90,9 @@ class SpeechModel(Protocol):
         ``likely_language``: when detecting, the language the speaker was last heard in, kept
         unless the audio rules it out (short audio is easily taken for a language it is not).
         ``context`` (names, jargon) biases the decoding towards its terms; its text never
-        appears in the result unless it was spoken."""
+        appears in the result unless it was spoken. ``beam_size`` above 1 asks for a beam
+        search instead of greedy decoding (the draft is then not used); a family without one
+        raises ValueError."""
         ...
 
 
@@ -102,11 +104,14 @@ def transcribe(
     language: str | None = None,
     context: Context | None = None,
     likely_language: str | None = None,
+    beam_size: int = 1,
 ) -> Hypothesis:
     """Encode then decode one stretch of audio; the usual entry point."""
     started = time.perf_counter()
     features = model.encode(audio)
-    hyp = model.decode(features, prefix=prefix, draft=draft, language=language, context=context, likely_language=likely_language)
+    hyp = model.decode(
+        features, prefix=prefix, draft=draft, language=language, context=context, likely_language=likely_language, beam_size=beam_size
+    )
     return replace(hyp, compute_seconds=time.perf_counter() - started)
 
 

@@ -214,7 +214,10 @@ class MoonshineModel:
         language: str | None = None,
         context: Context | None = None,
         likely_language: str | None = None,
+        beam_size: int = 1,
     ) -> Hypothesis:
+        if beam_size > 1:
+            raise ValueError("Moonshine decodes greedily; its beam search serves context terms only")
         started = time.perf_counter()
         forced = [t for w in prefix for t in w.tokens]
         budget = self.limits.budget(features.duration)

@@ -1,6 +1,7 @@
 """Whisper (multilingual encoder-decoder on log-mel features), converted to ONNX by
 ``decoder/whisper_convert.py``: front end, tokenizer, language identification, KV-cached greedy
-decoding with draft verification, and the guards Whisper needs on non-speech.
+decoding with draft verification (partials), a batched beam search (finals), and the guards
+Whisper needs on non-speech.
 
 Streaming decodes short stretches many times, so the encoder runs on a window just long enough
 for the audio (whole 5-second steps up to Whisper's 30 s) rather than always on 30 s: the
@@ -236,11 +237,19 @@ class WhisperModel:
     def _run(self, features: WhisperFeatures, tokens: Sequence[int], past: dict[str, ort.OrtValue | np.ndarray] | None, offset: int):
         """Decoder on ``tokens`` after ``offset`` cached positions; log-probabilities of every
         position and the grown cache (on the device)."""
+        log_probs, cache = self._run_batch(features, [tokens], past, offset)
+        return log_probs[0], cache
+
+    def _run_batch(
+        self, features: WhisperFeatures, rows: Sequence[Sequence[int]], past: dict[str, ort.OrtValue | np.ndarray] | None, offset: int
+    ) -> tuple[np.ndarray, dict[str, ort.OrtValue]]:
+        """:meth:`_run` for several token sequences of one length at once (``past`` holds one
+        cache per row); log-probabilities are indexed by row, then position."""
         if past is None:
-            empty = np.zeros((1, self.heads, 0, self.head_dim), dtype=np.float32)
+            empty = np.zeros((len(rows), self.heads, 0, self.head_dim), dtype=np.float32)
             past = {f"self_{kind}_{layer}": empty for layer in range(self.layers) for kind in "kv"}
         binding = self.decoder.io_binding()
-        binding.bind_cpu_input("tokens", np.array([tokens], dtype=np.int64))
+        binding.bind_cpu_input("tokens", np.array(rows, dtype=np.int64))
         binding.bind_cpu_input("offset", np.array([offset], dtype=np.int64))
         for name, value in (*past.items(), *features.cross.items()):
             if isinstance(value, np.ndarray):
@@ -253,7 +262,7 @@ class WhisperModel:
         self.decoder.run_with_iobinding(binding)
         outputs = binding.get_outputs()
         cache = {name.replace("new_", ""): value for name, value in zip(self._cache_outputs, outputs[1:])}
-        logits = outputs[0].numpy()[0]
+        logits = outputs[0].numpy()
         peak = logits.max(axis=-1, keepdims=True)
         return logits - (peak + np.log(np.exp(logits - peak).sum(axis=-1, keepdims=True))), cache
 
@@ -292,6 +301,7 @@ class WhisperModel:
         language: str | None = None,
         context: Context | None = None,
         likely_language: str | None = None,
+        beam_size: int = 1,
     ) -> Hypothesis:
         started = time.perf_counter()
         candidates = None
@@ -306,39 +316,8 @@ class WhisperModel:
         forced = [t for w in prefix for t in w.tokens]
         budget = self.limits.budget(features.duration)
         proposed = [t for w in draft for t in w.tokens][: max(0, budget - len(forced))]
-        log_probs, cache = self._run(features, [*start, *forced, *proposed], None, 0)
-        no_speech = float(np.exp(log_probs[start.index(self.tokenizer.sot), self.tokenizer.no_speech]))
-        first = len(start) - 1 + len(forced)  # row predicting the first token after the forced ones
-
-        def choose(row: np.ndarray, at_start: bool) -> int:
-            row = row + self._suppress
-            if at_start:
-                row = row.copy()
-                row[self._suppress_begin] = -np.inf
-            return int(row.argmax())
-
-        chosen: list[int] = []
-        while len(chosen) < len(proposed) and choose(log_probs[first + len(chosen)], not forced and not chosen) == proposed[len(chosen)]:
-            chosen.append(proposed[len(chosen)])
-        scores = [float(log_probs[first + i, t]) for i, t in enumerate(chosen)]
-        row = log_probs[first + len(chosen)]
-        if len(chosen) < len(proposed):
-            # The cache holds rejected draft tokens: keep only the accepted positions (one trip
-            # through host memory per decode, and only when the draft was wrong).
-            keep = len(start) + len(forced) + len(chosen)
-            cache = {name: np.ascontiguousarray(value.numpy()[:, :, :keep]) for name, value in cache.items()}
-        offset = len(start) + len(forced) + len(chosen)
-        while len(forced) + len(chosen) < budget:
-            token = choose(row, not forced and not chosen)
-            if token == self.tokenizer.eot:
-                break
-            chosen.append(token)
-            scores.append(float(row[token]))
-            if self.limits.cut_loop(forced, chosen, scores):
-                break
-            step, cache = self._run(features, [token], cache, offset)
-            offset += 1
-            row = step[-1]
+        found = self._beam_search(features, start, forced, budget, beam_size) if beam_size > 1 else None
+        chosen, scores, no_speech = found or self._greedy(features, start, forced, proposed, budget)
         words = self.limits.cut_repeated_phrase(self.tokenizer.words(chosen), chosen, scores)
         average = float(np.mean(scores)) if scores else 0.0
         text = self.tokenizer.text(forced + chosen)
@@ -360,6 +339,113 @@ class WhisperModel:
             compute_seconds=time.perf_counter() - started,
             no_speech_prob=no_speech,
         )
+
+    def _allowed(self, row: np.ndarray, at_start: bool) -> np.ndarray:
+        """Log-probabilities with the tokens that may not come next removed."""
+        row = row + self._suppress
+        if at_start:
+            row[self._suppress_begin] = -np.inf
+        return row
+
+    def _no_speech(self, log_probs: np.ndarray, start: Sequence[int]) -> float:
+        return float(np.exp(log_probs[list(start).index(self.tokenizer.sot), self.tokenizer.no_speech]))
+
+    def _greedy(
+        self, features: WhisperFeatures, start: list[int], forced: list[int], proposed: list[int], budget: int
+    ) -> tuple[list[int], list[float], float]:
+        """Greedy decoding after ``start + forced``, the ``proposed`` draft verified in the first
+        call. Returns the chosen tokens, their log-probabilities and the no-speech probability."""
+        log_probs, cache = self._run(features, [*start, *forced, *proposed], None, 0)
+        first = len(start) - 1 + len(forced)  # row predicting the first token after the forced ones
+
+        def choose(row: np.ndarray) -> int:
+            return int(self._allowed(row, not forced and not chosen).argmax())
+
+        chosen: list[int] = []
+        while len(chosen) < len(proposed) and choose(log_probs[first + len(chosen)]) == proposed[len(chosen)]:
+            chosen.append(proposed[len(chosen)])
+        scores = [float(log_probs[first + i, t]) for i, t in enumerate(chosen)]
+        row = log_probs[first + len(chosen)]
+        if len(chosen) < len(proposed):
+            # The cache holds rejected draft tokens: keep only the accepted positions (one trip
+            # through host memory per decode, and only when the draft was wrong).
+            keep = len(start) + len(forced) + len(chosen)
+            cache = {name: np.ascontiguousarray(value.numpy()[:, :, :keep]) for name, value in cache.items()}
+        offset = len(start) + len(forced) + len(chosen)
+        while len(forced) + len(chosen) < budget:
+            token = choose(row)
+            if token == self.tokenizer.eot:
+                break
+            chosen.append(token)
+            scores.append(float(row[token]))
+            if self.limits.cut_loop(forced, chosen, scores):
+                break
+            step, cache = self._run(features, [token], cache, offset)
+            offset += 1
+            row = step[-1]
+        return chosen, scores, self._no_speech(log_probs, start)
+
+    def _beam_search(
+        self, features: WhisperFeatures, start: list[int], forced: list[int], budget: int, width: int
+    ) -> tuple[list[int], list[float], float] | None:
+        """Beam search after ``start + forced``, as Whisper's reference decoder does it: each
+        step extends every live hypothesis by its ``width + 1`` likeliest tokens and keeps the
+        ``width`` best; it stops once ``width`` hypotheses have ended, and the likeliest wins:
+        the sum of its log-probabilities, end-of-text included. Not the mean per token, as
+        Whisper's reference ranks them: a sentence read twice is as sure of its second copy as
+        of its first, and won on the mean ("Many people don't ... fly. Many peoples don't ...
+        fly."); the sum makes the copy pay for every token, and ending before the speech does
+        pays the end-of-text the model does not expect. None when no hypothesis
+        ended: the search ran into loops (which score well per token: the model is sure of what
+        it repeats) or out of tokens, and greedy decoding, with its loop guard, reads such audio
+        better. Greedy decoding commits to a word on its own score ("Segunda informação", -0.30
+        per token), where the sentence it starts can be far less likely than another ("Segundo
+        informações", -0.18). The live hypotheses are run as one batch; the audio's keys and
+        values are shared by broadcasting, not copied. Ranking by the sum also lets the search
+        stop as soon as no live hypothesis can still win."""
+        log_probs, cache = self._run(features, [*start, *forced], None, 0)
+        no_speech = self._no_speech(log_probs, start)
+        past = {name: value.numpy() for name, value in cache.items()}
+        rows = log_probs[-1:]
+        live: list[tuple[list[int], list[float], float]] = [([], [], 0.0)]  # tokens, scores, sum
+        ended: list[tuple[list[int], list[float], float]] = []  # at end-of-text, which is scored too
+        offset = len(start) + len(forced)
+        while live and len(ended) < width:
+            extensions = []  # (sum, parent index, token, log-probability)
+            for index, (tokens, _, total) in enumerate(live):
+                row = self._allowed(rows[index], not forced and not tokens)
+                for token in np.argpartition(-row, width + 1)[: width + 1]:
+                    if np.isfinite(row[token]):
+                        extensions.append((total + float(row[token]), index, int(token), float(row[token])))
+            extensions.sort(key=lambda e: -e[0])
+            grown, parents = [], []
+            for total, index, token, score in extensions:
+                tokens, scores, _ = live[index]
+                if token == self.tokenizer.eot:
+                    ended.append((tokens, scores, total))
+                    continue
+                tokens, scores = [*tokens, token], [*scores, score]
+                if self.limits.cut_loop(forced, tokens, scores) or len(forced) + len(tokens) >= budget:
+                    continue  # a loop, or out of tokens: not a reading of the audio
+                grown.append((tokens, scores, total))
+                parents.append(index)
+                if len(grown) == width:
+                    break
+            # Log-probabilities are never positive: a hypothesis no likelier than one that has
+            # ended can only fall further behind it, so it is dropped (the same winner, sooner).
+            best = max((total for _, _, total in ended), default=-np.inf)
+            kept = [i for i, (_, _, total) in enumerate(grown) if total > best]
+            live, parents = [grown[i] for i in kept], [parents[i] for i in kept]
+            if live and len(ended) < width:
+                past = {name: value[parents] for name, value in past.items()}
+                step, cache = self._run_batch(features, [[tokens[-1]] for tokens, _, _ in live], past, offset)
+                past = {name: value.numpy() for name, value in cache.items()}
+                rows = step[:, -1]
+                offset += 1
+        if not ended:
+            return None
+        tokens, scores, _ = max(ended, key=lambda e: e[2])
+        return tokens, scores, no_speech
 
 
 def _copies_prompt(text: str, context: Context | None) -> bool:

@@ -8,11 +8,12 @@ is the reference for the front end and for greedy transcripts.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
-from decoder.api import transcribe
+from decoder.api import SAMPLE_RATE, transcribe
 from decoder.context import parse_context
 from decoder.models import MODELS, install, load_model
 from decoder.runtime import RuntimeOptions
@@ -165,6 +166,32 @@ def test_a_forced_word_comes_back_as_given_when_punctuation_follows(whisper):
     check_forced_word_before_punctuation(whisper, CLIPS["en_jfk_inaugural"])  # "you" then ","
 
 
+def test_beam_search_reads_the_likelier_sentence_where_greedy_commits_to_a_word(whisper):
+    """A Portuguese sentence as the stream cuts it: greedy decoding takes "Segunda" on its own
+    score and is left with "informação"; the beam finds "Segundo informações", as spoken."""
+    clip = CLIPS["pt_fleurs_test_000"]
+    audio = clip.audio[int(0.22 * SAMPLE_RATE) : int(4.32 * SAMPLE_RATE)]  # its first sentence
+    spoken = " ".join(clip.reference.split()[:9])  # segundo informações ele estava na casa dos 20 anos
+    greedy = transcribe(whisper, audio, language="pt")
+    beam = transcribe(whisper, audio, language="pt", beam_size=5)
+    assert error_counts(spoken, beam.text, "pt")[0] < error_counts(spoken, greedy.text, "pt")[0], (greedy.text, beam.text)
+
+
+def test_a_beam_search_that_never_ends_gives_way_to_greedy_decoding(whisper):
+    """Hypotheses cut short by the token budget are not readings of the audio: with a budget
+    far too small for the sentence, the beam finds none that ends, and greedy decoding's
+    (budget-cut) words are returned."""
+    limits = whisper.limits
+    whisper.limits = replace(limits, min_tokens=4, max_tokens=4)
+    try:
+        audio = CLIPS["en_ls_1995-1837-0001"].audio
+        greedy = transcribe(whisper, audio, language="en")
+        assert len(greedy.tokens) == 4
+        assert transcribe(whisper, audio, language="en", beam_size=5).words == greedy.words
+    finally:
+        whisper.limits = limits
+
+
 # -- language identification --------------------------------------------------------------------
 def test_language_of_each_clip_is_detected(whisper):
     for clip_id in SPOKEN:
@@ -280,12 +307,14 @@ def test_a_speaker_who_switches_language_in_short_sentences_is_followed(whisper)
 
 
 def _finals_with_detection(whisper, audio: np.ndarray) -> list[FinalCaption]:
-    """A session with ``language=auto`` and Whisper's own end silence, run over ``audio``."""
-    session = Session(SessionConfig(vad=VadConfig(end_silence_ms=700)), language="auto")
+    """A session with ``language=auto`` and Whisper's own end silence and beam, run over ``audio``."""
+    spec = MODELS["whisper-base"]
+    session = Session(SessionConfig(vad=VadConfig(end_silence_ms=spec.end_silence_ms), final_beam_size=spec.final_beam_size), language="auto")
 
     def decode(request):
         return transcribe(
-            whisper, request.audio, request.prefix, request.draft, language=request.language, likely_language=request.likely_language
+            whisper, request.audio, request.prefix, request.draft,
+            language=request.language, likely_language=request.likely_language, beam_size=request.beam_size,
         )
 
     return [e for e in run(session, audio, whisper, decode=decode) if isinstance(e, FinalCaption)]
