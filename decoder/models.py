@@ -73,6 +73,9 @@ class ModelSpec:
     # sentence cut at a pause worse than Moonshine does, and waiting longer costs Moonshine
     # latency for no accuracy (measured with `flashcaption bench`, see docs/architecture.md).
     end_silence_ms: int = 500
+    # Hypotheses kept by the beam search that decodes each final (1: greedy). Partials are
+    # always greedy: they are decoded many times and only the final stays.
+    final_beam_size: int = 1
 
     def source_dir(self) -> Path:
         root = _package_dir(self.import_name)
@@ -101,6 +104,7 @@ def _whisper(name: str, repo: str, size_mb: int, english_only: bool = False, pyp
         hub_repo=repo,
         pypi=pypi,
         end_silence_ms=700,
+        final_beam_size=5,
     )
 
 

@@ -318,7 +318,8 @@ async def run_streams(url: str, clips: list[Clip], streams: int, speed: float | 
     return results
 
 
-def offline_texts(clips: list[Clip], model_name: str, device: str) -> dict[str, str]:
+def offline_texts(clips: list[Clip], model_name: str, device: str, beam_size: int = 1) -> dict[str, str]:
+    """Each whole clip decoded in one go, with the beam the server's finals use."""
     from decoder.api import transcribe
     from decoder.models import load_model
     from decoder.runtime import RuntimeOptions
@@ -331,7 +332,7 @@ def offline_texts(clips: list[Clip], model_name: str, device: str) -> dict[str, 
         audio, _, rate = clip.audio()
         if rate != 16000:
             audio = soxr.resample(audio, rate, 16000)
-        texts[clip.id] = transcribe(model, audio).text
+        texts[clip.id] = transcribe(model, audio, beam_size=beam_size).text
     return texts
 
 
@@ -485,7 +486,7 @@ def run_bench(args) -> dict[str, Any]:
         if args.sweep:
             report["capacity"] = capacity
         if not args.no_offline:
-            texts = offline_texts(clips, health["model"], "cpu")
+            texts = offline_texts(clips, health["model"], "cpu", health.get("final_beam_size", 1))
             report["offline_texts"] = texts
             offline = offline_errors(clips, texts)
             for run in report["runs"]:

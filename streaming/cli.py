@@ -32,6 +32,13 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _beam_size(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 16:
+        raise argparse.ArgumentTypeError(f"must be 1 to 16, not {text}")
+    return value
+
+
 def _speed(text: str) -> float | None:
     if text == "max":
         return None
@@ -79,6 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--end-silence", type=int, default=None,
         help="milliseconds of silence that end an utterance and fix its final (default: the model's, "
              f"{MODELS['moonshine-base-en'].end_silence_ms} for Moonshine, {MODELS['whisper-base'].end_silence_ms} for Whisper)",
+    )
+    serve.add_argument(
+        "--beam-size", type=_beam_size, default=None,
+        help="beam width of the search that decodes each final, 1 for greedy (default: the model's, "
+             f"{MODELS['moonshine-base-en'].final_beam_size} for Moonshine, {MODELS['whisper-base'].final_beam_size} for Whisper)",
     )
     serve.add_argument(
         "--max-utterance", type=_positive_float, default=vad.max_utterance_s,
@@ -253,6 +265,10 @@ def _server_config(args: argparse.Namespace) -> ServerConfig:
         room_contexts = load_context_file(args.context_file) if args.context_file else {}
     except OSError as error:
         raise ValueError(f"cannot read --context-file: {error}") from None
+    spec = MODELS[args.model]
+    beam_size = spec.final_beam_size if args.beam_size is None else args.beam_size
+    if beam_size > 1 and spec.family != "whisper":
+        raise ValueError(f"--beam-size: {args.model} decodes greedily (its beam search is for context terms); only Whisper models take a beam")
     return ServerConfig(
         room_contexts=room_contexts,
         room_languages=parse_room_languages(args.room_languages),
@@ -262,9 +278,10 @@ def _server_config(args: argparse.Namespace) -> ServerConfig:
         runtime=RuntimeOptions(device=args.device, intra_op_threads=args.threads),
         workers=args.workers,
         session=SessionConfig(
-            vad=replace(VadConfig(), end_silence_ms=MODELS[args.model].end_silence_ms if args.end_silence is None else args.end_silence, max_utterance_s=args.max_utterance,
+            vad=replace(VadConfig(), end_silence_ms=spec.end_silence_ms if args.end_silence is None else args.end_silence, max_utterance_s=args.max_utterance,
                         aggressiveness=args.vad_aggressiveness),
             partial_interval_s=args.partial_interval,
+            final_beam_size=beam_size,
         ),
         data_dir=args.data_dir,
         resume_grace_s=args.resume_grace,

@@ -101,6 +101,7 @@ class Engine:
                 language=request.language,
                 context=request.context,
                 likely_language=request.likely_language,
+                beam_size=request.beam_size,
             )
         except Exception:
             with self._lock:

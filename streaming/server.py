@@ -282,6 +282,7 @@ class CaptionServer:
             "status": "draining" if self._draining else "ok",
             "model": self.model.name,
             "device": str(getattr(self.model, "device", "cpu")),
+            "final_beam_size": self.config.session.final_beam_size,
             "publishers": len(self.publishers),
             "viewers": self.viewer_count,
             "decode_queue": stats.queued,

@@ -75,6 +75,8 @@ class SessionConfig:
     # The first second or so of an utterance gives the model little to go on: two words are
     # held back while the utterance is younger than this.
     young_utterance_s: float = 1.5
+    # Finals (and early finals) are decoded by a beam search this wide; partials greedily.
+    final_beam_size: int = 1
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,7 @@ class DecodeRequest:
     speaking: bool = True  # the audio ended mid-speech (not in a pause)
     # An early final: the utterance's final if it ends here (see the module notes).
     early_end: int | None = None
+    beam_size: int = 1  # 1: greedy decoding, the draft verified
 
     @property
     def urgent(self) -> bool:
@@ -427,6 +430,7 @@ class Session:
             context_words=len(lead_words),
             speaking=speaking,
             early_end=early_end,
+            beam_size=self.config.final_beam_size if final or early_end is not None else 1,
         )
         self._in_flight = (request, utterance)
         return request

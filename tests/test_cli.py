@@ -153,6 +153,8 @@ def test_serve_refuses_bad_settings_in_one_line():
         (["--device", "gpu"], "device must be"),
         (["--room-languages", "keynote"], "expected ROOM=CODES"),
         (["--room-languages", "keynote=en,xx"], "does not support xx"),  # the model's languages
+        (["--beam-size", "0"], "must be 1 to 16"),
+        (["--beam-size", "4"], "decodes greedily"),  # the default model, Moonshine
     ):
         result = subprocess.run(flashcaption("serve", "--port", str(free_port()), *options), capture_output=True, text=True, timeout=120)
         assert result.returncode == 2 and words in result.stderr and "Traceback" not in result.stderr, result.stderr
