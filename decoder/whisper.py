@@ -388,21 +388,23 @@ class WhisperModel:
     def _beam_search(
         self, features: WhisperFeatures, start: list[int], forced: list[int], budget: int, width: int
     ) -> tuple[list[int], list[float], float] | None:
-        """Beam search after ``start + forced``, as Whisper's reference decoder does it: each
-        step extends every live hypothesis by its ``width + 1`` likeliest tokens and keeps the
-        ``width`` best; it stops once ``width`` hypotheses have ended, and the likeliest wins:
-        the sum of its log-probabilities, end-of-text included. Not the mean per token, as
-        Whisper's reference ranks them: a sentence read twice is as sure of its second copy as
-        of its first, and won on the mean ("Many people don't ... fly. Many peoples don't ...
-        fly."); the sum makes the copy pay for every token, and ending before the speech does
-        pays the end-of-text the model does not expect. None when no hypothesis
-        ended: the search ran into loops (which score well per token: the model is sure of what
-        it repeats) or out of tokens, and greedy decoding, with its loop guard, reads such audio
-        better. Greedy decoding commits to a word on its own score ("Segunda informação", -0.30
-        per token), where the sentence it starts can be far less likely than another ("Segundo
-        informações", -0.18). The live hypotheses are run as one batch; the audio's keys and
-        values are shared by broadcasting, not copied. Ranking by the sum also lets the search
-        stop as soon as no live hypothesis can still win."""
+        """Beam search after ``start + forced``. Greedy decoding commits to a word on its own
+        score ("Segunda informação", -0.30 per token) where the sentence it starts can be far
+        less likely than another ("Segundo informações", -0.18). As Whisper's reference decoder
+        does, each step extends every live hypothesis by its ``width + 1`` likeliest tokens and
+        keeps the ``width`` best, and the search stops once ``width`` hypotheses have ended.
+
+        The likeliest ended hypothesis wins: the sum of its log-probabilities, end-of-text
+        included. Not the mean per token, as the reference ranks them: a sentence read twice is
+        as sure of its second copy as of its first, and won on the mean ("Many people don't ...
+        fly. Many peoples don't ... fly."); the sum makes the copy pay for every token, and
+        ending before the speech does pays the end-of-text the model does not expect. The sum
+        also lets the search drop a hypothesis as soon as it can no longer win.
+
+        None when no hypothesis ended: the search ran into loops (which score well per token:
+        the model is sure of what it repeats) or out of tokens, and greedy decoding, with its
+        loop guard, reads such audio better. The live hypotheses run as one batch; the audio's
+        keys and values are shared by broadcasting, not copied."""
         log_probs, cache = self._run(features, [*start, *forced], None, 0)
         no_speech = self._no_speech(log_probs, start)
         past = {name: value.numpy() for name, value in cache.items()}
