@@ -49,6 +49,44 @@ class Hypothesis:
         return tuple(t for w in self.words for t in w.tokens)
 
 
+@dataclass(frozen=True)
+class DecodeOptions:
+    """What the caller asks of one decode, carried whole from the publisher (protocol) through
+    the session and the engine to the model: a new option is added here, once.
+
+    ``language``: a code the model supports, or None to detect it (among ``candidates`` when
+    they are given). ``likely_language``: when detecting, the language the speaker was last
+    heard in, kept unless the audio rules it out (short audio is easily taken for a language it
+    is not). ``context`` (names, jargon) biases the decoding towards its terms; its text never
+    appears in the result unless it was spoken. ``beam_size`` above 1 asks for a beam search
+    instead of greedy decoding (the draft is then not used)."""
+
+    language: str | None = None
+    candidates: tuple[str, ...] = ()
+    likely_language: str | None = None
+    context: Context | None = None
+    beam_size: int = 1
+
+    @classmethod
+    def asking(
+        cls, spec: str | None, *, likely_language: str | None = None, context: Context | None = None, beam_size: int = 1
+    ) -> "DecodeOptions":
+        """Options for a language as publishers and sessions spell it: a code, "auto" or None
+        (detect), or candidates to detect among ("en,zh")."""
+        if spec is None or spec == "auto":
+            language, candidates = None, ()
+        elif "," in spec:
+            language, candidates = None, tuple(spec.split(","))
+        else:
+            language, candidates = spec, ()
+        return cls(language, candidates, likely_language, context, beam_size)
+
+    @property
+    def detects(self) -> bool:
+        """The language is to be detected rather than given."""
+        return self.language is None
+
+
 def join_words(words: Sequence[Word]) -> str:
     """Text of a word sequence; a prefix of words always gives a prefix of the text."""
     return "".join(w.text for w in words).lstrip()
@@ -72,27 +110,16 @@ class SpeechModel(Protocol):
         ...
 
     def decode(
-        self,
-        features: Features,
-        prefix: Sequence[Word] = (),
-        draft: Sequence[Word] = (),
-        language: str | None = None,
-        context: Context | None = None,
-        likely_language: str | None = None,
+        self, features: Features, prefix: Sequence[Word] = (), draft: Sequence[Word] = (), options: DecodeOptions = DecodeOptions()
     ) -> Hypothesis:
         """Decode text. ``prefix`` words are forced as they are (already shown as stable), and
         the result begins with them exactly: a token the model adds after them (the comma after
         "Cristo") starts a word of its own, so the words shown as stable stay the same words.
         ``draft`` words are a guess at what follows (an earlier hypothesis): they are checked in
         one pass and kept only as far as the model's own greedy choice agrees, so the result
-        is what plain greedy decoding would give, for a fraction of the steps. ``language``: a
-        code, None or "auto" (detect it), or candidates to detect among ("en,zh").
-        ``likely_language``: when detecting, the language the speaker was last heard in, kept
-        unless the audio rules it out (short audio is easily taken for a language it is not).
-        ``context`` (names, jargon) biases the decoding towards its terms; its text never
-        appears in the result unless it was spoken. ``beam_size`` above 1 asks for a beam
-        search instead of greedy decoding (the draft is then not used); a family without one
-        raises ValueError."""
+        is what plain greedy decoding would give, for a fraction of the steps. ``options``: see
+        :class:`DecodeOptions`; a family that cannot do what they ask (a language it lacks, a
+        beam it has no search for) raises ValueError."""
         ...
 
 
@@ -101,17 +128,11 @@ def transcribe(
     audio: np.ndarray,
     prefix: Sequence[Word] = (),
     draft: Sequence[Word] = (),
-    language: str | None = None,
-    context: Context | None = None,
-    likely_language: str | None = None,
-    beam_size: int = 1,
+    options: DecodeOptions = DecodeOptions(),
 ) -> Hypothesis:
     """Encode then decode one stretch of audio; the usual entry point."""
     started = time.perf_counter()
-    features = model.encode(audio)
-    hyp = model.decode(
-        features, prefix=prefix, draft=draft, language=language, context=context, likely_language=likely_language, beam_size=beam_size
-    )
+    hyp = model.decode(model.encode(audio), prefix, draft, options)
     return replace(hyp, compute_seconds=time.perf_counter() - started)
 
 

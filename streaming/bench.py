@@ -320,7 +320,7 @@ async def run_streams(url: str, clips: list[Clip], streams: int, speed: float | 
 
 def offline_texts(clips: list[Clip], model_name: str, device: str, beam_size: int = 1) -> dict[str, str]:
     """Each whole clip decoded in one go, with the beam the server's finals use."""
-    from decoder.api import transcribe
+    from decoder.api import DecodeOptions, transcribe
     from decoder.models import load_model
     from decoder.runtime import RuntimeOptions
 
@@ -332,7 +332,7 @@ def offline_texts(clips: list[Clip], model_name: str, device: str, beam_size: in
         audio, _, rate = clip.audio()
         if rate != 16000:
             audio = soxr.resample(audio, rate, 16000)
-        texts[clip.id] = transcribe(model, audio, beam_size=beam_size).text
+        texts[clip.id] = transcribe(model, audio, options=DecodeOptions(beam_size=beam_size)).text
     return texts
 
 

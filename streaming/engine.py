@@ -93,16 +93,7 @@ class Engine:
         try:
             if self.delay_s:
                 time.sleep(self.delay_s)  # testing aid (--decode-delay): a slower model
-            hypothesis = transcribe(
-                model,
-                request.audio,
-                prefix=request.prefix,
-                draft=request.draft,
-                language=request.language,
-                context=request.context,
-                likely_language=request.likely_language,
-                beam_size=request.beam_size,
-            )
+            hypothesis = transcribe(model, request.audio, request.prefix, request.draft, request.options)
         except Exception:
             with self._lock:
                 self.stats.failures += 1

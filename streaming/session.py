@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from decoder.api import SAMPLE_RATE, Hypothesis, Word, join_words
+from decoder.api import SAMPLE_RATE, DecodeOptions, Hypothesis, Word, join_words
 from decoder.context import Context
 from streaming.scoring import normalize
 from streaming.stabilizer import Stabilizer
@@ -87,14 +87,11 @@ class DecodeRequest:
     prefix: tuple[Word, ...]  # forced words: context words first, then confirmed words
     draft: tuple[Word, ...]  # likely continuation, verified by the model (see SpeechModel.decode)
     final: bool
-    language: str | None
-    context: Context | None  # the session's names and terms, for biasing
-    likely_language: str | None = None  # when detecting: kept unless the audio rules it out
+    options: DecodeOptions  # language, context and beam, as the model takes them
     context_words: int = 0  # leading words of ``prefix`` (and of the result) that are context
     speaking: bool = True  # the audio ended mid-speech (not in a pause)
     # An early final: the utterance's final if it ends here (see the module notes).
     early_end: int | None = None
-    beam_size: int = 1  # 1: greedy decoding, the draft verified
 
     @property
     def urgent(self) -> bool:
@@ -149,7 +146,7 @@ class _Utterance:
     # The early final: where it supposed the utterance ends, and its words once decoded.
     early_end: int | None = None
     early_words: tuple[Word, ...] | None = None
-    early_language: tuple[str | None, str] | None = None  # (asked for, detected)
+    early_language: tuple[bool, str] | None = None  # (was it detected, the language)
 
     @property
     def reported_language(self) -> str:
@@ -282,7 +279,7 @@ class Session:
                 utterance.early_end = None  # asked again: as the final, or early if still open
                 return
         if hypothesis.language and _automatic(utterance.asked):
-            detected = _automatic(request.language)
+            detected = request.options.detects
             agreed = detected and hypothesis.language == utterance.detection
             utterance.detected = hypothesis.language
             if detected:
@@ -293,9 +290,9 @@ class Session:
             # mid-sentence; the final is the whole utterance's own detection. An early final
             # counts only if it becomes the final: the speaker may be pausing after a word.
             if final:
-                self._fix_language(utterance, request.language, hypothesis.language)
+                self._fix_language(utterance, detected, hypothesis.language)
             elif request.early_end is not None:
-                utterance.early_language = (request.language, hypothesis.language)
+                utterance.early_language = (detected, hypothesis.language)
             elif agreed and _automatic(utterance.language) and len(request.audio) >= self.config.language_lock_s * SAMPLE_RATE:
                 utterance.language = hypothesis.language
         if final:
@@ -424,23 +421,25 @@ class Session:
             prefix=lead_words + prefix,
             draft=draft,
             final=final,
-            language=language,
-            context=self.context,
-            likely_language=likely,
+            options=DecodeOptions.asking(
+                language,
+                likely_language=likely,
+                context=self.context,
+                beam_size=self.config.final_beam_size if final or early_end is not None else 1,
+            ),
             context_words=len(lead_words),
             speaking=speaking,
             early_end=early_end,
-            beam_size=self.config.final_beam_size if final or early_end is not None else 1,
         )
         self._in_flight = (request, utterance)
         return request
 
-    def _fix_language(self, utterance: _Utterance, asked: str | None, detected: str) -> None:
-        """The utterance keeps ``detected``; if it was detected (not asked for by name), it is
+    def _fix_language(self, utterance: _Utterance, was_detected: bool, language: str) -> None:
+        """The utterance keeps ``language``; if it was detected (not asked for by name), it is
         also the likely language of the next short utterances."""
-        utterance.language = detected
-        if asked is not None and _automatic(asked):
-            self._last_language = detected
+        utterance.language = language
+        if was_detected:
+            self._last_language = language
 
     def _take_in_flight(self, request_id: int) -> tuple[DecodeRequest, _Utterance]:
         if self._in_flight is None or self._in_flight[0].id != request_id:

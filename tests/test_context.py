@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from decoder.api import transcribe
+from decoder.api import DecodeOptions, transcribe
 from decoder.context import (
     MAX_TERMS,
     ContextError,
@@ -123,7 +123,7 @@ def test_context_file_forms(tmp_path):
 def test_a_name_comes_out_spelled_as_the_context_says(model):
     plain = transcribe(model, HESTER.audio).text
     assert "Prynne" not in plain, f"the model alone already spells it right: {plain!r}"
-    steered = transcribe(model, HESTER.audio, context=parse_context({"terms": ["Hester Prynne", *DISTRACTORS]})).text
+    steered = transcribe(model, HESTER.audio, options=DecodeOptions(context=parse_context({"terms": ["Hester Prynne", *DISTRACTORS]}))).text
     assert "Hester Prynne" in steered, steered
     # Only the name changed: the rest reads as without context.
     assert said("less with hope than apprehension", steered)
@@ -132,10 +132,10 @@ def test_a_name_comes_out_spelled_as_the_context_says(model):
 def test_context_never_appears_where_nobody_said_it(model):
     context = parse_context({"terms": DISTRACTORS + ["Hester Prynne", "Sintra", "Lord Byron"], "text": "Keynote by Ada"})
     for name, make in NON_SPEECH.items():
-        heard = transcribe(model, make()[: 16000 * 8], context=context).text
+        heard = transcribe(model, make()[: 16000 * 8], options=DecodeOptions(context=context)).text
         assert heard == "", f"{name}: {heard!r}"
     for clip in (CLIPS["en_ls_1995-1837-0001"], CLIPS["en_jfk_inaugural"], CLIPS["en_arctic_a0024"]):
-        heard = transcribe(model, clip.audio, context=context).text
+        heard = transcribe(model, clip.audio, options=DecodeOptions(context=context)).text
         for term in context.terms:
             assert not said(term.text, heard), f"{term.text!r} invented in {clip.id}: {heard!r}"
         assert "Keynote" not in heard and "Ada" not in heard
@@ -147,7 +147,7 @@ def test_unrelated_terms_do_not_change_what_is_heard(model):
     context = parse_context({"terms": DISTRACTORS})
     for clip in (CLIPS["en_ls_1995-1837-0001"], CLIPS["en_fleurs_test_004"], CLIPS["en_librivox_sns01_0880"]):
         plain = error_counts(clip.reference, transcribe(model, clip.audio).text)[0]
-        biased = error_counts(clip.reference, transcribe(model, clip.audio, context=context).text)[0]
+        biased = error_counts(clip.reference, transcribe(model, clip.audio, options=DecodeOptions(context=context)).text)[0]
         assert biased <= plain, clip.id
 
 

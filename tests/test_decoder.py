@@ -6,7 +6,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from decoder.api import SAMPLE_RATE, DecodeLimits, Word, repeated_phrase_start, repetition_start, transcribe
+from decoder.api import SAMPLE_RATE, DecodeLimits, DecodeOptions, Word, repeated_phrase_start, repetition_start, transcribe
 from decoder.models import MODELS
 from decoder.moonshine import MoonshineModel
 from streaming.scoring import error_rate
@@ -37,11 +37,11 @@ def check_forced_word_before_punctuation(model, clip) -> None:
     """Partials force the words they confirmed; the model may follow the last one with
     punctuation ("life" then "."). That token must not merge into the forced word: the word
     would no longer equal the confirmed one, and the partial showed it twice ("life life.")."""
-    free = transcribe(model, clip.audio, language=clip.language)
+    free = transcribe(model, clip.audio, options=DecodeOptions(language=clip.language))
     at = next(i for i, w in enumerate(free.words[:-1]) if len(w.tokens) > 1 and not model.tokenizer.text(w.tokens[-1:]).strip().isalnum())
     bare = Word(model.tokenizer.text(free.words[at].tokens[:-1]), free.words[at].tokens[:-1])
     prefix = (*free.words[:at], bare)
-    forced = transcribe(model, clip.audio, prefix=prefix, language=clip.language)
+    forced = transcribe(model, clip.audio, prefix=prefix, options=DecodeOptions(language=clip.language))
     assert forced.words[: len(prefix)] == prefix
     assert forced.text == free.text
 

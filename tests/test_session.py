@@ -21,7 +21,7 @@ def run(session: Session, audio: np.ndarray, model, frame: int = FRAME, decode_e
     """Feed audio frame by frame; decode whatever the session asks for right away (with the
     model, or with ``decode(request)`` when given)."""
     events, requests = [], []
-    decode = decode or (lambda request: transcribe(model, request.audio, request.prefix, request.draft))
+    decode = decode or (lambda request: transcribe(model, request.audio, request.prefix, request.draft, request.options))
 
     def drain() -> None:
         while (request := session.next_request()) is not None:
@@ -104,8 +104,8 @@ def test_finals_ask_for_the_configured_beam_and_partials_stay_greedy(model):
     clip = CLIPS["en_jfk_inaugural"]
     run(Session(SessionConfig(final_beam_size=5)), with_silence(clip.audio), model)
     requests: list[DecodeRequest] = run.requests
-    assert {r.beam_size for r in requests if r.urgent} == {5}
-    assert {r.beam_size for r in requests if not r.urgent} == {1}
+    assert {r.options.beam_size for r in requests if r.urgent} == {5}
+    assert {r.options.beam_size for r in requests if not r.urgent} == {1}
 
 
 def test_cadence_follows_the_audio_clock_and_one_decode_at_a_time(model):
@@ -150,7 +150,7 @@ def test_flush_finalises_at_once_and_end_finalises_everything(model):
     session.flush()
     request = session.next_request()
     assert request is not None and request.final
-    session.receive_hypothesis(request.id, transcribe(model, request.audio, request.prefix, request.draft))
+    session.receive_hypothesis(request.id, transcribe(model, request.audio, request.prefix, request.draft, request.options))
     (final,) = session.events()
     assert isinstance(final, FinalCaption) and "fellow" in final.text.lower()
     events = run(session, clip.audio[2 * SAMPLE_RATE :], model)
@@ -165,7 +165,7 @@ def test_a_failed_final_decode_still_sends_what_the_last_partial_showed(model):
     for offset in range(0, 4 * SAMPLE_RATE, FRAME):
         session.receive_audio(audio[offset : offset + FRAME])
         while (request := session.next_request()) is not None:
-            session.receive_hypothesis(request.id, transcribe(model, request.audio, request.prefix, request.draft))
+            session.receive_hypothesis(request.id, transcribe(model, request.audio, request.prefix, request.draft, request.options))
             shown += session.events()
     session.end()
     request = session.next_request()
@@ -217,7 +217,7 @@ def test_partials_hold_back_the_word_at_the_edge_while_speech_goes_on(model):
     for offset in range(0, int(2.2 * SAMPLE_RATE), FRAME):  # speech all the way: never settled
         session.receive_audio(clip.audio[offset : offset + FRAME])
         while (request := session.next_request()) is not None:
-            hypothesis = transcribe(model, request.audio, request.prefix, request.draft)
+            hypothesis = transcribe(model, request.audio, request.prefix, request.draft, request.options)
             session.receive_hypothesis(request.id, hypothesis)
             hypotheses.append(hypothesis.text)
             shown += session.events()
@@ -242,7 +242,7 @@ def test_the_final_is_decoded_in_the_pause_and_sent_when_the_silence_confirms_it
             assert not request.final  # the end is never waited for: its final is decoded already
             if request.early_end is not None:
                 early = (request, session.received_seconds)
-            session.receive_hypothesis(request.id, transcribe(model, request.audio, request.prefix, request.draft))
+            session.receive_hypothesis(request.id, transcribe(model, request.audio, request.prefix, request.draft, request.options))
             events += session.events()
     request, asked_at = early
     (final,) = [e for e in events if isinstance(e, FinalCaption)]
@@ -296,10 +296,10 @@ def test_a_final_that_hears_only_the_lead_in_is_decoded_again_without_it(model):
                 again = session.next_request()
                 assert again.segment_key == request.segment_key and again.urgent and again.context_words == 0
                 request = again
-            session.receive_hypothesis(request.id, transcribe(model, request.audio, request.prefix, request.draft))
+            session.receive_hypothesis(request.id, transcribe(model, request.audio, request.prefix, request.draft, request.options))
     session.end()
     while (request := session.next_request()) is not None:
-        session.receive_hypothesis(request.id, transcribe(model, request.audio, request.prefix, request.draft))
+        session.receive_hypothesis(request.id, transcribe(model, request.audio, request.prefix, request.draft, request.options))
     assert answered_lead_only is not None
     finals = [e.text for e in session.events() if isinstance(e, FinalCaption)]
     assert len(finals) >= 2 and all(finals)
@@ -338,7 +338,7 @@ def test_an_early_final_fixes_the_language_only_if_it_becomes_the_final(model):
 
         def decode(request: DecodeRequest) -> Hypothesis:
             nonlocal earlies
-            heard = transcribe(model, request.audio, request.prefix, request.draft)
+            heard = transcribe(model, request.audio, request.prefix, request.draft, request.options)
             if request.early_end is None:
                 return replace(heard, language="en")
             earlies += 1

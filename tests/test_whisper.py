@@ -13,7 +13,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from decoder.api import SAMPLE_RATE, transcribe
+from decoder.api import SAMPLE_RATE, DecodeOptions, transcribe
 from decoder.context import parse_context
 from decoder.models import MODELS, install, load_model
 from decoder.runtime import RuntimeOptions
@@ -149,7 +149,7 @@ def test_greedy_transcripts_equal_ctranslate2(whisper, reference):
             )
             segments = list(segments)
             expected = "".join(s.text for s in segments).strip()
-            ours = transcribe(whisper, clip.audio, language=clip.language).text.strip()
+            ours = transcribe(whisper, clip.audio, options=DecodeOptions(language=clip.language)).text.strip()
             equal += ours == expected
             tokens = [t for s in segments for t in s.tokens if t < whisper.tokenizer.eot]
             start = [whisper.tokenizer.sot, whisper.tokenizer.languages[clip.language], whisper.tokenizer.transcribe, whisper.tokenizer.no_timestamps]
@@ -172,8 +172,8 @@ def test_beam_search_reads_the_likelier_sentence_where_greedy_commits_to_a_word(
     clip = CLIPS["pt_fleurs_test_000"]
     audio = clip.audio[int(0.22 * SAMPLE_RATE) : int(4.32 * SAMPLE_RATE)]  # its first sentence
     spoken = " ".join(clip.reference.split()[:9])  # segundo informações ele estava na casa dos 20 anos
-    greedy = transcribe(whisper, audio, language="pt")
-    beam = transcribe(whisper, audio, language="pt", beam_size=5)
+    greedy = transcribe(whisper, audio, options=DecodeOptions(language="pt"))
+    beam = transcribe(whisper, audio, options=DecodeOptions(language="pt", beam_size=5))
     assert error_counts(spoken, beam.text, "pt")[0] < error_counts(spoken, greedy.text, "pt")[0], (greedy.text, beam.text)
 
 
@@ -185,9 +185,9 @@ def test_a_beam_search_that_never_ends_gives_way_to_greedy_decoding(whisper):
     whisper.limits = replace(limits, min_tokens=4, max_tokens=4)
     try:
         audio = CLIPS["en_ls_1995-1837-0001"].audio
-        greedy = transcribe(whisper, audio, language="en")
+        greedy = transcribe(whisper, audio, options=DecodeOptions(language="en"))
         assert len(greedy.tokens) == 4
-        assert transcribe(whisper, audio, language="en", beam_size=5).words == greedy.words
+        assert transcribe(whisper, audio, options=DecodeOptions(language="en", beam_size=5)).words == greedy.words
     finally:
         whisper.limits = limits
 
@@ -196,7 +196,7 @@ def test_a_beam_search_that_never_ends_gives_way_to_greedy_decoding(whisper):
 def test_language_of_each_clip_is_detected(whisper):
     for clip_id in SPOKEN:
         clip = CLIPS[clip_id]
-        hypothesis = transcribe(whisper, clip.audio, language="auto")
+        hypothesis = transcribe(whisper, clip.audio)
         assert hypothesis.language == clip.language, clip_id
         assert error_counts(clip.reference, hypothesis.text, clip.language)[0] / error_counts(clip.reference, clip.reference, clip.language)[1] < 0.5
 
@@ -205,7 +205,7 @@ def test_candidates_restrict_detection(whisper):
     audio = CLIPS["es_fleurs_test_000"].audio
     language, _ = whisper.detect_language(whisper.encode(audio), ["en", "zh"])
     assert language in ("en", "zh")
-    assert transcribe(whisper, audio, language="es,de").language == "es"
+    assert transcribe(whisper, audio, options=DecodeOptions.asking("es,de")).language == "es"
 
 
 # -- guards ------------------------------------------------------------------------------------
@@ -213,17 +213,17 @@ def test_no_caption_from_silence_noise_or_music(whisper):
     for name, make in NON_SPEECH.items():
         for seconds in (2, 8, 20):  # 20 s of music once scored -1.44 a token
             for beam_size in (1, MODELS["whisper-base"].final_beam_size):  # partials, finals
-                heard = transcribe(whisper, make()[: 16000 * seconds], language="auto", beam_size=beam_size)
+                heard = transcribe(whisper, make()[: 16000 * seconds], options=DecodeOptions(beam_size=beam_size))
                 assert heard.text == "", f"{name} {seconds}s, beam {beam_size}: {heard.text!r}"
 
 
 def test_context_steers_spelling_and_never_shows(whisper):
     prompt = parse_context("Hester Prynne, Reykjavík, Qwen3-ASR")
-    heard = transcribe(whisper, CLIPS["en_ls_1221-135766-0002f"].audio, language="en", context=prompt).text
+    heard = transcribe(whisper, CLIPS["en_ls_1221-135766-0002f"].audio, options=DecodeOptions(language="en", context=prompt)).text
     assert "Hester Prynne" in heard, heard
     for name, make in NON_SPEECH.items():
-        assert transcribe(whisper, make()[: 16000 * 5], language="en", context=prompt).text == "", name
-    heard = transcribe(whisper, CLIPS["en_arctic_a0024"].audio, language="en", context=prompt).text
+        assert transcribe(whisper, make()[: 16000 * 5], options=DecodeOptions(language="en", context=prompt)).text == "", name
+    heard = transcribe(whisper, CLIPS["en_arctic_a0024"].audio, options=DecodeOptions(language="en", context=prompt)).text
     assert not any(term in heard for term in ("Prynne", "Reykjav", "Qwen")), heard
 
 
@@ -312,13 +312,7 @@ def _finals_with_detection(whisper, audio: np.ndarray) -> list[FinalCaption]:
     spec = MODELS["whisper-base"]
     session = Session(SessionConfig(vad=VadConfig(end_silence_ms=spec.end_silence_ms), final_beam_size=spec.final_beam_size), language="auto")
 
-    def decode(request):
-        return transcribe(
-            whisper, request.audio, request.prefix, request.draft,
-            language=request.language, likely_language=request.likely_language, beam_size=request.beam_size,
-        )
-
-    return [e for e in run(session, audio, whisper, decode=decode) if isinstance(e, FinalCaption)]
+    return [e for e in run(session, audio, whisper) if isinstance(e, FinalCaption)]
 
 
 def test_server_detects_and_reports_the_language(whisper, tmp_path):
