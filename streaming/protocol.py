@@ -1,7 +1,8 @@
-"""Wire protocol v1: the only place that knows JSON field names and query parameters.
+"""Wire protocol v1, client to server: query parameters and control messages.
 
 Parsing returns small typed records or raises :class:`ProtocolError`, whose ``code`` is one of
-the protocol's error codes. See docs/protocol.md.
+the protocol's error codes. What the server sends is :mod:`streaming.events`'. See
+docs/protocol.md.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from typing import Any, Mapping
 from urllib.parse import parse_qs, urlsplit
 
 from decoder.context import Context, ContextError, parse_context
-from streaming.session import FinalCaption, PartialCaption
 
 VERSION = 1
 ENCODINGS = {"pcm_s16le": 2, "pcm_f32le": 4}  # bytes per sample
@@ -199,36 +199,3 @@ def parse_client_message(text: str) -> ClientMessage:
     if kind == "end":
         return EndMessage()
     raise ProtocolError("bad_request", f"unknown message type {kind!r} (expected config, flush or end)")
-
-
-# -- server -> client -----------------------------------------------------------------------
-def ready(session: str, room: str, model: str, language: str, sample_rate: int | None = None) -> dict:
-    message = {"type": "ready", "session": session, "room": room, "model": model, "language": language}
-    if sample_rate is not None:
-        message["sample_rate"] = sample_rate
-    return message
-
-
-def caption(event: PartialCaption | FinalCaption, room: str, session: str, speaker: str) -> dict:
-    """A caption event as sent to the publisher and the room's viewers (``seq`` is added to
-    finals by the room)."""
-    message: dict[str, Any] = {
-        "type": "partial" if isinstance(event, PartialCaption) else "final",
-        "room": room,
-        "session": session,
-        "speaker": speaker,
-        "segment": event.segment,
-        "text": event.text,
-    }
-    if isinstance(event, PartialCaption):
-        message["stable"] = event.stable
-    message.update(start=round(event.start, 3), end=round(event.end, 3), language=event.language)
-    return message
-
-
-def error(code: str, message: str) -> dict:
-    return {"type": "error", "code": code, "message": message}
-
-
-def encode(message: Mapping[str, Any]) -> str:
-    return json.dumps(message, ensure_ascii=False, separators=(",", ":"))

@@ -1,9 +1,14 @@
-"""Rooms: seq numbers for finals, the journal, fan-out to viewers through bounded queues.
+"""The room registry: rooms with their seq numbers, viewers and history (the journal), and
+the publishers' sessions, live or parked for resumption. No HTTP, no sockets.
 
 A final gets its ``seq`` and is written to the journal before any viewer or publisher is sent
 it; ``seq`` continues from the journal after a restart. A slow viewer never slows its room:
 each has a bounded queue, and a viewer whose queue is full is dropped (it reconnects with
 ``since`` and loses nothing, since the journal holds every final).
+
+A session has at most one live publisher. One whose connection dropped is parked until its
+grace period ends, and may be resumed by one new connection meanwhile; a resume of a session
+that is still live is refused.
 """
 
 from __future__ import annotations
@@ -11,21 +16,24 @@ from __future__ import annotations
 import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Generic, Iterator, Protocol, TypeVar
 
-from streaming.journal import Journal, as_caption
+from streaming.events import Caption, Final, to_wire
+from streaming.journal import Journal
+from streaming.protocol import ProtocolError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class Viewer:
     def __init__(self, max_queue: int):
-        self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=max_queue)
+        self.queue: asyncio.Queue[Caption] = asyncio.Queue(maxsize=max_queue)
         self.dropped = False
         self.on_drop: Callable[[], object] | None = None  # set by the server: close the socket
 
-    def offer(self, message: dict[str, Any]) -> bool:
+    def offer(self, message: Caption) -> bool:
         if self.dropped:
             return False
         try:
@@ -48,7 +56,7 @@ class Room:
     # every viewer sees finals in seq order and none twice or never.
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
-    def fan_out(self, message: dict[str, Any]) -> None:
+    def fan_out(self, message: Caption) -> None:
         for viewer in list(self.viewers):
             if not viewer.offer(message):
                 self.viewers.discard(viewer)
@@ -66,7 +74,7 @@ class Rooms:
         self._rooms: dict[str, Room] = {}  # in order of last use
         self._journal_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
 
-    async def _in_journal(self, function, *args):
+    async def _in_journal(self, function: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._journal_thread, function, *args)
 
     async def get(self, name: str) -> Room:
@@ -81,29 +89,26 @@ class Rooms:
         self._rooms[name] = room
         return room
 
-    def publish_partial(self, room: Room, message: dict[str, Any]) -> None:
-        room.fan_out(message)
-
-    async def publish_final(self, room: Room, message: dict[str, Any], wall_start: float, wall_end: float) -> dict[str, Any]:
+    async def publish_final(self, room: Room, final: Final, wall_start: float, wall_end: float) -> Final:
         """Number the final, write it to the journal, then fan it out; returns it with its seq."""
         async with room.lock:
-            message = {**message, "seq": room.next_seq, "wall_start": round(wall_start, 3)}
+            message = replace(final, seq=room.next_seq, wall_start=round(wall_start, 3))
             try:
-                await self._in_journal(self.journal.append, message, wall_start, wall_end)
+                await self._in_journal(self.journal.append, to_wire(message), wall_start, wall_end)
             except Exception:
                 # Live captions go on even if the disk fails; the operator must hear of it.
-                log.exception("could not journal final %d", message["seq"], extra={"room": room.name})
+                log.exception("could not journal final %d", room.next_seq, extra={"room": room.name})
             room.next_seq += 1
             room.fan_out(message)
         return message
 
-    async def join_viewer(self, name: str, since: int | None) -> tuple[Viewer, list[dict[str, Any]], int]:
+    async def join_viewer(self, name: str, since: int | None) -> tuple[Viewer, list[Final], int]:
         """Register a viewer; returns it, the finals after ``since`` to send first, and the room's
         last seq (so a viewer that came without ``since`` knows where to resume from)."""
         room = await self.get(name)
         viewer = Viewer(self.viewer_queue)
         async with room.lock:
-            backlog = [] if since is None else [as_caption(r) for r in await self._in_journal(self.journal.finals, name, since)]
+            backlog = [] if since is None else [Final.from_row(r) for r in await self._in_journal(self.journal.finals, name, since)]
             room.viewers.add(viewer)
             last_seq = room.next_seq - 1
         return viewer, backlog, last_seq
@@ -147,5 +152,85 @@ class Rooms:
         self._journal_thread.shutdown(wait=True)
         self.journal.close()
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Room]:
         return iter(self._rooms.values())
+
+
+class _Publisher(Protocol):
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def room(self) -> Room: ...
+
+
+P = TypeVar("P", bound=_Publisher)
+
+
+class Publishers(Generic[P]):
+    """Every session with a publisher: live (connected, or finishing what it heard) or parked
+    (its connection dropped; resumable until a deadline). A room counts its sessions from
+    :meth:`join` until :meth:`leave` or expiry. Deadlines are on the caller's clock (the server
+    uses ``time.monotonic()``) and are enforced by calling :meth:`expire`."""
+
+    def __init__(self) -> None:
+        self.live: dict[str, P] = {}
+        self._parked: dict[str, tuple[P, float]] = {}
+
+    def join(self, publisher: P) -> None:
+        """A new (or revived) session, live."""
+        if publisher.id in self.live or publisher.id in self._parked:
+            raise ProtocolError("bad_request", f"session {publisher.id} exists already")
+        self.live[publisher.id] = publisher
+        publisher.room.publishers += 1
+
+    def resume(self, session: str, room: str | None) -> P | None:
+        """The parked session, live again; None if none is parked (the caller may revive it
+        from the journal). A session that is live is not taken over: refused."""
+        if session in self.live:
+            raise ProtocolError(
+                "bad_request", f"session {session} is still live on another connection; end that one first, or resume after it drops"
+            )
+        parked = self._parked.get(session)
+        if parked is None:
+            return None
+        publisher = parked[0]
+        if room is not None and room != publisher.room.name:
+            raise ProtocolError("bad_request", f"session {session} belongs to room {publisher.room.name}, not {room}")
+        del self._parked[session]
+        self.live[session] = publisher
+        return publisher
+
+    def park(self, publisher: P, deadline: float) -> None:
+        """The connection dropped and what it sent is captioned: resumable until ``deadline``."""
+        del self.live[publisher.id]
+        self._parked[publisher.id] = (publisher, deadline)
+
+    def leave(self, publisher: P) -> None:
+        """The session ended."""
+        del self.live[publisher.id]
+        publisher.room.publishers -= 1
+
+    def expire(self, now: float) -> list[P]:
+        """Parked sessions whose deadline passed, forgotten (their rooms no longer count them)."""
+        due = [publisher for publisher, deadline in self._parked.values() if deadline <= now]
+        for publisher in due:
+            del self._parked[publisher.id]
+            publisher.room.publishers -= 1
+        return due
+
+    def parked_room(self, session: str) -> str | None:
+        parked = self._parked.get(session)
+        return parked[0].room.name if parked else None
+
+    @property
+    def parked_count(self) -> int:
+        return len(self._parked)
+
+    def clear_parked(self) -> list[P]:
+        """Shutdown: every parked session, forgotten (a restart may still revive them)."""
+        parked = [publisher for publisher, _ in self._parked.values()]
+        for publisher in parked:
+            publisher.room.publishers -= 1
+        self._parked.clear()
+        return parked

@@ -59,8 +59,8 @@ def guarded(model, tmp_path_factory):
 
 
 def test_auto_is_off_on_loopback_and_on_elsewhere(model, tmp_path):
-    assert not CaptionServer(ServerConfig(host="127.0.0.1", data_dir=tmp_path), model).auth
-    assert CaptionServer(ServerConfig(host="0.0.0.0", data_dir=tmp_path), model).auth
+    assert not CaptionServer(ServerConfig(host="127.0.0.1", data_dir=tmp_path), model).access.required
+    assert CaptionServer(ServerConfig(host="0.0.0.0", data_dir=tmp_path), model).access.required
     assert (tmp_path / "secret").stat().st_mode & 0o777 == 0o600  # made on first use, private
 
 

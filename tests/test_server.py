@@ -15,6 +15,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
+from streaming.events import Final
 from streaming.journal import Journal
 from streaming.rooms import Rooms, Viewer
 from streaming.scoring import error_rate
@@ -240,15 +241,14 @@ def test_a_slow_viewer_is_dropped_and_the_room_goes_on(tmp_path):
         for i in range(10):
             await rooms.publish_final(room, _final("r", str(i)), 0.0, 1.0)
         assert dropped == [True] and slow not in room.viewers and fast in room.viewers
-        assert [fast.queue.get_nowait()["seq"] for _ in range(10)] == list(range(1, 11))
+        assert [fast.queue.get_nowait().seq for _ in range(10)] == list(range(1, 11))
         rooms.close()
 
     asyncio.run(scenario())
 
 
-def _final(room: str, text: str) -> dict:
-    return {"type": "final", "room": room, "session": "s", "speaker": "", "segment": 0, "text": text,
-            "start": 0.0, "end": 1.0, "language": "en"}
+def _final(room: str, text: str) -> Final:
+    return Final(room=room, session="s", speaker="", segment=0, text=text, start=0.0, end=1.0, language="en")
 
 
 def test_rooms_are_bounded_and_occupied_rooms_are_never_forgotten(tmp_path):

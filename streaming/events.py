@@ -1,0 +1,118 @@
+"""What the server sends: typed events, and the one place that turns them into JSON.
+
+Parsing what clients send is :mod:`streaming.protocol`'s; a session's own caption events
+(:class:`streaming.session.PartialCaption`, :class:`~streaming.session.FinalCaption`) become
+:class:`Partial` and :class:`Final` here, with the room, session and speaker they belong to.
+A new event is a dataclass here plus its field names in :func:`to_wire`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from streaming.session import FinalCaption, PartialCaption
+
+
+@dataclass(frozen=True)
+class Ready:
+    """The first message of every connection: who it is and what it is served with."""
+
+    session: str
+    room: str
+    model: str
+    language: str
+    sample_rate: int | None = None  # publishers: the rate their audio is read at
+    seq: int | None = None  # viewers: the room's last seq when they joined
+
+
+@dataclass(frozen=True)
+class Partial:
+    room: str
+    session: str
+    speaker: str
+    segment: int
+    text: str
+    stable: int  # leading characters of ``text`` that later partials keep
+    start: float
+    end: float
+    language: str
+
+
+@dataclass(frozen=True)
+class Final:
+    room: str
+    session: str
+    speaker: str
+    segment: int
+    text: str
+    start: float
+    end: float
+    language: str
+    seq: int | None = None  # given by the room when it is journaled
+    wall_start: float | None = None  # Unix time of ``start``
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> "Final":
+        """A journal row (see :mod:`streaming.journal`) as the final it was."""
+        return cls(
+            room=row["room"], session=row["session"], speaker=row["speaker"], segment=row["segment"], text=row["text"],
+            start=row["start"], end=row["end"], language=row["language"], seq=row["seq"],
+            wall_start=round(row["wall_start"], 3),
+        )
+
+
+@dataclass(frozen=True)
+class ErrorEvent:
+    code: str  # one of streaming.protocol.CLOSE_CODES
+    message: str
+
+
+Event = Ready | Partial | Final | ErrorEvent
+Caption = Partial | Final
+
+
+def caption(event: PartialCaption | FinalCaption, room: str, session: str, speaker: str) -> Caption:
+    """A session's caption event as the room and its viewers see it (times to the millisecond)."""
+    start, end = round(event.start, 3), round(event.end, 3)
+    if isinstance(event, PartialCaption):
+        return Partial(room, session, speaker, event.segment, event.text, event.stable, start, end, event.language)
+    return Final(room, session, speaker, event.segment, event.text, start, end, event.language)
+
+
+def to_wire(event: Event) -> dict[str, Any]:
+    """The event as protocol v1's JSON object (docs/protocol.md); fields left None are omitted."""
+    if isinstance(event, Ready):
+        message: dict[str, Any] = {
+            "type": "ready", "session": event.session, "room": event.room, "model": event.model, "language": event.language,
+        }
+        if event.sample_rate is not None:
+            message["sample_rate"] = event.sample_rate
+        if event.seq is not None:
+            message["seq"] = event.seq
+        return message
+    if isinstance(event, ErrorEvent):
+        return {"type": "error", "code": event.code, "message": event.message}
+    message = {
+        "type": "partial" if isinstance(event, Partial) else "final",
+        "room": event.room,
+        "session": event.session,
+        "speaker": event.speaker,
+        "segment": event.segment,
+        "text": event.text,
+    }
+    if isinstance(event, Partial):
+        message["stable"] = event.stable
+    message.update(start=event.start, end=event.end, language=event.language)
+    if isinstance(event, Final):
+        if event.seq is not None:
+            message["seq"] = event.seq
+        if event.wall_start is not None:
+            message["wall_start"] = event.wall_start
+    return message
+
+
+def encode(event: Event) -> str:
+    """The event as one compact JSON text message."""
+    return json.dumps(to_wire(event), ensure_ascii=False, separators=(",", ":"))

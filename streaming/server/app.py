@@ -1,0 +1,194 @@
+"""The server's shell: what it holds, start and stop, and which handler gets a connection.
+
+:class:`CaptionServer` owns the engine, the room registry, the access policy and the metrics,
+and hands each request to the module for its path: HTTP to :mod:`streaming.server.http`,
+``/v1/publish`` to :mod:`streaming.server.publish`, ``/v1/captions`` to
+:mod:`streaming.server.view`. Tasks it starts in the background are kept until they finish,
+and their failures are logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import ssl
+import time
+from typing import Any, Coroutine
+
+import websockets
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.http11 import Request, Response
+
+from decoder.api import SpeechModel
+from streaming import auth
+from streaming.access import AccessPolicy, ConnectionCounter, auth_required
+from streaming.config import ServerConfig
+from streaming.engine import Engine
+from streaming.journal import Journal
+from streaming.metrics import Metrics
+from streaming.protocol import ProtocolError, split_path
+from streaming.room_settings import RoomSettings
+from streaming.rooms import Publishers, Rooms
+from streaming.server import http, publish, view
+from streaming.server.connection import send_error
+
+log = logging.getLogger(__name__)
+
+# Hard cap enforced by websockets itself; our own, clearer limits (1 s of audio, 64 KiB of
+# text) are checked first on anything below it.
+WEBSOCKET_MAX_MESSAGE = 4 * 1024 * 1024
+# How often parked sessions are checked for the end of their grace period.
+EXPIRY_SWEEP_S = 1.0
+
+
+class CaptionServer:
+    def __init__(self, config: ServerConfig, model: SpeechModel, lean_model: SpeechModel | None = None):
+        self.config = config
+        self.model = model
+        self.settings = RoomSettings(model.name, model.languages, config.room_languages, config.room_contexts)
+        self.engine = Engine(
+            model,
+            workers=config.workers,
+            max_queued=config.max_queued_decodes,
+            delay_s=config.decode_delay_s,
+            lean_model=lean_model,
+            max_wait_s=config.max_decode_wait_s,
+        )
+        self.rooms = Rooms(Journal(config.data_dir / "journal.sqlite3"), config.viewer_queue)
+        self.sessions: Publishers[publish.Publisher] = Publishers()
+        self.metrics = Metrics()
+        required = auth_required(config.auth, config.host)
+        self.access = AccessPolicy(required, auth.load_secret(config.data_dir, config.secret_file) if required else b"", config.public_rooms)
+        self.connections = ConnectionCounter(config.max_connections_per_ip)
+        self.viewer_count = 0
+        self.draining = False
+        self._server: Server | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    @property
+    def publishers(self) -> dict[str, publish.Publisher]:
+        """Live publishers by session id."""
+        return self.sessions.live
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    async def start(self) -> int:
+        """Start listening; returns the port (useful with port 0)."""
+        tls = None
+        if self.config.certfile:
+            tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            tls.load_cert_chain(self.config.certfile, self.config.keyfile)
+        self._server = await serve(
+            self._route,
+            self.config.host,
+            self.config.port,
+            process_request=self._http,
+            max_size=WEBSOCKET_MAX_MESSAGE,
+            server_header="FlashCaption",
+            ssl=tls,
+            # Non-browser clients send no Origin and are always let in.
+            origins=[*self.config.allow_origins, None] if self.config.allow_origins else None,
+        )
+        port = next(iter(self._server.sockets)).getsockname()[1]
+        log.info(
+            "access control %s%s", "on" if self.access.required else "off",
+            " (auto: not loopback)" if self.config.auth == "auto" and self.access.required
+            else " (auto: loopback only)" if self.config.auth == "auto" else "",
+        )
+        self.spawn(self._expire_parked(), "expire parked sessions")
+        if self.config.retain_days is not None:
+            self.spawn(self._expire_finals(), "retention")
+        scheme = "wss" if tls else "ws"
+        log.info("listening on %s://%s:%d (model %s)", scheme, self.config.host, port, self.model.name)
+        return port
+
+    async def shutdown(self) -> None:
+        """Stop taking connections, finalise every open utterance, deliver, then close."""
+        self.draining = True
+        for task in list(self._tasks):
+            task.cancel()
+        self.sessions.clear_parked()  # parked sessions have nothing left to finalise
+        if self._server is not None:
+            self._server.close(close_connections=False)
+        pumps = publish.end_all(list(self.sessions.live.values()))
+        if pumps:
+            _, pending = await asyncio.wait(pumps, timeout=self.config.shutdown_grace_s)
+            if pending:
+                log.warning("shutdown: %d sessions did not finish in time", len(pending))
+        if self._server is not None:
+            for connection in list(self._server.connections):
+                await connection.close(1001, "server shutting down")
+            await self._server.wait_closed()
+        self.engine.close()
+        self.rooms.close()
+        log.info("stopped")
+
+    async def run_until_signal(self) -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await self.start()
+        await stop.wait()
+        log.info("signal received: finalising open utterances")
+        await self.shutdown()
+
+    def spawn(self, coroutine: Coroutine[Any, Any, Any], what: str) -> asyncio.Task[Any]:
+        """Run ``coroutine`` in the background, referenced until it ends; a failure is logged."""
+        task = asyncio.get_running_loop().create_task(coroutine, name=what)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task %r failed", task.get_name(), exc_info=task.exception())
+
+    async def _expire_parked(self) -> None:
+        """Parked sessions whose grace period passed end for good."""
+        while True:
+            await asyncio.sleep(EXPIRY_SWEEP_S)
+            for publisher in self.sessions.expire(time.monotonic()):
+                publisher.session.end()
+                await self.rooms.end_session(publisher.id)
+                log.info("resumable session expired", extra=publisher.log_extra)
+
+    async def _expire_finals(self) -> None:
+        """Retention: every hour, drop finals older than --retain-days."""
+        assert self.config.retain_days is not None
+        while True:
+            cutoff = time.time() - self.config.retain_days * 86400
+            deleted = await self.rooms.expire(cutoff)
+            if deleted:
+                log.info("retention: deleted %d finals older than %g days", deleted, self.config.retain_days)
+            await asyncio.sleep(3600)
+
+    # -- routing -----------------------------------------------------------------------------
+    async def _http(self, connection: ServerConnection, request: Request) -> Response | None:
+        """Every request first: HTTP routes are answered here; None lets a WebSocket upgrade on."""
+        return await http.handle(self, request)
+
+    async def _route(self, connection: ServerConnection) -> None:
+        """A WebSocket connection, from handshake to close, on the handler for its path."""
+        route = ""
+        address = connection.remote_address[0] if connection.remote_address else ""
+        counted = False
+        try:
+            self.connections.acquire(address)
+            counted = True
+            route, query = split_path(connection.request.path if connection.request else "")
+            if route == "/v1/publish":
+                await publish.serve_publisher(self, connection, query)
+            elif route == "/v1/captions":
+                await view.serve_viewer(self, connection, query)
+        except ProtocolError as error:
+            await send_error(connection, error, close=True, metrics=self.metrics)
+        except websockets.ConnectionClosed:
+            pass
+        except Exception:
+            log.exception("internal error on %s", route)
+            await send_error(connection, ProtocolError("internal", "internal server error"), close=True, metrics=self.metrics)
+        finally:
+            if counted:
+                self.connections.release(address)

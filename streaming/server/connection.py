@@ -1,0 +1,40 @@
+"""Small pieces every handler uses: the token a client presented, an error event (and close),
+an HTTP response."""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from typing import Mapping
+
+import websockets
+from websockets.asyncio.server import ServerConnection
+from websockets.datastructures import Headers
+from websockets.http11 import Response
+
+from streaming.access import token_of
+from streaming.events import ErrorEvent, encode
+from streaming.metrics import Metrics
+from streaming.protocol import ProtocolError
+
+
+async def send_error(connection: ServerConnection, error: ProtocolError, close: bool, metrics: Metrics | None = None) -> None:
+    """Tell the client what went wrong; with ``close``, end the connection with the error's code."""
+    if metrics is not None:
+        metrics.errors[error.code] += 1
+    try:
+        await connection.send(encode(ErrorEvent(error.code, error.message)))
+        if close:
+            await connection.close(error.close_code, error.message[:120])
+    except websockets.ConnectionClosed:
+        pass
+
+
+def response(status: HTTPStatus, body: str, content_type: str = "text/plain; charset=utf-8") -> Response:
+    data = body.encode("utf-8")
+    headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(data))), ("Cache-Control", "no-store")])
+    return Response(status.value, status.phrase, headers, data)
+
+
+def request_token(connection: ServerConnection, query: Mapping[str, str]) -> str | None:
+    """The token a WebSocket client presented (query or Authorization header)."""
+    return token_of(query, connection.request.headers.get("Authorization") if connection.request else None)

@@ -1,0 +1,135 @@
+"""Plain HTTP routes: the pages in ``web/``, health and metrics, and room transcripts
+(export, delete). A new HTTP endpoint goes in :func:`handle`'s table.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from http import HTTPStatus
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+from websockets.http11 import Request, Response
+
+from streaming.access import token_of
+from streaming.export import CONTENT_TYPES, render
+from streaming.protocol import ProtocolError, split_path
+from streaming.server.connection import response
+
+if TYPE_CHECKING:
+    from streaming.server.app import CaptionServer
+
+log = logging.getLogger(__name__)
+
+# Pages and the files they load, all from the `web` package: no build step, nothing external.
+PAGES = {"/": "index.html", "/overlay": "overlay.html", "/capture": "capture.html", "/transcript": "transcript.html"}
+STATIC_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8"}
+_STATIC = re.compile(r"/static/([a-z0-9-]{1,40}\.(?:js|css))")
+# Pages run only their own scripts and talk only to this server.
+PAGE_POLICY = (
+    "default-src 'self'; connect-src 'self' ws: wss:; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; media-src 'self' blob:; object-src 'none'; base-uri 'none'; frame-ancestors *"
+)
+_TRANSCRIPT = re.compile(r"/v1/rooms/([A-Za-z0-9_-]{1,64})/transcript")
+_ROOM = re.compile(r"/v1/rooms/([A-Za-z0-9_-]{1,64})")
+WEBSOCKET_ROUTES = ("/v1/publish", "/v1/captions")
+
+
+async def handle(server: CaptionServer, request: Request) -> Response | None:
+    """The response to an HTTP request; None for a WebSocket upgrade on a WebSocket route."""
+    try:
+        route, query = split_path(request.path)
+    except ProtocolError as error:
+        return response(HTTPStatus.BAD_REQUEST, error.message)
+    transcript = _TRANSCRIPT.fullmatch(route)
+    room = _ROOM.fullmatch(route)
+    token = token_of(query, request.headers.get("Authorization"))
+    try:
+        if transcript:
+            server.access.authorize(token, transcript.group(1), "view")
+            return await _transcript(server, transcript.group(1), query)
+        if room and request.method == "DELETE":
+            server.access.authorize(token, room.group(1), "admin")
+            return await _delete_room(server, room.group(1))
+    except ProtocolError as error:
+        return response(HTTPStatus.UNAUTHORIZED, error.message)
+    if request.method != "GET":
+        return response(HTTPStatus.METHOD_NOT_ALLOWED, f"{request.method} is not supported here")
+    if route in WEBSOCKET_ROUTES:
+        if "upgrade" not in request.headers.get("Connection", "").lower():
+            return response(HTTPStatus.UPGRADE_REQUIRED, f"{route} is a WebSocket endpoint")
+        return None
+    if route == "/healthz":
+        return response(HTTPStatus.OK, json.dumps(health(server)), "application/json")
+    if route == "/readyz":
+        ready = not server.draining and not server.engine.overloaded
+        status = HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE
+        return response(status, json.dumps({"ready": ready}), "application/json")
+    if route == "/metrics":
+        return response(HTTPStatus.OK, prometheus(server), "text/plain; version=0.0.4; charset=utf-8")
+    if route in PAGES:
+        page = resources.files("web").joinpath(PAGES[route]).read_text(encoding="utf-8")
+        answer = response(HTTPStatus.OK, page, "text/html; charset=utf-8")
+        answer.headers["Content-Security-Policy"] = PAGE_POLICY
+        return answer
+    static = _STATIC.fullmatch(route)
+    if static and resources.files("web").joinpath(static.group(1)).is_file():
+        name = static.group(1)
+        body = resources.files("web").joinpath(name).read_text(encoding="utf-8")
+        return response(HTTPStatus.OK, body, STATIC_TYPES[name[name.rindex(".") :]])
+    return response(HTTPStatus.NOT_FOUND, "not found")
+
+
+async def _transcript(server: CaptionServer, room: str, query: dict[str, str]) -> Response:
+    format, clock = query.get("format", "json"), query.get("clock", "wall")
+    try:
+        body = render(await server.rooms.transcript(room), format, clock)
+    except ValueError as error:
+        return response(HTTPStatus.BAD_REQUEST, str(error))
+    return response(HTTPStatus.OK, body, CONTENT_TYPES[format])
+
+
+async def _delete_room(server: CaptionServer, room: str) -> Response:
+    deleted = await server.rooms.delete(room)
+    if deleted is None:
+        return response(HTTPStatus.CONFLICT, f"room {room} has publishers or viewers connected")
+    log.info("room deleted with %d finals", deleted, extra={"room": room})
+    return response(HTTPStatus.OK, json.dumps({"room": room, "deleted_finals": deleted}), "application/json")
+
+
+def prometheus(server: CaptionServer) -> str:
+    stats = server.engine.stats
+    return server.metrics.render(
+        gauges={
+            "flashcaption_publishers": ("Publishers connected.", len(server.sessions.live)),
+            "flashcaption_sessions_resumable": ("Sessions waiting for their publisher to resume.", server.sessions.parked_count),
+            "flashcaption_viewers": ("Viewers connected.", server.viewer_count),
+            "flashcaption_rooms": ("Rooms in memory.", len(list(server.rooms))),
+            "flashcaption_decode_queue": ("Decodes waiting or running.", stats.queued),
+            "flashcaption_decode_wait_seconds": ("Smoothed time decodes wait for a free worker.", stats.recent_wait()),
+            "flashcaption_real_time_factor": ("Decode compute seconds per second of audio decoded.", stats.real_time_factor or 0.0),
+        },
+        counters={
+            "flashcaption_decodes_total": ("Decodes run.", stats.decodes),
+            "flashcaption_decode_failures_total": ("Decodes that raised.", stats.failures),
+            "flashcaption_decoded_audio_seconds_total": ("Audio decoded, re-decodes included.", stats.audio_seconds),
+            "flashcaption_decode_compute_seconds_total": ("Compute spent decoding.", stats.compute_seconds),
+        },
+    )
+
+
+def health(server: CaptionServer) -> dict[str, Any]:
+    stats = server.engine.stats
+    return {
+        "status": "draining" if server.draining else "ok",
+        "model": server.model.name,
+        "device": str(getattr(server.model, "device", "cpu")),
+        "final_beam_size": server.config.session.final_beam_size,
+        "publishers": len(server.sessions.live),
+        "viewers": server.viewer_count,
+        "decode_queue": stats.queued,
+        "decode_wait_s": round(stats.recent_wait(), 3),
+        "real_time_factor": round(stats.real_time_factor, 4) if stats.real_time_factor is not None else None,
+    }

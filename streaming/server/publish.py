@@ -1,0 +1,278 @@
+"""``/v1/publish``: one publisher's connection, from handshake to the last final.
+
+A connection runs two loops: :func:`_receive` reads audio and control messages into the
+session (:mod:`streaming.session`), and :func:`_pump` hands the session's decode requests to
+the engine and delivers its captions to the room (:mod:`streaming.rooms`) and back to the
+publisher. A connection that drops leaves its session parked in the registry, resumable with
+``resume=ID`` (here, or after a restart, revived from the journal).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
+
+import websockets
+from websockets.asyncio.server import ServerConnection
+
+from decoder.context import Context, context_from_json, context_to_json
+from streaming import protocol
+from streaming.audio import PcmDecoder
+from streaming.events import Final, Ready, caption, encode
+from streaming.protocol import EndMessage, FlushMessage, ProtocolError
+from streaming.rooms import Room
+from streaming.server.connection import request_token, send_error
+from streaming.session import Session
+
+if TYPE_CHECKING:
+    from streaming.server.app import CaptionServer
+
+log = logging.getLogger(__name__)
+
+
+class Refused(ProtocolError):
+    """The publisher broke the protocol: its connection ends, and its session with it (not resumable)."""
+
+
+@dataclass
+class Publisher:
+    id: str
+    params: protocol.PublishParams
+    session: Session
+    room: Room
+    connection: ServerConnection
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    pump: asyncio.Task[None] | None = None
+    started_wall: float = field(default_factory=time.time)  # Unix time of session clock 0
+    parking: bool = False  # the connection dropped: finish what was heard, then wait for a resume
+
+    @property
+    def log_extra(self) -> dict[str, str]:
+        return {"session": self.id, "room": self.room.name}
+
+
+async def serve_publisher(server: CaptionServer, connection: ServerConnection, query: dict[str, str]) -> None:
+    params = protocol.parse_publish(query)
+    if server.draining:
+        raise ProtocolError("overloaded", "server is shutting down")
+    publisher = await (_resume(server, params, query, connection) if params.resume else _start(server, params, query, connection))
+    pcm = PcmDecoder(params.encoding, params.sample_rate)
+    publisher.pump = asyncio.create_task(_pump(server, publisher))
+    log.info(
+        "publisher %s (%s, %d Hz)", "resumed" if params.resume else "joined", params.encoding, params.sample_rate,
+        extra=publisher.log_extra,
+    )
+    ended = False
+    try:
+        ready = Ready(publisher.id, publisher.room.name, server.model.name, publisher.session.language, params.sample_rate)
+        await connection.send(encode(ready))
+        ended = await _receive(server, publisher, pcm)
+    except Refused:
+        ended = True
+        raise
+    finally:
+        await _after_connection(server, publisher, pcm, ended)
+    await connection.close(1000, "end of stream")
+
+
+async def _start(server: CaptionServer, params: protocol.PublishParams, query: dict[str, str], connection: ServerConnection) -> Publisher:
+    """A new session."""
+    server.access.authorize(request_token(connection, query), params.room, "publish")
+    room = await server.rooms.get(params.room)
+    limit = server.config.max_publishers_per_room
+    if limit and room.publishers >= limit:
+        raise ProtocolError("overloaded", f"room {params.room} has the most publishers allowed ({limit})")
+    if server.engine.overloaded:
+        raise ProtocolError("overloaded", "server is at capacity; try again later")
+    language = server.settings.session_language(params.room, params.language, params.languages)
+    session = Session(server.config.session, language=language, context=params.context or server.settings.context(params.room))
+    publisher = Publisher(id=uuid.uuid4().hex[:12], params=params, session=session, room=room, connection=connection)
+    server.sessions.join(publisher)
+    await _keep_settings(server, publisher, params.context)
+    return publisher
+
+
+async def _resume(server: CaptionServer, params: protocol.PublishParams, query: dict[str, str], connection: ServerConnection) -> Publisher:
+    """A session continued after its connection dropped: parked here, or in the journal."""
+    assert params.resume is not None
+    earlier = server.sessions.parked_room(params.resume)
+    if earlier is None and params.resume not in server.sessions.live:
+        earlier = (await server.rooms.last_of_session(params.resume) or {}).get("room")
+    token = request_token(connection, query)
+    server.access.authorize(token, earlier or params.room, "publish")
+    publisher = server.sessions.resume(params.resume, query.get("room"))
+    if publisher is not None:
+        # The audio clock stood still while the connection was down; the wall clock did not.
+        publisher.started_wall = time.time() - publisher.session.received_seconds
+    else:
+        publisher = await _revive(server, params, query, connection)
+    publisher.connection = connection
+    # This connection's audio format and mode; the session's speaker.
+    publisher.params = replace(params, speaker=publisher.params.speaker)
+    return publisher
+
+
+async def _revive(server: CaptionServer, params: protocol.PublishParams, query: dict[str, str], connection: ServerConnection) -> Publisher:
+    """Resume a session this process never held (the server restarted): its room, speaker,
+    segment numbering and audio clock come from its latest final in the journal."""
+    assert params.resume is not None
+    last = await server.rooms.last_of_session(params.resume)
+    if last is None or time.time() - last["written"] > server.config.resume_grace_s or server.draining:
+        raise ProtocolError("bad_request", f"no session {params.resume} to resume (unknown, ended, or its grace period passed)")
+    if "room" in query and query["room"] != last["room"]:
+        raise ProtocolError("bad_request", f"session {params.resume} belongs to room {last['room']}, not {query['room']}")
+    # What the session asked for (a journal older than that table has only its last final).
+    settings = await server.rooms.session_settings(params.resume) or {}
+    own_context = params.context or (context_from_json(settings["context"]) if settings.get("context") else None)
+    asked = settings.get("language") or last["language"]
+    requested, candidates = (None, tuple(asked.split(","))) if "," in asked else (asked, ())
+    try:
+        language = server.settings.language(requested, candidates) or server.settings.default_language
+    except ProtocolError:
+        # The server came back with a model that lacks the language: its default, said so.
+        log.warning("resumed session asked for %s, which model %s lacks", asked, server.model.name)
+        language = server.settings.default_language
+    session = Session(
+        server.config.session,
+        language=language,
+        context=own_context or server.settings.context(last["room"]),
+        first_segment=last["segment"] + 1,
+        clock_offset_s=last["end"],
+        last_language=last["language"],
+    )
+    publisher = Publisher(
+        id=params.resume,
+        params=replace(params, speaker=last["speaker"]),
+        session=session,
+        room=await server.rooms.get(last["room"]),
+        connection=connection,
+    )
+    publisher.started_wall = time.time() - last["end"]
+    server.sessions.join(publisher)
+    await _keep_settings(server, publisher, own_context)
+    return publisher
+
+
+async def _keep_settings(server: CaptionServer, publisher: Publisher, own_context: Context | None) -> None:
+    """Journal the session's language and the publisher's own context (None: unchanged),
+    so that a session resumed after a restart goes on as it was."""
+    context = context_to_json(own_context) if own_context else None
+    await server.rooms.keep_session(publisher.id, publisher.room.name, publisher.session.language, context)
+
+
+async def _receive(server: CaptionServer, publisher: Publisher, pcm: PcmDecoder) -> bool:
+    """Feed the session until ``end`` (returns True) or the connection closes (False)."""
+    session = publisher.session
+    live = publisher.params.mode == "live"
+    started, audio_seconds = time.monotonic(), 0.0
+    idle_timeout = server.config.idle_timeout_s
+    while True:
+        try:
+            message = await asyncio.wait_for(publisher.connection.recv(), idle_timeout or None)
+        except asyncio.TimeoutError:
+            raise Refused("bad_request", f"no audio or message for {idle_timeout:g} s") from None
+        except websockets.ConnectionClosedOK:
+            return False
+        try:
+            if isinstance(message, bytes):
+                samples = pcm.decode(message)
+                session.receive_audio(samples)
+                publisher.wake.set()
+                audio_seconds += len(samples) / 16000
+                ahead = audio_seconds - (time.monotonic() - started) - server.config.audio_burst_s
+                if live and ahead > 0:
+                    # Faster than real time beyond the burst: read this socket later, so
+                    # TCP slows the sender down instead of the server doing its work early.
+                    await asyncio.sleep(ahead)
+            else:
+                command = protocol.parse_client_message(message)
+                if isinstance(command, EndMessage):
+                    session.receive_audio(pcm.finish())
+                    session.end()
+                    publisher.wake.set()
+                    return True
+                if isinstance(command, FlushMessage):
+                    session.flush()
+                else:
+                    session.configure(language=server.settings.language(command.language), context=command.context)
+                    await _keep_settings(server, publisher, command.context)
+        except ProtocolError as error:
+            if error.code == "too_large":
+                raise Refused(error.code, error.message) from None
+            # Other mistakes are reported and the stream goes on: captions are not lost
+            # over one bad message.
+            await send_error(publisher.connection, error, close=False, metrics=server.metrics)
+        publisher.wake.set()
+
+
+async def _after_connection(server: CaptionServer, publisher: Publisher, pcm: PcmDecoder, ended: bool) -> None:
+    """Whatever ended the connection, the utterance in progress is finalised and its final
+    reaches the room. A dropped connection parks the session for resumption."""
+    session = publisher.session
+    if not session.ending:
+        session.receive_audio(pcm.finish())
+        if ended or server.draining:
+            session.end()
+        else:
+            session.flush()
+            publisher.parking = True
+    publisher.wake.set()
+    assert publisher.pump is not None
+    await asyncio.shield(publisher.pump)
+    if session.finished:
+        server.sessions.leave(publisher)
+        if not server.draining:  # a drained session may still be resumed after the restart
+            await server.rooms.end_session(publisher.id)
+        log.info("publisher left", extra=publisher.log_extra)
+    else:
+        publisher.parking = False
+        server.sessions.park(publisher, time.monotonic() + server.config.resume_grace_s)
+        log.info("publisher dropped; resumable for %.0f s", server.config.resume_grace_s, extra=publisher.log_extra)
+
+
+async def _pump(server: CaptionServer, publisher: Publisher) -> None:
+    """Runs a session's decodes, one at a time, and delivers its captions."""
+    session = publisher.session
+    while True:
+        await publisher.wake.wait()
+        publisher.wake.clear()
+        while (request := session.next_request()) is not None:
+            try:
+                hypothesis, seconds = await server.engine.decode(request)
+            except Exception:
+                log.exception("decode failed", extra=publisher.log_extra)
+                session.receive_failure(request.id)
+            else:
+                session.receive_hypothesis(request.id, hypothesis, seconds)
+            await _deliver(server, publisher)
+        await _deliver(server, publisher)  # audio alone can complete a final (decoded early)
+        if session.finished or (publisher.parking and session.idle):
+            return
+
+
+async def _deliver(server: CaptionServer, publisher: Publisher) -> None:
+    for event in publisher.session.events():
+        message = caption(event, publisher.room.name, publisher.id, publisher.params.speaker)
+        if isinstance(message, Final):
+            audio_end = publisher.started_wall + event.end
+            message = await server.rooms.publish_final(publisher.room, message, publisher.started_wall + event.start, audio_end)
+            server.metrics.final_latency.observe(max(0.0, time.time() - audio_end))
+        else:
+            publisher.room.fan_out(message)
+        try:
+            await publisher.connection.send(encode(message))
+        except websockets.ConnectionClosed:
+            pass  # the publisher left; the room still gets every caption
+
+
+def end_all(publishers: list[Publisher]) -> list[asyncio.Task[None]]:
+    """Shutdown: every live session ends (its open utterance finalised); returns their pumps."""
+    for publisher in publishers:
+        if not publisher.session.ending:
+            publisher.session.end()
+            publisher.wake.set()
+    return [p.pump for p in publishers if p.pump is not None]
