@@ -354,12 +354,12 @@ def _serve(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     import json
 
-    from streaming.bench import print_report, run_bench
+    from streaming.evaluation.bench import print_report, run_bench
     from streaming.logs import setup_logging
 
     setup_logging("warning")
     if args.journal:
-        from streaming.bench import journal_bench
+        from streaming.evaluation.journal_bench import journal_bench
 
         journal_bench(args.journal)
         return 0
@@ -376,7 +376,7 @@ def _bench(args: argparse.Namespace) -> int:
 def _soak(args: argparse.Namespace) -> int:
     import json
 
-    from streaming.bench import run_soak
+    from streaming.evaluation.soak import run_soak
     from streaming.logs import setup_logging
 
     setup_logging("warning")

@@ -7,7 +7,8 @@ import json
 
 import numpy as np
 
-from streaming.bench import Clip, _measure, is_extension, run_bench, speech_frames
+from streaming.evaluation.bench import run_bench
+from streaming.evaluation.streams import Clip, _measure, is_extension, speech_frames
 from tests.conftest import DATA
 
 
@@ -92,7 +93,7 @@ def test_is_extension():
 def test_journal_bench_reports_its_figures():
     from io import StringIO
 
-    from streaming.bench import journal_bench
+    from streaming.evaluation.journal_bench import journal_bench
 
     out = StringIO()
     timings = journal_bench(300, out)

@@ -18,7 +18,7 @@ from decoder.context import (
     variants,
 )
 from streaming import protocol
-from streaming.bench import said
+from streaming.evaluation.bench import said
 from streaming.protocol import ProtocolError
 from tests.conftest import CLIPS, NON_SPEECH
 from tests.test_server import finals, publish

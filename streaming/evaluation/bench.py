@@ -1,0 +1,286 @@
+"""``flashcaption bench``: latency, throughput and accuracy, measured from the client side.
+
+Each recording of a manifest is streamed through ``/v1/publish`` by N concurrent publishers
+(at real-time pace, or as fast as the server takes it), followed by a tail of silence.
+Speech boundaries come from the audio itself (frame energy against the clip's own noise
+floor), never from what the server reports. Per utterance (per final):
+
+- final latency: last speech sample of the utterance sent -> its final arrived;
+- tail latency: end of speech -> the captions on screen (finals so far + current partial)
+  first show the utterance's complete final text (its words; case and punctuation aside);
+- first-caption latency: speech onset -> first non-empty partial of the utterance.
+
+Per clip: partials per second of speech and the share of partials that rewrite (are not an
+extension of) the previous one, word by word (see :func:`is_extension`); WER/CER of the finals against the reference, next to the
+same model decoding the whole clip offline. Per run: server CPU seconds per audio second and
+peak resident memory, read from /proc for the server process the bench started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import urllib.request
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from websockets.asyncio.client import connect
+
+from streaming.client import publish_url, to_pcm16
+from streaming.evaluation.streams import (
+    GOALS,
+    Clip,
+    ServerProcess,
+    StreamResult,
+    duration,
+    format_stats,
+    load_manifest,
+    machine,
+    progress,
+    run_streams,
+    stats,
+    stream_clip,
+)
+from streaming.nonspeech import NON_SPEECH
+from streaming.scoring import CHARACTER_LANGUAGES, error_counts, normalize
+
+
+def offline_texts(clips: list[Clip], model_name: str, device: str, beam_size: int = 1) -> dict[str, str]:
+    """Each whole clip decoded in one go, with the beam the server's finals use."""
+    import soxr
+
+    from decoder.api import DecodeOptions, transcribe
+    from decoder.models import load_model
+    from decoder.runtime import RuntimeOptions
+
+    model = load_model(model_name, RuntimeOptions(device=device))
+    texts = {}
+    for clip in clips:
+        audio, _, rate = clip.audio()
+        if rate != 16000:
+            audio = soxr.resample(audio, rate, 16000)
+        texts[clip.id] = transcribe(model, audio, options=DecodeOptions(beam_size=beam_size)).text
+    return texts
+
+
+
+
+def offline_errors(clips: list[Clip], texts: dict[str, str]) -> dict[str, tuple[int, int]]:
+    """Per language: (errors, reference words or characters) of the offline transcripts."""
+    totals = {}
+    for language in sorted({c.language for c in clips}):
+        counted = [error_counts(c.reference, texts[c.id], language) for c in clips if c.language == language]
+        totals[language] = (sum(e for e, _ in counted), sum(n for _, n in counted))
+    return totals
+
+
+def summarize(clips: list[Clip], results: list[StreamResult]) -> dict[str, Any]:
+    by_id = {c.id: c for c in clips}
+    utterances = [u for r in results for u in r.utterances]
+    languages: dict[str, dict[str, Any]] = {}
+    for language in sorted({c.language for c in clips}):
+        mine = [r for r in results if by_id[r.clip].language == language]
+        streamed = [error_counts(by_id[r.clip].reference, " ".join(r.finals), language) for r in mine]
+        # Language identification, per stream: the language most of its finals were given.
+        identified = [bool(r.languages) and max(set(r.languages), key=r.languages.count) == language for r in mine]
+        languages[language] = {
+            "clips": len({r.clip for r in mine}),
+            "units": sum(n for _, n in streamed),  # reference words (characters for zh, ja...)
+            "streaming_errors": sum(e for e, _ in streamed),
+            "streaming_error_rate": sum(e for e, _ in streamed) / max(1, sum(n for _, n in streamed)),
+            "language_id_share": sum(identified) / max(1, len(identified)),
+        }
+    speech = sum(r.speech_seconds for r in results)
+    partials = sum(r.partials for r in results)
+    return {
+        "final_latency": stats([u.final_latency for u in utterances]),
+        "tail_latency": stats([u.tail_latency for u in utterances]),
+        "first_caption_latency": stats([u.first_caption_latency for u in utterances]),
+        "partials_per_second_of_speech": partials / speech if speech else None,
+        "rewrite_share": sum(r.rewrites for r in results) / partials if partials else None,
+        "errors": [e for r in results for e in r.errors],
+        "max_behind_real_time_s": max((r.behind_seconds for r in results), default=0.0),
+        "languages": languages,
+    }
+
+
+
+
+def print_report(report: dict[str, Any], out=sys.stdout) -> None:
+    m = report["machine"]
+    print(f"FlashCaption bench: model {report['model']} on {report['device']}; {m['cpu']}, {m['cores']} cores", file=out)
+    if report.get("lead_silence"):
+        print(f"each recording streamed and decoded after {report['lead_silence']:.2f} s of silence", file=out)
+    if "context" in report:
+        print_context_report(report["context"], out)
+    for run in report["runs"]:
+        s = run["summary"]
+        print(f"\nstreams={run['streams']} speed={run['speed'] or 'max'} audio={run['audio_seconds']:.0f}s", file=out)
+        print(f"  final latency (s)        {format_stats(s['final_latency'])}", file=out)
+        print(f"  tail latency (s)         {format_stats(s['tail_latency'])}", file=out)
+        print(f"  first caption (s)        {format_stats(s['first_caption_latency'])}", file=out)
+        if s["partials_per_second_of_speech"] is not None:
+            print(f"  partials per speech s    {s['partials_per_second_of_speech']:.2f}", file=out)
+            print(f"  rewrite share            {s['rewrite_share']:.3f}", file=out)
+        for language, entry in s["languages"].items():
+            unit = "CER" if language in CHARACTER_LANGUAGES else "WER"
+            line = f"  {language} {unit} streaming        {entry['streaming_error_rate']:.4f}"
+            if "offline_error_rate" in entry:
+                line += f"   offline {entry['offline_error_rate']:.4f}"
+                # Few clips: one word is several points, so the counts go along.
+                line += f" ({entry['streaming_errors']} vs {entry['offline_errors']} of {entry['units']})"
+            print(line + f"   language right {entry['language_id_share']:.0%}   ({entry['clips']} clips)", file=out)
+        if run.get("cpu_per_audio_second") is not None:
+            print(f"  server CPU s / audio s   {run['cpu_per_audio_second']:.3f}   peak RSS {run['peak_rss_mb']:.0f} MB", file=out)
+        print(f"  behind real time (max)   {s['max_behind_real_time_s']:.2f} s   errors {len(s['errors'])}", file=out)
+    if report.get("non_speech") is not None:
+        print("\nnon-speech (30 s each): " + ", ".join(f"{k}: {v} captions" for k, v in report["non_speech"].items()), file=out)
+    if report.get("capacity") is not None:
+        print(f"\nlargest N meeting p95 final latency <= {GOALS['capacity_final_latency_p95']} s without falling behind: {report['capacity']}", file=out)
+
+
+async def non_speech_captions(url: str, seconds: float = 30.0) -> dict[str, int]:
+    """Stream generated silence, pink noise and music; count captions (should be none)."""
+    counts = {}
+    for name in ("silence", "pink_noise", "music"):
+        audio = NON_SPEECH[name](seconds)
+        messages = []
+        async with connect(publish_url(url, room=f"bench-{name}", mode="file"), max_size=2**22) as ws:
+            await ws.recv()
+            for offset in range(0, len(audio), 16000):
+                await ws.send(to_pcm16(audio[offset : offset + 16000]))
+            await ws.send(json.dumps({"type": "end"}))
+            async for raw in ws:
+                messages.append(json.loads(raw))
+        counts[name] = sum(1 for m in messages if m["type"] in ("partial", "final"))
+    return counts
+
+
+def run_bench(args) -> dict[str, Any]:
+    clips = load_manifest(Path(args.manifest), set(args.langs.split(",")) if args.langs else None, args.lead_silence)
+    if not clips:
+        raise SystemExit(f"no recordings for languages {args.langs} in {args.manifest}")
+    server = None
+    if args.url:
+        url = args.url
+    else:
+        extra = ["--model", args.model, "--device", args.device, *args.server_args]
+        server = ServerProcess(extra)
+        url = server.url
+    try:
+        health = json.loads(urllib.request.urlopen(url.replace("ws://", "http://").replace("wss://", "https://") + "/healthz", timeout=10).read())
+        report: dict[str, Any] = {"machine": machine(), "model": health["model"], "device": health["device"], "runs": []}
+        report["lead_silence"] = args.lead_silence
+        if getattr(args, "context", None):
+            term_lists = json.loads(Path(args.context).read_text(encoding="utf-8"))
+            clips = [c for c in clips if c.id in term_lists["clips"]]
+            results = asyncio.run(run_context_streams(url, clips, term_lists, args.speed))
+            report["context"] = summarize_context(clips, term_lists, results)
+            return report
+        counts = [int(n) for n in args.sweep.split(",")] if args.sweep else [args.streams]
+        capacity = None
+        for streams in counts:
+            cpu_before = server.cpu_seconds() if server else None
+            results = asyncio.run(run_streams(url, clips, streams, args.speed))
+            audio_seconds = sum(duration(c) for c in clips) * streams
+            run: dict[str, Any] = {"streams": streams, "speed": args.speed, "audio_seconds": audio_seconds}
+            run["summary"] = summarize(clips, results)
+            run["utterances"] = [asdict(u) for r in results for u in r.utterances]
+            run["clips"] = [{"clip": r.clip, "stream": r.stream, "finals": r.finals, "languages": r.languages} for r in results]
+            if server:
+                run["cpu_per_audio_second"] = (server.cpu_seconds() - cpu_before) / audio_seconds
+                run["peak_rss_mb"] = server.peak_rss_mb()
+            report["runs"].append(run)
+            p95 = (run["summary"]["final_latency"] or {}).get("p95", float("inf"))
+            if p95 <= GOALS["capacity_final_latency_p95"] and run["summary"]["max_behind_real_time_s"] < 0.5:
+                capacity = streams
+        if args.sweep:
+            report["capacity"] = capacity
+        if not args.no_offline:
+            texts = offline_texts(clips, health["model"], "cpu", health.get("final_beam_size", 1))
+            report["offline_texts"] = texts
+            offline = offline_errors(clips, texts)
+            for run in report["runs"]:
+                for language, (errors, units) in offline.items():
+                    entry = run["summary"]["languages"][language]
+                    entry["offline_errors"] = errors * run["streams"]  # counted as often as streamed
+                    entry["offline_error_rate"] = errors / max(1, units)
+        if not args.no_non_speech:
+            report["non_speech"] = asyncio.run(non_speech_captions(url))
+    finally:
+        if server:
+            server.stop()
+    return report
+
+
+# -- context biasing -------------------------------------------------------------------------------
+CONTEXT_CONDITIONS = ("none", "terms", "unrelated")
+
+
+def said(term: str, text: str) -> bool:
+    """Whether ``term`` appears in ``text`` as whole words (case and punctuation aside)."""
+    wanted, words = normalize(term), normalize(text)
+    return any(words[i : i + len(wanted)] == wanted for i in range(len(words) - len(wanted) + 1))
+
+
+def context_query(terms: list[str]) -> str:
+    return json.dumps({"terms": terms}, ensure_ascii=False, separators=(",", ":"))
+
+
+async def run_context_streams(url: str, clips: list[Clip], term_lists: dict[str, Any], speed: float | None) -> dict[str, list[StreamResult]]:
+    """Each recording under three contexts: none; its spoken terms mixed with as many
+    distractors (order fixed, spoken ones not first); and an unrelated list."""
+    results: dict[str, list[StreamResult]] = {condition: [] for condition in CONTEXT_CONDITIONS}
+    for number, clip in enumerate(clips):
+        progress(number, len(clips), clip.id)
+        entry = term_lists["clips"][clip.id]
+        mixed = [t for pair in zip(entry["distractors"], entry["spoken"]) for t in pair]
+        contexts = {"none": None, "terms": context_query(mixed), "unrelated": context_query(term_lists["unrelated"])}
+        for condition in CONTEXT_CONDITIONS:
+            room = f"bench-context-{condition}-{clip.id[:40]}"
+            results[condition].append(await stream_clip(url, clip, 0, speed, room=room, context=contexts[condition]))
+    progress(len(clips), len(clips), "done")
+    return results
+
+
+def summarize_context(clips: list[Clip], term_lists: dict[str, Any], results: dict[str, list[StreamResult]]) -> dict[str, Any]:
+    by_id = {c.id: c for c in clips}
+    summary: dict[str, Any] = {}
+    for condition, runs in results.items():
+        spoken = [(r.clip, t) for r in runs for t in term_lists["clips"][r.clip]["spoken"]]
+        distractors = [(r.clip, t) for r in runs for t in term_lists["clips"][r.clip]["distractors"]]
+        texts = {r.clip: " ".join(r.finals) for r in runs}
+        counted = [error_counts(by_id[r.clip].reference, texts[r.clip], "en") for r in runs]
+        utterances = [u for r in runs for u in r.utterances]
+        summary[condition] = {
+            "term_recall": sum(said(t, texts[c]) for c, t in spoken) / len(spoken),
+            "missed_terms": [f"{c}: {t}" for c, t in spoken if not said(t, texts[c])],
+            "false_alarm_rate": sum(said(t, texts[c]) for c, t in distractors) / len(distractors),
+            "false_alarms": [f"{c}: {t}" for c, t in distractors if said(t, texts[c])],
+            "word_error_rate": sum(e for e, _ in counted) / max(1, sum(n for _, n in counted)),
+            "final_latency": stats([u.final_latency for u in utterances]),
+            "tail_latency": stats([u.tail_latency for u in utterances]),
+            "terms": (len(spoken), len(distractors)),
+        }
+    return summary
+
+
+def print_context_report(summary: dict[str, Any], out=sys.stdout) -> None:
+    names = {"none": "no context", "terms": "spoken terms + distractors", "unrelated": "unrelated terms"}
+    spoken, distractors = summary["none"]["terms"]
+    print(f"\ncontext biasing ({spoken} spoken terms, {distractors} distractors):", file=out)
+    for condition, entry in summary.items():
+        print(
+            f"  {names[condition]:28s} term recall {entry['term_recall']:.3f}   false alarms {entry['false_alarm_rate']:.3f}"
+            f"   WER {entry['word_error_rate']:.4f}",
+            file=out,
+        )
+        print(f"  {'':28s} final latency {format_stats(entry['final_latency'])}", file=out)
+        if entry["missed_terms"]:
+            print(f"  {'':28s} missed: {', '.join(entry['missed_terms'])}", file=out)
+        if entry["false_alarms"] and condition != "none":
+            print(f"  {'':28s} false alarms: {', '.join(entry['false_alarms'])}", file=out)
+
+
