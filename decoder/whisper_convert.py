@@ -27,6 +27,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 OPSET = 17
 _DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16}
+# What a node attribute may be here (helper.make_node accepts these and more).
+_Attribute = int | float | str | list[int]
 
 
 def read_ct2(path: Path) -> dict[str, np.ndarray]:
@@ -35,7 +37,7 @@ def read_ct2(path: Path) -> dict[str, np.ndarray]:
     data = Path(path).read_bytes()
     offset = 0
 
-    def take(fmt: str):
+    def take(fmt: str) -> int:  # every field read with it is an unsigned integer
         nonlocal offset
         value = struct.unpack_from(fmt, data, offset)[0]
         offset += struct.calcsize(fmt)
@@ -100,11 +102,18 @@ class _Graph:
         key = name + (".T" if transpose else "")
         return self.const(key, self.weights[name].T if transpose else self.weights[name])
 
-    def op(self, kind: str, *inputs: str, outputs: int = 1, name: str | None = None, **attrs) -> str | list[str]:
+    def op(self, kind: str, *inputs: str, name: str | None = None, **attrs: _Attribute) -> str:
+        """A node with one output: its name (``name`` if given)."""
+        (output,) = self.ops(kind, *inputs, outputs=1, name=name, **attrs)
+        return output
+
+    def ops(self, kind: str, *inputs: str, outputs: int, name: str | None = None, **attrs: _Attribute) -> list[str]:
+        """A node with ``outputs`` outputs: their names (``name`` only names a single output)."""
         self.count += 1
         names = [name] if name and outputs == 1 else [f"{kind.lower()}_{self.count}_{i}" for i in range(outputs)]
-        self.nodes.append(helper.make_node(kind, list(inputs), names, **attrs))
-        return names[0] if outputs == 1 else names
+        # make_node's own parameters spelled out: every entry of ``attrs`` is an attribute (the node stays unnamed).
+        self.nodes.append(helper.make_node(kind, list(inputs), names, name=None, doc_string=None, domain=None, overload=None, **attrs))
+        return names
 
     def ints(self, *values: int) -> str:
         return self.const("i64_" + "_".join(str(v).replace("-", "m") for v in values), np.array(values, dtype=np.int64))
@@ -144,9 +153,9 @@ class _Graph:
         return self.op("MatMul", self.op("Softmax", scores, axis=-1), v)
 
     def split3(self, x: str, axis: int = -1) -> list[str]:
-        return self.op("Split", x, outputs=3, axis=axis, num_outputs=3) if OPSET >= 18 else self.op("Split", x, outputs=3, axis=axis)
+        return self.ops("Split", x, outputs=3, axis=axis, num_outputs=3) if OPSET >= 18 else self.ops("Split", x, outputs=3, axis=axis)
 
-    def model(self, inputs, outputs, name: str) -> onnx.ModelProto:
+    def model(self, inputs: list[onnx.ValueInfoProto], outputs: list[onnx.ValueInfoProto], name: str) -> onnx.ModelProto:
         graph = helper.make_graph(self.nodes, name, inputs, outputs, list(self.initializers.values()))
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="flashcaption")
         model.ir_version = 8
@@ -181,7 +190,7 @@ def build_encoder(weights: dict[str, np.ndarray]) -> onnx.ModelProto:
     # The decoder's cross-attention keys and values depend only on the audio: computed here.
     for layer in range(_layer_count(weights, "decoder")):
         kv = g.linear(hidden, f"decoder/layer_{layer}/attention/linear_1")
-        k, v = g.op("Split", kv, outputs=2, axis=-1)
+        k, v = g.ops("Split", kv, outputs=2, axis=-1)
         g.op("Identity", g.heads(k, heads), name=f"cross_k_{layer}")
         g.op("Identity", g.heads(v, heads), name=f"cross_v_{layer}")
         for kind in "kv":
