@@ -15,8 +15,9 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 MAX_TERMS = 100
 MAX_TERM_CHARS = 60
@@ -72,7 +73,7 @@ def parse_context(value: Any) -> Context | None:
     text = value.get("text", "")
     if not isinstance(text, str):
         raise ContextError("context text must be a string")
-    terms = []
+    given: list[Term] = []
     for item in value.get("terms", []):
         if isinstance(item, str):
             item = {"text": item}
@@ -86,9 +87,9 @@ def parse_context(value: Any) -> Context | None:
             continue
         if len(term) > MAX_TERM_CHARS or _words(term) > MAX_TERM_WORDS:
             raise ContextError(f"context term {term[:40]!r} is too long (at most {MAX_TERM_CHARS} characters and {MAX_TERM_WORDS} words)")
-        terms.append(Term(term, float(boost)))
-    _check_size(len(text) + sum(len(t.text) for t in terms))
-    context = Context(text=text.strip(), terms=_check_terms(_unique(tuple(terms))))
+        given.append(Term(term, float(boost)))
+    _check_size(len(text) + sum(len(t.text) for t in given))
+    context = Context(text=text.strip(), terms=_check_terms(_unique(tuple(given))))
     return context or None
 
 

@@ -12,9 +12,9 @@ import importlib.util
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from decoder.api import SpeechModel
 from decoder.runtime import RuntimeOptions
