@@ -1,10 +1,9 @@
-"""The server's shell: what it holds, start and stop, and which handler gets a connection.
+"""The server's shell: start and stop, and which handler gets a connection.
 
-:class:`CaptionServer` owns the engine, the room registry, the access policy and the metrics,
-and hands each request to the module for its path: HTTP to :mod:`streaming.server.http`,
+:class:`CaptionServer` is the shared :class:`~streaming.server.state.ServerState` that listens:
+it hands each request to the module for its path: HTTP to :mod:`streaming.server.http`,
 ``/v1/publish`` to :mod:`streaming.server.publish`, ``/v1/captions`` to
-:mod:`streaming.server.view`. Tasks it starts in the background are kept until they finish,
-and their failures are logged.
+:mod:`streaming.server.view`; and it runs the registry's sweeps in the background.
 """
 
 from __future__ import annotations
@@ -14,24 +13,18 @@ import logging
 import signal
 import ssl
 import time
-from typing import Any, Coroutine
 
 import websockets
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
+from websockets.typing import Origin
 
 from decoder.api import SpeechModel
-from streaming import auth
-from streaming.access import AccessPolicy, ConnectionCounter, auth_required
 from streaming.config import ServerConfig
-from streaming.engine import Engine
-from streaming.journal import Journal
-from streaming.metrics import Metrics
 from streaming.protocol import ProtocolError, split_path
-from streaming.room_settings import RoomSettings
-from streaming.rooms import Publishers, Rooms
 from streaming.server import http, publish, view
 from streaming.server.connection import send_error
+from streaming.server.state import ServerState
 
 log = logging.getLogger(__name__)
 
@@ -42,34 +35,12 @@ WEBSOCKET_MAX_MESSAGE = 4 * 1024 * 1024
 EXPIRY_SWEEP_S = 1.0
 
 
-class CaptionServer:
-    def __init__(self, config: ServerConfig, model: SpeechModel, lean_model: SpeechModel | None = None):
-        self.config = config
-        self.model = model
-        self.settings = RoomSettings(model.name, model.languages, config.room_languages, config.room_contexts)
-        self.engine = Engine(
-            model,
-            workers=config.workers,
-            max_queued=config.max_queued_decodes,
-            delay_s=config.decode_delay_s,
-            lean_model=lean_model,
-            max_wait_s=config.max_decode_wait_s,
-        )
-        self.rooms = Rooms(Journal(config.data_dir / "journal.sqlite3"), config.viewer_queue)
-        self.sessions: Publishers[publish.Publisher] = Publishers()
-        self.metrics = Metrics()
-        required = auth_required(config.auth, config.host)
-        self.access = AccessPolicy(required, auth.load_secret(config.data_dir, config.secret_file) if required else b"", config.public_rooms)
-        self.connections = ConnectionCounter(config.max_connections_per_ip)
-        self.viewer_count = 0
-        self.draining = False
-        self._server: Server | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
+class CaptionServer(ServerState):
+    """The server: :class:`ServerState` plus listening, stopping and routing."""
 
-    @property
-    def publishers(self) -> dict[str, publish.Publisher]:
-        """Live publishers by session id."""
-        return self.sessions.live
+    def __init__(self, config: ServerConfig, model: SpeechModel, lean_model: SpeechModel | None = None):
+        super().__init__(config, model, lean_model)
+        self._server: Server | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> int:
@@ -87,7 +58,7 @@ class CaptionServer:
             server_header="FlashCaption",
             ssl=tls,
             # Non-browser clients send no Origin and are always let in.
-            origins=[*self.config.allow_origins, None] if self.config.allow_origins else None,
+            origins=[*map(Origin, self.config.allow_origins), None] if self.config.allow_origins else None,
         )
         port = next(iter(self._server.sockets)).getsockname()[1]
         log.info(
@@ -132,18 +103,6 @@ class CaptionServer:
         await stop.wait()
         log.info("signal received: finalising open utterances")
         await self.shutdown()
-
-    def spawn(self, coroutine: Coroutine[Any, Any, Any], what: str) -> asyncio.Task[Any]:
-        """Run ``coroutine`` in the background, referenced until it ends; a failure is logged."""
-        task = asyncio.get_running_loop().create_task(coroutine, name=what)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("background task %r failed", task.get_name(), exc_info=task.exception())
 
     async def _expire_parked(self) -> None:
         """Parked sessions whose grace period passed end for good."""

@@ -3,8 +3,8 @@ an HTTP response."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from http import HTTPStatus
-from typing import Mapping
 
 import websockets
 from websockets.asyncio.server import ServerConnection

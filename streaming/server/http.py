@@ -19,7 +19,7 @@ from streaming.protocol import ProtocolError, split_path
 from streaming.server.connection import response
 
 if TYPE_CHECKING:
-    from streaming.server.app import CaptionServer
+    from streaming.server.state import ServerState
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ _ROOM = re.compile(r"/v1/rooms/([A-Za-z0-9_-]{1,64})")
 WEBSOCKET_ROUTES = ("/v1/publish", "/v1/captions")
 
 
-async def handle(server: CaptionServer, request: Request) -> Response | None:
+async def handle(server: ServerState, request: Request) -> Response | None:
     """The response to an HTTP request; None for a WebSocket upgrade on a WebSocket route."""
     try:
         route, query = split_path(request.path)
@@ -82,7 +82,7 @@ async def handle(server: CaptionServer, request: Request) -> Response | None:
     return response(HTTPStatus.NOT_FOUND, "not found")
 
 
-async def _transcript(server: CaptionServer, room: str, query: dict[str, str]) -> Response:
+async def _transcript(server: ServerState, room: str, query: dict[str, str]) -> Response:
     format, clock = query.get("format", "json"), query.get("clock", "wall")
     try:
         body = render(await server.rooms.transcript(room), format, clock)
@@ -91,7 +91,7 @@ async def _transcript(server: CaptionServer, room: str, query: dict[str, str]) -
     return response(HTTPStatus.OK, body, CONTENT_TYPES[format])
 
 
-async def _delete_room(server: CaptionServer, room: str) -> Response:
+async def _delete_room(server: ServerState, room: str) -> Response:
     deleted = await server.rooms.delete(room)
     if deleted is None:
         return response(HTTPStatus.CONFLICT, f"room {room} has publishers or viewers connected")
@@ -99,7 +99,7 @@ async def _delete_room(server: CaptionServer, room: str) -> Response:
     return response(HTTPStatus.OK, json.dumps({"room": room, "deleted_finals": deleted}), "application/json")
 
 
-def prometheus(server: CaptionServer) -> str:
+def prometheus(server: ServerState) -> str:
     stats = server.engine.stats
     return server.metrics.render(
         gauges={
@@ -120,7 +120,7 @@ def prometheus(server: CaptionServer) -> str:
     )
 
 
-def health(server: CaptionServer) -> dict[str, Any]:
+def health(server: ServerState) -> dict[str, Any]:
     stats = server.engine.stats
     return {
         "status": "draining" if server.draining else "ok",

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import websockets
@@ -24,12 +24,12 @@ from streaming import protocol
 from streaming.audio import PcmDecoder
 from streaming.events import Final, Ready, caption, encode
 from streaming.protocol import EndMessage, FlushMessage, ProtocolError
-from streaming.rooms import Room
 from streaming.server.connection import request_token, send_error
+from streaming.server.state import Publisher
 from streaming.session import Session
 
 if TYPE_CHECKING:
-    from streaming.server.app import CaptionServer
+    from streaming.server.state import ServerState
 
 log = logging.getLogger(__name__)
 
@@ -38,24 +38,7 @@ class Refused(ProtocolError):
     """The publisher broke the protocol: its connection ends, and its session with it (not resumable)."""
 
 
-@dataclass
-class Publisher:
-    id: str
-    params: protocol.PublishParams
-    session: Session
-    room: Room
-    connection: ServerConnection
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
-    pump: asyncio.Task[None] | None = None
-    started_wall: float = field(default_factory=time.time)  # Unix time of session clock 0
-    parking: bool = False  # the connection dropped: finish what was heard, then wait for a resume
-
-    @property
-    def log_extra(self) -> dict[str, str]:
-        return {"session": self.id, "room": self.room.name}
-
-
-async def serve_publisher(server: CaptionServer, connection: ServerConnection, query: dict[str, str]) -> None:
+async def serve_publisher(server: ServerState, connection: ServerConnection, query: dict[str, str]) -> None:
     params = protocol.parse_publish(query)
     if server.draining:
         raise ProtocolError("overloaded", "server is shutting down")
@@ -79,7 +62,7 @@ async def serve_publisher(server: CaptionServer, connection: ServerConnection, q
     await connection.close(1000, "end of stream")
 
 
-async def _start(server: CaptionServer, params: protocol.PublishParams, query: dict[str, str], connection: ServerConnection) -> Publisher:
+async def _start(server: ServerState, params: protocol.PublishParams, query: dict[str, str], connection: ServerConnection) -> Publisher:
     """A new session."""
     server.access.authorize(request_token(connection, query), params.room, "publish")
     room = await server.rooms.get(params.room)
@@ -96,7 +79,7 @@ async def _start(server: CaptionServer, params: protocol.PublishParams, query: d
     return publisher
 
 
-async def _resume(server: CaptionServer, params: protocol.PublishParams, query: dict[str, str], connection: ServerConnection) -> Publisher:
+async def _resume(server: ServerState, params: protocol.PublishParams, query: dict[str, str], connection: ServerConnection) -> Publisher:
     """A session continued after its connection dropped: parked here, or in the journal."""
     assert params.resume is not None
     earlier = server.sessions.parked_room(params.resume)
@@ -116,7 +99,7 @@ async def _resume(server: CaptionServer, params: protocol.PublishParams, query: 
     return publisher
 
 
-async def _revive(server: CaptionServer, params: protocol.PublishParams, query: dict[str, str], connection: ServerConnection) -> Publisher:
+async def _revive(server: ServerState, params: protocol.PublishParams, query: dict[str, str], connection: ServerConnection) -> Publisher:
     """Resume a session this process never held (the server restarted): its room, speaker,
     segment numbering and audio clock come from its latest final in the journal."""
     assert params.resume is not None
@@ -157,14 +140,14 @@ async def _revive(server: CaptionServer, params: protocol.PublishParams, query: 
     return publisher
 
 
-async def _keep_settings(server: CaptionServer, publisher: Publisher, own_context: Context | None) -> None:
+async def _keep_settings(server: ServerState, publisher: Publisher, own_context: Context | None) -> None:
     """Journal the session's language and the publisher's own context (None: unchanged),
     so that a session resumed after a restart goes on as it was."""
     context = context_to_json(own_context) if own_context else None
     await server.rooms.keep_session(publisher.id, publisher.room.name, publisher.session.language, context)
 
 
-async def _receive(server: CaptionServer, publisher: Publisher, pcm: PcmDecoder) -> bool:
+async def _receive(server: ServerState, publisher: Publisher, pcm: PcmDecoder) -> bool:
     """Feed the session until ``end`` (returns True) or the connection closes (False)."""
     session = publisher.session
     live = publisher.params.mode == "live"
@@ -173,7 +156,7 @@ async def _receive(server: CaptionServer, publisher: Publisher, pcm: PcmDecoder)
     while True:
         try:
             message = await asyncio.wait_for(publisher.connection.recv(), idle_timeout or None)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise Refused("bad_request", f"no audio or message for {idle_timeout:g} s") from None
         except websockets.ConnectionClosedOK:
             return False
@@ -209,7 +192,7 @@ async def _receive(server: CaptionServer, publisher: Publisher, pcm: PcmDecoder)
         publisher.wake.set()
 
 
-async def _after_connection(server: CaptionServer, publisher: Publisher, pcm: PcmDecoder, ended: bool) -> None:
+async def _after_connection(server: ServerState, publisher: Publisher, pcm: PcmDecoder, ended: bool) -> None:
     """Whatever ended the connection, the utterance in progress is finalised and its final
     reaches the room. A dropped connection parks the session for resumption."""
     session = publisher.session
@@ -234,7 +217,7 @@ async def _after_connection(server: CaptionServer, publisher: Publisher, pcm: Pc
         log.info("publisher dropped; resumable for %.0f s", server.config.resume_grace_s, extra=publisher.log_extra)
 
 
-async def _pump(server: CaptionServer, publisher: Publisher) -> None:
+async def _pump(server: ServerState, publisher: Publisher) -> None:
     """Runs a session's decodes, one at a time, and delivers its captions."""
     session = publisher.session
     while True:
@@ -254,7 +237,7 @@ async def _pump(server: CaptionServer, publisher: Publisher) -> None:
             return
 
 
-async def _deliver(server: CaptionServer, publisher: Publisher) -> None:
+async def _deliver(server: ServerState, publisher: Publisher) -> None:
     for event in publisher.session.events():
         message = caption(event, publisher.room.name, publisher.id, publisher.params.speaker)
         if isinstance(message, Final):

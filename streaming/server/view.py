@@ -17,10 +17,10 @@ from streaming.rooms import Viewer
 from streaming.server.connection import request_token
 
 if TYPE_CHECKING:
-    from streaming.server.app import CaptionServer
+    from streaming.server.state import ServerState
 
 
-async def serve_viewer(server: CaptionServer, connection: ServerConnection, query: dict[str, str]) -> None:
+async def serve_viewer(server: ServerState, connection: ServerConnection, query: dict[str, str]) -> None:
     params = protocol.parse_view(query)
     token = request_token(connection, query)
     server.access.authorize(token, params.room, "view")

@@ -1,0 +1,93 @@
+"""What the server holds, shared by every handler: configuration, model, engine, room and
+session registries, access policy, metrics, and the background tasks it keeps.
+
+Handlers (``publish``, ``view``, ``http``) take it as their first argument; only ``app`` starts
+and stops it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+from websockets.asyncio.server import ServerConnection
+
+from decoder.api import SpeechModel
+from streaming import auth
+from streaming.access import AccessPolicy, ConnectionCounter, auth_required
+from streaming.config import ServerConfig
+from streaming.engine import Engine
+from streaming.journal import Journal
+from streaming.metrics import Metrics
+from streaming.protocol import PublishParams
+from streaming.room_settings import RoomSettings
+from streaming.rooms import Publishers, Room, Rooms
+from streaming.session import Session
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Publisher:
+    """A session with its publisher's connection (the latest one, after a resume)."""
+
+    id: str
+    params: PublishParams
+    session: Session
+    room: Room
+    connection: ServerConnection
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    pump: asyncio.Task[None] | None = None
+    started_wall: float = field(default_factory=time.time)  # Unix time of session clock 0
+    parking: bool = False  # the connection dropped: finish what was heard, then wait for a resume
+
+    @property
+    def log_extra(self) -> dict[str, str]:
+        return {"session": self.id, "room": self.room.name}
+
+
+class ServerState:
+    """Built once from the configuration and the loaded model."""
+
+    def __init__(self, config: ServerConfig, model: SpeechModel, lean_model: SpeechModel | None = None):
+        self.config = config
+        self.model = model
+        self.settings = RoomSettings(model.name, model.languages, config.room_languages, config.room_contexts)
+        self.engine = Engine(
+            model,
+            workers=config.workers,
+            max_queued=config.max_queued_decodes,
+            delay_s=config.decode_delay_s,
+            lean_model=lean_model,
+            max_wait_s=config.max_decode_wait_s,
+        )
+        self.rooms = Rooms(Journal(config.data_dir / "journal.sqlite3"), config.viewer_queue)
+        self.sessions: Publishers[Publisher] = Publishers()
+        self.metrics = Metrics()
+        required = auth_required(config.auth, config.host)
+        self.access = AccessPolicy(required, auth.load_secret(config.data_dir, config.secret_file) if required else b"", config.public_rooms)
+        self.connections = ConnectionCounter(config.max_connections_per_ip)
+        self.viewer_count = 0
+        self.draining = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    @property
+    def publishers(self) -> dict[str, Publisher]:
+        """Live publishers by session id."""
+        return self.sessions.live
+
+    def spawn(self, coroutine: Coroutine[Any, Any, Any], what: str) -> asyncio.Task[Any]:
+        """Run ``coroutine`` in the background, referenced until it ends; a failure is logged."""
+        task = asyncio.get_running_loop().create_task(coroutine, name=what)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task %r failed", task.get_name(), exc_info=task.exception())
