@@ -20,7 +20,7 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from decoder.api import Hypothesis, SpeechModel, transcribe
 from streaming.session import DecodeRequest
@@ -52,6 +52,25 @@ class EngineStats:
         return self.compute_seconds / self.audio_seconds if self.audio_seconds else None
 
 
+@dataclass(frozen=True)
+class Decoded:
+    hypothesis: Hypothesis
+    wall_seconds: float  # from the request to its answer, the wait for a free worker included
+
+
+@dataclass(order=True)
+class _Job:
+    """A queued request: finals (priority 0) before partials (1), each in arrival order; a job
+    without a request (priority 2) tells a worker to stop."""
+
+    priority: int
+    order: int
+    request: DecodeRequest | None = field(default=None, compare=False)
+    future: asyncio.Future[Hypothesis] | None = field(default=None, compare=False)
+    loop: asyncio.AbstractEventLoop | None = field(default=None, compare=False)
+    queued_at: float = field(default=0.0, compare=False)
+
+
 class Engine:
     def __init__(
         self,
@@ -72,7 +91,7 @@ class Engine:
         self.stats = EngineStats()
         self._lock = threading.Lock()
         self._order = itertools.count()
-        self._queue: queue.PriorityQueue = queue.PriorityQueue()
+        self._queue: queue.PriorityQueue[_Job] = queue.PriorityQueue()
         self._threads = [
             threading.Thread(target=self._work, name=f"decode-{i}", daemon=True) for i in range(workers)
         ]
@@ -107,29 +126,29 @@ class Engine:
             self.stats.compute_seconds += hypothesis.compute_seconds
         return hypothesis
 
-    async def decode(self, request: DecodeRequest) -> tuple[Hypothesis, float]:
-        """Run one request on a worker thread; returns the hypothesis and the wall time it took
-        including the wait for a free worker."""
+    async def decode(self, request: DecodeRequest) -> Decoded:
+        """Run one request on a worker thread."""
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
-        future: asyncio.Future = loop.create_future()
+        future: asyncio.Future[Hypothesis] = loop.create_future()
         with self._lock:
             self.stats.queued += 1
         try:
-            self._queue.put((0 if request.urgent else 1, next(self._order), request, future, loop, time.perf_counter()))
+            self._queue.put(_Job(0 if request.urgent else 1, next(self._order), request, future, loop, time.perf_counter()))
             hypothesis = await future
         finally:
             with self._lock:
                 self.stats.queued -= 1
-        return hypothesis, time.perf_counter() - started
+        return Decoded(hypothesis, time.perf_counter() - started)
 
     def _work(self) -> None:
         while True:
-            _, _, request, future, loop, queued_at = self._queue.get()
-            if request is None:
-                return
+            job = self._queue.get()
+            request, future, loop = job.request, job.future, job.loop
+            if request is None or future is None or loop is None:
+                return  # closing
             with self._lock:
-                waited = time.perf_counter() - queued_at
+                waited = time.perf_counter() - job.queued_at
                 now = time.monotonic()
                 self.stats.wait_seconds = 0.8 * self.stats.recent_wait(now) + 0.2 * waited
                 self.stats.wait_measured = now
@@ -144,15 +163,15 @@ class Engine:
 
     def close(self) -> None:
         for _ in self._threads:
-            self._queue.put((2, next(self._order), None, None, None, 0.0))
+            self._queue.put(_Job(2, next(self._order)))
         for thread in self._threads:
             thread.join(timeout=30)
 
 
-def _settle(future: asyncio.Future, result, error) -> None:
+def _settle(future: asyncio.Future[Hypothesis], result: Hypothesis | None, error: BaseException | None) -> None:
     if future.cancelled():
         return
     if error is not None:
         future.set_exception(error)
-    else:
+    elif result is not None:
         future.set_result(result)

@@ -225,12 +225,12 @@ async def _pump(server: ServerState, publisher: Publisher) -> None:
         publisher.wake.clear()
         while (request := session.next_request()) is not None:
             try:
-                hypothesis, seconds = await server.engine.decode(request)
+                decoded = await server.engine.decode(request)
             except Exception:
                 log.exception("decode failed", extra=publisher.log_extra)
                 session.receive_failure(request.id)
             else:
-                session.receive_hypothesis(request.id, hypothesis, seconds)
+                session.receive_hypothesis(request.id, decoded.hypothesis, decoded.wall_seconds)
             await _deliver(server, publisher)
         await _deliver(server, publisher)  # audio alone can complete a final (decoded early)
         if session.finished or (publisher.parking and session.idle):
