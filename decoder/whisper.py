@@ -1,6 +1,7 @@
 """Whisper (multilingual encoder-decoder on log-mel features), converted to ONNX by
-``decoder/whisper_convert.py``: front end, tokenizer, language identification, KV-cached greedy
-decoding with draft verification (partials), a batched beam search (finals), and the guards
+``decoder/whisper_convert.py``: front end, tokenizer, language identification, the prompt, its
+decoder graph as :class:`decoder.loop.BatchGraph` (greedy decoding with draft verification for
+partials and the batched beam search for finals run in ``decoder/loop.py``), and the guards
 Whisper needs on non-speech.
 
 Streaming decodes short stretches many times, so the encoder runs on a window just long enough
@@ -27,8 +28,9 @@ from typing import Sequence
 import numpy as np
 import onnxruntime as ort
 
-from decoder.api import SAMPLE_RATE, DecodeLimits, Hypothesis, Word
+from decoder.api import SAMPLE_RATE, DecodeLimits, DecodeOptions, Hypothesis, Word
 from decoder.context import Context
+from decoder.loop import beam_search, greedy
 from decoder.runtime import RuntimeOptions, create_session
 
 log = logging.getLogger(__name__)
@@ -141,17 +143,23 @@ class WhisperTokenizer:
         for token in range(size):
             piece = self._tokenizer.id_to_token(token) or ""
             self.token_bytes.append(bytes(decoder[c] for c in piece) if all(c in decoder for c in piece) else b"")
-        self.eot = self._tokenizer.token_to_id("<|endoftext|>")
-        self.sot = self._tokenizer.token_to_id("<|startoftranscript|>")
-        self.transcribe = self._tokenizer.token_to_id("<|transcribe|>")
-        self.prev = self._tokenizer.token_to_id("<|startofprev|>")
-        self.no_speech = self._tokenizer.token_to_id("<|nospeech|>") or self._tokenizer.token_to_id("<|nocaptions|>")
-        self.no_timestamps = self._tokenizer.token_to_id("<|notimestamps|>")
+        self.eot = self._special("<|endoftext|>")
+        self.sot = self._special("<|startoftranscript|>")
+        self.transcribe = self._special("<|transcribe|>")
+        self.prev = self._special("<|startofprev|>")
+        self.no_speech = self._tokenizer.token_to_id("<|nospeech|>") or self._special("<|nocaptions|>")
+        self.no_timestamps = self._special("<|notimestamps|>")
         self.languages: dict[str, int] = {}
         for token in range(self.sot + 1, self.transcribe):
             name = self._tokenizer.id_to_token(token)
             if name and name.startswith("<|") and name.endswith("|>") and name not in ("<|translate|>",):
                 self.languages[name[2:-2]] = token
+
+    def _special(self, name: str) -> int:
+        token: int | None = self._tokenizer.token_to_id(name)
+        if token is None:
+            raise ValueError(f"not a Whisper tokenizer: it has no {name}")
+        return token
 
     def encode(self, text: str) -> list[int]:
         return self._tokenizer.encode(text, add_special_tokens=False).ids
@@ -188,6 +196,14 @@ class WhisperTokenizer:
 
 
 # -- model ------------------------------------------------------------------------------------
+# The decoder's self-attention cache by input name: on the device, or on the host once cut or selected.
+WhisperCache = dict[str, ort.OrtValue | np.ndarray]
+
+
+def _host(value: ort.OrtValue | np.ndarray) -> np.ndarray:
+    return value if isinstance(value, np.ndarray) else value.numpy()
+
+
 @dataclass
 class WhisperFeatures:
     cross: dict[str, ort.OrtValue]  # per decoder layer: cross-attention keys and values, on the device
@@ -214,6 +230,7 @@ class WhisperModel:
         self.min_window_s = 0.0
         self.languages = tuple(self.tokenizer.languages)
         self.multilingual = len(self.languages) > 1
+        self.eot = self.tokenizer.eot
         vocab = int(config.get("n_vocab", len(self.tokenizer.token_bytes)))
         self._suppress = np.zeros(vocab, dtype=np.float32)
         self._suppress[[t for t in config.get("suppress_ids", []) if t < vocab]] = -np.inf
@@ -233,25 +250,20 @@ class WhisperModel:
         self.encoder.run_with_iobinding(binding)
         return WhisperFeatures(dict(zip(self._cross_names, binding.get_outputs())), duration)
 
-    # -- decoder ---------------------------------------------------------------------------
-    def _run(self, features: WhisperFeatures, tokens: Sequence[int], past: dict[str, ort.OrtValue | np.ndarray] | None, offset: int):
-        """Decoder on ``tokens`` after ``offset`` cached positions; log-probabilities of every
-        position and the grown cache (on the device)."""
-        log_probs, cache = self._run_batch(features, [tokens], past, offset)
-        return log_probs[0], cache
-
-    def _run_batch(
-        self, features: WhisperFeatures, rows: Sequence[Sequence[int]], past: dict[str, ort.OrtValue | np.ndarray] | None, offset: int
-    ) -> tuple[np.ndarray, dict[str, ort.OrtValue]]:
-        """:meth:`_run` for several token sequences of one length at once (``past`` holds one
-        cache per row); log-probabilities are indexed by row, then position."""
-        if past is None:
+    # -- decoder graph (decoder/loop.py's BatchGraph) -----------------------------------------
+    def run(
+        self, features: WhisperFeatures, rows: Sequence[Sequence[int]], cache: WhisperCache | None, offset: int
+    ) -> tuple[np.ndarray, WhisperCache]:
+        """The decoder on token ``rows`` of one length (``cache`` holds one cache per row) after
+        ``offset`` cached positions. The audio's keys and values are shared by every row by
+        broadcasting, not copied; the grown cache stays on the device."""
+        if cache is None:
             empty = np.zeros((len(rows), self.heads, 0, self.head_dim), dtype=np.float32)
-            past = {f"self_{kind}_{layer}": empty for layer in range(self.layers) for kind in "kv"}
+            cache = {f"self_{kind}_{layer}": empty for layer in range(self.layers) for kind in "kv"}
         binding = self.decoder.io_binding()
         binding.bind_cpu_input("tokens", np.array(rows, dtype=np.int64))
         binding.bind_cpu_input("offset", np.array([offset], dtype=np.int64))
-        for name, value in (*past.items(), *features.cross.items()):
+        for name, value in (*cache.items(), *features.cross.items()):
             if isinstance(value, np.ndarray):
                 binding.bind_cpu_input(name, value)
             else:
@@ -261,10 +273,28 @@ class WhisperModel:
             binding.bind_output(name, self.device.kind, self.device.index)
         self.decoder.run_with_iobinding(binding)
         outputs = binding.get_outputs()
-        cache = {name.replace("new_", ""): value for name, value in zip(self._cache_outputs, outputs[1:])}
+        grown: WhisperCache = {name.replace("new_", ""): value for name, value in zip(self._cache_outputs, outputs[1:])}
         logits = outputs[0].numpy()
         peak = logits.max(axis=-1, keepdims=True)
-        return logits - (peak + np.log(np.exp(logits - peak).sum(axis=-1, keepdims=True))), cache
+        return logits - (peak + np.log(np.exp(logits - peak).sum(axis=-1, keepdims=True))), grown
+
+    def cut(self, cache: WhisperCache, length: int) -> WhisperCache:
+        """One trip through host memory per decode, and only when the draft was wrong."""
+        return {name: np.ascontiguousarray(_host(value)[:, :, :length]) for name, value in cache.items()}
+
+    def select(self, cache: WhisperCache, rows: Sequence[int]) -> WhisperCache:
+        return {name: _host(value)[list(rows)] for name, value in cache.items()}
+
+    def allowed(self, log_probs: np.ndarray, at_start: bool) -> np.ndarray:
+        """Never special or timestamp tokens; not a space or end-of-text first."""
+        log_probs = log_probs + self._suppress
+        if at_start:
+            log_probs[self._suppress_begin] = -np.inf
+        return log_probs
+
+    def first_step(self, log_probs: np.ndarray) -> tuple[np.ndarray, bool] | None:
+        """No rule of its own: :meth:`allowed` already keeps end-of-text from coming first."""
+        return log_probs, False
 
     def detect_language(
         self, features: WhisperFeatures, candidates: Sequence[str] | None = None, likely: str | None = None
@@ -273,7 +303,7 @@ class WhisperModel:
         ``likely``, if the audio leaves it at least :data:`KEEP_LANGUAGE_MIN_PROB`."""
         if not self.multilingual:
             return self.languages[0], 1.0
-        log_probs, _ = self._run(features, [self.tokenizer.sot], None, 0)
+        log_probs = self.run(features, [[self.tokenizer.sot]], None, 0)[0][0]
         names = [c for c in (candidates or self.languages) if c in self.tokenizer.languages] or list(self.languages)
         scores = np.array([log_probs[-1, self.tokenizer.languages[n]] for n in names])
         probs = np.exp(scores - scores.max())
@@ -294,30 +324,28 @@ class WhisperModel:
         return [self.tokenizer.prev, *tokens] if tokens else []
 
     def decode(
-        self,
-        features: WhisperFeatures,
-        prefix: Sequence[Word] = (),
-        draft: Sequence[Word] = (),
-        language: str | None = None,
-        context: Context | None = None,
-        likely_language: str | None = None,
-        beam_size: int = 1,
+        self, features: WhisperFeatures, prefix: Sequence[Word] = (), draft: Sequence[Word] = (), options: DecodeOptions = DecodeOptions()
     ) -> Hypothesis:
+        if options.beam_size < 1:
+            raise ValueError(f"beam_size must be 1 (greedy) or more (a beam search), not {options.beam_size}")
+        if options.language is not None and options.language not in self.tokenizer.languages:
+            raise ValueError(f"{self.name} does not know language {options.language!r}")
         started = time.perf_counter()
-        candidates = None
-        if language and "," in language:
-            candidates, language = language.split(","), None
-        if not language or language == "auto":
-            language, _ = self.detect_language(features, candidates, likely_language)
+        language = options.language
+        if language is None:
+            language, _ = self.detect_language(features, options.candidates or None, options.likely_language)
+        context = options.context
         start = [*self._prompt(context), self.tokenizer.sot]
         if self.multilingual:
             start.append(self.tokenizer.languages[language])
         start += [self.tokenizer.transcribe, self.tokenizer.no_timestamps]
         forced = [t for w in prefix for t in w.tokens]
         budget = self.limits.budget(features.duration)
-        proposed = [t for w in draft for t in w.tokens][: max(0, budget - len(forced))]
-        found = self._beam_search(features, start, forced, budget, beam_size) if beam_size > 1 else None
-        chosen, scores, no_speech = found or self._greedy(features, start, forced, proposed, budget)
+        proposed = [t for w in draft for t in w.tokens]
+        found = beam_search(self, features, start, forced, budget, options.beam_size, self.limits) if options.beam_size > 1 else None
+        found = found or greedy(self, features, start, forced, proposed, budget, self.limits)
+        chosen, scores = found.tokens, found.scores
+        no_speech = float(np.exp(found.first_call[start.index(self.tokenizer.sot), self.tokenizer.no_speech]))
         words = self.limits.cut_repeated_phrase(self.tokenizer.words(chosen), chosen, scores)
         average = float(np.mean(scores)) if scores else 0.0
         text = self.tokenizer.text(forced + chosen)
@@ -339,115 +367,6 @@ class WhisperModel:
             compute_seconds=time.perf_counter() - started,
             no_speech_prob=no_speech,
         )
-
-    def _allowed(self, row: np.ndarray, at_start: bool) -> np.ndarray:
-        """Log-probabilities with the tokens that may not come next removed."""
-        row = row + self._suppress
-        if at_start:
-            row[self._suppress_begin] = -np.inf
-        return row
-
-    def _no_speech(self, log_probs: np.ndarray, start: Sequence[int]) -> float:
-        return float(np.exp(log_probs[list(start).index(self.tokenizer.sot), self.tokenizer.no_speech]))
-
-    def _greedy(
-        self, features: WhisperFeatures, start: list[int], forced: list[int], proposed: list[int], budget: int
-    ) -> tuple[list[int], list[float], float]:
-        """Greedy decoding after ``start + forced``, the ``proposed`` draft verified in the first
-        call. Returns the chosen tokens, their log-probabilities and the no-speech probability."""
-        log_probs, cache = self._run(features, [*start, *forced, *proposed], None, 0)
-        first = len(start) - 1 + len(forced)  # row predicting the first token after the forced ones
-
-        def choose(row: np.ndarray) -> int:
-            return int(self._allowed(row, not forced and not chosen).argmax())
-
-        chosen: list[int] = []
-        while len(chosen) < len(proposed) and choose(log_probs[first + len(chosen)]) == proposed[len(chosen)]:
-            chosen.append(proposed[len(chosen)])
-        scores = [float(log_probs[first + i, t]) for i, t in enumerate(chosen)]
-        row = log_probs[first + len(chosen)]
-        if len(chosen) < len(proposed):
-            # The cache holds rejected draft tokens: keep only the accepted positions (one trip
-            # through host memory per decode, and only when the draft was wrong).
-            keep = len(start) + len(forced) + len(chosen)
-            cache = {name: np.ascontiguousarray(value.numpy()[:, :, :keep]) for name, value in cache.items()}
-        offset = len(start) + len(forced) + len(chosen)
-        while len(forced) + len(chosen) < budget:
-            token = choose(row)
-            if token == self.tokenizer.eot:
-                break
-            chosen.append(token)
-            scores.append(float(row[token]))
-            if self.limits.cut_loop(forced, chosen, scores):
-                break
-            step, cache = self._run(features, [token], cache, offset)
-            offset += 1
-            row = step[-1]
-        return chosen, scores, self._no_speech(log_probs, start)
-
-    def _beam_search(
-        self, features: WhisperFeatures, start: list[int], forced: list[int], budget: int, width: int
-    ) -> tuple[list[int], list[float], float] | None:
-        """Beam search after ``start + forced``. Greedy decoding commits to a word on its own
-        score ("Segunda informação", -0.30 per token) where the sentence it starts can be far
-        less likely than another ("Segundo informações", -0.18). As Whisper's reference decoder
-        does, each step extends every live hypothesis by its ``width + 1`` likeliest tokens and
-        keeps the ``width`` best, and the search stops once ``width`` hypotheses have ended.
-
-        The likeliest ended hypothesis wins: the sum of its log-probabilities, end-of-text
-        included. Not the mean per token, as the reference ranks them: a sentence read twice is
-        as sure of its second copy as of its first, and won on the mean ("Many people don't ...
-        fly. Many peoples don't ... fly."); the sum makes the copy pay for every token, and
-        ending before the speech does pays the end-of-text the model does not expect. The sum
-        also lets the search drop a hypothesis as soon as it can no longer win.
-
-        None when no hypothesis ended: the search ran into loops (which score well per token:
-        the model is sure of what it repeats) or out of tokens, and greedy decoding, with its
-        loop guard, reads such audio better. The live hypotheses run as one batch; the audio's
-        keys and values are shared by broadcasting, not copied."""
-        log_probs, cache = self._run(features, [*start, *forced], None, 0)
-        no_speech = self._no_speech(log_probs, start)
-        past = {name: value.numpy() for name, value in cache.items()}
-        rows = log_probs[-1:]
-        live: list[tuple[list[int], list[float], float]] = [([], [], 0.0)]  # tokens, scores, sum
-        ended: list[tuple[list[int], list[float], float]] = []  # at end-of-text, which is scored too
-        offset = len(start) + len(forced)
-        while live and len(ended) < width:
-            extensions = []  # (sum, parent index, token, log-probability)
-            for index, (tokens, _, total) in enumerate(live):
-                row = self._allowed(rows[index], not forced and not tokens)
-                for token in np.argpartition(-row, width + 1)[: width + 1]:
-                    if np.isfinite(row[token]):
-                        extensions.append((total + float(row[token]), index, int(token), float(row[token])))
-            extensions.sort(key=lambda e: -e[0])
-            grown, parents = [], []
-            for total, index, token, score in extensions:
-                tokens, scores, _ = live[index]
-                if token == self.tokenizer.eot:
-                    ended.append((tokens, scores, total))
-                    continue
-                tokens, scores = [*tokens, token], [*scores, score]
-                if self.limits.cut_loop(forced, tokens, scores) or len(forced) + len(tokens) >= budget:
-                    continue  # a loop, or out of tokens: not a reading of the audio
-                grown.append((tokens, scores, total))
-                parents.append(index)
-                if len(grown) == width:
-                    break
-            # Log-probabilities are never positive: a hypothesis no likelier than one that has
-            # ended can only fall further behind it, so it is dropped (the same winner, sooner).
-            best = max((total for _, _, total in ended), default=-np.inf)
-            kept = [i for i, (_, _, total) in enumerate(grown) if total > best]
-            live, parents = [grown[i] for i in kept], [parents[i] for i in kept]
-            if live and len(ended) < width:
-                past = {name: value[parents] for name, value in past.items()}
-                step, cache = self._run_batch(features, [[tokens[-1]] for tokens, _, _ in live], past, offset)
-                past = {name: value.numpy() for name, value in cache.items()}
-                rows = step[:, -1]
-                offset += 1
-        if not ended:
-            return None
-        tokens, scores, _ = max(ended, key=lambda e: e[2])
-        return tokens, scores, no_speech
 
 
 def _copies_prompt(text: str, context: Context | None) -> bool:

@@ -125,7 +125,7 @@ def test_converted_graphs_match_a_numpy_forward_pass(whisper, checkpoint):
         y = y + _linear(_gelu(_linear(_layer_norm(y, w, f"{p}/ffn/layer_norm"), w, f"{p}/ffn/linear_0")), w, f"{p}/ffn/linear_1")
     logits = _layer_norm(y, w, "decoder/layer_norm") @ w["decoder/embeddings/weight"].T
     features = whisper.encode(CLIPS["en_arctic_a0024"].audio)
-    log_probs, _ = whisper._run(features, tokens, None, 0)
+    log_probs = whisper.run(features, [tokens], None, 0)[0][0]
     expected = logits - logits.max(-1, keepdims=True)
     expected -= np.log(np.exp(expected).sum(-1, keepdims=True))
     print("max log-prob difference", np.abs(log_probs - expected).max())
@@ -153,7 +153,7 @@ def test_greedy_transcripts_equal_ctranslate2(whisper, reference):
             equal += ours == expected
             tokens = [t for s in segments for t in s.tokens if t < whisper.tokenizer.eot]
             start = [whisper.tokenizer.sot, whisper.tokenizer.languages[clip.language], whisper.tokenizer.transcribe, whisper.tokenizer.no_timestamps]
-            log_probs, _ = whisper._run(whisper.encode(clip.audio), start + tokens, None, 0)
+            log_probs = whisper.run(whisper.encode(clip.audio), [start + tokens], None, 0)[0][0]
             rows = log_probs[len(start) - 1 : len(start) - 1 + len(tokens)] + whisper._suppress
             gaps = rows.max(-1) - rows[np.arange(len(tokens)), tokens]
             assert gaps.max() < 0.5, (clip_id, float(gaps.max()), ours, expected)
@@ -206,6 +206,13 @@ def test_candidates_restrict_detection(whisper):
     language, _ = whisper.detect_language(whisper.encode(audio), ["en", "zh"])
     assert language in ("en", "zh")
     assert transcribe(whisper, audio, options=DecodeOptions.asking("es,de")).language == "es"
+
+
+def test_a_language_the_model_lacks_is_refused(whisper):
+    features = whisper.encode(CLIPS["es_fleurs_test_000"].audio[:16000])
+    for options in (DecodeOptions(language="xx"), DecodeOptions(language="auto"), DecodeOptions(beam_size=0)):
+        with pytest.raises(ValueError):
+            whisper.decode(features, options=options)
 
 
 # -- guards ------------------------------------------------------------------------------------
