@@ -121,6 +121,25 @@ class FinalCaption:
 CaptionEvent = PartialCaption | FinalCaption
 
 
+@dataclass(frozen=True)
+class _Heard:
+    """An utterance that was captioned: its audio and final's words, and where it ended (a
+    sample index on the session clock); the next utterance may be decoded after it."""
+
+    audio: np.ndarray
+    words: tuple[Word, ...]
+    end: int
+
+
+@dataclass(frozen=True)
+class _Detection:
+    """An early final's language: the one detected, and whether it was detected at all (not
+    asked for by name)."""
+
+    detected: bool
+    language: str
+
+
 @dataclass
 class _Utterance:
     key: int
@@ -141,12 +160,12 @@ class _Utterance:
     language: str = "en"
     detected: str | None = None
     detection: str | None = None
-    # The previous utterance, decoded in front of this one: (audio, its final's words).
-    lead_in: tuple[np.ndarray, tuple[Word, ...]] | None = None
+    # The previous utterance, decoded in front of this one.
+    lead_in: _Heard | None = None
     # The early final: where it supposed the utterance ends, and its words once decoded.
     early_end: int | None = None
     early_words: tuple[Word, ...] | None = None
-    early_language: tuple[bool, str] | None = None  # (was it detected, the language)
+    early_language: _Detection | None = None
 
     @property
     def reported_language(self) -> str:
@@ -220,7 +239,7 @@ class Session:
         self._closing: deque[_Utterance] = deque()
         self._in_flight: tuple[DecodeRequest, _Utterance] | None = None
         self._events: list[CaptionEvent] = []
-        self._previous: tuple[np.ndarray, tuple[Word, ...], int] | None = None  # audio, words, end
+        self._previous: _Heard | None = None
         self._ending = False
         self._decode_seconds = 0.0  # smoothed wall time of recent decodes
 
@@ -292,7 +311,7 @@ class Session:
             if final:
                 self._fix_language(utterance, detected, hypothesis.language)
             elif request.early_end is not None:
-                utterance.early_language = (detected, hypothesis.language)
+                utterance.early_language = _Detection(detected, hypothesis.language)
             elif agreed and _automatic(utterance.language) and len(request.audio) >= self.config.language_lock_s * SAMPLE_RATE:
                 utterance.language = hypothesis.language
         if final:
@@ -318,10 +337,10 @@ class Session:
         if self._in_flight is not None:
             return None
         if self._closing:
-            utterance = self._closing[0]
+            closing = self._closing[0]
             # After a length cut, the partials' words may belong to the audio past the cut.
-            draft = () if utterance.cut else utterance.stabilizer.latest
-            return self._request(utterance, final=True, prefix=(), draft=draft)
+            draft = () if closing.cut else closing.stabilizer.latest
+            return self._request(closing, final=True, prefix=(), draft=draft)
         utterance = self._open
         if utterance is None:
             return None
@@ -375,8 +394,8 @@ class Session:
         if isinstance(event, SpeechStart):
             self._open = _Utterance(key=next(self._keys), start=event.start, asked=self.language, language=self.language)
             previous = self._previous
-            if previous is not None and event.start - previous[2] <= self.config.context_gap_s * SAMPLE_RATE:
-                self._open.lead_in = (previous[0], previous[1])
+            if previous is not None and event.start - previous.end <= self.config.context_gap_s * SAMPLE_RATE:
+                self._open.lead_in = previous
         elif isinstance(event, SpeechChunk):
             assert self._open is not None
             self._open.chunks.append(event.samples)
@@ -389,7 +408,7 @@ class Session:
             utterance.cut = event.reason == "max_length"
             if utterance.early_words is not None and utterance.early_end == utterance.end and not self._closing:
                 if utterance.early_language is not None and _automatic(utterance.asked):
-                    self._fix_language(utterance, *utterance.early_language)
+                    self._fix_language(utterance, utterance.early_language.detected, utterance.early_language.language)
                 self._emit_final(utterance, utterance.early_words)  # decoded already
             else:
                 self._closing.append(utterance)
@@ -411,8 +430,8 @@ class Session:
         utterance.settled_decoded = not speaking
         lead_words: tuple[Word, ...] = ()
         if utterance.lead_in is not None:
-            lead_audio, lead_words = utterance.lead_in
-            audio = np.concatenate([lead_audio, audio])
+            lead_words = utterance.lead_in.words
+            audio = np.concatenate([utterance.lead_in.audio, audio])
         language, likely = self._language_for(utterance, len(audio), whole=final or early_end is not None)
         request = DecodeRequest(
             id=next(self._request_ids),
@@ -481,7 +500,7 @@ class Session:
         # The next utterance may be decoded after this one; a cut utterance's words may not
         # match its audio exactly, and a long one needs no help.
         usable = words and not utterance.cut and len(audio) <= self.config.context_max_s * SAMPLE_RATE
-        self._previous = (audio, words, utterance.end) if usable else None
+        self._previous = _Heard(audio, words, utterance.end) if usable else None
         text = join_words(words).strip()
         if not text and utterance.segment is None:
             return  # nothing was heard and nothing was shown: no caption at all
