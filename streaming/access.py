@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import collections
 import logging
-from typing import Mapping
+from collections.abc import Mapping
 
 from streaming import auth
 from streaming.protocol import ProtocolError

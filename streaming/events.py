@@ -9,8 +9,9 @@ A new event is a dataclass here plus its field names in :func:`to_wire`.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from streaming.session import FinalCaption, PartialCaption
 
@@ -54,7 +55,7 @@ class Final:
     wall_start: float | None = None  # Unix time of ``start``
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> "Final":
+    def from_row(cls, row: Mapping[str, Any]) -> Final:
         """A journal row (see :mod:`streaming.journal`) as the final it was."""
         return cls(
             room=row["room"], session=row["session"], speaker=row["speaker"], segment=row["segment"], text=row["text"],

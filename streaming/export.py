@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import textwrap
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 FORMATS = ("srt", "vtt", "json", "txt")
 MAX_LINE = 42

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import bisect
 from collections import Counter
-from typing import Callable
+from collections.abc import Callable
 
 LATENCY_BUCKETS = (0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
 
@@ -43,10 +43,13 @@ class Metrics:
         def metric(name: str, kind: str, help: str, values: Callable[[], list[str]]) -> None:
             lines.extend([f"# HELP {name} {help}", f"# TYPE {name} {kind}", *values()])
 
+        def sample(name: str, value: float) -> Callable[[], list[str]]:
+            return lambda: [f"{name} {value:g}"]
+
         for name, (help, value) in gauges.items():
-            metric(name, "gauge", help, lambda value=value, name=name: [f"{name} {value:g}"])
+            metric(name, "gauge", help, sample(name, value))
         for name, (help, value) in counters.items():
-            metric(name, "counter", help, lambda value=value, name=name: [f"{name} {value:g}"])
+            metric(name, "counter", help, sample(name, value))
         metric("flashcaption_viewers_dropped_total", "counter", "Viewers closed for falling behind.",
                lambda: [f"flashcaption_viewers_dropped_total {self.dropped_viewers}"])
         metric("flashcaption_errors_total", "counter", "Protocol errors sent to clients, by code.",

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from decoder.context import Context, ContextError, parse_context
@@ -108,6 +109,10 @@ def _room(value: str | None) -> str:
 def _language(value: Any) -> str | None:
     if value is None or value == "":
         return None
+    return _language_code(value)
+
+
+def _language_code(value: Any) -> str:
     if not isinstance(value, str) or not _LANGUAGE.fullmatch(value):
         raise ProtocolError("bad_request", f"language must be 'auto' or a language code like 'en', not {value!r}")
     return value
@@ -156,7 +161,7 @@ def parse_publish(query: Mapping[str, str]) -> PublishParams:
         room=_room(query.get("room")),
         speaker=speaker,
         language=_language(query.get("language")),
-        languages=tuple(_language(code.strip()) for code in query.get("languages", "").split(",") if code.strip()),
+        languages=tuple(_language_code(code.strip()) for code in query.get("languages", "").split(",") if code.strip()),
         sample_rate=rate,
         encoding=encoding,
         context=_context(query.get("context")),
@@ -168,10 +173,11 @@ def parse_publish(query: Mapping[str, str]) -> PublishParams:
 
 def parse_view(query: Mapping[str, str]) -> ViewParams:
     _unknown(query, _VIEW_KEYS)
-    since = query.get("since")
-    if since is not None:
+    since_text = query.get("since")
+    since: int | None = None
+    if since_text is not None:
         try:
-            since = int(since)
+            since = int(since_text)
         except ValueError:
             raise ProtocolError("bad_request", "since must be a whole number (a seq)") from None
         if since < 0:

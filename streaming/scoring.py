@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import re
 import unicodedata
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 # Languages written without spaces between words: scored by characters, spaces removed.
 CHARACTER_LANGUAGES = {"zh", "ja", "ko", "yue", "th"}

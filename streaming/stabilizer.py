@@ -9,7 +9,7 @@ as a forced prefix, so later hypotheses keep them and the model spends no time o
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from decoder.api import Word, join_words
 
