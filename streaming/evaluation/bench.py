@@ -18,13 +18,14 @@ peak resident memory, read from /proc for the server process the bench started.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import sys
 import urllib.request
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from websockets.asyncio.client import connect
 
@@ -108,7 +109,7 @@ def summarize(clips: list[Clip], results: list[StreamResult]) -> dict[str, Any]:
 
 
 
-def print_report(report: dict[str, Any], out=sys.stdout) -> None:
+def print_report(report: dict[str, Any], out: TextIO = sys.stdout) -> None:
     m = report["machine"]
     print(f"FlashCaption bench: model {report['model']} on {report['device']}; {m['cpu']}, {m['cores']} cores", file=out)
     if report.get("lead_silence"):
@@ -158,7 +159,7 @@ async def non_speech_captions(url: str, seconds: float = 30.0) -> dict[str, int]
     return counts
 
 
-def run_bench(args) -> dict[str, Any]:
+def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     clips = load_manifest(Path(args.manifest), set(args.langs.split(",")) if args.langs else None, args.lead_silence)
     if not clips:
         raise SystemExit(f"no recordings for languages {args.langs} in {args.manifest}")
@@ -176,8 +177,8 @@ def run_bench(args) -> dict[str, Any]:
         if getattr(args, "context", None):
             term_lists = json.loads(Path(args.context).read_text(encoding="utf-8"))
             clips = [c for c in clips if c.id in term_lists["clips"]]
-            results = asyncio.run(run_context_streams(url, clips, term_lists, args.speed))
-            report["context"] = summarize_context(clips, term_lists, results)
+            by_condition = asyncio.run(run_context_streams(url, clips, term_lists, args.speed))
+            report["context"] = summarize_context(clips, term_lists, by_condition)
             return report
         counts = [int(n) for n in args.sweep.split(",")] if args.sweep else [args.streams]
         capacity = None
@@ -189,7 +190,7 @@ def run_bench(args) -> dict[str, Any]:
             run["summary"] = summarize(clips, results)
             run["utterances"] = [asdict(u) for r in results for u in r.utterances]
             run["clips"] = [{"clip": r.clip, "stream": r.stream, "finals": r.finals, "languages": r.languages} for r in results]
-            if server:
+            if server is not None and cpu_before is not None:
                 run["cpu_per_audio_second"] = (server.cpu_seconds() - cpu_before) / audio_seconds
                 run["peak_rss_mb"] = server.peak_rss_mb()
             report["runs"].append(run)
@@ -267,7 +268,7 @@ def summarize_context(clips: list[Clip], term_lists: dict[str, Any], results: di
     return summary
 
 
-def print_context_report(summary: dict[str, Any], out=sys.stdout) -> None:
+def print_context_report(summary: dict[str, Any], out: TextIO = sys.stdout) -> None:
     names = {"none": "no context", "terms": "spoken terms + distractors", "unrelated": "unrelated terms"}
     spoken, distractors = summary["none"]["terms"]
     print(f"\ncontext biasing ({spoken} spoken terms, {distractors} distractors):", file=out)

@@ -6,12 +6,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from streaming.evaluation.streams import stats
 
 
-def journal_bench(count: int, out=sys.stdout) -> dict[str, Any]:
+def journal_bench(count: int, out: TextIO = sys.stdout) -> dict[str, Any]:
     """Write ``count`` finals to a fresh journal one by one (as the server does), then time the
     replay and the exports of that room."""
     from streaming.export import render

@@ -3,16 +3,18 @@ once, in order, while memory stays flat."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from websockets.asyncio.client import connect
 
 from streaming.evaluation.streams import (
+    Clip,
     ServerProcess,
     StreamResult,
     format_stats,
@@ -41,7 +43,9 @@ async def _watch(url: str, room: str, seqs: list[int], errors: list[dict], stop:
         reader.cancel()
 
 
-async def _soak(url, clips, publishers, viewers, seconds, server, out) -> dict[str, Any]:
+async def _soak(
+    url: str, clips: list[Clip], publishers: int, viewers: int, seconds: float, server: ServerProcess | None, out: TextIO
+) -> dict[str, Any]:
     rooms = [f"soak-{i}" for i in range(publishers)]
     stop = asyncio.Event()
     seen: list[list[int]] = [[] for _ in range(viewers)]
@@ -58,15 +62,15 @@ async def _soak(url, clips, publishers, viewers, seconds, server, out) -> dict[s
             results.append(await stream_clip(url, clips[turn % len(clips)], index, 1.0, rooms[index]))
             turn += 1
 
-    async def sample_memory() -> None:
+    async def sample_memory(server: ServerProcess) -> None:
         while True:
             await asyncio.sleep(10)
             memory.append((time.monotonic() - started, server.rss_mb()))
             progress(min(int(time.monotonic() - started), int(seconds)), int(seconds), "soak")
 
-    sampler = asyncio.create_task(sample_memory()) if server else None
+    sampler = asyncio.create_task(sample_memory(server)) if server else None
     await asyncio.gather(*(publish(i) for i in range(publishers)))
-    if sampler:
+    if server and sampler:
         sampler.cancel()
         memory.append((time.monotonic() - started, server.rss_mb()))
     await asyncio.sleep(1.0)
@@ -76,7 +80,7 @@ async def _soak(url, clips, publishers, viewers, seconds, server, out) -> dict[s
     lost = sum(len(set(published[rooms[v % publishers]]) - set(seen[v])) for v in range(viewers))
     repeated = sum(len(s) - len(set(s)) for s in seen)
     utterances = [u for r in results for u in r.utterances]
-    report = {
+    report: dict[str, Any] = {
         "publishers": publishers, "viewers": viewers, "minutes": round((time.monotonic() - started) / 60, 2),
         "recordings_streamed": len(results), "finals": sum(len(v) for v in published.values()),
         "lost_finals": lost, "repeated_finals": repeated,
@@ -94,11 +98,11 @@ async def _soak(url, clips, publishers, viewers, seconds, server, out) -> dict[s
     return report
 
 
-def run_soak(args, out=sys.stdout) -> dict[str, Any]:
+def run_soak(args: argparse.Namespace, out: TextIO = sys.stdout) -> dict[str, Any]:
     clips = load_manifest(Path(args.manifest), set(args.langs.split(",")) if args.langs else None)
     server = None if args.url else ServerProcess(["--model", args.model, "--device", args.device, *args.server_args])
     try:
-        return asyncio.run(_soak(args.url or server.url, clips, args.publishers, args.viewers, args.minutes * 60, server, out))
+        return asyncio.run(_soak(args.url if server is None else server.url, clips, args.publishers, args.viewers, args.minutes * 60, server, out))
     finally:
         if server:
             server.stop()

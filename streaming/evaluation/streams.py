@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -133,7 +134,7 @@ async def stream_clip(
     audio = np.concatenate([audio, np.zeros(int(rate * TAIL_SILENCE_SECONDS), np.float32)])
     step = int(rate * CHUNK_SECONDS)
     sent_at: list[float] = []  # wall time each chunk was sent
-    received: list[tuple[float, dict]] = []
+    received: list[tuple[float, dict[str, Any]]] = []
     behind = 0.0
     mode = "live" if speed == 1.0 else "file"
     query = dict(room=room, sample_rate=rate, speaker=f"bench{stream}", mode=mode, context=context)
@@ -161,12 +162,21 @@ async def stream_clip(
         await ws.send(json.dumps({"type": "end"}))
         try:
             await asyncio.wait_for(receiver, timeout=120)
-        except (asyncio.TimeoutError, websockets.ConnectionClosed):
+        except (TimeoutError, websockets.ConnectionClosed):
             pass
     return _measure(clip, stream, speech, sent_at, received, step, rate, behind)
 
 
-def _measure(clip, stream, speech, sent_at, received, step, rate, behind) -> StreamResult:
+def _measure(
+    clip: Clip,
+    stream: int,
+    speech: np.ndarray,
+    sent_at: list[float],
+    received: list[tuple[float, dict[str, Any]]],
+    step: int,
+    rate: int,
+    behind: float,
+) -> StreamResult:
     def sent(seconds: float) -> float:
         index = min(len(sent_at) - 1, int(seconds * rate) // step)
         return sent_at[index]
@@ -174,7 +184,8 @@ def _measure(clip, stream, speech, sent_at, received, step, rate, behind) -> Str
     errors = [m for _, m in received if m["type"] == "error"]
     finals = [(t, m) for t, m in received if m["type"] == "final"]
     partials = [(t, m) for t, m in received if m["type"] == "partial"]
-    rewrites, previous = 0, {}
+    rewrites = 0
+    previous: dict[int, str] = {}  # the latest partial text by segment
     for _, m in partials:
         before = previous.get(m["segment"])
         if before is not None and not is_extension(before, m["text"]):
@@ -230,6 +241,7 @@ class ServerProcess:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
+                assert self.process.stderr is not None  # stderr=PIPE
                 raise RuntimeError(f"server exited: {self.process.stderr.read()}")
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
@@ -309,13 +321,14 @@ async def run_streams(url: str, clips: list[Clip], streams: int, speed: float | 
     progress(len(clips), len(clips), "done")
     return results
 
-def stats(values: list[float]) -> dict[str, float] | None:
-    values = [v for v in values if v is not None]
-    if not values:
+def stats(values: Sequence[float | None]) -> dict[str, float] | None:
+    """Order statistics of the values there are (None: not measured)."""
+    present = [v for v in values if v is not None]
+    if not present:
         return None
-    ordered = sorted(values)
+    ordered = sorted(present)
     return {
-        "n": len(values),
+        "n": len(present),
         "p50": statistics.median(ordered),
         "p95": ordered[min(len(ordered) - 1, int(round(0.95 * (len(ordered) - 1))))],
         "min": ordered[0],
