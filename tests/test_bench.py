@@ -25,7 +25,7 @@ def bench_args(**overrides) -> argparse.Namespace:
 def _only(clips: str):
     # A manifest of two short clips keeps this test to seconds of audio.
     lines = (DATA / "manifest.tsv").read_text(encoding="utf-8").splitlines()
-    return "\n".join([lines[0]] + [l for l in lines[1:] if l.split("\t")[0] in clips]) + "\n"
+    return "\n".join([lines[0]] + [line for line in lines[1:] if line.split("\t")[0] in clips]) + "\n"
 
 
 def test_latency_figures_follow_a_slowed_server(tmp_path):

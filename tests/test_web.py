@@ -11,7 +11,6 @@ import io
 import json
 import os
 import shutil
-import threading
 import time
 import urllib.request
 import wave
@@ -19,13 +18,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
+from playwright.sync_api import sync_playwright
 
 from streaming.scoring import normalize
 from tests.conftest import CLIPS, ServerThread
 from tests.test_server import publish
-
-from PIL import Image
-from playwright.sync_api import sync_playwright
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -272,7 +270,7 @@ def test_overlay_styles_with_two_speakers(server, context):
     # Long lines wrap inside max_width (55% of the window).
     long_lines = overlay_geometry(pages["long-lines"])
     assert long_lines["box"]["right"] - long_lines["box"]["left"] <= 0.56 * 1280
-    assert len({round(r["top"]) for l in long_lines["lines"] for r in l["rects"]}) >= 2
+    assert len({round(r["top"]) for line in long_lines["lines"] for r in line["rects"]}) >= 2
 
 
 def test_overlay_hides_in_silence_and_returns_with_speech(server, context):
