@@ -1,4 +1,6 @@
-"""Shared fixtures: the real model, real recordings, generated non-speech, a real server."""
+"""Shared fixtures: the real model, real recordings, generated non-speech, a real server; and
+the fast tier: every test that needs no real model and no browser is marked ``fast``
+(``bin/test -m fast``), decided from the fixtures it uses (see :func:`pytest_collection_modifyitems`)."""
 
 from __future__ import annotations
 
@@ -7,8 +9,10 @@ import csv
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
+import onnxruntime
 import pytest
 
 from decoder.api import SAMPLE_RATE
@@ -105,6 +109,66 @@ def server(model, tmp_path_factory):
     running = ServerThread(CaptionServer(config, model)).start()
     yield running
     running.stop()
+
+
+@pytest.fixture(scope="module")
+def scripted_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
+    """A real server on a loopback port with the scripted model (tests/scripted.py): fast."""
+    from streaming.config import ServerConfig
+    from streaming.server import CaptionServer
+    from tests.scripted import ScriptedModel
+
+    config = ServerConfig(port=0, viewer_queue=64, data_dir=tmp_path_factory.mktemp("scripted"))
+    running = ServerThread(CaptionServer(config, ScriptedModel())).start()
+    yield running
+    running.stop()
+
+
+# -- the fast tier ----------------------------------------------------------------------------
+# A test that uses one of these fixtures, directly or through another fixture, needs a real
+# model (loaded here, or by a server it starts) or a browser: it is not in the fast tier.
+HEAVY_FIXTURES = frozenset({"model", "whisper", "checkpoint", "server", "serve", "playwright", "browser"})
+# Tests that need a real model in a way no fixture shows: a `flashcaption serve` (or `soak`,
+# `bench`) subprocess, or ONNX Runtime sessions on a model's files. In modules that can say
+# so themselves, `@pytest.mark.slow` does the same.
+SLOW_TESTS = {
+    "test_bench.py": {"test_latency_figures_follow_a_slowed_server", "test_soak_command_runs_and_accounts_for_every_final"},
+    "test_cli.py": {
+        "test_sigterm_finalises_open_utterances_before_exit",
+        "test_serve_refuses_bad_settings_in_one_line",  # --room-languages is checked against the loaded model
+    },
+    "test_runtime.py": {"test_cpu_is_cpu", "test_auto_reports_the_provider_it_really_got", "test_explicit_cuda_never_falls_back_silently"},
+}
+
+
+def is_fast(item: pytest.Item) -> bool:
+    if item.get_closest_marker("slow") is not None:
+        return False
+    if HEAVY_FIXTURES & set(getattr(item, "fixturenames", ())):
+        return False
+    name = getattr(item, "originalname", item.name)
+    return name not in SLOW_TESTS.get(item.path.name, set())
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if is_fast(item):
+            item.add_marker(pytest.mark.fast)
+
+
+@pytest.fixture(autouse=True)
+def _fast_tests_load_no_model(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test marked fast that opens an ONNX Runtime session (a real model) fails, so a test
+    that loads one in a way its fixtures do not show cannot slip into the fast tier."""
+    if request.node.get_closest_marker("fast") is None:
+        return
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError(
+            f"{request.node.nodeid} is in the fast tier but loads a real model: use the model fixture, or mark it slow"
+        )
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", refuse)
 
 
 def pytest_terminal_summary(terminalreporter) -> None:

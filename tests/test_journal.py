@@ -11,6 +11,7 @@ import time
 import urllib.error
 import urllib.request
 
+import pytest
 import srt
 import webvtt
 from websockets.sync.client import connect
@@ -68,6 +69,7 @@ def test_two_speakers_export_to_valid_srt_and_vtt(server, tmp_path):
     assert [r["seq"] for r in rows] == [f["seq"] for f in spoken]
 
 
+@pytest.mark.slow  # `flashcaption serve` processes with the real model
 def test_kill_9_loses_no_final_and_seq_continues(tmp_path):
     port = free_port()
     data = tmp_path / "data"
