@@ -8,10 +8,12 @@ import logging
 import os
 import re
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # imported lazily below: client commands need not load the server
+    from streaming.client import StreamResult
     from streaming.config import ServerConfig
 
 DEFAULT_URL = os.environ.get("FLASHCAPTION_URL", "ws://127.0.0.1:8765")
@@ -436,7 +438,7 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_client(coroutine) -> int:
+def _run_client(coroutine: Coroutine[Any, Any, StreamResult | None]) -> int:
     from websockets.exceptions import InvalidHandshake, InvalidURI
 
     from streaming.client import ClientError

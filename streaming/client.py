@@ -8,7 +8,7 @@ import signal
 import sys
 import time
 import wave
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -117,7 +117,7 @@ class StreamResult:
 
 async def stream_samples(
     url: str,
-    chunks,
+    chunks: AsyncIterator[bytes],
     on_message: Callable[[dict], None],
 ) -> StreamResult:
     """Send PCM16 chunks from an async iterator, then ``end``; collect until the server closes."""
@@ -137,7 +137,7 @@ async def stream_samples(
         return StreamResult(ready, errors, connection.close_code)
 
 
-async def paced_chunks(samples: np.ndarray, rate: int, speed: float | None):
+async def paced_chunks(samples: np.ndarray, rate: int, speed: float | None) -> AsyncIterator[bytes]:
     """Chunks of ``CHUNK_SECONDS`` as PCM16, at ``speed`` times real time (None: no pacing)."""
     step = int(rate * CHUNK_SECONDS)
     started = time.monotonic()
@@ -178,7 +178,7 @@ async def stream_microphone(
     def on_audio(data, frames, when, status) -> None:
         loop.call_soon_threadsafe(queue.put_nowait, bytes(data))
 
-    async def chunks():
+    async def chunks() -> AsyncIterator[bytes]:
         # Ctrl-C ends the audio; the server then sends the last finals and closes.
         loop.add_signal_handler(signal.SIGINT, queue.put_nowait, None)
         try:
