@@ -7,9 +7,9 @@ from __future__ import annotations
 import asyncio
 import csv
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import onnxruntime
@@ -84,7 +84,7 @@ class ServerThread:
 
         asyncio.run(main())
 
-    def start(self) -> "ServerThread":
+    def start(self) -> ServerThread:
         self._thread.start()
         assert self._started.wait(30), "server did not start"
         return self

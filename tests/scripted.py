@@ -19,8 +19,8 @@ a burst of a known pitch is heard as nothing: silence, noise, music and nearly a
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import numpy as np
 

@@ -6,8 +6,8 @@ never changes; finals ask for the beam, partials decode greedily. Real VAD, no r
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import pytest
