@@ -1,7 +1,10 @@
-"""Access control: every token case, on the WebSocket routes and the HTTP ones."""
+"""Access control: every token case, on the WebSocket routes and the HTTP ones (a real server,
+with the scripted model: what is checked is who may do what, not what is heard)."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import logging
 import subprocess
@@ -13,9 +16,12 @@ import pytest
 from websockets.sync.client import connect
 
 from streaming import auth
+from streaming.access import AccessPolicy, token_of
 from streaming.config import ServerConfig
+from streaming.protocol import ProtocolError
 from streaming.server import CaptionServer
-from tests.conftest import CLIPS, ServerThread
+from tests.conftest import ServerThread
+from tests.scripted import ScriptedModel, speak
 from tests.test_cli import flashcaption
 from tests.test_server import finals, publish, refused
 
@@ -48,19 +54,62 @@ def test_tokens():
     assert not auth.is_loopback("0.0.0.0") and not auth.is_loopback("10.0.0.5") and not auth.is_loopback("example.org")
 
 
+def test_each_role_may_do_what_it_says_and_no_more():
+    allowed = {"view": {"view"}, "publish": {"view", "publish"}, "admin": {"view", "publish", "admin"}}
+    for role, actions in allowed.items():
+        grant = auth.verify_token(SECRET, auth.create_token(SECRET, "hall", role, 60))
+        for action in ("view", "publish", "admin"):
+            if action in actions:
+                auth.check(grant, "hall", action)
+            else:
+                with pytest.raises(auth.Unauthorized, match=f"a {role} token cannot {action}"):
+                    auth.check(grant, "hall", action)
+            with pytest.raises(auth.Unauthorized, match="not lobby"):
+                auth.check(grant, "lobby", action)  # another room: nothing at all
+    with pytest.raises(ValueError):
+        auth.create_token(SECRET, "hall", "owner", 60)
+    unknown = auth._b64(json.dumps({"room": "hall", "role": "owner", "exp": 2**40}).encode())
+    signature = auth._b64(hmac.new(SECRET, auth._unb64(unknown), hashlib.sha256).digest())
+    with pytest.raises(auth.Unauthorized, match="unknown role"):
+        auth.verify_token(SECRET, f"{unknown}.{signature}")  # signed, but no role we know
+
+
+def test_the_access_policy_asks_for_a_token_only_where_it_must():
+    policy = AccessPolicy(required=True, secret=SECRET)
+    publish_token = auth.create_token(SECRET, "hall", "publish", 60)
+    policy.authorize(publish_token, "hall", "publish")
+    for token, room, action in (
+        (None, "hall", "view"),
+        (auth.create_token(SECRET, "hall", "view", 60), "hall", "publish"),
+        (publish_token, "lobby", "publish"),
+        (publish_token, "hall", "admin"),
+        (auth.create_token(SECRET, "hall", "publish", -1), "hall", "publish"),
+    ):
+        with pytest.raises(ProtocolError) as refusal:
+            policy.authorize(token, room, action)
+        assert refusal.value.code == "unauthorized"
+    AccessPolicy(required=False, secret=b"").authorize(None, "hall", "admin")  # access control off
+    public = AccessPolicy(required=True, secret=SECRET, public_rooms=True)
+    public.authorize(None, "hall", "view")
+    with pytest.raises(ProtocolError):
+        public.authorize(None, "hall", "publish")  # public rooms are for watching only
+    assert token_of({"token": "a"}, "Bearer b") == "a" and token_of({}, "Bearer b") == "b"
+    assert token_of({}, "Basic b") is None and token_of({}, None) is None
+
+
 @pytest.fixture(scope="module")
-def guarded(model, tmp_path_factory):
+def guarded(tmp_path_factory):
     data = tmp_path_factory.mktemp("guarded")
-    running = ServerThread(CaptionServer(ServerConfig(port=0, data_dir=data, auth="on"), model)).start()
+    running = ServerThread(CaptionServer(ServerConfig(port=0, data_dir=data, auth="on"), ScriptedModel())).start()
     running.secret = auth.load_secret(data)
     running.data = data
     yield running
     running.stop()
 
 
-def test_auto_is_off_on_loopback_and_on_elsewhere(model, tmp_path):
-    assert not CaptionServer(ServerConfig(host="127.0.0.1", data_dir=tmp_path), model).access.required
-    assert CaptionServer(ServerConfig(host="0.0.0.0", data_dir=tmp_path), model).access.required
+def test_auto_is_off_on_loopback_and_on_elsewhere(tmp_path):
+    assert not CaptionServer(ServerConfig(host="127.0.0.1", data_dir=tmp_path), ScriptedModel()).access.required
+    assert CaptionServer(ServerConfig(host="0.0.0.0", data_dir=tmp_path), ScriptedModel()).access.required
     assert (tmp_path / "secret").stat().st_mode & 0o777 == 0o600  # made on first use, private
 
 
@@ -73,6 +122,8 @@ def test_websocket_routes_need_the_right_token(guarded, caplog):
         "expired": f"/v1/publish?room=hall&token={make('hall', 'publish', -1)}",
         "forged": f"/v1/publish?room=hall&token={make('hall', 'publish')[:-4]}AAAA",
         "viewer without": "/v1/captions?room=hall",
+        "viewer of another room": f"/v1/captions?room=hall&token={make('lobby', 'view')}",
+        "viewer expired": f"/v1/captions?room=hall&token={make('hall', 'view', -1)}",
     }
     with caplog.at_level(logging.WARNING):
         for case, path in wrong.items():
@@ -83,11 +134,13 @@ def test_websocket_routes_need_the_right_token(guarded, caplog):
     for record in caplog.records:
         assert not any(token in record.getMessage() for token in tokens)  # tokens are never logged
 
-    messages, code = publish(guarded.url, CLIPS["en_arctic_a0024"].audio, f"room=hall&token={make('hall', 'publish')}")
-    assert code == 1000 and finals(messages)
+    messages, code = publish(guarded.url, speak("alpha bravo"), f"room=hall&token={make('hall', 'publish')}")
+    assert code == 1000 and [f["text"] for f in finals(messages)] == ["alpha bravo"]
+    messages, code = publish(guarded.url, speak("charlie"), f"room=hall&token={make('*', 'admin')}")  # admin: anywhere
+    assert code == 1000 and [f["text"] for f in finals(messages)] == ["charlie"]
     with connect(f"{guarded.url}/v1/captions?room=hall&since=0", additional_headers={"Authorization": f"Bearer {make('hall', 'view')}"}) as viewer:
         assert json.loads(viewer.recv(timeout=10))["type"] == "ready"
-        assert json.loads(viewer.recv(timeout=10))["type"] == "final"
+        assert [json.loads(viewer.recv(timeout=10))["text"] for _ in range(2)] == ["alpha bravo", "charlie"]
 
 
 def test_http_routes_need_the_right_token(guarded):
@@ -125,8 +178,8 @@ def test_token_command_prints_a_token_the_server_accepts(guarded):
         assert json.loads(viewer.recv(timeout=10))["type"] == "ready"
 
 
-def test_public_rooms_let_viewers_in_without_a_token(model, tmp_path):
-    running = ServerThread(CaptionServer(ServerConfig(port=0, data_dir=tmp_path, auth="on", public_rooms=True), model)).start()
+def test_public_rooms_let_viewers_in_without_a_token(tmp_path):
+    running = ServerThread(CaptionServer(ServerConfig(port=0, data_dir=tmp_path, auth="on", public_rooms=True), ScriptedModel())).start()
     try:
         with connect(f"{running.url}/v1/captions?room=open") as viewer:
             assert json.loads(viewer.recv(timeout=10))["type"] == "ready"
