@@ -17,23 +17,23 @@ import numpy as np
 
 from decoder.api import DecodeLimits
 
-Features = TypeVar("Features", contravariant=True)
-Cache = TypeVar("Cache")
+FeaturesT = TypeVar("FeaturesT", contravariant=True)  # a family's encoder output
+CacheT = TypeVar("CacheT")  # a family's key-value cache
 
 
-class TokenGraph(Protocol[Features, Cache]):
+class TokenGraph(Protocol[FeaturesT, CacheT]):
     """A family's decoder, as the greedy loop uses it."""
 
     eot: int  # end-of-text
 
-    def run(self, features: Features, rows: Sequence[Sequence[int]], cache: Cache | None, offset: int) -> tuple[np.ndarray, Cache]:
+    def run(self, features: FeaturesT, rows: Sequence[Sequence[int]], cache: CacheT | None, offset: int) -> tuple[np.ndarray, CacheT]:
         """The decoder on token ``rows`` (one per hypothesis, all of one length) after the
         ``offset`` positions held in ``cache`` (None: none). Returns log-probabilities indexed by
         row, position, token (position i predicts the token after ``rows[r][i]``) and the cache
         grown by the rows."""
         ...
 
-    def cut(self, cache: Cache, length: int) -> Cache:
+    def cut(self, cache: CacheT, length: int) -> CacheT:
         """The cache of its first ``length`` positions only."""
         ...
 
@@ -49,10 +49,10 @@ class TokenGraph(Protocol[Features, Cache]):
         ...
 
 
-class BatchGraph(TokenGraph[Features, Cache], Protocol[Features, Cache]):
+class BatchGraph(TokenGraph[FeaturesT, CacheT], Protocol[FeaturesT, CacheT]):
     """A decoder that runs several hypotheses as one batch, for the beam search."""
 
-    def select(self, cache: Cache, rows: Sequence[int]) -> Cache:
+    def select(self, cache: CacheT, rows: Sequence[int]) -> CacheT:
         """The cache of the given rows (a row may be taken more than once), in that order."""
         ...
 
@@ -68,8 +68,8 @@ class Decoded:
 
 
 def greedy(
-    graph: TokenGraph[Features, Cache],
-    features: Features,
+    graph: TokenGraph[FeaturesT, CacheT],
+    features: FeaturesT,
     start: Sequence[int],
     forced: Sequence[int],
     draft: Sequence[int],
@@ -118,8 +118,8 @@ def greedy(
 
 
 def beam_search(
-    graph: BatchGraph[Features, Cache],
-    features: Features,
+    graph: BatchGraph[FeaturesT, CacheT],
+    features: FeaturesT,
     start: Sequence[int],
     forced: Sequence[int],
     budget: int,

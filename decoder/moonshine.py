@@ -1,4 +1,6 @@
-"""Moonshine (encoder-decoder on the raw 16 kHz waveform), greedy decoding with a KV cache.
+"""Moonshine (encoder-decoder on the raw 16 kHz waveform): its tokenizer, its encoder, its
+decoder graph as :class:`decoder.loop.TokenGraph` (greedy decoding with draft verification runs
+in ``decoder/loop.py``), its first-step rule, and the context-biased beam search.
 
 The decoder is the "merged" export: one graph with an ``If`` on ``use_cache_branch``. The first
 call (no cache) takes BOS plus any forced prefix at once and returns the self-attention cache
@@ -12,15 +14,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import onnxruntime as ort
 
-from decoder.api import SAMPLE_RATE, DecodeLimits, Hypothesis, Word
+from decoder.api import SAMPLE_RATE, DecodeLimits, DecodeOptions, Hypothesis, Word
 from decoder.context import Context, MatchState, TermMatcher
+from decoder.loop import greedy
 from decoder.runtime import RuntimeOptions, create_session
 
 log = logging.getLogger(__name__)
@@ -73,9 +76,10 @@ class MoonshineTokenizer:
         found: list[int] = []
         node = self._trie
         for char in text:
-            node = node.get(char)
-            if node is None:
+            child = node.get(char)
+            if child is None:
                 break
+            node = child
             found.extend(node.get(None, ()))
         return found
 
@@ -97,6 +101,19 @@ class MoonshineTokenizer:
     def text(self, tokens: Sequence[int]) -> str:
         data = b"".join(self.pieces[t] for t in tokens if t not in self.special and t < len(self.pieces))
         return data.replace(_SPACE, b" ").decode("utf-8", errors="replace")
+
+
+# The decoder's cache, by input name (past_key_values.*): on the device, or on the host once cut.
+MoonshineCache = dict[str, ort.OrtValue | np.ndarray]
+
+
+def _past(name: str) -> str:
+    """The input name for an output of the cache (present.* -> past_key_values.*)."""
+    return name.replace("present.", "past_key_values.")
+
+
+def _host(value: ort.OrtValue | np.ndarray) -> np.ndarray:
+    return value if isinstance(value, np.ndarray) else value.numpy()
 
 
 @dataclass
@@ -156,50 +173,62 @@ class MoonshineModel:
         self.encoder.run_with_iobinding(binding)
         return MoonshineFeatures(binding.get_outputs()[0], audio.shape[1] / SAMPLE_RATE)
 
-    # -- decoder ---------------------------------------------------------------------------
-    def _start(self, features: MoonshineFeatures, ids: Sequence[int]) -> tuple[np.ndarray, ort.IOBinding]:
-        """First decoder call, on BOS plus any known tokens at once (the no-cache branch).
-        Returns log-probabilities at every input position (row i predicts the token after
-        ids[i]) and a binding ready for :meth:`_next`."""
-        first = self.decoder.io_binding()
-        first.bind_cpu_input("input_ids", np.array([ids], dtype=np.int64))
-        first.bind_ortvalue_input("encoder_hidden_states", features.hidden)
-        first.bind_cpu_input("use_cache_branch", np.array([False]))
-        empty = np.zeros((1, self._heads, 0, self._head_dim), dtype=np.float32)
-        for name in self._past_names:
-            first.bind_cpu_input(name, empty)
-        first.bind_output("logits", "cpu")
-        for name in self._present_names:
-            first.bind_output(name, self.device.kind, self.device.index)
-        self.decoder.run_with_iobinding(first)
-        outputs = dict(zip(["logits", *self._present_names], first.get_outputs()))
-        # Later calls reuse one binding: the encoder states and the cross-attention cache
-        # never change, so they are bound once; the cache branch's copies of the latter are
-        # not asked for at all.
-        step = self.decoder.io_binding()
-        step.bind_ortvalue_input("encoder_hidden_states", features.hidden)
-        step.bind_cpu_input("use_cache_branch", np.array([True]))
-        for name in self._present_names:
-            if ".encoder." in name:
-                step.bind_ortvalue_input(name.replace("present.", "past_key_values."), outputs[name])
-        self._bind_self_attention(step, outputs)
-        return self._log_probs(outputs["logits"].numpy()[0]), step
+    # -- decoder graph (decoder/loop.py's TokenGraph) -----------------------------------------
+    eot = EOS
 
-    def _bind_self_attention(self, step: ort.IOBinding, outputs: dict[str, ort.OrtValue]) -> None:
-        for name in self._self_attention:
-            step.bind_ortvalue_input(name.replace("present.", "past_key_values."), outputs[name])
-        step.clear_binding_outputs()
-        step.bind_output("logits", "cpu")
-        for name in self._self_attention:
-            step.bind_output(name, self.device.kind, self.device.index)
+    def run(
+        self, features: MoonshineFeatures, rows: Sequence[Sequence[int]], cache: MoonshineCache | None, offset: int
+    ) -> tuple[np.ndarray, MoonshineCache]:
+        """The decoder on one row of tokens: without a cache (the first call, on BOS and any
+        known tokens at once) it also returns the cross-attention cache, which later calls
+        (the cache branch) reuse as it is. ``offset`` is implied by the cache's length."""
+        binding = self.decoder.io_binding()
+        binding.bind_cpu_input("input_ids", np.array(rows, dtype=np.int64))
+        binding.bind_ortvalue_input("encoder_hidden_states", features.hidden)
+        binding.bind_cpu_input("use_cache_branch", np.array([cache is not None]))
+        if cache is None:
+            empty = np.zeros((len(rows), self._heads, 0, self._head_dim), dtype=np.float32)
+            for name in self._past_names:
+                binding.bind_cpu_input(name, empty)
+        else:
+            for name, value in cache.items():
+                if isinstance(value, np.ndarray):
+                    binding.bind_cpu_input(name, value)
+                else:
+                    binding.bind_ortvalue_input(name, value)
+        # The cache branch's copies of the cross-attention cache are not asked for at all.
+        produced = self._present_names if cache is None else self._self_attention
+        binding.bind_output("logits", "cpu")
+        for name in produced:
+            binding.bind_output(name, self.device.kind, self.device.index)
+        self.decoder.run_with_iobinding(binding)
+        outputs = binding.get_outputs()
+        grown = {**(cache or {}), **{_past(name): value for name, value in zip(produced, outputs[1:])}}
+        return self._log_probs(outputs[0].numpy()), grown
 
-    def _next(self, step: ort.IOBinding, token: int) -> np.ndarray:
-        """One cached decoder step; returns the next token's log-probabilities."""
-        step.bind_cpu_input("input_ids", np.array([[token]], dtype=np.int64))
-        self.decoder.run_with_iobinding(step)
-        outputs = dict(zip(["logits", *self._self_attention], step.get_outputs()))
-        self._bind_self_attention(step, outputs)
-        return self._log_probs(outputs["logits"].numpy()[0, -1])
+    def cut(self, cache: MoonshineCache, length: int) -> MoonshineCache:
+        """The self-attention cache cut to ``length`` positions (one trip through host memory);
+        the cross-attention cache as it is."""
+        cut = {_past(name): np.ascontiguousarray(_host(cache[_past(name)])[:, :, :length]) for name in self._self_attention}
+        return {**cache, **cut}
+
+    def allowed(self, log_probs: np.ndarray, at_start: bool) -> np.ndarray:
+        """Every token the model can emit: the rest is suppressed in :meth:`_log_probs`."""
+        return log_probs
+
+    def first_step(self, log_probs: np.ndarray) -> tuple[np.ndarray, bool] | None:
+        """Known quirk: on some real utterances (spoken digit strings among them) the first
+        step prefers end-of-text although a word is plausible. On noise and music end-of-text
+        takes nearly all the mass (alternatives below -7), so the runner-up is taken only when
+        the model itself finds it plausible (and its words must then average well, see
+        :meth:`decode`)."""
+        if int(log_probs.argmax()) != EOS:
+            return log_probs, False
+        log_probs = log_probs.copy()
+        log_probs[EOS] = -np.inf
+        if log_probs.max() < self.limits.first_token_min_logprob:
+            return None
+        return log_probs, True
 
     def _log_probs(self, logits: np.ndarray) -> np.ndarray:
         logits = logits + self._suppress
@@ -207,69 +236,29 @@ class MoonshineModel:
         return logits - (peak + np.log(np.exp(logits - peak).sum(axis=-1, keepdims=True)))
 
     def decode(
-        self,
-        features: MoonshineFeatures,
-        prefix: Sequence[Word] = (),
-        draft: Sequence[Word] = (),
-        language: str | None = None,
-        context: Context | None = None,
-        likely_language: str | None = None,
-        beam_size: int = 1,
+        self, features: MoonshineFeatures, prefix: Sequence[Word] = (), draft: Sequence[Word] = (), options: DecodeOptions = DecodeOptions()
     ) -> Hypothesis:
-        if beam_size > 1:
-            raise ValueError("Moonshine decodes greedily; its beam search serves context terms only")
+        if options.beam_size > 1:
+            raise ValueError(f"Moonshine decodes greedily (beam_size 1), not with a beam of {options.beam_size}; its beam search serves context terms only")
+        if options.language not in (None, "en") or (options.candidates and "en" not in options.candidates):
+            asked = options.language or ",".join(options.candidates)
+            raise ValueError(f"Moonshine ({self.name}) transcribes English only, not {asked!r}")
         started = time.perf_counter()
         forced = [t for w in prefix for t in w.tokens]
         budget = self.limits.budget(features.duration)
+        proposed = [t for w in draft for t in w.tokens]
+        context = options.context
         if context is not None and context.terms:
             # Biasing needs a search that can back out of a term: a beam search that branches
             # only where a term is at stake (sessions without context stay greedy and pay nothing).
-            proposed = [t for w in draft for t in w.tokens][: max(0, budget - len(forced))]
-            chosen, scores = self._beam_search(features, forced, proposed, budget, self._matcher(context))
+            chosen, scores = self._beam_search(features, forced, proposed[: max(0, budget - len(forced))], budget, self._matcher(context))
             words = self.limits.cut_repeated_phrase(self.tokenizer.words(chosen), chosen, scores)
-            return Hypothesis(
-                words=(*prefix, *words),
-                language="en",
-                avg_logprob=float(np.mean(scores)) if scores else 0.0,
-                compute_seconds=time.perf_counter() - started,
-            )
-        proposed = [t for w in draft for t in w.tokens]
-        proposed = proposed[: max(0, budget - len(forced))]
-        # One call checks the whole draft: where the model's greedy choice agrees, the draft
-        # token is what greedy decoding would have produced.
-        log_probs, step = self._start(features, [BOS, *forced, *proposed])
-        accepted = 0
-        while accepted < len(proposed) and int(log_probs[len(forced) + accepted].argmax()) == proposed[accepted]:
-            accepted += 1
-        chosen = proposed[:accepted]
-        scores = [float(log_probs[len(forced) + i, t]) for i, t in enumerate(chosen)]
-        if accepted < len(proposed):
-            # The cache holds the rejected draft tokens too: redo the prefix call without them.
-            log_probs, step = self._start(features, [BOS, *forced, *chosen])
-        log_probs = log_probs[-1]
-        eos_overridden = False
-        while len(forced) + len(chosen) < budget:
-            token = int(log_probs.argmax())
-            if token == EOS and not forced and not chosen:
-                # Known quirk: on some real utterances (spoken digit strings among them) the
-                # first step prefers end-of-text although a word is plausible. On noise and
-                # music end-of-text takes nearly all the mass (alternatives below -7), so the
-                # runner-up is taken only when the model itself finds it plausible.
-                log_probs[EOS] = -np.inf
-                token = int(log_probs.argmax())
-                if log_probs[token] < self.limits.first_token_min_logprob:
-                    break
-                eos_overridden = True
-            if token == EOS:
-                break
-            chosen.append(token)
-            scores.append(float(log_probs[token]))
-            if self.limits.cut_loop(forced, chosen, scores):
-                break
-            log_probs = self._next(step, token)
-        words = self.limits.cut_repeated_phrase(self.tokenizer.words(chosen), chosen, scores)
-        if eos_overridden and scores and np.mean(scores) < self.limits.override_min_avg_logprob:
-            words, scores = (), []  # the model never believed in these words
+        else:
+            found = greedy(self, features, [BOS], forced, proposed, budget, self.limits)
+            chosen, scores = found.tokens, found.scores
+            words = self.limits.cut_repeated_phrase(self.tokenizer.words(chosen), chosen, scores)
+            if found.overruled and scores and np.mean(scores) < self.limits.override_min_avg_logprob:
+                words, scores = (), []  # the model never believed in these words
         return Hypothesis(
             words=(*prefix, *words),
             language="en",
@@ -334,14 +323,14 @@ class MoonshineModel:
             candidates = []  # (fused score, beam, token, match state after it)
             for beam in beams:
                 lp = draft_log_probs[len(forced) + step] if beam.on_draft else beam.log_probs
-                if not forced and not step and int(lp.argmax()) == EOS:
+                assert lp is not None  # computed by _extend for every beam off the draft
+                if not forced and not step:
                     # As in greedy decoding: on noise and silence end-of-text takes nearly all
                     # the mass; a term bonus must not talk the model into words.
-                    lp = lp.copy()
-                    lp[EOS] = -np.inf
-                    if lp.max() < self.limits.first_token_min_logprob:
+                    opened = self.first_step(lp)
+                    if opened is None:
                         return [], []
-                    eos_overridden = True
+                    lp, eos_overridden = opened
                 beam.log_probs = lp
                 options = set(np.argpartition(-lp, width)[:width].tolist())
                 # A term's tokens are considered even when the model ranks them lower.
@@ -360,7 +349,8 @@ class MoonshineModel:
                     candidates.append((beam.total + float(lp[token]) + gain, beam, token, after))
             candidates.sort(key=lambda c: -c[0])
             best_score = candidates[0][0]
-            kept, plain = [], False
+            kept: list[tuple[float, _Beam, int, MatchState]] = []
+            plain = False
             for score, beam, token, after in candidates:
                 if len(kept) == width or score < best_score - margin:
                     break
@@ -390,11 +380,23 @@ class MoonshineModel:
             return [], []
         return tokens, scores
 
-    def _extend(self, kept, step, n_forced, draft, draft_past, hidden, cross, shared) -> list["_Beam"]:
+    def _extend(
+        self,
+        kept: list[tuple[float, _Beam, int, MatchState]],
+        step: int,
+        n_forced: int,
+        draft: list[int],
+        draft_past: dict[str, np.ndarray],
+        hidden: np.ndarray,
+        cross: dict[str, np.ndarray],
+        shared: dict[int, tuple[np.ndarray, dict[str, np.ndarray]]],
+    ) -> list[_Beam]:
         """The next beams: those still following the draft need no decoder step; the others
         are run together in one batch, each from its parent's cache."""
-        beams, pending = [], []
+        beams: list[_Beam] = []
+        pending: list[tuple[_Beam, _Beam]] = []
         for score, parent, token, after in kept:
+            assert parent.log_probs is not None  # set by the search before it extends
             child = _Beam(parent.tokens + [token], parent.scores + [float(parent.log_probs[token])], score, after)
             child.on_draft = parent.on_draft and step < len(draft) and draft[step] == token
             if not child.on_draft:
@@ -433,4 +435,4 @@ class _Beam:
     state: MatchState
     on_draft: bool = False  # its tokens are the draft's first ones: read its scores from the draft call
     log_probs: np.ndarray | None = None  # the next token's log-probabilities, when computed
-    past: dict[str, np.ndarray] | None = None  # its self-attention cache, when off the draft
+    past: dict[str, np.ndarray] = field(default_factory=dict)  # its self-attention cache, when off the draft

@@ -141,11 +141,24 @@ def test_folded_float32_weights_give_the_same_tokens_as_the_shipped_model(model)
 def test_io_binding_keeps_the_cache_in_ort_values(model):
     features = model.encode(CLIPS["en_arctic_a0024"].audio)
     assert isinstance(features.hidden, ort.OrtValue)
-    log_probs, step = model._start(features, [1, 1063])
-    assert log_probs.shape[0] == 2  # one row per input position
-    outputs = step.get_outputs()
-    assert outputs and all(isinstance(v, ort.OrtValue) for v in outputs)
-    # Cached steps ask only for the logits and the self-attention cache.
-    assert len(outputs) == 1 + len(model._self_attention) == 17
-    next_log_probs = model._next(step, int(log_probs[-1].argmax()))
-    assert next_log_probs.shape == (log_probs.shape[1],)
+    log_probs, cache = model.run(features, [[1, 1063]], None, 0)
+    assert log_probs.shape[:2] == (1, 2)  # one row per input position
+    assert len(cache) == len(model._past_names) and all(isinstance(v, ort.OrtValue) for v in cache.values())
+    next_log_probs, grown = model.run(features, [[int(log_probs[0, -1].argmax())]], cache, 2)
+    assert next_log_probs.shape == (1, 1, log_probs.shape[2])
+    assert all(isinstance(v, ort.OrtValue) for v in grown.values())
+    # Cached steps ask only for the logits and the self-attention cache: the cross-attention
+    # cache of the first call is bound again as it is.
+    renewed = {name for name in grown if grown[name] is not cache[name]}
+    assert renewed == {name.replace("present.", "past_key_values.") for name in model._self_attention} and len(renewed) == 16
+
+
+def test_what_moonshine_cannot_do_is_refused(model):
+    features = model.encode(CLIPS["en_arctic_a0024"].audio)
+    with pytest.raises(ValueError, match="beam"):
+        model.decode(features, options=DecodeOptions(beam_size=5))
+    with pytest.raises(ValueError, match="English only"):
+        model.decode(features, options=DecodeOptions(language="fr"))
+    with pytest.raises(ValueError, match="English only"):
+        model.decode(features, options=DecodeOptions(candidates=("de", "fr")))
+    assert model.decode(features, options=DecodeOptions(candidates=("en", "fr"))).text == model.decode(features).text
