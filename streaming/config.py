@@ -26,6 +26,7 @@ class ServerConfig:
     retain_days: float | None = None
     # Messages queued for one viewer before it is dropped as too slow.
     viewer_queue: int = 512
+    viewer_queue_bytes: int = 1 << 20  # ...or this many bytes of them
     # New publishers are refused while decodes wait longer than this for a worker on average
     # (the machine is saturated), or while this many decodes are queued.
     max_decode_wait_s: float = 0.75
@@ -48,6 +49,10 @@ class ServerConfig:
     audio_burst_s: float = 10.0
     # A publisher whose connection dropped may resume its session within this time.
     resume_grace_s: float = 60.0
+    # Sessions one client address may leave parked at once; parking one more ends its oldest.
+    max_parked_per_address: int = 16
+    # Transcript exports made at once (each holds its room's transcript in memory meanwhile).
+    max_exports: int = 2
     # Names and terms for rooms whose publishers give no context (decoder/context.py).
     room_contexts: dict[str, Context] = field(default_factory=dict)
     # Languages to detect among in a room ("*": every room) for publishers that name none:

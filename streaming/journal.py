@@ -64,6 +64,10 @@ class Journal:
         # FULL: each final is on disk when append() returns, not just in the OS cache.
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        # Long reads (a backlog, an export) use a connection of their own: in WAL mode they
+        # see a consistent snapshot and never wait for, or hold back, a final being written.
+        self._reader = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._read_lock = threading.Lock()
 
     def last_seq(self, room: str) -> int:
         with self._lock:
@@ -83,15 +87,19 @@ class Journal:
                 (final["room"], final["seq"]),
             )
 
-    def finals(self, room: str, since: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
-        """A room's finals with seq > since, in order, as journal rows."""
-        query = f"SELECT {', '.join(_FIELDS)} FROM finals WHERE room = ? AND seq > ? ORDER BY seq"
-        params: tuple = (room, since)
+    def finals(self, room: str, since: int = 0, limit: int | None = None, upto: int | None = None) -> list[dict[str, Any]]:
+        """A room's finals with since < seq (<= upto), in order, at most ``limit``, as journal rows."""
+        query = f"SELECT {', '.join(_FIELDS)} FROM finals WHERE room = ? AND seq > ?"
+        params: tuple[Any, ...] = (room, since)
+        if upto is not None:
+            query += " AND seq <= ?"
+            params += (upto,)
+        query += " ORDER BY seq"
         if limit is not None:
             query += " LIMIT ?"
             params += (limit,)
-        with self._lock:
-            rows = self._db.execute(query, params).fetchall()
+        with self._read_lock:
+            rows = self._reader.execute(query, params).fetchall()
         return [dict(zip(_FIELDS, row)) for row in rows]
 
     def keep_session(self, session: str, room: str, language: str, context: str | None) -> None:
@@ -148,6 +156,8 @@ class Journal:
         return deleted
 
     def close(self) -> None:
+        with self._read_lock:
+            self._reader.close()
         with self._lock:
             self._db.close()
 

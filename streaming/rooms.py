@@ -14,37 +14,65 @@ that is still live is refused.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, Generic, Protocol, TypeVar
 
-from streaming.events import Caption, Final, to_wire
+from streaming.events import Caption, Final, encode, to_wire
 from streaming.journal import Journal
 from streaming.protocol import ProtocolError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+# Finals read from the journal at a time for a viewer's backlog: what one viewer holds of it.
+BACKLOG_PAGE = 100
 
 
 class Viewer:
-    def __init__(self, max_queue: int):
-        self.queue: asyncio.Queue[Caption] = asyncio.Queue(maxsize=max_queue)
+    """One viewer's pending output: events already encoded, waiting for its socket. Bounded in
+    events and in bytes; a viewer past either bound is dropped (the server closes it, 1013, and
+    it resumes with ``since``: the journal holds every final)."""
+
+    def __init__(self, max_events: int, max_bytes: int = 1 << 20):
+        self.max_events = max_events
+        self.max_bytes = max_bytes
+        self._pending: collections.deque[str] = collections.deque()
+        self._bytes = 0
+        self._ready = asyncio.Event()
         self.dropped = False
         self.on_drop: Callable[[], object] | None = None  # set by the server: close the socket
 
-    def offer(self, message: Caption) -> bool:
+    def offer(self, message: str) -> bool:
+        """Queue one encoded event; False (and dropped) if it would pass a bound."""
         if self.dropped:
             return False
-        try:
-            self.queue.put_nowait(message)
-            return True
-        except asyncio.QueueFull:
+        if len(self._pending) >= self.max_events or self._bytes + len(message) > self.max_bytes:
             self.dropped = True
+            self._pending.clear()
+            self._bytes = 0
             if self.on_drop is not None:
                 self.on_drop()
             return False
+        self._pending.append(message)
+        self._bytes += len(message)
+        self._ready.set()
+        return True
+
+    async def next(self) -> str:
+        """The oldest pending event, once there is one."""
+        while not self._pending:
+            self._ready.clear()
+            await self._ready.wait()
+        message = self._pending.popleft()
+        self._bytes -= len(message)
+        return message
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
 
 
 @dataclass
@@ -52,14 +80,20 @@ class Room:
     name: str
     next_seq: int
     viewers: set[Viewer] = field(default_factory=set)
-    publishers: int = 0
+    publishers: int = 0  # live publishers' sessions: what the room's publisher limit counts
+    parked: int = 0  # sessions whose publisher dropped, resumable for a while
     # Held while a final is numbered, journaled and fanned out, and while a viewer joins, so
     # every viewer sees finals in seq order and none twice or never.
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
+    @property
+    def occupied(self) -> bool:
+        return bool(self.viewers or self.publishers or self.parked)
+
     def fan_out(self, message: Caption) -> None:
+        text = encode(message)  # once for all viewers
         for viewer in list(self.viewers):
-            if not viewer.offer(message):
+            if not viewer.offer(text):
                 self.viewers.discard(viewer)
                 log.warning("dropped a viewer whose queue was full", extra={"room": self.name})
 
@@ -68,15 +102,22 @@ class Rooms:
     """All rooms. At most ``max_rooms`` are kept in memory: past that, the least recently used
     room with no one in it is forgotten (its finals stay in the journal)."""
 
-    def __init__(self, journal: Journal, viewer_queue: int = 512, max_rooms: int = 10_000):
+    def __init__(self, journal: Journal, viewer_queue: int = 512, max_rooms: int = 10_000, viewer_bytes: int = 1 << 20):
         self.journal = journal
         self.viewer_queue = viewer_queue
+        self.viewer_bytes = viewer_bytes
         self.max_rooms = max_rooms
         self._rooms: dict[str, Room] = {}  # in order of last use
+        # Writes (finals first) on one thread; reads that can be long (backlogs, exports) on
+        # another, on the journal's read connection, so they never hold a final back.
         self._journal_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
+        self._read_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal-read")
 
     async def _in_journal(self, function: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._journal_thread, function, *args)
+
+    async def _reading(self, function: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._read_thread, function, *args)
 
     async def get(self, name: str) -> Room:
         room = self._rooms.pop(name, None)
@@ -84,7 +125,7 @@ class Rooms:
             room = Room(name, next_seq=await self._in_journal(self.journal.last_seq, name) + 1)
             room = self._rooms.pop(name, room)  # another task may have made it meanwhile
             if len(self._rooms) >= self.max_rooms:
-                empty = next((r for r in self._rooms.values() if not r.viewers and not r.publishers), None)
+                empty = next((r for r in self._rooms.values() if not r.occupied), None)
                 if empty is not None:
                     del self._rooms[empty.name]
         self._rooms[name] = room
@@ -103,16 +144,22 @@ class Rooms:
             room.fan_out(message)
         return message
 
-    async def join_viewer(self, name: str, since: int | None) -> tuple[Viewer, list[Final], int]:
-        """Register a viewer; returns it, the finals after ``since`` to send first, and the room's
-        last seq (so a viewer that came without ``since`` knows where to resume from)."""
+    async def join_viewer(self, name: str, limit: int = 0) -> Joined:
+        """Register a viewer (``overloaded`` if the room has ``limit`` already; 0: no limit).
+        Finals up to the returned ``last_seq`` are the journal's to give (:meth:`backlog`),
+        later ones come through the viewer's queue."""
         room = await self.get(name)
-        viewer = Viewer(self.viewer_queue)
-        async with room.lock:
-            backlog = [] if since is None else [Final.from_row(r) for r in await self._in_journal(self.journal.finals, name, since)]
-            room.viewers.add(viewer)
-            last_seq = room.next_seq - 1
-        return viewer, backlog, last_seq
+        # Checked and taken in one step (no await between): a burst cannot overshoot the limit.
+        if limit and len(room.viewers) >= limit:
+            raise ProtocolError("overloaded", f"room {name} has the most viewers allowed ({limit})")
+        viewer = Viewer(self.viewer_queue, self.viewer_bytes)
+        room.viewers.add(viewer)
+        return Joined(viewer, room.next_seq - 1)
+
+    async def backlog(self, name: str, since: int, upto: int, page: int = BACKLOG_PAGE) -> list[Final]:
+        """The next page of finals after ``since`` up to ``upto``, read off the event loop."""
+        rows = await self._reading(self.journal.finals, name, since, page, upto)
+        return [Final.from_row(row) for row in rows]
 
     def leave_viewer(self, name: str, viewer: Viewer) -> None:
         room = self._rooms.get(name)
@@ -120,12 +167,12 @@ class Rooms:
             room.viewers.discard(viewer)
 
     async def transcript(self, name: str) -> list[dict[str, Any]]:
-        return await self._in_journal(self.journal.finals, name, 0)
+        return await self._reading(self.journal.finals, name, 0)
 
     async def delete(self, name: str) -> int | None:
-        """Delete a room and its transcript; None if someone is in it."""
+        """Delete a room and its transcript; None if someone is in it (or may resume)."""
         room = self._rooms.get(name)
-        if room is not None and (room.viewers or room.publishers):
+        if room is not None and room.occupied:
             return None
         self._rooms.pop(name, None)
         return await self._in_journal(self.journal.delete_room, name)
@@ -150,11 +197,18 @@ class Rooms:
         return await self._in_journal(self.journal.delete_older_than, cutoff)
 
     def close(self) -> None:
+        self._read_thread.shutdown(wait=True)
         self._journal_thread.shutdown(wait=True)
         self.journal.close()
 
     def __iter__(self) -> Iterator[Room]:
         return iter(self._rooms.values())
+
+
+@dataclass(frozen=True)
+class Joined:
+    viewer: Viewer
+    last_seq: int  # the room's last final when the viewer joined
 
 
 class _Publisher(Protocol):
@@ -164,19 +218,25 @@ class _Publisher(Protocol):
     @property
     def room(self) -> Room: ...
 
+    @property
+    def address(self) -> str: ...
+
 
 P = TypeVar("P", bound=_Publisher)
 
 
 class Publishers(Generic[P]):
     """Every session with a publisher: live (connected, or finishing what it heard) or parked
-    (its connection dropped; resumable until a deadline). A room counts its sessions from
-    :meth:`join` until :meth:`leave` or expiry. Deadlines are on the caller's clock (the server
-    uses ``time.monotonic()``) and are enforced by calling :meth:`expire`."""
+    (its connection dropped; resumable until a deadline). A room's publisher count is its live
+    sessions; parked ones are counted apart, and each client address may leave at most
+    ``max_parked_per_address`` parked at once (parking one more ends its oldest), so dropping
+    connections cannot lock a room. Deadlines are on the caller's clock (the server uses
+    ``time.monotonic()``) and are enforced by calling :meth:`expire`."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_parked_per_address: int = 16) -> None:
+        self.max_parked_per_address = max_parked_per_address
         self.live: dict[str, P] = {}
-        self._parked: dict[str, tuple[P, float]] = {}
+        self._parked: dict[str, tuple[P, float]] = {}  # in the order they were parked
 
     def join(self, publisher: P) -> None:
         """A new (or revived) session, live."""
@@ -187,7 +247,8 @@ class Publishers(Generic[P]):
 
     def resume(self, session: str, room: str | None) -> P | None:
         """The parked session, live again; None if none is parked (the caller may revive it
-        from the journal). A session that is live is not taken over: refused."""
+        from the journal). A session that is live is not taken over: refused. A resume is let
+        in even if the room has filled up meanwhile: the speaker was there first."""
         if session in self.live:
             raise ProtocolError(
                 "bad_request", f"session {session} is still live on another connection; end that one first, or resume after it drops"
@@ -200,12 +261,23 @@ class Publishers(Generic[P]):
             raise ProtocolError("bad_request", f"session {session} belongs to room {publisher.room.name}, not {room}")
         del self._parked[session]
         self.live[session] = publisher
+        publisher.room.parked -= 1
+        publisher.room.publishers += 1
         return publisher
 
-    def park(self, publisher: P, deadline: float) -> None:
-        """The connection dropped and what it sent is captioned: resumable until ``deadline``."""
+    def park(self, publisher: P, deadline: float) -> list[P]:
+        """The connection dropped and what it sent is captioned: resumable until ``deadline``.
+        Returns the sessions this pushed out (the same address's oldest parked, past its
+        bound), which are forgotten and are the caller's to end."""
         del self.live[publisher.id]
+        publisher.room.publishers -= 1
+        publisher.room.parked += 1
         self._parked[publisher.id] = (publisher, deadline)
+        same = [p for p, _ in self._parked.values() if p.address == publisher.address]
+        pushed = same[: max(0, len(same) - self.max_parked_per_address)]
+        for old in pushed:
+            self._forget(old)
+        return pushed
 
     def leave(self, publisher: P) -> None:
         """The session ended."""
@@ -213,12 +285,15 @@ class Publishers(Generic[P]):
         publisher.room.publishers -= 1
 
     def expire(self, now: float) -> list[P]:
-        """Parked sessions whose deadline passed, forgotten (their rooms no longer count them)."""
+        """Parked sessions whose deadline passed, forgotten; the caller ends them."""
         due = [publisher for publisher, deadline in self._parked.values() if deadline <= now]
         for publisher in due:
-            del self._parked[publisher.id]
-            publisher.room.publishers -= 1
+            self._forget(publisher)
         return due
+
+    def _forget(self, publisher: P) -> None:
+        del self._parked[publisher.id]
+        publisher.room.parked -= 1
 
     def parked_room(self, session: str) -> str | None:
         parked = self._parked.get(session)
@@ -232,6 +307,5 @@ class Publishers(Generic[P]):
         """Shutdown: every parked session, forgotten (a restart may still revive them)."""
         parked = [publisher for publisher, _ in self._parked.values()]
         for publisher in parked:
-            publisher.room.publishers -= 1
-        self._parked.clear()
+            self._forget(publisher)
         return parked

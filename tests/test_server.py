@@ -234,14 +234,14 @@ def test_a_slow_viewer_is_dropped_and_the_room_goes_on(tmp_path):
     async def scenario():
         rooms = Rooms(Journal(tmp_path / "j.sqlite3"))
         room = await rooms.get("r")
-        slow, fast = Viewer(max_queue=3), Viewer(max_queue=100)
+        slow, fast = Viewer(max_events=3), Viewer(max_events=100)
         dropped = []
         slow.on_drop = lambda: dropped.append(True)
         room.viewers |= {slow, fast}
         for i in range(10):
             await rooms.publish_final(room, _final("r", str(i)), 0.0, 1.0)
         assert dropped == [True] and slow not in room.viewers and fast in room.viewers
-        assert [fast.queue.get_nowait().seq for _ in range(10)] == list(range(1, 11))
+        assert [json.loads(await fast.next())["seq"] for _ in range(10)] == list(range(1, 11))
         rooms.close()
 
     asyncio.run(scenario())

@@ -23,7 +23,7 @@ from decoder.api import SpeechModel
 from streaming.config import ServerConfig
 from streaming.protocol import ProtocolError, split_path
 from streaming.server import http, publish, view
-from streaming.server.connection import send_error
+from streaming.server.connection import client_address, send_error
 from streaming.server.state import ServerState
 
 log = logging.getLogger(__name__)
@@ -109,9 +109,7 @@ class CaptionServer(ServerState):
         while True:
             await asyncio.sleep(EXPIRY_SWEEP_S)
             for publisher in self.sessions.expire(time.monotonic()):
-                publisher.session.end()
-                await self.rooms.end_session(publisher.id)
-                log.info("resumable session expired", extra=publisher.log_extra)
+                await publish.end_parked(self, publisher, "its grace period passed")
 
     async def _expire_finals(self) -> None:
         """Retention: every hour, drop finals older than --retain-days."""
@@ -131,7 +129,7 @@ class CaptionServer(ServerState):
     async def _route(self, connection: ServerConnection) -> None:
         """A WebSocket connection, from handshake to close, on the handler for its path."""
         route = ""
-        address = connection.remote_address[0] if connection.remote_address else ""
+        address = client_address(connection)
         counted = False
         try:
             self.connections.acquire(address)

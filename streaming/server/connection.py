@@ -38,3 +38,7 @@ def response(status: HTTPStatus, body: str, content_type: str = "text/plain; cha
 def request_token(connection: ServerConnection, query: Mapping[str, str]) -> str | None:
     """The token a WebSocket client presented (query or Authorization header)."""
     return token_of(query, connection.request.headers.get("Authorization") if connection.request else None)
+
+
+def client_address(connection: ServerConnection) -> str:
+    return str(connection.remote_address[0]) if connection.remote_address else ""

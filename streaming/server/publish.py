@@ -24,7 +24,7 @@ from streaming import protocol
 from streaming.audio import PcmDecoder
 from streaming.events import Final, Ready, caption, encode
 from streaming.protocol import EndMessage, FlushMessage, ProtocolError
-from streaming.server.connection import request_token, send_error
+from streaming.server.connection import client_address, request_token, send_error
 from streaming.server.state import Publisher
 from streaming.session import Session
 
@@ -73,7 +73,9 @@ async def _start(server: ServerState, params: protocol.PublishParams, query: dic
         raise ProtocolError("overloaded", "server is at capacity; try again later")
     language = server.settings.session_language(params.room, params.language, params.languages)
     session = Session(server.config.session, language=language, context=params.context or server.settings.context(params.room))
-    publisher = Publisher(id=uuid.uuid4().hex[:12], params=params, session=session, room=room, connection=connection)
+    publisher = Publisher(
+        id=uuid.uuid4().hex[:12], params=params, session=session, room=room, connection=connection, address=client_address(connection)
+    )
     server.sessions.join(publisher)
     await _keep_settings(server, publisher, params.context)
     return publisher
@@ -94,6 +96,7 @@ async def _resume(server: ServerState, params: protocol.PublishParams, query: di
     else:
         publisher = await _revive(server, params, query, connection)
     publisher.connection = connection
+    publisher.address = client_address(connection)
     # This connection's audio format and mode; the session's speaker.
     publisher.params = replace(params, speaker=publisher.params.speaker)
     return publisher
@@ -133,6 +136,7 @@ async def _revive(server: ServerState, params: protocol.PublishParams, query: di
         session=session,
         room=await server.rooms.get(last["room"]),
         connection=connection,
+        address=client_address(connection),
     )
     publisher.started_wall = time.time() - last["end"]
     server.sessions.join(publisher)
@@ -213,8 +217,10 @@ async def _after_connection(server: ServerState, publisher: Publisher, pcm: PcmD
         log.info("publisher left", extra=publisher.log_extra)
     else:
         publisher.parking = False
-        server.sessions.park(publisher, time.monotonic() + server.config.resume_grace_s)
+        pushed = server.sessions.park(publisher, time.monotonic() + server.config.resume_grace_s)
         log.info("publisher dropped; resumable for %.0f s", server.config.resume_grace_s, extra=publisher.log_extra)
+        for old in pushed:
+            await end_parked(server, old, "its address left more sessions resumable than allowed")
 
 
 async def _pump(server: ServerState, publisher: Publisher) -> None:
@@ -250,6 +256,13 @@ async def _deliver(server: ServerState, publisher: Publisher) -> None:
             await publisher.connection.send(encode(message))
         except websockets.ConnectionClosed:
             pass  # the publisher left; the room still gets every caption
+
+
+async def end_parked(server: ServerState, publisher: Publisher, reason: str) -> None:
+    """A parked session (already forgotten by the registry) ends for good: no resume."""
+    publisher.session.end()
+    await server.rooms.end_session(publisher.id)
+    log.info("resumable session ended: %s", reason, extra=publisher.log_extra)
 
 
 def end_all(publishers: list[Publisher]) -> list[asyncio.Task[None]]:

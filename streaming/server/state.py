@@ -40,6 +40,7 @@ class Publisher:
     session: Session
     room: Room
     connection: ServerConnection
+    address: str  # the client's, for the per-address bound on parked sessions
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     pump: asyncio.Task[None] | None = None
     started_wall: float = field(default_factory=time.time)  # Unix time of session clock 0
@@ -65,12 +66,13 @@ class ServerState:
             lean_model=lean_model,
             max_wait_s=config.max_decode_wait_s,
         )
-        self.rooms = Rooms(Journal(config.data_dir / "journal.sqlite3"), config.viewer_queue)
-        self.sessions: Publishers[Publisher] = Publishers()
+        self.rooms = Rooms(Journal(config.data_dir / "journal.sqlite3"), config.viewer_queue, viewer_bytes=config.viewer_queue_bytes)
+        self.sessions: Publishers[Publisher] = Publishers(config.max_parked_per_address)
         self.metrics = Metrics()
         required = auth_required(config.auth, config.host)
         self.access = AccessPolicy(required, auth.load_secret(config.data_dir, config.secret_file) if required else b"", config.public_rooms)
         self.connections = ConnectionCounter(config.max_connections_per_ip)
+        self.exports = asyncio.Semaphore(config.max_exports)
         self.viewer_count = 0
         self.draining = False
         self._tasks: set[asyncio.Task[Any]] = set()

@@ -1,9 +1,13 @@
-"""``/v1/captions``: one viewer's connection. It gets ``ready``, the finals it missed (``since``),
-then the room's captions as they come, through its bounded queue in the room registry."""
+"""``/v1/captions``: one viewer's connection. It gets ``ready``, the finals it missed (``since``,
+read from the journal a page at a time as its socket drains), then the room's captions as
+they come, through its bounded queue in the room registry. What one viewer holds is bounded
+whatever the room's history: a page of backlog, its queue (events and bytes), the socket's
+buffers; a viewer that stops reading is closed after ``SEND_STALL_S``."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from typing import TYPE_CHECKING
 
@@ -12,9 +16,12 @@ from websockets.asyncio.server import ServerConnection
 
 from streaming import protocol
 from streaming.events import Ready, encode
-from streaming.protocol import ProtocolError
 from streaming.rooms import Viewer
 from streaming.server.connection import request_token
+
+log = logging.getLogger(__name__)
+# A viewer whose socket takes nothing for this long is closed.
+SEND_STALL_S = 30.0
 
 if TYPE_CHECKING:
     from streaming.server.state import ServerState
@@ -22,12 +29,9 @@ if TYPE_CHECKING:
 
 async def serve_viewer(server: ServerState, connection: ServerConnection, query: dict[str, str]) -> None:
     params = protocol.parse_view(query)
-    token = request_token(connection, query)
-    server.access.authorize(token, params.room, "view")
-    limit = server.config.max_viewers_per_room
-    if limit and len((await server.rooms.get(params.room)).viewers) >= limit:
-        raise ProtocolError("overloaded", f"room {params.room} has the most viewers allowed ({limit})")
-    viewer, backlog, last_seq = await server.rooms.join_viewer(params.room, params.since)
+    server.access.authorize(request_token(connection, query), params.room, "view")
+    joined = await server.rooms.join_viewer(params.room, server.config.max_viewers_per_room)
+    viewer = joined.viewer
 
     def drop() -> None:
         server.metrics.dropped_viewers += 1
@@ -36,28 +40,50 @@ async def serve_viewer(server: ServerState, connection: ServerConnection, query:
     viewer.on_drop = drop
     server.viewer_count += 1
     try:
-        ready = Ready(uuid.uuid4().hex[:12], params.room, server.model.name, server.settings.default_language, seq=last_seq)
-        await connection.send(encode(ready))
-        for message in backlog:
-            await connection.send(encode(message))
-        sender = asyncio.create_task(_send_queued(connection, viewer))
+        ready = Ready(uuid.uuid4().hex[:12], params.room, server.model.name, server.settings.default_language, seq=joined.last_seq)
+        await _send(connection, encode(ready))
+        sender = asyncio.create_task(_send_all(server, connection, viewer, params.room, params.since, joined.last_seq))
         receiver = asyncio.create_task(_ignore_incoming(connection))
         done, pending = await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
         for task in pending:
             task.cancel()
         for task in done:
             error = None if task.cancelled() else task.exception()
-            if error is not None and not isinstance(error, websockets.ConnectionClosed):
+            if error is not None and not isinstance(error, websockets.ConnectionClosed | _Stalled):
                 raise error
     finally:
         server.rooms.leave_viewer(params.room, viewer)
         server.viewer_count -= 1
 
 
-async def _send_queued(connection: ServerConnection, viewer: Viewer) -> None:
+async def _send_all(server: ServerState, connection: ServerConnection, viewer: Viewer, room: str, since: int | None, upto: int) -> None:
+    """The finals the viewer missed, a page at a time as its socket takes them, then what the
+    room sends it live (queued meanwhile)."""
+    while since is not None and since < upto:
+        page = await server.rooms.backlog(room, since, upto)
+        if not page:
+            break  # the rest was deleted (retention, or the room was deleted)
+        for final in page:
+            await _send(connection, encode(final))
+        since = page[-1].seq
     while True:
-        message = await viewer.queue.get()
-        await connection.send(encode(message))
+        await _send(connection, await viewer.next())
+
+
+class _Stalled(Exception):
+    pass
+
+
+async def _send(connection: ServerConnection, text: str) -> None:
+    """Send, or give up on a viewer whose socket has taken nothing for ``SEND_STALL_S``: a
+    client that stops reading would otherwise hold its buffers for ever (the keepalive ping
+    waits behind them and never times out)."""
+    try:
+        await asyncio.wait_for(connection.send(text), SEND_STALL_S)
+    except TimeoutError:
+        log.info("closing a viewer that stopped reading for %g s", SEND_STALL_S)
+        connection.transport.abort()
+        raise _Stalled from None
 
 
 async def _ignore_incoming(connection: ServerConnection) -> None:
