@@ -42,6 +42,16 @@ class AccessPolicy:
         self.public_rooms = public_rooms  # viewers need no token
         self._secret = secret
 
+    def allows(self, token: str | None, room: str, action: str) -> bool:
+        """Whether ``token`` allows ``action`` in ``room`` (nothing logged: for optional extras)."""
+        if not self.required or (action == "view" and self.public_rooms):
+            return True
+        try:
+            auth.check(auth.verify_token(self._secret, token or ""), room, action)
+        except auth.Unauthorized:
+            return False
+        return True
+
     def authorize(self, token: str | None, room: str, action: str) -> None:
         """Raise ``unauthorized`` unless ``token`` allows ``action`` in ``room``."""
         if not self.required or (action == "view" and self.public_rooms):

@@ -37,18 +37,25 @@ def _pieces(text: str) -> list[str]:
     return ["\n".join(lines[i : i + MAX_LINES]) for i in range(0, len(lines), MAX_LINES)]
 
 
+def _cue_safe(text: str) -> str:
+    """Text that cannot end a cue or start a timing line inside one: no line breaks of its own
+    and no timing arrow (speaker names and captions are a client's words)."""
+    return " ".join(text.split()).replace("-->", "->")
+
+
 def cues(rows: list[dict[str, Any]], clock: str = "wall") -> Iterable[tuple[float, float, str, str]]:
-    """(start, end, speaker, text) per cue."""
+    """(start, end, speaker, text) per cue, both cue-safe."""
     for row, (start, end) in zip(rows, _times(rows, clock)):
-        if not row["text"].strip():
+        text = _cue_safe(row["text"])
+        if not text:
             continue
-        pieces = _pieces(row["text"])
+        pieces = _pieces(text)
         total = sum(len(p) for p in pieces)
         end = max(end, start + 0.5)
         at = start
         for piece in pieces:
             span = (end - start) * len(piece) / total
-            yield at, at + span, row["speaker"], piece
+            yield at, at + span, _cue_safe(row["speaker"]), piece
             at += span
 
 
@@ -98,9 +105,14 @@ def to_txt(rows: list[dict[str, Any]], clock: str = "wall") -> str:
     return "\n".join(lines) + ("\n" if lines else "")
 
 
-def render(rows: list[dict[str, Any]], format: str, clock: str = "wall") -> str:
+def check(format: str, clock: str) -> None:
+    """ValueError unless ``format`` and ``clock`` are ones :func:`render` takes."""
     if format not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}")
     if clock not in ("wall", "session"):
         raise ValueError("clock must be wall or session")
+
+
+def render(rows: list[dict[str, Any]], format: str, clock: str = "wall") -> str:
+    check(format, clock)
     return {"srt": to_srt, "vtt": to_vtt, "json": to_json, "txt": to_txt}[format](rows, clock)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,8 @@ VERSION = 1
 ENCODINGS = {"pcm_s16le": 2, "pcm_f32le": 4}  # bytes per sample
 MIN_RATE, MAX_RATE = 8000, 48000
 MAX_TEXT_MESSAGE_BYTES = 64 * 1024
+MAX_SPEAKER = 64  # characters
+MAX_SEQ = 2**63 - 1  # seq numbers are SQLite integers
 _ROOM = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _LANGUAGE = re.compile(r"auto|[a-z]{2,3}(-[A-Za-z0-9]{2,8})?")
 
@@ -149,8 +152,10 @@ def parse_publish(query: Mapping[str, str]) -> PublishParams:
     if encoding not in ENCODINGS:
         raise ProtocolError("bad_request", f"encoding must be one of {', '.join(ENCODINGS)}, not {encoding!r}")
     speaker = query.get("speaker", "")
-    if len(speaker) > 64 or any(ord(c) < 32 for c in speaker):
-        raise ProtocolError("bad_request", "speaker must be at most 64 printable characters")
+    if len(speaker) > MAX_SPEAKER or not all(_printable(c) for c in speaker):
+        raise ProtocolError(
+            "bad_request", f"speaker must be at most {MAX_SPEAKER} printable characters (no control, format or line-separator characters)"
+        )
     mode = query.get("mode", "live")
     if mode not in ("live", "file"):
         raise ProtocolError("bad_request", f"mode must be live or file, not {mode!r}")
@@ -174,15 +179,25 @@ def parse_publish(query: Mapping[str, str]) -> PublishParams:
 def parse_view(query: Mapping[str, str]) -> ViewParams:
     _unknown(query, _VIEW_KEYS)
     since_text = query.get("since")
-    since: int | None = None
-    if since_text is not None:
-        try:
-            since = int(since_text)
-        except ValueError:
-            raise ProtocolError("bad_request", "since must be a whole number (a seq)") from None
-        if since < 0:
-            raise ProtocolError("bad_request", "since must not be negative")
+    since = None if since_text is None else _whole("since", since_text, 0, MAX_SEQ, "a seq")
     return ViewParams(room=_room(query.get("room")), since=since, token=query.get("token"))
+
+
+def _whole(name: str, text: str, low: int, high: int, what: str) -> int:
+    """A whole-number query parameter in [low, high], or a ``bad_request`` naming it."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise ProtocolError("bad_request", f"{name} must be a whole number ({what})") from None
+    if not low <= value <= high:
+        raise ProtocolError("bad_request", f"{name} must be {low}-{high}, not {text[:20]}")
+    return value
+
+
+def _printable(char: str) -> bool:
+    """Letters, marks, numbers, punctuation, symbols and plain spaces: nothing that moves text
+    about (bidirectional overrides), breaks lines, or controls a terminal."""
+    return unicodedata.category(char)[0] in "LMNPS" or char == " "
 
 
 def parse_client_message(text: str) -> ClientMessage:

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from websockets.http11 import Request, Response
 
 from streaming.access import token_of
-from streaming.export import CONTENT_TYPES, render
+from streaming.export import CONTENT_TYPES, check, render
 from streaming.protocol import ProtocolError, split_path
 from streaming.server.connection import response
 
@@ -61,13 +62,20 @@ async def handle(server: ServerState, request: Request) -> Response | None:
         if "upgrade" not in request.headers.get("Connection", "").lower():
             return response(HTTPStatus.UPGRADE_REQUIRED, f"{route} is a WebSocket endpoint")
         return None
-    if route == "/healthz":
-        return response(HTTPStatus.OK, json.dumps(health(server)), "application/json")
-    if route == "/readyz":
+    if route == "/readyz":  # for load balancers: one yes or no, open to all
         ready = not server.draining and not server.engine.overloaded
         status = HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE
         return response(status, json.dumps({"ready": ready}), "application/json")
+    if route == "/healthz":
+        # Counts and configuration are for the operator: with access control on, only an
+        # admin token for every room (--room '*') sees them; others get the status alone.
+        figures = health(server)
+        if not server.access.allows(token, "*", "admin"):
+            figures = {"status": figures["status"]}
+        return response(HTTPStatus.OK, json.dumps(figures), "application/json")
     if route == "/metrics":
+        if not server.access.allows(token, "*", "admin"):
+            return response(HTTPStatus.UNAUTHORIZED, "metrics need an admin token for every room (token create --room '*' --role admin)")
         return response(HTTPStatus.OK, prometheus(server), "text/plain; version=0.0.4; charset=utf-8")
     if route in PAGES:
         page = resources.files("web").joinpath(PAGES[route]).read_text(encoding="utf-8")
@@ -83,11 +91,19 @@ async def handle(server: ServerState, request: Request) -> Response | None:
 
 
 async def _transcript(server: ServerState, room: str, query: dict[str, str]) -> Response:
+    """A room's transcript, read and rendered off the event loop; at most ``max_exports`` at
+    once (each holds its room's whole transcript while it is made), others are told to retry."""
     format, clock = query.get("format", "json"), query.get("clock", "wall")
     try:
-        body = render(await server.rooms.transcript(room), format, clock)
+        check(format, clock)
     except ValueError as error:
         return response(HTTPStatus.BAD_REQUEST, str(error))
+    if server.exports.locked():
+        answer = response(HTTPStatus.SERVICE_UNAVAILABLE, "other exports are being made; retry in a few seconds")
+        answer.headers["Retry-After"] = "5"
+        return answer
+    async with server.exports:
+        body = await asyncio.to_thread(render, await server.rooms.transcript(room), format, clock)
     return response(HTTPStatus.OK, body, CONTENT_TYPES[format])
 
 
