@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from decoder.api import SAMPLE_RATE, Hypothesis, Word, join_words, transcribe
+from streaming.nonspeech import brown_noise, pink_noise
 from streaming.scoring import error_rate
 from streaming.session import DecodeRequest, FinalCaption, PartialCaption, Session, SessionConfig, _without_reread
-from streaming.nonspeech import brown_noise, pink_noise
-from vad.segmenter import VadConfig
 from tests.conftest import CLIPS, ENGLISH, NON_SPEECH
+from vad.segmenter import VadConfig
 
 FRAME = SAMPLE_RATE // 50
 
@@ -79,18 +79,20 @@ def test_times_are_on_the_session_audio_clock(model):
 
 def test_partials_reuse_the_confirmed_prefix_and_finals_verify_the_draft(model):
     clip = CLIPS["en_ls_1995-1837-0001"]
-    run(Session(), with_silence(clip.audio), model)
+    finals = [e for e in run(Session(), with_silence(clip.audio), model) if isinstance(e, FinalCaption)]
     requests: list[DecodeRequest] = run.requests
     keys = sorted({r.segment_key for r in requests})
+    assert len(keys) == len(finals)  # every utterance was captioned: keys and segments pair up
     longest = 0
-    for key in keys:
+    for key, caption in zip(keys, finals):
         partials = [r for r in requests if r.segment_key == key and not r.urgent]
         prefixes = [len(r.prefix) - r.context_words for r in partials]
         assert prefixes == sorted(prefixes)  # the forced prefix only grows within an utterance
         longest = max(longest, prefixes[-1])
-        # The final, decoded early (in the pause that ended the utterance) or after the end.
+        # The final: decoded after the end, or early (in the pause that ended the utterance),
+        # where the utterance did end.
         final = [r for r in requests if r.segment_key == key and r.urgent][-1]
-        assert final.final or final.early_end is not None
+        assert final.final or final.early_end / SAMPLE_RATE == pytest.approx(caption.end)
         # The final drafts the latest partial, confirmed words first...
         assert final.draft[: prefixes[-1]] == partials[-1].prefix[partials[-1].context_words :]
         # ...and the draft changes nothing but the cost: the words are plain greedy decoding's.
@@ -194,9 +196,18 @@ def test_an_utterance_after_a_pause_is_decoded_with_the_previous_one_in_front(mo
     events = run(Session(), with_silence(clip.audio), model)
     requests = run.requests
     assert any(r.context_words for r in requests)
-    for request in requests:
-        if request.context_words:
-            assert len(request.audio) > len(request.prefix)  # lead-in audio is part of it
+    finals = [e for e in events if isinstance(e, FinalCaption)]
+    keys = sorted({r.segment_key for r in requests})
+    assert len(keys) == len(finals)  # every utterance was captioned: keys and segments pair up
+    for index, (key, caption) in enumerate(zip(keys, finals)):
+        for request in [r for r in requests if r.segment_key == key and r.context_words]:
+            # The lead-in is the previous utterance: its final's words are forced first...
+            assert index > 0 and join_words(request.prefix[: request.context_words]).strip() == finals[index - 1].text
+        final = [r for r in requests if r.segment_key == key and r.urgent][-1]
+        if final.context_words:
+            # ...and its audio goes in front of the utterance's own.
+            lengths = [(f.end - f.start) * SAMPLE_RATE for f in (finals[index - 1], caption)]
+            assert len(final.audio) == pytest.approx(sum(lengths), abs=2)
     # The lead-in is context, never caption: no later segment shows the first one's words again.
     first = [e for e in events if isinstance(e, FinalCaption)][0]
     assert "fellow" in first.text
