@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+import io
 import json
 import os
 import signal
@@ -22,6 +24,7 @@ from streaming.export import MAX_LINE, MAX_LINES, render
 from streaming.journal import Journal
 from streaming.server import CaptionServer
 from tests.conftest import CLIPS, ServerThread
+from tests.scripted import ScriptedModel, speak
 from tests.test_cli import flashcaption, free_port
 from tests.test_server import finals, publish, receive_until
 
@@ -148,7 +151,7 @@ def test_journal_rows_and_render_errors(tmp_path):
     assert journal.last_seq("r") == 3 and journal.last_seq("other") == 0
     assert [r["seq"] for r in journal.finals("r", since=1)] == [2, 3]
     cues = list(srt.parse(render(journal.finals("r"), "srt")))
-    assert len(cues) > 3 and all(len(l) <= MAX_LINE for c in cues for l in c.content.split("\n"))
+    assert len(cues) > 3 and all(len(line) <= MAX_LINE for c in cues for line in c.content.split("\n"))
     assert cues[0].start.total_seconds() == 0.0  # wall clock counted from the room's first caption
     session = list(srt.parse(render(journal.finals("r"), "srt", clock="session")))
     assert session[0].start.total_seconds() == 1.0
@@ -161,7 +164,38 @@ def test_journal_rows_and_render_errors(tmp_path):
     journal.close()
 
 
-def test_retention_keeps_seq_and_rooms_can_be_deleted(server, tmp_path):
+def test_every_format_holds_every_final_in_order_with_its_speaker(tmp_path):
+    journal = Journal(tmp_path / "j.sqlite3")
+    said = [("Ada", "alpha bravo"), ("Grace", "a longer final " + "that goes on " * 8 + "and ends"), ("Ada", "charlie, <delta> & echo")]
+    for seq, (speaker, text) in enumerate(said, 1):
+        final = {"room": "r", "seq": seq, "session": speaker, "speaker": speaker, "segment": seq, "text": text,
+                 "language": "en", "start": 2.0 * seq, "end": 2.0 * seq + 1.5}
+        journal.append(final, 1000.0 + 2 * seq, 1001.5 + 2 * seq)
+    rows = journal.finals("r")
+    journal.close()
+    subtitles = list(srt.parse(render(rows, "srt")))
+    vtt = webvtt.from_buffer(io.StringIO(render(rows, "vtt"))).captions
+    for cues in (subtitles, vtt):
+        assert len(cues) > len(said)  # the long final is split into several cues
+        starts = [c.start for c in cues]
+        assert starts == sorted(starts)
+    shown = " ".join(c.content.replace("\n", " ") for c in subtitles).split()
+    assert [w for w in shown if w not in ("Ada:", "Grace:")] == " ".join(text for _, text in said).split()
+    assert shown[0] == "Ada:" and "Grace:" in shown
+    for caption in vtt:
+        assert caption.voice in ("Ada", "Grace")
+        assert all(len(line) <= MAX_LINE for line in caption.text.split("\n")) and len(caption.text.split("\n")) <= MAX_LINES
+    for name in ("Ada", "Grace"):
+        spoken = " ".join(text for speaker, text in said if speaker == name).split()
+        assert html.unescape(" ".join(c.text.replace("\n", " ") for c in vtt if c.voice == name)).split() == spoken
+    assert [r["seq"] for r in json.loads(render(rows, "json"))["finals"]] == [1, 2, 3]
+    lines = render(rows, "txt").splitlines()
+    assert len(lines) == len(said)
+    assert all(line.endswith(f"] {speaker}: {text}") for line, (speaker, text) in zip(lines, said))  # "[00:00:02] Grace: ..."
+
+
+def test_retention_keeps_seq_and_rooms_can_be_deleted(scripted_server, tmp_path):
+    server = scripted_server
     journal = Journal(tmp_path / "j.sqlite3")
     final = {"room": "r", "session": "s", "speaker": "", "segment": 0, "text": "hello", "language": "en", "start": 0.0, "end": 1.0}
     journal.append({**final, "seq": 1}, 0.0, 1.0)
@@ -171,7 +205,7 @@ def test_retention_keeps_seq_and_rooms_can_be_deleted(server, tmp_path):
     assert journal.delete_room("r") == 0 and journal.last_seq("r") == 0
     journal.close()
 
-    publish(server.url, CLIPS["en_arctic_a0024"].audio, "room=doomed")
+    publish(server.url, speak("alpha bravo"), "room=doomed")
     base = server.url.replace("ws://", "http://")
     request = urllib.request.Request(f"{base}/v1/rooms/doomed", method="DELETE")
     reply = json.loads(urllib.request.urlopen(request, timeout=30).read())
@@ -216,7 +250,7 @@ def test_a_session_keeps_what_it_asked_for_until_it_ends(tmp_path):
     journal.close()
 
 
-def test_a_session_resumed_on_a_model_without_its_language_gets_the_model_default(model, tmp_path):
+def test_a_session_resumed_on_a_model_without_its_language_gets_the_model_default(tmp_path):
     # The server restarted with another model: a Spanish session resumes in English, not refused.
     journal = Journal(tmp_path / "journal.sqlite3")
     final = {"room": "r", "seq": 1, "session": "0123456789ab", "speaker": "Ana", "segment": 3, "text": "hola",
@@ -224,9 +258,9 @@ def test_a_session_resumed_on_a_model_without_its_language_gets_the_model_defaul
     journal.append(final, time.time() - 2, time.time())
     journal.keep_session("0123456789ab", "r", "es", None)
     journal.close()
-    running = ServerThread(CaptionServer(ServerConfig(port=0, data_dir=tmp_path), model)).start()
+    running = ServerThread(CaptionServer(ServerConfig(port=0, data_dir=tmp_path), ScriptedModel())).start()
     try:
-        messages, code = publish(running.url, CLIPS["en_arctic_a0024"].audio, "resume=0123456789ab")
+        messages, code = publish(running.url, speak("alpha bravo"), "resume=0123456789ab")
         assert code == 1000 and messages[0]["language"] == "en"
         said = finals(messages)
         assert said and said[0]["segment"] == 4 and said[0]["speaker"] == "Ana" and said[0]["start"] >= 12.0
