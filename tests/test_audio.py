@@ -10,6 +10,7 @@ from decoder.api import transcribe
 from streaming.audio import PcmDecoder
 from streaming.protocol import ProtocolError
 from tests.conftest import CLIPS
+from tests.scripted import hear, speak
 
 
 def _stream(decoder: PcmDecoder, data: bytes, frame_bytes: int) -> np.ndarray:
@@ -34,6 +35,20 @@ def test_other_rates_are_resampled_and_still_recognised(model, rate, encoding):
     out = _stream(PcmDecoder(encoding, rate), data, width * 1234)
     assert abs(len(out) - len(clip.audio)) <= 16
     assert transcribe(model, out).text == transcribe(model, clip.audio).text
+
+
+@pytest.mark.parametrize("rate, encoding", [(8000, "pcm_s16le"), (22050, "pcm_f32le"), (44100, "pcm_s16le"), (48000, "pcm_f32le")])
+def test_other_rates_come_out_at_16k_with_the_same_words(rate, encoding):
+    # The scripted words are pitches: a resampler that dropped, repeated or mis-timed audio
+    # across frames would change what is heard, or how long it lasts.
+    said = ("alpha bravo charlie", "papa oscar")
+    audio = speak(*said)
+    original = soxr.resample(audio, 16000, rate)
+    data = (original * 32768).astype("<i2").tobytes() if encoding == "pcm_s16le" else original.astype("<f4").tobytes()
+    width = 2 if encoding == "pcm_s16le" else 4
+    out = _stream(PcmDecoder(encoding, rate), data, width * 1234)  # odd-sized frames
+    assert abs(len(out) - len(audio)) <= 16
+    assert hear(out) == tuple(" ".join(said).split())
 
 
 def test_garbage_frames_are_refused_with_reasons():
