@@ -130,7 +130,7 @@ def scripted_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server
 HEAVY_FIXTURES = frozenset({"model", "whisper", "checkpoint", "server", "serve", "playwright", "browser"})
 # Tests that need a real model in a way no fixture shows: a `flashcaption serve` (or `soak`,
 # `bench`) subprocess, or ONNX Runtime sessions on a model's files. In modules that can say
-# so themselves, `@pytest.mark.slow` does the same.
+# so themselves (or for a test slow without a model), `@pytest.mark.slow` does the same.
 SLOW_TESTS = {
     "test_bench.py": {"test_latency_figures_follow_a_slowed_server", "test_soak_command_runs_and_accounts_for_every_final"},
     "test_cli.py": {

@@ -51,7 +51,7 @@ def finals_until(viewer: ClientConnection, seq: int) -> list[dict[str, Any]]:
     return seen
 
 
-def nothing_more(viewer: ClientConnection, wait: float = 0.3) -> None:
+def nothing_more(viewer: ClientConnection, wait: float = 0.2) -> None:
     try:
         while True:
             message = json.loads(viewer.recv(timeout=wait))

@@ -110,8 +110,7 @@ def check_one_final_per_utterance(run: Run, expected: list[str] | tuple[str, ...
 
 
 # -- finals: one per utterance, never dropped --------------------------------------------------
-@pytest.mark.parametrize("frame", [160, FRAME, 1600, SAMPLE_RATE])
-@pytest.mark.parametrize("lag", [0, 3, 40])
+@pytest.mark.parametrize("frame, lag", [(160, 0), (FRAME, 3), (FRAME, 40), (1600, 40), (SAMPLE_RATE, 0)])
 def test_every_utterance_gets_exactly_one_final_with_its_words(frame: int, lag: int) -> None:
     # lag 40 at 20 ms frames: decodes take 0.8 s, so finals are decoded while the next
     # utterance has begun, and partials come back for utterances that have ended meanwhile.
