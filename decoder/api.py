@@ -9,8 +9,9 @@ spell it, so a confirmed prefix can be fed back to the model as a forced prefix.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Protocol, Sequence
+from typing import Protocol, TypeVar
 
 import numpy as np
 
@@ -70,15 +71,17 @@ class DecodeOptions:
     @classmethod
     def asking(
         cls, spec: str | None, *, likely_language: str | None = None, context: Context | None = None, beam_size: int = 1
-    ) -> "DecodeOptions":
+    ) -> DecodeOptions:
         """Options for a language as publishers and sessions spell it: a code, "auto" or None
         (detect), or candidates to detect among ("en,zh")."""
+        language: str | None = None
+        candidates: tuple[str, ...] = ()
         if spec is None or spec == "auto":
-            language, candidates = None, ()
+            pass
         elif "," in spec:
-            language, candidates = None, tuple(spec.split(","))
+            candidates = tuple(spec.split(","))
         else:
-            language, candidates = spec, ()
+            language = spec
         return cls(language, candidates, likely_language, context, beam_size)
 
     @property
@@ -98,19 +101,23 @@ class Features(Protocol):
     duration: float
 
 
-class SpeechModel(Protocol):
-    """A loaded speech-recognition model. Implementations must be safe to call from several
-    threads at once (ONNX Runtime sessions are)."""
+FeaturesT = TypeVar("FeaturesT", bound=Features)
+
+
+class SpeechModel(Protocol[FeaturesT]):
+    """A loaded speech-recognition model: a family's module implements it with its own
+    features type (what its ``encode`` gives its ``decode``). Implementations must be safe to
+    call from several threads at once (ONNX Runtime sessions are)."""
 
     name: str
     languages: tuple[str, ...]
 
-    def encode(self, audio: np.ndarray) -> Features:
+    def encode(self, audio: np.ndarray) -> FeaturesT:
         """Run the acoustic encoder on mono float32 audio at 16 kHz."""
         ...
 
     def decode(
-        self, features: Features, prefix: Sequence[Word] = (), draft: Sequence[Word] = (), options: DecodeOptions = DecodeOptions()
+        self, features: FeaturesT, prefix: Sequence[Word] = (), draft: Sequence[Word] = (), options: DecodeOptions = DecodeOptions()
     ) -> Hypothesis:
         """Decode text. ``prefix`` words are forced as they are (already shown as stable), and
         the result begins with them exactly: a token the model adds after them (the comma after
@@ -124,7 +131,7 @@ class SpeechModel(Protocol):
 
 
 def transcribe(
-    model: SpeechModel,
+    model: SpeechModel[FeaturesT],
     audio: np.ndarray,
     prefix: Sequence[Word] = (),
     draft: Sequence[Word] = (),

@@ -14,9 +14,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import onnxruntime as ort
@@ -125,7 +125,7 @@ class MoonshineFeatures:
 class MoonshineModel:
     """The Moonshine family behind :class:`decoder.api.SpeechModel`."""
 
-    languages = ("en",)
+    languages: tuple[str, ...] = ("en",)
 
     def __init__(
         self,

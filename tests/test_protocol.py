@@ -7,7 +7,6 @@ import json
 import pytest
 
 from decoder.context import Context, Term
-
 from streaming import protocol
 from streaming.protocol import ConfigMessage, EndMessage, FlushMessage, ProtocolError
 
@@ -61,7 +60,8 @@ def test_view_params():
 def test_client_messages():
     assert protocol.parse_client_message('{"type":"flush"}') == FlushMessage()
     assert protocol.parse_client_message('{"type":"end"}') == EndMessage()
-    assert protocol.parse_client_message('{"type":"config","language":"en","context":"Hester Prynne"}') == ConfigMessage("en", Context("Hester Prynne", (Term("Hester Prynne"),)))
+    configured = protocol.parse_client_message('{"type":"config","language":"en","context":"Hester Prynne"}')
+    assert configured == ConfigMessage("en", Context("Hester Prynne", (Term("Hester Prynne"),)))
     terms = {"type": "config", "context": {"terms": [{"text": "Qwen3-ASR", "boost": 2.0}, "Hester Prynne"]}}
     assert protocol.parse_client_message(json.dumps(terms)).context.terms == (Term("Qwen3-ASR", 2.0), Term("Hester Prynne"))
 

@@ -21,11 +21,11 @@ from decoder.whisper import log_mel, window_seconds
 from decoder.whisper_convert import read_ct2
 from streaming.scoring import error_counts
 from streaming.session import FinalCaption, Session, SessionConfig
-from vad.segmenter import VadConfig
 from tests.conftest import CLIPS, NON_SPEECH
 from tests.test_decoder import check_forced_word_before_punctuation
 from tests.test_server import finals, publish
 from tests.test_session import run
+from vad.segmenter import VadConfig
 
 SPOKEN = ["en_jfk_inaugural", "zh_fleurs_test_000", "es_fleurs_test_000", "ja_fleurs_test_000"]
 
