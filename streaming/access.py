@@ -1,5 +1,6 @@
-"""Who may do what: tokens and roles, and the per-address connection limit. Pure decisions,
-no I/O: the server asks, and turns a refusal (a :class:`ProtocolError`) into a response.
+"""Who may do what, and who a client is: tokens and roles, the client's address behind trusted
+proxies, per-address connection limits. Pure decisions, no I/O: the server asks, and turns a
+refusal (a :class:`ProtocolError`) into a response.
 
 Token format and signing are :mod:`streaming.auth`'s; this module decides when a token is
 needed, where it is found in a request, and what it must allow.
@@ -8,8 +9,9 @@ needed, where it is found in a request, and what it must allow.
 from __future__ import annotations
 
 import collections
+import ipaddress
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 from streaming import auth
 from streaming.protocol import ProtocolError
@@ -17,6 +19,7 @@ from streaming.protocol import ProtocolError
 log = logging.getLogger(__name__)
 
 AUTH_MODES = ("auto", "on", "off")
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def auth_required(mode: str, host: str) -> bool:
@@ -35,16 +38,25 @@ def token_of(query: Mapping[str, str], authorization: str | None) -> str | None:
 
 
 class AccessPolicy:
-    """Whether a request's token allows an action (``view``, ``publish``, ``admin``) in a room."""
+    """Whether a request's token allows an action (``view``, ``publish``, ``admin``) in a room.
 
-    def __init__(self, required: bool, secret: bytes, public_rooms: bool = False):
+    ``required``: every request needs a token. ``forwarded_required``: a request that came
+    through a proxy (it carries ``Forwarded`` or ``X-Forwarded-For``) needs one even when
+    ``required`` is off: ``--auth auto`` on a loopback address behind a reverse proxy is not
+    open to the internet."""
+
+    def __init__(self, required: bool, secret: bytes, public_rooms: bool = False, forwarded_required: bool = False):
         self.required = required
+        self.forwarded_required = forwarded_required
         self.public_rooms = public_rooms  # viewers need no token
         self._secret = secret
 
-    def allows(self, token: str | None, room: str, action: str) -> bool:
+    def _needs_token(self, action: str, forwarded: bool) -> bool:
+        return (self.required or (forwarded and self.forwarded_required)) and not (action == "view" and self.public_rooms)
+
+    def allows(self, token: str | None, room: str, action: str, forwarded: bool = False) -> bool:
         """Whether ``token`` allows ``action`` in ``room`` (nothing logged: for optional extras)."""
-        if not self.required or (action == "view" and self.public_rooms):
+        if not self._needs_token(action, forwarded):
             return True
         try:
             auth.check(auth.verify_token(self._secret, token or ""), room, action)
@@ -52,9 +64,9 @@ class AccessPolicy:
             return False
         return True
 
-    def authorize(self, token: str | None, room: str, action: str) -> None:
+    def authorize(self, token: str | None, room: str, action: str, forwarded: bool = False) -> None:
         """Raise ``unauthorized`` unless ``token`` allows ``action`` in ``room``."""
-        if not self.required or (action == "view" and self.public_rooms):
+        if not self._needs_token(action, forwarded):
             return
         try:
             if not token:
@@ -66,22 +78,80 @@ class AccessPolicy:
 
 
 class ConnectionCounter:
-    """Open connections per client address, refused past ``limit`` (0: no limit)."""
+    """Open connections per client address and kind (``publish``, ``view``), each kind with
+    its own limit (0: none): an audience behind one NAT is many viewers from one address, and
+    must not lock its own speaker out."""
 
-    def __init__(self, limit: int):
-        self.limit = limit
-        self._open: collections.Counter[str] = collections.Counter()
+    def __init__(self, limits: Mapping[str, int]):
+        self.limits = dict(limits)
+        self._open: collections.Counter[tuple[str, str]] = collections.Counter()
 
-    def acquire(self, address: str) -> None:
-        """Count a new connection from ``address``; ``overloaded`` (not counted) past the limit."""
-        if self.limit and self._open[address] >= self.limit:
-            raise ProtocolError("overloaded", f"too many connections from your address (at most {self.limit})")
-        self._open[address] += 1
+    def acquire(self, kind: str, address: str) -> None:
+        """Count a new connection; ``overloaded`` (and not counted) past the kind's limit."""
+        limit = self.limits.get(kind, 0)
+        if limit and self._open[kind, address] >= limit:
+            noun = "publishers" if kind == "publish" else "viewers"
+            raise ProtocolError("overloaded", f"too many {noun} from your address (at most {limit})")
+        self._open[kind, address] += 1
 
-    def release(self, address: str) -> None:
-        self._open[address] -= 1
-        if self._open[address] <= 0:
-            del self._open[address]
+    def release(self, kind: str, address: str) -> None:
+        self._open[kind, address] -= 1
+        if self._open[kind, address] <= 0:
+            del self._open[kind, address]
 
     def __len__(self) -> int:
         return sum(self._open.values())
+
+
+def parse_networks(specs: Iterable[str]) -> tuple[Network, ...]:
+    """``--trusted-proxy`` values: addresses or CIDR blocks; ValueError names a bad one."""
+    networks = []
+    for spec in specs:
+        try:
+            networks.append(ipaddress.ip_network(spec.strip(), strict=False))
+        except ValueError:
+            raise ValueError(f"--trusted-proxy: {spec!r} is not an IP address or CIDR block") from None
+    return tuple(networks)
+
+
+def client_address(peer: str, headers: Mapping[str, str], trusted: Sequence[Network]) -> str:
+    """The client's address: the peer's, unless the peer is a trusted proxy; then the nearest
+    address in ``X-Forwarded-For`` (or ``Forwarded: for=``) that is not itself a trusted proxy.
+    Headers from any other peer are ignored: a client cannot choose its own address."""
+    if not _within(peer, trusted):
+        return peer
+    hops = _forwarded_for(headers)
+    for hop in reversed(hops):
+        if not _within(hop, trusted):
+            return hop
+    return hops[0] if hops else peer
+
+
+def forwarded(headers: Mapping[str, str]) -> bool:
+    """Whether a request says it came through a proxy."""
+    return any(name in headers for name in ("Forwarded", "X-Forwarded-For"))
+
+
+def _forwarded_for(headers: Mapping[str, str]) -> list[str]:
+    if "X-Forwarded-For" in headers:
+        return [hop.strip() for hop in headers["X-Forwarded-For"].split(",") if hop.strip()]
+    hops = []
+    for element in headers.get("Forwarded", "").split(","):
+        for pair in element.split(";"):
+            name, _, value = pair.strip().partition("=")
+            if name.lower() == "for" and value:
+                value = value.strip('"')
+                if value.startswith("["):  # [IPv6]:port
+                    value = value[1 : value.find("]")]
+                elif value.count(":") == 1:  # IPv4:port
+                    value = value.split(":")[0]
+                hops.append(value)
+    return hops
+
+
+def _within(address: str, networks: Sequence[Network]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in networks)

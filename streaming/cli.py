@@ -110,8 +110,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a browser Origin allowed to connect, e.g. https://studio.example.org (repeatable; default: any)")
     serve.add_argument("--certfile", type=Path, default=None, help="TLS certificate (PEM): serve wss:// and https://")
     serve.add_argument("--keyfile", type=Path, default=None, help="TLS private key (PEM), if not in --certfile")
-    serve.add_argument("--max-connections-per-ip", type=int, default=defaults.max_connections_per_ip,
-                       help="WebSocket connections one address may hold, 0 for no limit (default %(default)s)")
+    serve.add_argument("--max-publishers-per-ip", type=int, default=defaults.max_publishers_per_ip,
+                       help="publishers one client address may connect, 0 for no limit (default %(default)s)")
+    serve.add_argument("--max-viewers-per-ip", type=int, default=defaults.max_viewers_per_ip,
+                       help="viewers one client address may connect (a hall behind one NAT), 0 for no limit (default %(default)s)")
+    serve.add_argument("--max-connections", type=int, default=defaults.max_connections,
+                       help="connections at once, of every kind; 0: from the open-files limit, which is raised to its hard limit (default)")
+    serve.add_argument("--trusted-proxy", dest="trusted_proxies", action="append", default=[],
+                       help="a reverse proxy's address or CIDR block whose X-Forwarded-For / Forwarded is believed (repeatable)")
     serve.add_argument("--max-publishers-per-room", type=int, default=defaults.max_publishers_per_room,
                        help="publishers one room may have, 0 for no limit (default %(default)s)")
     serve.add_argument("--max-viewers-per-room", type=int, default=defaults.max_viewers_per_room,
@@ -291,7 +297,10 @@ def _server_config(args: argparse.Namespace) -> ServerConfig:
         auth=args.auth,
         secret_file=args.secret_file,
         public_rooms=args.public_rooms,
-        max_connections_per_ip=args.max_connections_per_ip,
+        max_publishers_per_ip=args.max_publishers_per_ip,
+        max_viewers_per_ip=args.max_viewers_per_ip,
+        max_connections=args.max_connections,
+        trusted_proxies=tuple(args.trusted_proxies),
         max_publishers_per_room=args.max_publishers_per_room,
         max_viewers_per_room=args.max_viewers_per_room,
         idle_timeout_s=args.idle_timeout,

@@ -41,7 +41,14 @@ class ServerConfig:
     certfile: Path | None = None  # TLS: serve wss:// and https://
     keyfile: Path | None = None
     # Limits (0: none).
-    max_connections_per_ip: int = 64
+    # Per client address (behind --trusted-proxy, the address it forwards): a hall's audience
+    # shares one public address, and must not lock its speaker out.
+    max_publishers_per_ip: int = 32
+    max_viewers_per_ip: int = 2000
+    # Connections at once, every kind (0: derived from the open-files limit at start).
+    max_connections: int = 0
+    # Reverse proxies whose Forwarded / X-Forwarded-For are believed (addresses or CIDR blocks).
+    trusted_proxies: tuple[str, ...] = ()
     max_publishers_per_room: int = 16
     max_viewers_per_room: int = 1000
     idle_timeout_s: float = 120.0  # a publisher that sends nothing this long is closed

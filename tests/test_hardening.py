@@ -22,16 +22,19 @@ from urllib.parse import quote
 import pytest
 import srt
 import webvtt
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from streaming import auth
+from streaming.access import client_address, parse_networks
 from streaming.config import ServerConfig
 from streaming.journal import Journal
 from streaming.server import CaptionServer
 from streaming.server import view as view_handler
+from streaming.server.publish import TAKEN_OVER
 from tests.conftest import ServerThread
 from tests.scripted import ScriptedModel, speak
-from tests.test_server import finals, pcm16, publish, receive_until, refused
+from tests.test_server import finals, pcm16, publish, receive_all, refused
 
 
 @contextlib.contextmanager
@@ -82,18 +85,30 @@ def seed(data_dir: Path, room: str, count: int, speaker: str = "Ada") -> None:
 
 
 # -- 1: one session, at most one live publisher -----------------------------------------------
-def test_a_live_session_cannot_be_resumed_by_a_second_connection(tmp_path: Path) -> None:
+def test_a_live_session_resumed_on_another_connection_is_taken_over(tmp_path: Path) -> None:
     with running(tmp_path) as server:
         with connect(f"{server.url}/v1/publish?room=r&mode=file") as first:
             session = json.loads(first.recv(timeout=10))["session"]
-            message, code = refused(server.url, f"/v1/publish?resume={session}&room=r")
-            assert code == 1008 and message["code"] == "bad_request" and "still live" in message["message"]
-            # The first connection goes on as if nothing happened.
-            for offset in range(0, len(audio := speak("alpha bravo")), 1600):
-                first.send(pcm16(audio[offset : offset + 1600]))
-            first.send(json.dumps({"type": "end"}))
-            assert [f["text"] for f in finals(receive_until(first, lambda m: m["type"] == "final"))] == ["alpha bravo"]
-        wait_for(lambda: health(server)["publishers"] == 0)
+            heard = speak("alpha bravo")
+            for offset in range(0, len(heard) * 3 // 4, 1600):  # the last word not yet finished
+                first.send(pcm16(heard[offset : min(offset + 1600, len(heard) * 3 // 4)]))
+            with connect(f"{server.url}/v1/publish?resume={session}&room=r&mode=file") as second:
+                ready = json.loads(second.recv(timeout=10))
+                assert ready["type"] == "ready" and ready["session"] == session, ready
+                # The old connection is told why it was closed, after what it sent was captioned.
+                with pytest.raises(ConnectionClosed):
+                    while True:
+                        first.recv(timeout=10)
+                assert first.close_code == TAKEN_OVER and "resumed on another connection" in (first.close_reason or "")
+                assert health(server)["publishers"] == 1
+                rest = speak("charlie")
+                for offset in range(0, len(rest), 1600):
+                    second.send(pcm16(rest[offset : offset + 1600]))
+                second.send(json.dumps({"type": "end"}))
+                assert [f["text"] for f in finals(receive_all(second))] == ["charlie"]
+        wait_for(lambda: health(server)["publishers"] == 0 and metric(server, "flashcaption_sessions_resumable") == 0)
+        kept = json.loads(http(server, "/v1/rooms/r/transcript")[1])["finals"]
+        assert [(f["session"], f["segment"]) for f in kept] == [(session, 0), (session, 1)] and kept[1]["text"] == "charlie"
         assert http(server, "/v1/rooms/r", "DELETE")[0] == 200
 
 
@@ -142,6 +157,7 @@ def _rss_mb() -> float:
         return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:")) / 1024
 
 
+@pytest.mark.slow  # a history of 100,000 finals
 def test_viewers_that_never_read_hold_a_bounded_amount_and_are_closed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     seed(tmp_path, "big", 100_000)
     monkeypatch.setattr(view_handler, "SEND_STALL_S", 3.0)
@@ -176,6 +192,7 @@ def test_a_backlog_arrives_whole_and_in_order_in_pages(tmp_path: Path) -> None:
 
 
 # -- 3: long work stays off the event loop -------------------------------------------------------
+@pytest.mark.slow  # a history of 100,000 finals
 def test_health_answers_while_a_large_export_and_backlogs_run(tmp_path: Path) -> None:
     seed(tmp_path, "big", 100_000)
     with running(tmp_path) as server:
@@ -201,7 +218,7 @@ def test_health_answers_while_a_large_export_and_backlogs_run(tmp_path: Path) ->
 
 
 def test_exports_at_once_are_bounded(tmp_path: Path) -> None:
-    seed(tmp_path, "big", 100_000)
+    seed(tmp_path, "big", 20_000)
     with running(tmp_path, max_exports=1) as server:
         statuses: list[int] = []
         threads = [threading.Thread(target=lambda: statuses.append(http(server, "/v1/rooms/big/transcript?format=txt")[0])) for _ in range(3)]
@@ -263,7 +280,7 @@ def test_a_burst_of_viewers_cannot_overshoot_the_room_limit(tmp_path: Path) -> N
 
             def join() -> None:
                 with lock:
-                    ws = viewers.enter_context(connect(f"{server.url}/v1/captions?room=crowd&since=0", open_timeout=30))
+                    ws = viewers.enter_context(connect(f"{server.url}/v1/captions?room=crowd&since=0", open_timeout=30, close_timeout=1))
                 message = json.loads(ws.recv(timeout=30))
                 with lock:
                     answers.append(message["type"] if message["type"] == "ready" else message["code"])
@@ -274,3 +291,107 @@ def test_a_burst_of_viewers_cannot_overshoot_the_room_limit(tmp_path: Path) -> N
             for thread in threads:
                 thread.join(60)
         assert answers.count("ready") == 5 and answers.count("overloaded") == 15
+
+
+# -- 5 and 11: behind a reverse proxy --------------------------------------------------------------
+def test_the_client_address_is_believed_only_from_trusted_proxies() -> None:
+    trusted = parse_networks(["127.0.0.1", "10.0.0.0/8"])
+    assert client_address("198.51.100.7", {"X-Forwarded-For": "203.0.113.9"}, trusted) == "198.51.100.7"  # not a proxy: ignored
+    assert client_address("127.0.0.1", {"X-Forwarded-For": "203.0.113.9"}, trusted) == "203.0.113.9"
+    # The nearest hop that is not one of our proxies; what the client wrote before it is not believed.
+    assert client_address("127.0.0.1", {"X-Forwarded-For": "1.2.3.4, 203.0.113.9, 10.1.1.1"}, trusted) == "203.0.113.9"
+    assert client_address("10.0.0.5", {"Forwarded": 'for="[2001:db8::1]:4711";proto=https'}, trusted) == "2001:db8::1"
+    assert client_address("10.0.0.5", {"Forwarded": "for=192.0.2.60:8080, for=10.0.0.9"}, trusted) == "192.0.2.60"
+    assert client_address("127.0.0.1", {}, trusted) == "127.0.0.1"
+    with pytest.raises(ValueError, match="trusted-proxy"):
+        parse_networks(["not-an-address"])
+
+
+def test_behind_a_trusted_proxy_limits_count_each_client(tmp_path: Path) -> None:
+    with running(tmp_path, auth="off", trusted_proxies=("127.0.0.1",), max_viewers_per_ip=2, max_publishers_per_ip=1) as server:
+        def viewer(address: str) -> Any:
+            return connect(f"{server.url}/v1/captions?room=hall", additional_headers={"X-Forwarded-For": address})
+
+        with viewer("203.0.113.1") as a, viewer("203.0.113.1") as b, viewer("203.0.113.2") as c:
+            for ws in (a, b, c):
+                assert json.loads(ws.recv(timeout=10))["type"] == "ready"
+            with viewer("203.0.113.1") as third:
+                message = json.loads(third.recv(timeout=10))
+                assert message["code"] == "overloaded" and "viewers from your address" in message["message"]
+            # Viewers and publishers are counted apart: a full hall does not lock its speaker out.
+            with connect(f"{server.url}/v1/publish?room=hall", additional_headers={"X-Forwarded-For": "203.0.113.1"}) as speaker:
+                assert json.loads(speaker.recv(timeout=10))["type"] == "ready"
+
+
+def test_auto_on_loopback_is_not_open_to_what_a_proxy_forwards(tmp_path: Path) -> None:
+    with running(tmp_path, auth="auto") as server:  # loopback: open to this machine
+        assert http(server, "/v1/rooms/r", "DELETE")[0] == 200
+        request = urllib.request.Request(f"http://127.0.0.1:{server.port}/v1/rooms/r", method="DELETE")
+        request.add_header("X-Forwarded-For", "203.0.113.9")
+        with pytest.raises(urllib.error.HTTPError) as refused_delete:
+            urllib.request.urlopen(request, timeout=10)
+        assert refused_delete.value.code == 401
+        refused_delete.value.close()
+        with connect(f"{server.url}/v1/publish?room=r", additional_headers={"Forwarded": "for=203.0.113.9"}, close_timeout=1) as ws:
+            assert json.loads(ws.recv(timeout=10))["code"] == "unauthorized"
+        token = auth.create_token(auth.load_secret(tmp_path), "r", "publish", 60)
+        with connect(f"{server.url}/v1/publish?room=r&token={token}", additional_headers={"Forwarded": "for=203.0.113.9"}, close_timeout=1) as ws:
+            assert json.loads(ws.recv(timeout=10))["type"] == "ready"
+
+
+# -- 13: out of file descriptors -------------------------------------------------------------------
+SERVE_WITH_FEW_FILES = """
+import asyncio, resource, sys
+from pathlib import Path
+resource.setrlimit(resource.RLIMIT_NOFILE, (200, 200))
+sys.path.insert(0, {root!r})
+from streaming.config import ServerConfig
+from streaming.logs import setup_logging
+from streaming.server import CaptionServer
+from tests.scripted import ScriptedModel
+
+async def main():
+    setup_logging()
+    server = CaptionServer(ServerConfig(port=0, data_dir=Path({data!r})), ScriptedModel())
+    port = await server.start()
+    print(port, server.connection_cap, flush=True)
+    await asyncio.sleep(3600)
+
+asyncio.run(main())
+"""
+
+
+def test_running_out_of_file_descriptors_refuses_cleanly(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    root = str(Path(__file__).resolve().parent.parent)
+    script = SERVE_WITH_FEW_FILES.format(root=root, data=str(tmp_path))
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=root)
+    sockets: list[socket.socket] = []
+    try:
+        assert child.stdout is not None
+        port, cap = map(int, child.stdout.readline().split())
+        assert cap == 200 - 128
+        for _ in range(250):  # past the cap, and past what the process could open
+            raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+            raw.sendall(b"GET /v1/captions?room=r HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+            sockets.append(raw)
+            time.sleep(0.01)  # a crowd arriving, not one burst
+        answers = [raw.recv(200).split(b"\r\n")[0] for raw in sockets]
+        assert answers.count(b"HTTP/1.1 101 Switching Protocols") >= cap - 8  # a few files go to the server itself
+        assert b"HTTP/1.1 503 Service Unavailable" in answers
+        for raw in sockets:
+            raw.close()
+        sockets.clear()
+        time.sleep(1.0)
+        # Still serving once the crowd has gone.
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as answer:
+            assert answer.status == 200
+    finally:
+        for raw in sockets:
+            raw.close()
+        child.terminate()
+        _, errors = child.communicate(timeout=30)
+    assert errors.count("Traceback") <= 5, errors[-3000:]

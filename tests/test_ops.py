@@ -91,7 +91,7 @@ def test_origin_allow_list(model, tmp_path):
 
 def test_limits(model, tmp_path):
     config = ServerConfig(
-        port=0, data_dir=tmp_path, max_connections_per_ip=3, max_publishers_per_room=1, max_viewers_per_room=1,
+        port=0, data_dir=tmp_path, max_viewers_per_ip=2, max_publishers_per_room=1, max_viewers_per_room=1,
         idle_timeout_s=1.0, audio_burst_s=1.0,
     )
     running = ServerThread(CaptionServer(config, model)).start()
@@ -106,8 +106,8 @@ def test_limits(model, tmp_path):
                 assert "most publishers" in message["message"] and code == 1013
                 with connect(f"{running.url}/v1/captions?room=b") as other:
                     json.loads(other.recv(timeout=10))  # counted: the handshake alone can beat the count
-                    message, code = refused(running.url, "/v1/captions?room=c")  # a 4th connection
-                    assert "too many connections" in message["message"] and code == 1013
+                    message, code = refused(running.url, "/v1/captions?room=c")  # a third viewer from this address
+                    assert "too many viewers from your address" in message["message"] and code == 1013
         # A publisher that goes quiet is closed with a reason.
         with connect(f"{running.url}/v1/publish?room=idle") as quiet:
             json.loads(quiet.recv(timeout=10))

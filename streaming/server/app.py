@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import signal
 import ssl
 import time
+from http import HTTPStatus
 
 import websockets
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -23,7 +25,7 @@ from decoder.api import SpeechModel
 from streaming.config import ServerConfig
 from streaming.protocol import ProtocolError, split_path
 from streaming.server import http, publish, view
-from streaming.server.connection import client_address, send_error
+from streaming.server.connection import client_of, response, send_error
 from streaming.server.state import ServerState
 
 log = logging.getLogger(__name__)
@@ -31,8 +33,30 @@ log = logging.getLogger(__name__)
 # Hard cap enforced by websockets itself; our own, clearer limits (1 s of audio, 64 KiB of
 # text) are checked first on anything below it.
 WEBSOCKET_MAX_MESSAGE = 4 * 1024 * 1024
+# Open files kept for everything but connections: journal, model files, threads, logs.
+RESERVED_FILES = 128
+# A connection refused at the cap is closed this long after its answer.
+REFUSED_LINGER_S = 0.5
 # How often parked sessions are checked for the end of their grace period.
 EXPIRY_SWEEP_S = 1.0
+
+
+def raise_open_files_limit() -> int:
+    """Raise the soft limit on open files to the hard one (services often start at 1,024, and
+    every connection is a file) and return it. Past it the server could not even accept a
+    connection to refuse it, so the connection cap is derived from it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as error:
+            log.warning("could not raise the open-files limit from %d to %d: %s", soft, hard, error)
+        else:
+            log.info("open-files limit raised from %d to %d", soft, hard)
+            soft = hard
+    else:
+        log.info("open-files limit %d", soft)
+    return soft if soft != resource.RLIM_INFINITY else 1 << 20
 
 
 class CaptionServer(ServerState):
@@ -45,6 +69,9 @@ class CaptionServer(ServerState):
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> int:
         """Start listening; returns the port (useful with port 0)."""
+        if not self.connection_cap:
+            self.connection_cap = max(16, raise_open_files_limit() - RESERVED_FILES)
+            log.info("at most %d connections at once (from the open-files limit)", self.connection_cap)
         tls = None
         if self.config.certfile:
             tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -124,28 +151,33 @@ class CaptionServer(ServerState):
     # -- routing -----------------------------------------------------------------------------
     async def _http(self, connection: ServerConnection, request: Request) -> Response | None:
         """Every request first: HTTP routes are answered here; None lets a WebSocket upgrade on."""
-        return await http.handle(self, request)
+        if self.connection_cap and self._server is not None and len(self._server.all_connections) >= self.connection_cap:
+            # Answered at once, and the socket let go soon after even if the client keeps it
+            # open: refusals must not use up the files that the cap keeps for the others.
+            asyncio.get_running_loop().call_later(REFUSED_LINGER_S, connection.transport.abort)
+            return response(HTTPStatus.SERVICE_UNAVAILABLE, "the server has as many connections as it can hold; retry later")
+        return await http.handle(self, connection, request)
 
     async def _route(self, connection: ServerConnection) -> None:
         """A WebSocket connection, from handshake to close, on the handler for its path."""
-        route = ""
-        address = client_address(connection)
-        counted = False
+        route, kind, client = "", "", None
         try:
-            self.connections.acquire(address)
-            counted = True
-            route, query = split_path(connection.request.path if connection.request else "")
-            if route == "/v1/publish":
-                await publish.serve_publisher(self, connection, query)
-            elif route == "/v1/captions":
-                await view.serve_viewer(self, connection, query)
+            assert connection.request is not None
+            route, query = split_path(connection.request.path)
+            client = client_of(connection, connection.request.headers, query, self.trusted)
+            kind = {"/v1/publish": "publish", "/v1/captions": "view"}.get(route, "")
+            self.connections.acquire(kind, client.address)
+            try:
+                if kind == "publish":
+                    await publish.serve_publisher(self, connection, query, client)
+                elif kind == "view":
+                    await view.serve_viewer(self, connection, query, client)
+            finally:
+                self.connections.release(kind, client.address)
         except ProtocolError as error:
             await send_error(connection, error, close=True, metrics=self.metrics)
         except websockets.ConnectionClosed:
             pass
         except Exception:
-            log.exception("internal error on %s", route)
+            log.exception("internal error on %s", route, extra={"client": client.address if client else ""})
             await send_error(connection, ProtocolError("internal", "internal server error"), close=True, metrics=self.metrics)
-        finally:
-            if counted:
-                self.connections.release(address)

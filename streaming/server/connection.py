@@ -1,9 +1,10 @@
-"""Small pieces every handler uses: the token a client presented, an error event (and close),
-an HTTP response."""
+"""Small pieces every handler uses: who the client is, an error event (and close), an HTTP
+response."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from http import HTTPStatus
 
 import websockets
@@ -11,10 +12,25 @@ from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.http11 import Response
 
-from streaming.access import token_of
+from streaming.access import Network, client_address, forwarded, token_of
 from streaming.events import ErrorEvent, encode
 from streaming.metrics import Metrics
 from streaming.protocol import ProtocolError
+
+
+@dataclass(frozen=True)
+class Client:
+    """Who is asking: the token presented, whether the request came through a proxy, and the
+    client's address (behind a trusted proxy, the one it forwarded)."""
+
+    token: str | None
+    forwarded: bool
+    address: str
+
+
+def client_of(connection: ServerConnection, headers: Headers, query: Mapping[str, str], trusted: Sequence[Network]) -> Client:
+    peer = str(connection.remote_address[0]) if connection.remote_address else ""
+    return Client(token_of(query, headers.get("Authorization")), forwarded(headers), client_address(peer, headers, trusted))
 
 
 async def send_error(connection: ServerConnection, error: ProtocolError, close: bool, metrics: Metrics | None = None) -> None:
@@ -33,12 +49,3 @@ def response(status: HTTPStatus, body: str, content_type: str = "text/plain; cha
     data = body.encode("utf-8")
     headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(data))), ("Cache-Control", "no-store")])
     return Response(status.value, status.phrase, headers, data)
-
-
-def request_token(connection: ServerConnection, query: Mapping[str, str]) -> str | None:
-    """The token a WebSocket client presented (query or Authorization header)."""
-    return token_of(query, connection.request.headers.get("Authorization") if connection.request else None)
-
-
-def client_address(connection: ServerConnection) -> str:
-    return str(connection.remote_address[0]) if connection.remote_address else ""

@@ -12,12 +12,12 @@ from http import HTTPStatus
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
+from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request, Response
 
-from streaming.access import token_of
 from streaming.export import CONTENT_TYPES, check, render
 from streaming.protocol import ProtocolError, split_path
-from streaming.server.connection import response
+from streaming.server.connection import client_of, response
 
 if TYPE_CHECKING:
     from streaming.server.state import ServerState
@@ -38,21 +38,21 @@ _ROOM = re.compile(r"/v1/rooms/([A-Za-z0-9_-]{1,64})")
 WEBSOCKET_ROUTES = ("/v1/publish", "/v1/captions")
 
 
-async def handle(server: ServerState, request: Request) -> Response | None:
+async def handle(server: ServerState, connection: ServerConnection, request: Request) -> Response | None:
     """The response to an HTTP request; None for a WebSocket upgrade on a WebSocket route."""
     try:
         route, query = split_path(request.path)
     except ProtocolError as error:
         return response(HTTPStatus.BAD_REQUEST, error.message)
+    client = client_of(connection, request.headers, query, server.trusted)
     transcript = _TRANSCRIPT.fullmatch(route)
     room = _ROOM.fullmatch(route)
-    token = token_of(query, request.headers.get("Authorization"))
     try:
         if transcript:
-            server.access.authorize(token, transcript.group(1), "view")
+            server.access.authorize(client.token, transcript.group(1), "view", client.forwarded)
             return await _transcript(server, transcript.group(1), query)
         if room and request.method == "DELETE":
-            server.access.authorize(token, room.group(1), "admin")
+            server.access.authorize(client.token, room.group(1), "admin", client.forwarded)
             return await _delete_room(server, room.group(1))
     except ProtocolError as error:
         return response(HTTPStatus.UNAUTHORIZED, error.message)
@@ -70,11 +70,11 @@ async def handle(server: ServerState, request: Request) -> Response | None:
         # Counts and configuration are for the operator: with access control on, only an
         # admin token for every room (--room '*') sees them; others get the status alone.
         figures = health(server)
-        if not server.access.allows(token, "*", "admin"):
+        if not server.access.allows(client.token, "*", "admin", client.forwarded):
             figures = {"status": figures["status"]}
         return response(HTTPStatus.OK, json.dumps(figures), "application/json")
     if route == "/metrics":
-        if not server.access.allows(token, "*", "admin"):
+        if not server.access.allows(client.token, "*", "admin", client.forwarded):
             return response(HTTPStatus.UNAUTHORIZED, "metrics need an admin token for every room (token create --room '*' --role admin)")
         return response(HTTPStatus.OK, prometheus(server), "text/plain; version=0.0.4; charset=utf-8")
     if route in PAGES:

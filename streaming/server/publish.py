@@ -24,7 +24,7 @@ from streaming import protocol
 from streaming.audio import PcmDecoder
 from streaming.events import Final, Ready, caption, encode
 from streaming.protocol import EndMessage, FlushMessage, ProtocolError
-from streaming.server.connection import client_address, request_token, send_error
+from streaming.server.connection import Client, send_error
 from streaming.server.state import Publisher
 from streaming.session import Session
 
@@ -33,16 +33,21 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# Close code (application range) for a connection whose session was resumed on another one.
+TAKEN_OVER = 4000
+# How long a taken-over connection has to close before it is cut.
+TAKE_OVER_WAIT_S = 2.0
+
 
 class Refused(ProtocolError):
     """The publisher broke the protocol: its connection ends, and its session with it (not resumable)."""
 
 
-async def serve_publisher(server: ServerState, connection: ServerConnection, query: dict[str, str]) -> None:
+async def serve_publisher(server: ServerState, connection: ServerConnection, query: dict[str, str], client: Client) -> None:
     params = protocol.parse_publish(query)
     if server.draining:
         raise ProtocolError("overloaded", "server is shutting down")
-    publisher = await (_resume(server, params, query, connection) if params.resume else _start(server, params, query, connection))
+    publisher = await (_resume(server, params, query, connection, client) if params.resume else _start(server, params, connection, client))
     pcm = PcmDecoder(params.encoding, params.sample_rate)
     publisher.pump = asyncio.create_task(_pump(server, publisher))
     log.info(
@@ -62,9 +67,9 @@ async def serve_publisher(server: ServerState, connection: ServerConnection, que
     await connection.close(1000, "end of stream")
 
 
-async def _start(server: ServerState, params: protocol.PublishParams, query: dict[str, str], connection: ServerConnection) -> Publisher:
+async def _start(server: ServerState, params: protocol.PublishParams, connection: ServerConnection, client: Client) -> Publisher:
     """A new session."""
-    server.access.authorize(request_token(connection, query), params.room, "publish")
+    server.access.authorize(client.token, params.room, "publish", client.forwarded)
     room = await server.rooms.get(params.room)
     limit = server.config.max_publishers_per_room
     if limit and room.publishers >= limit:
@@ -74,35 +79,60 @@ async def _start(server: ServerState, params: protocol.PublishParams, query: dic
     language = server.settings.session_language(params.room, params.language, params.languages)
     session = Session(server.config.session, language=language, context=params.context or server.settings.context(params.room))
     publisher = Publisher(
-        id=uuid.uuid4().hex[:12], params=params, session=session, room=room, connection=connection, address=client_address(connection)
+        id=uuid.uuid4().hex[:12], params=params, session=session, room=room, connection=connection, address=client.address
     )
     server.sessions.join(publisher)
     await _keep_settings(server, publisher, params.context)
     return publisher
 
 
-async def _resume(server: ServerState, params: protocol.PublishParams, query: dict[str, str], connection: ServerConnection) -> Publisher:
-    """A session continued after its connection dropped: parked here, or in the journal."""
+async def _resume(
+    server: ServerState, params: protocol.PublishParams, query: dict[str, str], connection: ServerConnection, client: Client
+) -> Publisher:
+    """A session continued after its connection dropped: parked here, or in the journal. A
+    session still live here (its client reconnected before the server saw the old connection
+    go, or while its last words were being captioned) is taken over: the old connection is
+    closed with :data:`TAKEN_OVER` and the session parks, then resumes on this one."""
     assert params.resume is not None
-    earlier = server.sessions.parked_room(params.resume)
-    if earlier is None and params.resume not in server.sessions.live:
+    existing = server.sessions.live.get(params.resume)
+    earlier = existing.room.name if existing else server.sessions.parked_room(params.resume)
+    if earlier is None:
         earlier = (await server.rooms.last_of_session(params.resume) or {}).get("room")
-    token = request_token(connection, query)
-    server.access.authorize(token, earlier or params.room, "publish")
+    server.access.authorize(client.token, earlier or params.room, "publish", client.forwarded)
+    if existing is not None:
+        if "room" in query and query["room"] != existing.room.name:
+            raise ProtocolError("bad_request", f"session {params.resume} belongs to room {existing.room.name}, not {query['room']}")
+        await _take_over(server, existing)
     publisher = server.sessions.resume(params.resume, query.get("room"))
     if publisher is not None:
         # The audio clock stood still while the connection was down; the wall clock did not.
         publisher.started_wall = time.time() - publisher.session.received_seconds
     else:
-        publisher = await _revive(server, params, query, connection)
+        publisher = await _revive(server, params, query, connection, client)
     publisher.connection = connection
-    publisher.address = client_address(connection)
+    publisher.address = client.address
+    publisher.released = asyncio.Event()
     # This connection's audio format and mode; the session's speaker.
     publisher.params = replace(params, speaker=publisher.params.speaker)
     return publisher
 
 
-async def _revive(server: ServerState, params: protocol.PublishParams, query: dict[str, str], connection: ServerConnection) -> Publisher:
+async def _take_over(server: ServerState, existing: Publisher) -> None:
+    """Close ``existing``'s connection (if it is still open) and wait until its session has
+    captioned what it heard and parked (or ended)."""
+    log.info("session resumed on another connection: closing the old one", extra=existing.log_extra)
+    if not existing.parking:
+        server.spawn(existing.connection.close(TAKEN_OVER, "session resumed on another connection"), "close a taken-over publisher")
+    try:
+        await asyncio.wait_for(asyncio.shield(existing.released.wait()), TAKE_OVER_WAIT_S)
+    except TimeoutError:
+        existing.connection.transport.abort()  # a client that does not answer the close
+        await existing.released.wait()
+
+
+async def _revive(
+    server: ServerState, params: protocol.PublishParams, query: dict[str, str], connection: ServerConnection, client: Client
+) -> Publisher:
     """Resume a session this process never held (the server restarted): its room, speaker,
     segment numbering and audio clock come from its latest final in the journal."""
     assert params.resume is not None
@@ -136,7 +166,7 @@ async def _revive(server: ServerState, params: protocol.PublishParams, query: di
         session=session,
         room=await server.rooms.get(last["room"]),
         connection=connection,
-        address=client_address(connection),
+        address=client.address,
     )
     publisher.started_wall = time.time() - last["end"]
     server.sessions.join(publisher)
@@ -215,10 +245,12 @@ async def _after_connection(server: ServerState, publisher: Publisher, pcm: PcmD
         if not server.draining:  # a drained session may still be resumed after the restart
             await server.rooms.end_session(publisher.id)
         log.info("publisher left", extra=publisher.log_extra)
+        publisher.released.set()
     else:
         publisher.parking = False
         pushed = server.sessions.park(publisher, time.monotonic() + server.config.resume_grace_s)
         log.info("publisher dropped; resumable for %.0f s", server.config.resume_grace_s, extra=publisher.log_extra)
+        publisher.released.set()
         for old in pushed:
             await end_parked(server, old, "its address left more sessions resumable than allowed")
 

@@ -18,7 +18,7 @@ from websockets.asyncio.server import ServerConnection
 
 from decoder.api import SpeechModel
 from streaming import auth
-from streaming.access import AccessPolicy, ConnectionCounter, auth_required
+from streaming.access import AccessPolicy, ConnectionCounter, auth_required, parse_networks
 from streaming.config import ServerConfig
 from streaming.engine import Engine
 from streaming.journal import Journal
@@ -45,6 +45,8 @@ class Publisher:
     pump: asyncio.Task[None] | None = None
     started_wall: float = field(default_factory=time.time)  # Unix time of session clock 0
     parking: bool = False  # the connection dropped: finish what was heard, then wait for a resume
+    # Set when this connection is done with the session (parked or ended): a take-over waits for it.
+    released: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def log_extra(self) -> dict[str, str]:
@@ -70,8 +72,13 @@ class ServerState:
         self.sessions: Publishers[Publisher] = Publishers(config.max_parked_per_address)
         self.metrics = Metrics()
         required = auth_required(config.auth, config.host)
-        self.access = AccessPolicy(required, auth.load_secret(config.data_dir, config.secret_file) if required else b"", config.public_rooms)
-        self.connections = ConnectionCounter(config.max_connections_per_ip)
+        # auto on loopback: open to this machine, but not to what a reverse proxy forwards.
+        forwarded_required = config.auth == "auto"
+        secret = auth.load_secret(config.data_dir, config.secret_file) if required or forwarded_required else b""
+        self.access = AccessPolicy(required, secret, config.public_rooms, forwarded_required)
+        self.connections = ConnectionCounter({"publish": config.max_publishers_per_ip, "view": config.max_viewers_per_ip})
+        self.trusted = parse_networks(config.trusted_proxies)
+        self.connection_cap = config.max_connections  # 0: none; the server derives one at start
         self.exports = asyncio.Semaphore(config.max_exports)
         self.viewer_count = 0
         self.draining = False

@@ -17,7 +17,7 @@ from websockets.asyncio.server import ServerConnection
 from streaming import protocol
 from streaming.events import Ready, encode
 from streaming.rooms import Viewer
-from streaming.server.connection import request_token
+from streaming.server.connection import Client
 
 log = logging.getLogger(__name__)
 # A viewer whose socket takes nothing for this long is closed.
@@ -27,9 +27,9 @@ if TYPE_CHECKING:
     from streaming.server.state import ServerState
 
 
-async def serve_viewer(server: ServerState, connection: ServerConnection, query: dict[str, str]) -> None:
+async def serve_viewer(server: ServerState, connection: ServerConnection, query: dict[str, str], client: Client) -> None:
     params = protocol.parse_view(query)
-    server.access.authorize(request_token(connection, query), params.room, "view")
+    server.access.authorize(client.token, params.room, "view", client.forwarded)
     joined = await server.rooms.join_viewer(params.room, server.config.max_viewers_per_room)
     viewer = joined.viewer
 
