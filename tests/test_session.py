@@ -102,14 +102,6 @@ def test_partials_reuse_the_confirmed_prefix_and_finals_verify_the_draft(model):
     assert longest >= 10
 
 
-def test_finals_ask_for_the_configured_beam_and_partials_stay_greedy(model):
-    clip = CLIPS["en_jfk_inaugural"]
-    run(Session(SessionConfig(final_beam_size=5)), with_silence(clip.audio), model)
-    requests: list[DecodeRequest] = run.requests
-    assert {r.options.beam_size for r in requests if r.urgent} == {5}
-    assert {r.options.beam_size for r in requests if not r.urgent} == {1}
-
-
 def test_cadence_follows_the_audio_clock_and_one_decode_at_a_time(model):
     session = Session(SessionConfig(partial_interval_s=0.4))
     audio = with_silence(CLIPS["en_fleurs_test_004"].audio)
