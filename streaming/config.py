@@ -56,6 +56,8 @@ class ServerConfig:
     audio_burst_s: float = 10.0
     # A publisher whose connection dropped may resume its session within this time.
     resume_grace_s: float = 60.0
+    # How often the journal forgets sessions past their grace period (ended marks, settings).
+    forget_sessions_every_s: float = 60.0
     # Sessions one client address may leave parked at once; parking one more ends its oldest.
     max_parked_per_address: int = 16
     # Transcript exports made at once (each holds its room's transcript in memory meanwhile).

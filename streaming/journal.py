@@ -10,6 +10,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -145,6 +146,23 @@ class Journal:
                 "DELETE FROM sessions WHERE started < ? AND session NOT IN (SELECT session FROM finals)", (cutoff,)
             )
         return deleted
+
+    def forget_sessions(self, cutoff: float, live: Iterable[str] = ()) -> int:
+        """Drop what only a resume could use once a session's grace period is over: ended
+        sessions' marks from before ``cutoff``, and the settings of sessions that are not
+        ``live`` here and neither started nor journaled a final since then (their publisher
+        dropped and the server stopped before it could end them). Returns the rows dropped."""
+        live = list(live)
+        marks = ", ".join("?" * len(live))
+        with self._lock, self._db:
+            self._db.execute("BEGIN")
+            dropped = self._db.execute("DELETE FROM ended_sessions WHERE ended < ?", (cutoff,)).rowcount
+            dropped += self._db.execute(
+                f"DELETE FROM sessions WHERE started < ? AND session NOT IN ({marks})"
+                " AND NOT EXISTS (SELECT 1 FROM finals WHERE finals.session = sessions.session AND written >= ?)",
+                (cutoff, *live, cutoff),
+            ).rowcount
+        return dropped
 
     def delete_room(self, room: str) -> int:
         """Forget a room entirely: its finals and its seq numbering."""

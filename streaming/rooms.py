@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, Generic, Protocol, TypeVar
@@ -196,6 +196,9 @@ class Rooms:
     async def expire(self, cutoff: float) -> int:
         return await self._in_journal(self.journal.delete_older_than, cutoff)
 
+    async def forget_sessions(self, cutoff: float, live: Iterable[str]) -> int:
+        return await self._in_journal(self.journal.forget_sessions, cutoff, list(live))
+
     def close(self) -> None:
         self._read_thread.shutdown(wait=True)
         self._journal_thread.shutdown(wait=True)
@@ -302,6 +305,10 @@ class Publishers(Generic[P]):
     @property
     def parked_count(self) -> int:
         return len(self._parked)
+
+    @property
+    def parked_ids(self) -> list[str]:
+        return list(self._parked)
 
     def clear_parked(self) -> list[P]:
         """Shutdown: every parked session, forgotten (a restart may still revive them)."""

@@ -395,3 +395,23 @@ def test_running_out_of_file_descriptors_refuses_cleanly(tmp_path: Path) -> None
         child.terminate()
         _, errors = child.communicate(timeout=30)
     assert errors.count("Traceback") <= 5, errors[-3000:]
+
+
+# -- 10: tables that only resumes use do not grow for ever ------------------------------------------
+def test_many_short_sessions_leave_nothing_behind_but_their_finals(tmp_path: Path) -> None:
+    with running(tmp_path, resume_grace_s=0.3, forget_sessions_every_s=0.5) as server:
+        for index in range(40):
+            if index % 2:
+                messages, code = publish(server.url, speak("alpha"), "room=many")
+                assert code == 1000 and finals(messages)
+            else:
+                with connect(f"{server.url}/v1/publish?room=many") as ws:
+                    json.loads(ws.recv(timeout=10))
+                    ws.socket.shutdown(socket.SHUT_RDWR)  # dropped: parked, then expired
+
+        def rows(table: str) -> int:
+            with contextlib.closing(sqlite3.connect(tmp_path / "journal.sqlite3")) as db:
+                return int(db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
+
+        wait_for(lambda: rows("ended_sessions") == 0 and rows("sessions") == 0, timeout=15)
+        assert rows("finals") == 20  # the transcript itself is kept (--retain-days says how long)

@@ -132,11 +132,17 @@ class CaptionServer(ServerState):
         await self.shutdown()
 
     async def _expire_parked(self) -> None:
-        """Parked sessions whose grace period passed end for good."""
+        """Parked sessions whose grace period passed end for good; now and then, the journal
+        forgets what only their resumes could have used (so its tables do not grow for ever)."""
+        forgotten_at = time.monotonic()
         while True:
             await asyncio.sleep(EXPIRY_SWEEP_S)
             for publisher in self.sessions.expire(time.monotonic()):
                 await publish.end_parked(self, publisher, "its grace period passed")
+            if time.monotonic() - forgotten_at >= self.config.forget_sessions_every_s:
+                forgotten_at = time.monotonic()
+                live = [*self.sessions.live, *self.sessions.parked_ids]
+                await self.rooms.forget_sessions(time.time() - self.config.resume_grace_s, live)
 
     async def _expire_finals(self) -> None:
         """Retention: every hour, drop finals older than --retain-days."""
