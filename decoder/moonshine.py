@@ -7,6 +7,10 @@ call (no cache) takes BOS plus any forced prefix at once and returns the self-at
 and the cross-attention cache; later calls take one token and the caches. The caches stay in
 ONNX Runtime values bound with I/O binding, so on a GPU they never leave the device; only the
 logits come back to the host.
+
+Over 400 lines because the context-biased beam search is Moonshine's alone (Whisper steers
+spelling with its prompt instead): it branches only where a term is at stake and batches beams
+whose caches come from different calls, which the shared loop does not express.
 """
 
 from __future__ import annotations

@@ -1,4 +1,9 @@
-"""``flashcaption``: serve, file, mic, watch."""
+"""``flashcaption``: every command's options and what runs it (serve, file, mic, watch, export,
+token, models, bench, soak).
+
+Longer than most modules because it is the one place where options are spelled and checked
+(the help a user reads); each command's work is imported from its own module when it runs.
+"""
 
 from __future__ import annotations
 

@@ -30,6 +30,9 @@ the same way gives the same requests, whatever the machine.
 - An utterance that follows the previous one closely is decoded with the previous one in
   front of it, audio and (forced) words, and only the new words are kept: a short phrase after
   a pause ("However, | due to the slow...") is heard in its sentence, not alone.
+
+The module is longer than most because an utterance's whole life is here (cadence, lead-in,
+early final, language lock, final); split up, each rule would have to be read in several places.
 """
 
 from __future__ import annotations
