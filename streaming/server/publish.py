@@ -200,11 +200,14 @@ async def _receive(server: ServerState, publisher: Publisher, pcm: PcmDecoder) -
                 session.receive_audio(samples)
                 publisher.wake.set()
                 audio_seconds += len(samples) / 16000
-                ahead = audio_seconds - (time.monotonic() - started) - server.config.audio_burst_s
-                if live and ahead > 0:
-                    # Faster than real time beyond the burst: read this socket later, so
-                    # TCP slows the sender down instead of the server doing its work early.
-                    await asyncio.sleep(ahead)
+                if live and audio_seconds - (time.monotonic() - started) > server.config.audio_burst_s:
+                    # Told at once rather than slowed down: a socket read late delays the
+                    # keepalive's pongs behind the audio, and the connection dies of it.
+                    raise Refused(
+                        "bad_request",
+                        f"audio arrives faster than real time (over {server.config.audio_burst_s:g} s ahead); "
+                        "send it as it is spoken, or connect with mode=file to caption a recording",
+                    )
             else:
                 command = protocol.parse_client_message(message)
                 if isinstance(command, EndMessage):
