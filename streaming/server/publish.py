@@ -220,6 +220,8 @@ async def _receive(server: ServerState, publisher: Publisher, pcm: PcmDecoder) -
                 else:
                     session.configure(language=server.settings.language(command.language), context=command.context)
                     await _keep_settings(server, publisher, command.context)
+        except Refused:
+            raise
         except ProtocolError as error:
             if error.code == "too_large":
                 raise Refused(error.code, error.message) from None
