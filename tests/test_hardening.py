@@ -112,7 +112,7 @@ def test_a_live_session_resumed_on_another_connection_is_taken_over(tmp_path: Pa
         assert http(server, "/v1/rooms/r", "DELETE")[0] == 200
 
 
-@pytest.mark.parametrize("ending", ["resume and end", "expire"])
+@pytest.mark.parametrize("ending", ["resume and end", pytest.param("expire", marks=pytest.mark.slow)])
 def test_counts_and_delete_stay_right_after_drop_resume_and_expiry(tmp_path: Path, ending: str) -> None:
     with running(tmp_path, resume_grace_s=1.0) as server:
         with connect(f"{server.url}/v1/publish?room=r") as ws:
@@ -271,6 +271,7 @@ def test_exports_stay_valid_whatever_the_speaker_is_called(tmp_path: Path) -> No
 
 
 # -- 12: a limit is checked and taken in one step -----------------------------------------------
+@pytest.mark.slow  # seconds of real waiting: in the full suite
 def test_a_burst_of_viewers_cannot_overshoot_the_room_limit(tmp_path: Path) -> None:
     seed(tmp_path, "crowd", 50)  # with since=, a join reads the journal: the old check raced it
     with running(tmp_path, max_viewers_per_room=5) as server:
@@ -361,6 +362,7 @@ asyncio.run(main())
 """
 
 
+@pytest.mark.slow  # seconds of real waiting: in the full suite
 def test_running_out_of_file_descriptors_refuses_cleanly(tmp_path: Path) -> None:
     import subprocess
     import sys
@@ -398,6 +400,7 @@ def test_running_out_of_file_descriptors_refuses_cleanly(tmp_path: Path) -> None
 
 
 # -- 10: tables that only resumes use do not grow for ever ------------------------------------------
+@pytest.mark.slow  # seconds of real waiting: in the full suite
 def test_many_short_sessions_leave_nothing_behind_but_their_finals(tmp_path: Path) -> None:
     with running(tmp_path, resume_grace_s=0.3, forget_sessions_every_s=0.5) as server:
         for index in range(40):
