@@ -102,31 +102,6 @@ def test_partials_reuse_the_confirmed_prefix_and_finals_verify_the_draft(model):
     assert longest >= 10
 
 
-def test_cadence_follows_the_audio_clock_and_one_decode_at_a_time(model):
-    session = Session(SessionConfig(partial_interval_s=0.4))
-    audio = with_silence(CLIPS["en_fleurs_test_004"].audio)
-    session.receive_audio(audio[: SAMPLE_RATE])
-    first = session.next_request()
-    assert first is not None and session.next_request() is None  # never two in flight
-    session.receive_audio(audio[SAMPLE_RATE : 2 * SAMPLE_RATE])
-    assert session.next_request() is None
-    session.receive_hypothesis(first.id, transcribe(model, first.audio), 0.05)
-    second = session.next_request()
-    assert second is not None and len(second.audio) > len(first.audio)
-    with pytest.raises(ValueError):
-        session.receive_hypothesis(first.id, transcribe(model, first.audio))
-
-
-def test_slow_decodes_make_partials_rarer_not_later(model):
-    session = Session(SessionConfig(partial_interval_s=0.4))
-    assert session.partial_interval == pytest.approx(0.4)
-    audio = CLIPS["en_ls_1995-1837-0001"].audio
-    session.receive_audio(audio[: SAMPLE_RATE])
-    request = session.next_request()
-    session.receive_hypothesis(request.id, transcribe(model, request.audio), wall_seconds=1.2)
-    assert session.partial_interval == pytest.approx(1.8)
-
-
 @pytest.mark.parametrize("name", sorted(NON_SPEECH))
 def test_no_caption_at_all_for_non_speech(model, name):
     assert run(Session(), NON_SPEECH[name](), model) == []

@@ -1,19 +1,12 @@
 """``flashcaption bench``: latency, throughput and accuracy, measured from the client side.
 
 Each recording of a manifest is streamed through ``/v1/publish`` by N concurrent publishers
-(at real-time pace, or as fast as the server takes it), followed by a tail of silence.
-Speech boundaries come from the audio itself (frame energy against the clip's own noise
-floor), never from what the server reports. Per utterance (per final):
-
-- final latency: last speech sample of the utterance sent -> its final arrived;
-- tail latency: end of speech -> the captions on screen (finals so far + current partial)
-  first show the utterance's complete final text (its words; case and punctuation aside);
-- first-caption latency: speech onset -> first non-empty partial of the utterance.
-
-Per clip: partials per second of speech and the share of partials that rewrite (are not an
-extension of) the previous one, word by word (see :func:`is_extension`); WER/CER of the finals against the reference, next to the
-same model decoding the whole clip offline. Per run: server CPU seconds per audio second and
-peak resident memory, read from /proc for the server process the bench started.
+(at real-time pace, or as fast as the server takes it), followed by a tail of silence; what
+is measured per utterance is :mod:`streaming.evaluation.streams`'. Per clip: partials per
+second of speech and the share of partials that rewrite (are not an extension of) the previous
+one, word by word (see :func:`is_extension`); WER/CER of the finals against the reference, next
+to the same model decoding the whole clip offline. Per run: server CPU seconds per audio second
+and peak resident memory, read from /proc for the server process the bench started.
 """
 
 from __future__ import annotations
