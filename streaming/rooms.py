@@ -91,6 +91,8 @@ class Room:
         return bool(self.viewers or self.publishers or self.parked)
 
     def fan_out(self, message: Caption) -> None:
+        if not self.viewers:
+            return
         text = encode(message)  # once for all viewers
         for viewer in list(self.viewers):
             if not viewer.offer(text):
