@@ -88,11 +88,7 @@ class CaptionServer(ServerState):
             origins=[*map(Origin, self.config.allow_origins), None] if self.config.allow_origins else None,
         )
         port = next(iter(self._server.sockets)).getsockname()[1]
-        log.info(
-            "access control %s%s", "on" if self.access.required else "off",
-            " (auto: not loopback)" if self.config.auth == "auto" and self.access.required
-            else " (auto: loopback only)" if self.config.auth == "auto" else "",
-        )
+        log.info("%s", self._what_is_open())
         self.spawn(self._expire_parked(), "expire parked sessions")
         if self.config.retain_days is not None:
             self.spawn(self._expire_finals(), "retention")
@@ -120,6 +116,17 @@ class CaptionServer(ServerState):
         self.engine.close()
         self.rooms.close()
         log.info("stopped")
+
+    def _what_is_open(self) -> str:
+        """The start-up log's plain word on who may do what."""
+        if self.access.required:
+            access = "access control on: every request but the pages, /healthz and /readyz needs a token"
+        elif self.access.forwarded_required:
+            access = "access control off for clients on this machine (--auth auto on loopback); requests through a proxy need a token"
+        else:
+            access = "access control OFF (--auth off): anyone who can reach this server may publish, watch, export and delete rooms"
+        origins = f"browser pages from {', '.join(self.config.allow_origins)}" if self.config.allow_origins else "browser pages from any origin"
+        return f"{access}; {origins} may connect"
 
     async def run_until_signal(self) -> None:
         stop = asyncio.Event()
