@@ -127,6 +127,17 @@ def client_address(peer: str, headers: Mapping[str, str], trusted: Sequence[Netw
     return hops[0] if hops else peer
 
 
+def origin_allowed(origin: str | None, host: str | None, allowed: Sequence[str]) -> bool:
+    """Whether a browser page at ``origin`` may connect. Clients that send no Origin (not
+    browsers) always may; a page of this server's own (its Origin names the Host the request
+    was sent to, whatever the scheme: TLS may end at a proxy) may; others only if ``allowed``
+    lists them, or holds ``*``."""
+    if origin is None or "*" in allowed or origin in allowed:
+        return True
+    _, _, netloc = origin.partition("://")
+    return bool(host) and netloc.lower() == (host or "").lower()
+
+
 def forwarded(headers: Mapping[str, str]) -> bool:
     """Whether a request says it came through a proxy."""
     return any(name in headers for name in ("Forwarded", "X-Forwarded-For"))

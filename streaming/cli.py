@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--secret-file", type=Path, default=None,
                        help="file holding the token secret (default: FLASHCAPTION_SECRET, else DATA_DIR/secret, made on first use)")
     serve.add_argument("--allow-origin", dest="allow_origins", action="append", default=[],
-                       help="a browser Origin allowed to connect, e.g. https://studio.example.org (repeatable; default: any)")
+                       help="a browser Origin allowed to connect besides this server's own pages, e.g. https://studio.example.org, or * for any (repeatable)")
     serve.add_argument("--certfile", type=Path, default=None, help="TLS certificate (PEM): serve wss:// and https://")
     serve.add_argument("--keyfile", type=Path, default=None, help="TLS private key (PEM), if not in --certfile")
     serve.add_argument("--max-publishers-per-ip", type=int, default=defaults.max_publishers_per_ip,

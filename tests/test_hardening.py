@@ -418,3 +418,22 @@ def test_many_short_sessions_leave_nothing_behind_but_their_finals(tmp_path: Pat
 
         wait_for(lambda: rows("ended_sessions") == 0 and rows("sessions") == 0, timeout=15)
         assert rows("finals") == 20  # the transcript itself is kept (--retain-days says how long)
+
+
+# -- 5: browser pages of other sites are not let in unless the operator says so ----------------------
+def test_browser_pages_from_other_origins_are_refused_by_default(tmp_path: Path) -> None:
+    from websockets.exceptions import InvalidStatus
+
+    with running(tmp_path) as server:
+        own = f"http://127.0.0.1:{server.port}"
+        with connect(f"{server.url}/v1/captions?room=o", origin=own) as viewer:  # a page of this server
+            assert json.loads(viewer.recv(timeout=10))["type"] == "ready"
+        with connect(f"{server.url}/v1/captions?room=o") as viewer:  # not a browser: no Origin
+            assert json.loads(viewer.recv(timeout=10))["type"] == "ready"
+        with pytest.raises(InvalidStatus) as refused_page:
+            with connect(f"{server.url}/v1/captions?room=o", origin="https://evil.example.com"):
+                pass
+        assert refused_page.value.response.status_code == 403
+    with running(tmp_path, allow_origins=("*",)) as server:
+        with connect(f"{server.url}/v1/captions?room=o", origin="https://evil.example.com") as viewer:
+            assert json.loads(viewer.recv(timeout=10))["type"] == "ready"

@@ -19,7 +19,6 @@ from http import HTTPStatus
 import websockets
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
-from websockets.typing import Origin
 
 from decoder.api import SpeechModel
 from streaming.config import ServerConfig
@@ -84,8 +83,6 @@ class CaptionServer(ServerState):
             max_size=WEBSOCKET_MAX_MESSAGE,
             server_header="FlashCaption",
             ssl=tls,
-            # Non-browser clients send no Origin and are always let in.
-            origins=[*map(Origin, self.config.allow_origins), None] if self.config.allow_origins else None,
         )
         port = next(iter(self._server.sockets)).getsockname()[1]
         log.info("%s", self._what_is_open())
@@ -125,8 +122,9 @@ class CaptionServer(ServerState):
             access = "access control off for clients on this machine (--auth auto on loopback); requests through a proxy need a token"
         else:
             access = "access control OFF (--auth off): anyone who can reach this server may publish, watch, export and delete rooms"
-        origins = f"browser pages from {', '.join(self.config.allow_origins)}" if self.config.allow_origins else "browser pages from any origin"
-        return f"{access}; {origins} may connect"
+        allowed = self.config.allow_origins
+        origins = "any origin" if "*" in allowed else ", ".join(("this server's own", *allowed))
+        return f"{access}; browser pages from {origins} may connect"
 
     async def run_until_signal(self) -> None:
         stop = asyncio.Event()

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request, Response
 
+from streaming.access import origin_allowed
 from streaming.export import CONTENT_TYPES, check, render
 from streaming.protocol import ProtocolError, split_path
 from streaming.server.connection import client_of, response
@@ -61,6 +62,9 @@ async def handle(server: ServerState, connection: ServerConnection, request: Req
     if route in WEBSOCKET_ROUTES:
         if "upgrade" not in request.headers.get("Connection", "").lower():
             return response(HTTPStatus.UPGRADE_REQUIRED, f"{route} is a WebSocket endpoint")
+        if not origin_allowed(request.headers.get("Origin"), request.headers.get("Host"), server.config.allow_origins):
+            log.warning("refused a browser page from %s (not this server's; --allow-origin to let it in)", request.headers.get("Origin"))
+            return response(HTTPStatus.FORBIDDEN, "pages from this origin may not connect (the server's --allow-origin)")
         return None
     if route == "/readyz":  # for load balancers: one yes or no, open to all
         ready = not server.draining and not server.engine.overloaded
