@@ -437,3 +437,10 @@ def test_browser_pages_from_other_origins_are_refused_by_default(tmp_path: Path)
     with running(tmp_path, allow_origins=("*",)) as server:
         with connect(f"{server.url}/v1/captions?room=o", origin="https://evil.example.com") as viewer:
             assert json.loads(viewer.recv(timeout=10))["type"] == "ready"
+
+
+def test_an_error_about_a_long_non_ascii_value_still_closes_cleanly(scripted_server: ServerThread) -> None:
+    """Found by the fuzz test: a close reason is at most 123 bytes, and an error that quoted
+    a parameter of many multibyte characters overflowed it (1011 instead of the error's 1008)."""
+    message, code = refused(scripted_server.url, "/v1/publish?encoding=" + quote("\U000118c7" * 40))
+    assert code == 1008 and message["code"] == "bad_request" and "encoding" in message["message"]

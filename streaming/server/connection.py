@@ -40,9 +40,14 @@ async def send_error(connection: ServerConnection, error: ProtocolError, close: 
     try:
         await connection.send(encode(ErrorEvent(error.code, error.message)))
         if close:
-            await connection.close(error.close_code, error.message[:120])
+            await connection.close(error.close_code, close_reason(error.message))
     except websockets.ConnectionClosed:
         pass
+
+
+def close_reason(text: str) -> str:
+    """``text`` cut to what a close frame carries (123 bytes of UTF-8), on a character boundary."""
+    return text.encode("utf-8")[:123].decode("utf-8", errors="ignore")
 
 
 def response(status: HTTPStatus, body: str, content_type: str = "text/plain; charset=utf-8") -> Response:
