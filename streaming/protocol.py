@@ -207,6 +207,8 @@ def parse_client_message(text: str) -> ClientMessage:
         message = json.loads(text)
     except json.JSONDecodeError as error:
         raise ProtocolError("bad_request", f"text message is not valid JSON: {error.msg}") from None
+    except RecursionError:  # "[[[[..." within 64 KiB is deeper than the parser goes
+        raise ProtocolError("bad_request", "text message is nested too deeply") from None
     if not isinstance(message, dict) or not isinstance(message.get("type"), str):
         raise ProtocolError("bad_request", 'text message must be a JSON object with a "type"')
     kind = message["type"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -111,7 +112,9 @@ def test_nothing_a_client_sends_breaks_the_server_or_a_good_session(fuzzed: Serv
     def good() -> None:
         result["messages"], result["code"] = publish(fuzzed.url, speak(*GOOD), "room=good", pace=0.01)
 
-    @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+    # CI replays one fixed set of examples (a verdict that does not change between runs of the
+    # same code); elsewhere each run explores new ones, and a failure is kept to be replayed.
+    @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), derandomize=bool(os.environ.get("CI")))
     @given(kind=st.sampled_from(["publish", "captions"]), params=st.data(), sent=frames)
     def attack(kind: str, params: st.DataObject, sent: list[Any]) -> None:
         path = f"/v1/{kind}?" + params.draw(query(PUBLISH_KEYS if kind == "publish" else VIEW_KEYS))

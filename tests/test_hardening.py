@@ -444,3 +444,18 @@ def test_an_error_about_a_long_non_ascii_value_still_closes_cleanly(scripted_ser
     a parameter of many multibyte characters overflowed it (1011 instead of the error's 1008)."""
     message, code = refused(scripted_server.url, "/v1/publish?encoding=" + quote("\U000118c7" * 40))
     assert code == 1008 and message["code"] == "bad_request" and "encoding" in message["message"]
+
+
+def test_a_deeply_nested_message_is_an_error_not_a_crash(scripted_server: ServerThread) -> None:
+    """Found by the fuzz test: 2,048 opening brackets raised RecursionError in the JSON parser
+    (1011); it is a bad message like any other, and the stream goes on."""
+    with connect(f"{scripted_server.url}/v1/publish?room=nested&mode=file") as ws:
+        json.loads(ws.recv(timeout=10))
+        ws.send("[" * 2048)
+        message = json.loads(ws.recv(timeout=10))
+        assert message["code"] == "bad_request" and "nested" in message["message"]
+        audio = speak("alpha")
+        for offset in range(0, len(audio), 1600):
+            ws.send(pcm16(audio[offset : offset + 1600]))
+        ws.send(json.dumps({"type": "end"}))
+        assert [f["text"] for f in finals(receive_all(ws))] == ["alpha"]
