@@ -51,30 +51,29 @@ class AccessPolicy:
         self.public_rooms = public_rooms  # viewers need no token
         self._secret = secret
 
-    def _needs_token(self, action: str, forwarded: bool) -> bool:
-        return (self.required or (forwarded and self.forwarded_required)) and not (action == "view" and self.public_rooms)
+    def refusal(self, token: str | None, room: str, action: str, forwarded: bool = False) -> str | None:
+        """Why ``token`` does not allow ``action`` in ``room``; None if it does (or none is needed)."""
+        needed = self.required or (forwarded and self.forwarded_required)
+        if not needed or (action == "view" and self.public_rooms):
+            return None
+        if not token:
+            return "a token is required (token= or Authorization: Bearer)"
+        try:
+            auth.check(auth.verify_token(self._secret, token), room, action)
+        except auth.Unauthorized as error:
+            return str(error)
+        return None
 
     def allows(self, token: str | None, room: str, action: str, forwarded: bool = False) -> bool:
         """Whether ``token`` allows ``action`` in ``room`` (nothing logged: for optional extras)."""
-        if not self._needs_token(action, forwarded):
-            return True
-        try:
-            auth.check(auth.verify_token(self._secret, token or ""), room, action)
-        except auth.Unauthorized:
-            return False
-        return True
+        return self.refusal(token, room, action, forwarded) is None
 
     def authorize(self, token: str | None, room: str, action: str, forwarded: bool = False) -> None:
         """Raise ``unauthorized`` unless ``token`` allows ``action`` in ``room``."""
-        if not self._needs_token(action, forwarded):
-            return
-        try:
-            if not token:
-                raise auth.Unauthorized("a token is required (token= or Authorization: Bearer)")
-            auth.check(auth.verify_token(self._secret, token), room, action)
-        except auth.Unauthorized as error:
-            log.warning("refused to %s: %s", action, error, extra={"room": room})  # never the token
-            raise ProtocolError("unauthorized", str(error)) from None
+        reason = self.refusal(token, room, action, forwarded)
+        if reason is not None:
+            log.warning("refused to %s: %s", action, reason, extra={"room": room})  # never the token
+            raise ProtocolError("unauthorized", reason)
 
 
 class ConnectionCounter:

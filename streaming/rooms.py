@@ -7,8 +7,8 @@ each has a bounded queue, and a viewer whose queue is full is dropped (it reconn
 ``since`` and loses nothing, since the journal holds every final).
 
 A session has at most one live publisher. One whose connection dropped is parked until its
-grace period ends, and may be resumed by one new connection meanwhile; a resume of a session
-that is still live is refused.
+grace period ends, and may be resumed by one new connection meanwhile (a resume of a session
+that is still live waits for it to park: the server takes the old connection over).
 """
 
 from __future__ import annotations
@@ -70,10 +70,6 @@ class Viewer:
         self._bytes -= len(message)
         return message
 
-    @property
-    def pending(self) -> int:
-        return len(self._pending)
-
 
 @dataclass
 class Room:
@@ -82,8 +78,9 @@ class Room:
     viewers: set[Viewer] = field(default_factory=set)
     publishers: int = 0  # live publishers' sessions: what the room's publisher limit counts
     parked: int = 0  # sessions whose publisher dropped, resumable for a while
-    # Held while a final is numbered, journaled and fanned out, and while a viewer joins, so
-    # every viewer sees finals in seq order and none twice or never.
+    # Held while a final is numbered, journaled and fanned out, so finals go out in seq order.
+    # A viewer joins in one step with no await (see Rooms.join_viewer): it is sent the journal
+    # up to next_seq - 1 and the queue from there, none twice or never.
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property
