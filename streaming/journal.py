@@ -152,16 +152,18 @@ class Journal:
         sessions' marks from before ``cutoff``, and the settings of sessions that are not
         ``live`` here and neither started nor journaled a final since then (their publisher
         dropped and the server stopped before it could end them). Returns the rows dropped."""
-        live = list(live)
-        marks = ", ".join("?" * len(live))
+        live = set(live)
         with self._lock, self._db:
             self._db.execute("BEGIN")
             dropped = self._db.execute("DELETE FROM ended_sessions WHERE ended < ?", (cutoff,)).rowcount
-            dropped += self._db.execute(
-                f"DELETE FROM sessions WHERE started < ? AND session NOT IN ({marks})"
+            stale = self._db.execute(
+                "SELECT session FROM sessions WHERE started < ?"
                 " AND NOT EXISTS (SELECT 1 FROM finals WHERE finals.session = sessions.session AND written >= ?)",
-                (cutoff, *live, cutoff),
-            ).rowcount
+                (cutoff, cutoff),
+            ).fetchall()
+            gone = [(session,) for (session,) in stale if session not in live]  # in Python: any number of live sessions
+            self._db.executemany("DELETE FROM sessions WHERE session = ?", gone)
+            dropped += len(gone)
         return dropped
 
     def delete_room(self, room: str) -> int:
