@@ -1,5 +1,5 @@
 """Plain HTTP routes: the pages in ``web/``, health and metrics, and room transcripts
-(export, delete). A new HTTP endpoint goes in :func:`handle`'s table.
+(export, delete). A new HTTP endpoint is one more branch in :func:`handle`.
 """
 
 from __future__ import annotations
