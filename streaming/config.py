@@ -52,8 +52,15 @@ class ServerConfig:
     max_publishers_per_room: int = 16
     max_viewers_per_room: int = 1000
     idle_timeout_s: float = 120.0  # a publisher that sends nothing this long is closed
-    # A live publisher may run this far ahead of real time before its socket is read slower.
+    # A live publisher may run this far ahead of real time; past it, it is refused.
     audio_burst_s: float = 10.0
+    # A mode=file publisher's audio not yet captioned is held to about this much: past it its
+    # socket is read no faster than the decoder gets through the audio (TCP paces the client).
+    file_backlog_s: float = 10.0
+    # Every client is pinged this often, and closed if it does not answer within as long.
+    keepalive_s: float = 20.0
+    # A client whose socket takes nothing the server sends for this long is cut off.
+    send_stall_s: float = 30.0
     # A publisher whose connection dropped may resume its session within this time.
     resume_grace_s: float = 60.0
     # How often the journal forgets sessions past their grace period (ended marks, settings).

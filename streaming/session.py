@@ -384,6 +384,15 @@ class Session:
         return self._clock_offset + self._segmenter.position / SAMPLE_RATE
 
     @property
+    def backlog_seconds(self) -> float:
+        """Audio heard but not yet decoded: ended utterances waiting for their finals, and what
+        the open one gained since its latest decode."""
+        waiting = sum(u.length for u in self._closing)
+        if self._open is not None:
+            waiting += self._open.length - self._open.decoded_length
+        return waiting / SAMPLE_RATE
+
+    @property
     def idle(self) -> bool:
         """Nothing heard and not yet captioned, nothing being decoded."""
         return not self._closing and self._in_flight is None and self._open is None

@@ -30,10 +30,9 @@ from streaming.access import client_address, parse_networks
 from streaming.config import ServerConfig
 from streaming.journal import Journal
 from streaming.server import CaptionServer
-from streaming.server import view as view_handler
 from streaming.server.publish import TAKEN_OVER
 from tests.conftest import ServerThread
-from tests.scripted import ScriptedModel, speak
+from tests.scripted import ScriptedModel, script, speak
 from tests.test_server import finals, pcm16, publish, receive_all, refused
 
 
@@ -137,6 +136,54 @@ def metric(server: ServerThread, name: str) -> float:
     raise KeyError(name)
 
 
+# -- 4: a publisher faster than the decoder ------------------------------------------------------
+def _upgrade(path: str) -> bytes:
+    return (f"GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").encode()
+
+
+@pytest.mark.slow  # a minute of audio through a slowed decoder
+def test_a_recording_sent_at_full_speed_is_held_back_and_captioned_whole(tmp_path: Path) -> None:
+    texts = [script(6, start=i) for i in range(18)]  # 18 utterances, a minute of audio
+    audio = speak(*texts)
+    assert len(audio) > 55 * 16000
+    # Decoding (0.1 s a decode: several seconds) is far slower than sending (all at once); pings every 0.3 s.
+    with running(tmp_path, decode_delay_s=0.1, file_backlog_s=3.0, keepalive_s=0.3) as server:
+        backlog: list[float] = []
+        stop = threading.Event()
+
+        def watch() -> None:
+            while not stop.is_set():
+                backlog.append(metric(server, "flashcaption_audio_backlog_seconds"))
+                time.sleep(0.02)
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        try:
+            messages, code = publish(server.url, audio, "room=recording")
+        finally:
+            stop.set()
+            watcher.join()
+    # Captioned whole on a connection that lived through the holds (no keepalive 1011) ...
+    assert code == 1000
+    assert [f["text"] for f in finals(messages)] == texts
+    # ... with the audio not yet decoded held near the bound (3 s, plus what waits for the next
+    # partial and one message), where reading it all at once let it reach most of the minute.
+    print(f"largest backlog: {max(backlog):.1f} s of audio over {len(backlog)} samples")
+    assert 2.0 < max(backlog) < 3.0 + 3.0 + 1.0
+
+
+def test_a_client_that_answers_no_ping_is_closed(tmp_path: Path) -> None:
+    with running(tmp_path, keepalive_s=0.3) as server, socket.create_connection(("127.0.0.1", server.port)) as raw:
+        raw.sendall(_upgrade("/v1/captions?room=r"))  # and never answers the pings that follow
+        raw.settimeout(20)
+        received = b""
+        while chunk := raw.recv(4096):
+            received += chunk
+        assert b"keepalive ping timeout" in received  # the close frame's reason
+        wait_for(lambda: health(server)["viewers"] == 0)
+
+
 # -- 6: parked sessions hold no publisher slot ---------------------------------------------------
 def test_dropped_connections_cannot_lock_publishers_out(tmp_path: Path) -> None:
     with running(tmp_path, max_publishers_per_room=2, max_parked_per_address=3) as server:
@@ -158,26 +205,22 @@ def _rss_mb() -> float:
 
 
 @pytest.mark.slow  # a history of 100,000 finals
-def test_viewers_that_never_read_hold_a_bounded_amount_and_are_closed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_viewers_that_never_read_hold_a_bounded_amount_and_are_closed(tmp_path: Path) -> None:
     seed(tmp_path, "big", 100_000)
-    monkeypatch.setattr(view_handler, "SEND_STALL_S", 3.0)
-    with running(tmp_path) as server:
+    with running(tmp_path, send_stall_s=3.0) as server:
         before = _rss_mb()
         stuck = []
         for _ in range(8):
             raw = socket.create_connection(("127.0.0.1", server.port))
             raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # and never read from it
-            raw.sendall(
-                b"GET /v1/captions?room=big&since=0 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-            )
+            raw.sendall(_upgrade("/v1/captions?room=big&since=0"))
             stuck.append(raw)
         wait_for(lambda: health(server)["viewers"] == 8)
         time.sleep(1.5)  # each has filled its socket and its page
         held = _rss_mb() - before
         print(f"8 viewers of 100,000 finals that never read: {held:.1f} MB held by the server")
         assert held < 64  # 818 MB before backlogs were paged
-        # ... and they are closed once their sockets have taken nothing for SEND_STALL_S.
+        # ... and they are closed once their sockets have taken nothing for send_stall_s.
         wait_for(lambda: health(server)["viewers"] == 0, timeout=30)
         for raw in stuck:
             raw.close()
@@ -377,8 +420,7 @@ def test_running_out_of_file_descriptors_refuses_cleanly(tmp_path: Path) -> None
         assert cap == 200 - 128
         for _ in range(250):  # past the cap, and past what the process could open
             raw = socket.create_connection(("127.0.0.1", port), timeout=10)
-            raw.sendall(b"GET /v1/captions?room=r HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+            raw.sendall(_upgrade("/v1/captions?room=r"))
             sockets.append(raw)
             time.sleep(0.01)  # a crowd arriving, not one burst
         answers = [raw.recv(200).split(b"\r\n")[0] for raw in sockets]

@@ -24,7 +24,7 @@ from decoder.api import SpeechModel
 from streaming.config import ServerConfig
 from streaming.protocol import ProtocolError, split_path
 from streaming.server import http, publish, view
-from streaming.server.connection import client_of, response, send_error
+from streaming.server.connection import Keepalive, client_of, response, send_error
 from streaming.server.state import ServerState
 
 log = logging.getLogger(__name__)
@@ -81,6 +81,7 @@ class CaptionServer(ServerState):
             self.config.port,
             process_request=self._http,
             max_size=WEBSOCKET_MAX_MESSAGE,
+            ping_interval=None,  # our own, which knows when the server holds a client back (Keepalive)
             server_header="FlashCaption",
             ssl=tls,
         )
@@ -172,6 +173,8 @@ class CaptionServer(ServerState):
     async def _route(self, connection: ServerConnection) -> None:
         """A WebSocket connection, from handshake to close, on the handler for its path."""
         route, kind, client = "", "", None
+        keepalive = Keepalive(connection, self.config.keepalive_s)
+        pings = asyncio.create_task(keepalive.run())
         try:
             assert connection.request is not None
             route, query = split_path(connection.request.path)
@@ -180,7 +183,7 @@ class CaptionServer(ServerState):
             self.connections.acquire(kind, client.address)
             try:
                 if kind == "publish":
-                    await publish.serve_publisher(self, connection, query, client)
+                    await publish.serve_publisher(self, connection, query, client, keepalive)
                 elif kind == "view":
                     await view.serve_viewer(self, connection, query, client)
             finally:
@@ -192,3 +195,5 @@ class CaptionServer(ServerState):
         except Exception:
             log.exception("internal error on %s", route, extra={"client": client.address if client else ""})
             await send_error(connection, ProtocolError("internal", "internal server error"), close=True, metrics=self.metrics)
+        finally:
+            pings.cancel()

@@ -1,9 +1,12 @@
 """Small pieces every handler uses: who the client is, an error event (and close), an HTTP
-response."""
+response, sends that give up on a client that stops reading, and the keepalive."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 
@@ -16,6 +19,8 @@ from streaming.access import Network, client_address, forwarded, token_of
 from streaming.events import ErrorEvent, encode
 from streaming.metrics import Metrics
 from streaming.protocol import ProtocolError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -54,3 +59,63 @@ def response(status: HTTPStatus, body: str, content_type: str = "text/plain; cha
     data = body.encode("utf-8")
     headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(data))), ("Cache-Control", "no-store")])
     return Response(status.value, status.phrase, headers, data)
+
+
+class Stalled(Exception):
+    """The client's socket took nothing for too long; its connection was aborted."""
+
+
+async def send_within(connection: ServerConnection, text: str, seconds: float, what: str) -> None:
+    """Send, or abort the connection of a client (``what``) whose socket has taken nothing for
+    ``seconds``: one that stops reading would otherwise hold its buffers, and whatever waits on
+    the send, for ever (the keepalive's ping waits behind them and never times out)."""
+    try:
+        await asyncio.wait_for(connection.send(text), seconds)
+    except TimeoutError:
+        log.info("closing a %s that stopped reading for %g s", what, seconds)
+        connection.transport.abort()
+        raise Stalled from None
+
+
+class Keepalive:
+    """Pings the client every ``interval`` seconds and closes its connection (1011) if no pong
+    comes within another ``interval``, so that a client gone without a word stops holding a
+    slot. Used instead of websockets' own keepalive for one reason: the server may hold a
+    client's reading back on purpose (a recording sent faster than it is decoded, see
+    ``publish``), and then the pong waits in the socket behind audio the server has not read
+    yet. A ping that meets a hold does not count: the client is waiting for the server, not the
+    other way round."""
+
+    def __init__(self, connection: ServerConnection, interval: float):
+        self.connection = connection
+        self.interval = interval
+        self._holds = 0
+        self._held_since_ping = False
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[None]:
+        """The server stops reading the client while inside."""
+        self._holds += 1
+        self._held_since_ping = True
+        try:
+            yield
+        finally:
+            self._holds -= 1
+
+    async def run(self) -> None:
+        while self.interval > 0:
+            await asyncio.sleep(self.interval)
+            if self._holds:
+                continue
+            self._held_since_ping = False
+            try:
+                pong = await self.connection.ping()
+                await asyncio.wait_for(pong, self.interval)
+            except TimeoutError:
+                if self._holds or self._held_since_ping:
+                    continue
+                log.info("closing a connection whose client did not answer a ping in %g s", self.interval)
+                await self.connection.close(1011, "keepalive ping timeout")
+                return
+            except websockets.ConnectionClosed:
+                return

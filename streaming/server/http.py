@@ -128,6 +128,10 @@ def prometheus(server: ServerState) -> str:
             "flashcaption_viewers": ("Viewers connected.", server.viewer_count),
             "flashcaption_rooms": ("Rooms in memory.", len(list(server.rooms))),
             "flashcaption_decode_queue": ("Decodes waiting or running.", stats.queued),
+            "flashcaption_audio_backlog_seconds": (
+                "Audio heard but not yet decoded, the most any live session holds.",
+                max((p.session.backlog_seconds for p in server.sessions.live.values()), default=0.0),
+            ),
             "flashcaption_decode_wait_seconds": ("Smoothed time decodes wait for a free worker.", stats.recent_wait()),
             "flashcaption_real_time_factor": ("Decode compute seconds per second of audio decoded.", stats.real_time_factor or 0.0),
         },

@@ -5,6 +5,12 @@ session (:mod:`streaming.session`), and :func:`_pump` hands the session's decode
 the engine and delivers its captions to the room (:mod:`streaming.rooms`) and back to the
 publisher. A connection that drops leaves its session parked in the registry, resumable with
 ``resume=ID`` (here, or after a restart, revived from the journal).
+
+What a publisher can make the server hold is bounded by how it sends: a live publisher more
+than ``audio_burst_s`` ahead of real time is refused at once; a ``mode=file`` publisher's audio
+not yet decoded is held to about ``file_backlog_s``, past which its socket is not read until the
+decoder catches up (TCP then slows the client down; the keepalive does not count it against the
+client). Either way a connection that drops leaves at most that much audio to caption.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from streaming import protocol
 from streaming.audio import PcmDecoder
 from streaming.events import Final, Ready, caption, encode
 from streaming.protocol import EndMessage, FlushMessage, ProtocolError
-from streaming.server.connection import Client, send_error
+from streaming.server.connection import Client, Keepalive, Stalled, send_error, send_within
 from streaming.server.state import Publisher
 from streaming.session import Session
 
@@ -43,7 +49,9 @@ class Refused(ProtocolError):
     """The publisher broke the protocol: its connection ends, and its session with it (not resumable)."""
 
 
-async def serve_publisher(server: ServerState, connection: ServerConnection, query: dict[str, str], client: Client) -> None:
+async def serve_publisher(
+    server: ServerState, connection: ServerConnection, query: dict[str, str], client: Client, keepalive: Keepalive
+) -> None:
     params = protocol.parse_publish(query)
     if server.draining:
         raise ProtocolError("overloaded", "server is shutting down")
@@ -58,7 +66,7 @@ async def serve_publisher(server: ServerState, connection: ServerConnection, que
     try:
         ready = Ready(publisher.id, publisher.room.name, server.model.name, publisher.session.language, params.sample_rate)
         await connection.send(encode(ready))
-        ended = await _receive(server, publisher, pcm)
+        ended = await _receive(server, publisher, pcm, keepalive)
     except Refused:
         ended = True
         raise
@@ -181,7 +189,7 @@ async def _keep_settings(server: ServerState, publisher: Publisher, own_context:
     await server.rooms.keep_session(publisher.id, publisher.room.name, publisher.session.language, context)
 
 
-async def _receive(server: ServerState, publisher: Publisher, pcm: PcmDecoder) -> bool:
+async def _receive(server: ServerState, publisher: Publisher, pcm: PcmDecoder, keepalive: Keepalive) -> bool:
     """Feed the session until ``end`` (returns True) or the connection closes (False)."""
     session = publisher.session
     live = publisher.params.mode == "live"
@@ -208,6 +216,9 @@ async def _receive(server: ServerState, publisher: Publisher, pcm: PcmDecoder) -
                         f"audio arrives faster than real time (over {server.config.audio_burst_s:g} s ahead); "
                         "send it as it is spoken, or connect with mode=file to caption a recording",
                     )
+                if not live and session.backlog_seconds > server.config.file_backlog_s:
+                    with keepalive.hold():
+                        await _until_decoded(publisher, server.config.file_backlog_s / 2)
             else:
                 command = protocol.parse_client_message(message)
                 if isinstance(command, EndMessage):
@@ -229,6 +240,20 @@ async def _receive(server: ServerState, publisher: Publisher, pcm: PcmDecoder) -
             # over one bad message.
             await send_error(publisher.connection, error, close=False, metrics=server.metrics)
         publisher.wake.set()
+
+
+async def _until_decoded(publisher: Publisher, backlog_s: float) -> None:
+    """Wait until the session's audio not yet decoded is down to ``backlog_s``, or nothing more
+    can be decoded before more audio comes (the open utterance waits for more)."""
+    assert publisher.pump is not None
+    while publisher.session.backlog_seconds > backlog_s and not publisher.pump.done():
+        publisher.progress.clear()
+        publisher.wake.set()  # the pump looks at the session again, and says when it is idle
+        progress = asyncio.ensure_future(publisher.progress.wait())
+        await asyncio.wait({progress, publisher.pump}, return_when=asyncio.FIRST_COMPLETED)
+        progress.cancel()
+        if publisher.pump_idle:
+            return
 
 
 async def _after_connection(server: ServerState, publisher: Publisher, pcm: PcmDecoder, ended: bool) -> None:
@@ -264,8 +289,11 @@ async def _pump(server: ServerState, publisher: Publisher) -> None:
     """Runs a session's decodes, one at a time, and delivers its captions."""
     session = publisher.session
     while True:
+        publisher.pump_idle = True
+        publisher.progress.set()
         await publisher.wake.wait()
         publisher.wake.clear()
+        publisher.pump_idle = False
         while (request := session.next_request()) is not None:
             try:
                 decoded = await server.engine.decode(request)
@@ -275,6 +303,7 @@ async def _pump(server: ServerState, publisher: Publisher) -> None:
             else:
                 session.receive_hypothesis(request.id, decoded.hypothesis, decoded.wall_seconds)
             await _deliver(server, publisher)
+            publisher.progress.set()
         await _deliver(server, publisher)  # audio alone can complete a final (decoded early)
         if session.finished or (publisher.parking and session.idle):
             return
@@ -290,9 +319,9 @@ async def _deliver(server: ServerState, publisher: Publisher) -> None:
         else:
             publisher.room.fan_out(message)
         try:
-            await publisher.connection.send(encode(message))
-        except websockets.ConnectionClosed:
-            pass  # the publisher left; the room still gets every caption
+            await send_within(publisher.connection, encode(message), server.config.send_stall_s, "publisher")
+        except (websockets.ConnectionClosed, Stalled):
+            pass  # the publisher left (or was cut off for not reading); the room still gets every caption
 
 
 async def end_parked(server: ServerState, publisher: Publisher, reason: str) -> None:

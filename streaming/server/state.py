@@ -47,6 +47,10 @@ class Publisher:
     parking: bool = False  # the connection dropped: finish what was heard, then wait for a resume
     # Set when this connection is done with the session (parked or ended): a take-over waits for it.
     released: asyncio.Event = field(default_factory=asyncio.Event)
+    # The pump says when it decoded something, or has nothing to do (pump_idle): a mode=file
+    # publisher held back while its audio is decoded waits for these.
+    progress: asyncio.Event = field(default_factory=asyncio.Event)
+    pump_idle: bool = True
 
     @property
     def log_extra(self) -> dict[str, str]:

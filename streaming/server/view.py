@@ -2,7 +2,7 @@
 read from the journal a page at a time as its socket drains), then the room's captions as
 they come, through its bounded queue in the room registry. What one viewer holds is bounded
 whatever the room's history: a page of backlog, its queue (events and bytes), the socket's
-buffers; a viewer that stops reading is closed after ``SEND_STALL_S``."""
+buffers; a viewer that stops reading is closed after ``--send-stall`` seconds."""
 
 from __future__ import annotations
 
@@ -17,11 +17,9 @@ from websockets.asyncio.server import ServerConnection
 from streaming import protocol
 from streaming.events import Ready, encode
 from streaming.rooms import Viewer
-from streaming.server.connection import Client
+from streaming.server.connection import Client, Stalled, send_within
 
 log = logging.getLogger(__name__)
-# A viewer whose socket takes nothing for this long is closed.
-SEND_STALL_S = 30.0
 
 if TYPE_CHECKING:
     from streaming.server.state import ServerState
@@ -41,7 +39,7 @@ async def serve_viewer(server: ServerState, connection: ServerConnection, query:
     server.viewer_count += 1
     try:
         ready = Ready(uuid.uuid4().hex[:12], params.room, server.model.name, server.settings.default_language, seq=joined.last_seq)
-        await _send(connection, encode(ready))
+        await send_within(connection, encode(ready), server.config.send_stall_s, "viewer")
         sender = asyncio.create_task(_send_all(server, connection, viewer, params.room, params.since, joined.last_seq))
         receiver = asyncio.create_task(_ignore_incoming(connection))
         done, pending = await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
@@ -49,7 +47,7 @@ async def serve_viewer(server: ServerState, connection: ServerConnection, query:
             task.cancel()
         for task in done:
             error = None if task.cancelled() else task.exception()
-            if error is not None and not isinstance(error, websockets.ConnectionClosed | _Stalled):
+            if error is not None and not isinstance(error, websockets.ConnectionClosed | Stalled):
                 raise error
     finally:
         server.rooms.leave_viewer(params.room, viewer)
@@ -64,26 +62,10 @@ async def _send_all(server: ServerState, connection: ServerConnection, viewer: V
         if not page:
             break  # the rest was deleted (retention, or the room was deleted)
         for final in page:
-            await _send(connection, encode(final))
+            await send_within(connection, encode(final), server.config.send_stall_s, "viewer")
         since = page[-1].seq
     while True:
-        await _send(connection, await viewer.next())
-
-
-class _Stalled(Exception):
-    pass
-
-
-async def _send(connection: ServerConnection, text: str) -> None:
-    """Send, or give up on a viewer whose socket has taken nothing for ``SEND_STALL_S``: a
-    client that stops reading would otherwise hold its buffers for ever (the keepalive ping
-    waits behind them and never times out)."""
-    try:
-        await asyncio.wait_for(connection.send(text), SEND_STALL_S)
-    except TimeoutError:
-        log.info("closing a viewer that stopped reading for %g s", SEND_STALL_S)
-        connection.transport.abort()
-        raise _Stalled from None
+        await send_within(connection, await viewer.next(), server.config.send_stall_s, "viewer")
 
 
 async def _ignore_incoming(connection: ServerConnection) -> None:
