@@ -38,28 +38,34 @@ def token_of(query: Mapping[str, str], authorization: str | None) -> str | None:
 
 
 class AccessPolicy:
-    """Whether a request's token allows an action (``view``, ``publish``, ``admin``) in a room.
+    """Whether a request's token allows an action (``view``, ``publish``, ``admin``, or
+    ``delete``, which takes the admin role) in a room.
 
     ``required``: every request needs a token. ``forwarded_required``: a request that came
     through a proxy (it carries ``Forwarded`` or ``X-Forwarded-For``) needs one even when
     ``required`` is off: ``--auth auto`` on a loopback address behind a reverse proxy is not
-    open to the internet."""
+    open to the internet. A ``delete`` needs a token unless ``anonymous_delete`` (``--auth
+    off``, the operator's own words): a proxy that forwards without saying so must not turn
+    ``auto`` into "anyone may erase a room"."""
 
-    def __init__(self, required: bool, secret: bytes, public_rooms: bool = False, forwarded_required: bool = False):
+    def __init__(
+        self, required: bool, secret: bytes, public_rooms: bool = False, forwarded_required: bool = False, anonymous_delete: bool = False
+    ):
         self.required = required
         self.forwarded_required = forwarded_required
         self.public_rooms = public_rooms  # viewers need no token
+        self.anonymous_delete = anonymous_delete
         self._secret = secret
 
     def refusal(self, token: str | None, room: str, action: str, forwarded: bool = False) -> str | None:
         """Why ``token`` does not allow ``action`` in ``room``; None if it does (or none is needed)."""
-        needed = self.required or (forwarded and self.forwarded_required)
+        needed = self.required or (forwarded and self.forwarded_required) or (action == "delete" and not self.anonymous_delete)
         if not needed or (action == "view" and self.public_rooms):
             return None
         if not token:
             return "a token is required (token= or Authorization: Bearer)"
         try:
-            auth.check(auth.verify_token(self._secret, token), room, action)
+            auth.check(auth.verify_token(self._secret, token), room, "admin" if action == "delete" else action)
         except auth.Unauthorized as error:
             return str(error)
         return None

@@ -56,6 +56,11 @@ def http(server: ServerThread, path: str, method: str = "GET", token: str | None
         return error.code, error.read().decode()
 
 
+def admin(data_dir: Path) -> str:
+    """An admin token for every room, from the server's secret in ``data_dir``."""
+    return auth.create_token(auth.load_secret(data_dir), "*", "admin", 600)
+
+
 def health(server: ServerThread) -> dict[str, Any]:
     return json.loads(http(server, "/healthz")[1])
 
@@ -108,7 +113,7 @@ def test_a_live_session_resumed_on_another_connection_is_taken_over(tmp_path: Pa
         wait_for(lambda: health(server)["publishers"] == 0 and metric(server, "flashcaption_sessions_resumable") == 0)
         kept = json.loads(http(server, "/v1/rooms/r/transcript")[1])["finals"]
         assert [(f["session"], f["segment"]) for f in kept] == [(session, 0), (session, 1)] and kept[1]["text"] == "charlie"
-        assert http(server, "/v1/rooms/r", "DELETE")[0] == 200
+        assert http(server, "/v1/rooms/r", "DELETE", token=admin(tmp_path))[0] == 200
 
 
 @pytest.mark.parametrize("ending", ["resume and end", pytest.param("expire", marks=pytest.mark.slow)])
@@ -119,14 +124,14 @@ def test_counts_and_delete_stay_right_after_drop_resume_and_expiry(tmp_path: Pat
             ws.send(pcm16(speak("alpha")[:8000]))
             ws.socket.shutdown(socket.SHUT_RDWR)  # dropped mid-utterance
         wait_for(lambda: metric(server, "flashcaption_sessions_resumable") == 1)
-        assert http(server, "/v1/rooms/r", "DELETE")[0] == 409  # it may still come back
+        assert http(server, "/v1/rooms/r", "DELETE", token=admin(tmp_path))[0] == 409  # it may still come back
         if ending == "resume and end":
             messages, code = publish(server.url, speak("bravo"), f"resume={session}&room=r")
             assert code == 1000 and messages[0]["session"] == session
         else:
             wait_for(lambda: metric(server, "flashcaption_sessions_resumable") == 0)
         wait_for(lambda: health(server)["publishers"] == 0 and metric(server, "flashcaption_sessions_resumable") == 0)
-        assert http(server, "/v1/rooms/r", "DELETE")[0] == 200
+        assert http(server, "/v1/rooms/r", "DELETE", token=admin(tmp_path))[0] == 200
 
 
 def metric(server: ServerThread, name: str) -> float:
@@ -368,8 +373,13 @@ def test_behind_a_trusted_proxy_limits_count_each_client(tmp_path: Path) -> None
 
 
 def test_auto_on_loopback_is_not_open_to_what_a_proxy_forwards(tmp_path: Path) -> None:
-    with running(tmp_path, auth="auto") as server:  # loopback: open to this machine
-        assert http(server, "/v1/rooms/r", "DELETE")[0] == 200
+    with running(tmp_path, auth="auto") as server:  # loopback: open to this machine ...
+        assert http(server, "/v1/rooms/r/transcript")[0] == 200
+        # ... but deleting a room takes an admin token even from here (a proxy that forwards
+        # without saying so would otherwise let anyone erase rooms).
+        assert http(server, "/v1/rooms/r", "DELETE")[0] == 401
+        assert http(server, "/v1/rooms/r", "DELETE", token=auth.create_token(auth.load_secret(tmp_path), "r", "view", 60))[0] == 401
+        assert http(server, "/v1/rooms/r", "DELETE", token=admin(tmp_path))[0] == 200
         request = urllib.request.Request(f"http://127.0.0.1:{server.port}/v1/rooms/r", method="DELETE")
         request.add_header("X-Forwarded-For", "203.0.113.9")
         with pytest.raises(urllib.error.HTTPError) as refused_delete:

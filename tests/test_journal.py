@@ -19,6 +19,7 @@ import webvtt
 from websockets.sync.client import connect
 
 from decoder.context import context_from_json, context_to_json, parse_context
+from streaming import auth
 from streaming.config import ServerConfig
 from streaming.export import MAX_LINE, MAX_LINES, render
 from streaming.journal import Journal
@@ -207,13 +208,14 @@ def test_retention_keeps_seq_and_rooms_can_be_deleted(scripted_server, tmp_path)
 
     publish(server.url, speak("alpha bravo"), "room=doomed")
     base = server.url.replace("ws://", "http://")
-    request = urllib.request.Request(f"{base}/v1/rooms/doomed", method="DELETE")
+    admin = auth.create_token(auth.load_secret(server.server.config.data_dir), "*", "admin", 600)  # deleting takes one
+    request = urllib.request.Request(f"{base}/v1/rooms/doomed", method="DELETE", headers={"Authorization": f"Bearer {admin}"})
     reply = json.loads(urllib.request.urlopen(request, timeout=30).read())
     assert reply["deleted_finals"] >= 1
     assert json.loads(_get(f"{base}/v1/rooms/doomed/transcript?format=json"))["finals"] == []
     with connect(f"{server.url}/v1/captions?room=busy-room") as viewer:
         json.loads(viewer.recv(timeout=10))  # joined: the handshake alone can beat the join
-        busy = urllib.request.Request(f"{base}/v1/rooms/busy-room", method="DELETE")
+        busy = urllib.request.Request(f"{base}/v1/rooms/busy-room", method="DELETE", headers={"Authorization": f"Bearer {admin}"})
         try:
             urllib.request.urlopen(busy, timeout=30)
             raise AssertionError("deleting an occupied room must fail")

@@ -120,7 +120,10 @@ class CaptionServer(ServerState):
         if self.access.required:
             access = "access control on: every request but the pages, /healthz and /readyz needs a token"
         elif self.access.forwarded_required:
-            access = "access control off for clients on this machine (--auth auto on loopback); requests through a proxy need a token"
+            access = (
+                "access control off for clients on this machine (--auth auto on loopback), but requests through a proxy "
+                "and deleting a room need a token"
+            )
         else:
             access = "access control OFF (--auth off): anyone who can reach this server may publish, watch, export and delete rooms"
         allowed = self.config.allow_origins

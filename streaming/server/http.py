@@ -53,7 +53,7 @@ async def handle(server: ServerState, connection: ServerConnection, request: Req
             server.access.authorize(client.token, transcript.group(1), "view", client.forwarded)
             return await _transcript(server, transcript.group(1), query)
         if room and request.method == "DELETE":
-            server.access.authorize(client.token, room.group(1), "admin", client.forwarded)
+            server.access.authorize(client.token, room.group(1), "delete", client.forwarded)
             return await _delete_room(server, room.group(1))
     except ProtocolError as error:
         return response(HTTPStatus.UNAUTHORIZED, error.message)

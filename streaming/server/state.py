@@ -76,10 +76,11 @@ class ServerState:
         self.sessions: Publishers[Publisher] = Publishers(config.max_parked_per_address)
         self.metrics = Metrics()
         required = auth_required(config.auth, config.host)
-        # auto on loopback: open to this machine, but not to what a reverse proxy forwards.
+        # auto on loopback: open to this machine, but not to what a reverse proxy forwards, and
+        # deleting a room takes an admin token unless access control is off in so many words.
         forwarded_required = config.auth == "auto"
         secret = auth.load_secret(config.data_dir, config.secret_file) if required or forwarded_required else b""
-        self.access = AccessPolicy(required, secret, config.public_rooms, forwarded_required)
+        self.access = AccessPolicy(required, secret, config.public_rooms, forwarded_required, anonymous_delete=config.auth == "off")
         self.connections = ConnectionCounter({"publish": config.max_publishers_per_ip, "view": config.max_viewers_per_ip})
         self.trusted = parse_networks(config.trusted_proxies)
         self.connection_cap = config.max_connections  # 0: none; the server derives one at start
