@@ -215,6 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     soak.add_argument("--model", default=DEFAULT_MODEL, choices=sorted(MODELS), help="model for the started server")
     soak.add_argument("--device", default="cpu", help="device for the started server (default %(default)s)")
     soak.add_argument("--server-arg", dest="server_args", action="append", default=[], help="extra option for the started server (repeatable)")
+    soak.add_argument("--faults", action="store_true",
+                      help="clients misbehave: publishers drop mid-utterance and resume, or send as fast as they can; viewers "
+                      "drop and resume, or stop reading for a while")
     soak.add_argument("--json", type=Path, default=None, help="write the report to this file")
 
     export = commands.add_parser(
@@ -402,7 +405,8 @@ def _soak(args: argparse.Namespace) -> int:
     report = run_soak(args)
     if args.json:
         args.json.write_text(json.dumps(report, indent=1, ensure_ascii=False))
-    return 1 if report["lost_finals"] or report["repeated_finals"] or report["errors"] else 0
+    failed = report["lost_finals"] or report["repeated_finals"] or report["out_of_order_finals"] or report["acknowledged_not_journaled"]
+    return 1 if failed or report["errors"] else 0
 
 
 def _token(args: argparse.Namespace) -> int:

@@ -132,7 +132,11 @@ HEAVY_FIXTURES = frozenset({"model", "whisper", "checkpoint", "server", "serve",
 # `bench`) subprocess, or ONNX Runtime sessions on a model's files. In modules that can say
 # so themselves (or for a test slow without a model), `@pytest.mark.slow` does the same.
 SLOW_TESTS = {
-    "test_bench.py": {"test_latency_figures_follow_a_slowed_server", "test_soak_command_runs_and_accounts_for_every_final"},
+    "test_bench.py": {
+        "test_latency_figures_follow_a_slowed_server",
+        "test_soak_command_runs_and_accounts_for_every_final",
+        "test_soak_with_faults_still_delivers_every_final_once_in_order",
+    },
     "test_cli.py": {
         "test_sigterm_finalises_open_utterances_before_exit",
         "test_serve_refuses_bad_settings_in_one_line",  # --room-languages is checked against the loaded model

@@ -120,6 +120,31 @@ def test_soak_command_runs_and_accounts_for_every_final(tmp_path):
     assert len(report["memory_mb"]) >= 2 and "lost finals 0" in result.stdout
 
 
+def test_soak_with_faults_still_delivers_every_final_once_in_order(tmp_path):
+    import subprocess
+    import sys
+
+    manifest = tmp_path / "manifest.tsv"
+    manifest.write_text(_only({"en_arctic_a0024", "en_librivox_sns01_0880"}), encoding="utf-8")
+    for clip in ("en_arctic_a0024.wav", "en_librivox_sns01_0880.wav"):
+        (tmp_path / clip).symlink_to(DATA / clip)
+    result = subprocess.run(
+        [sys.executable, "-m", "streaming.cli", "soak", "--faults", "--publishers", "3", "--viewers", "6", "--minutes", "0.5",
+         "--manifest", str(manifest), "--json", str(tmp_path / "soak.json")],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads((tmp_path / "soak.json").read_text())
+    # Each kind of fault happened (publishers take turns: steady, drop and resume, too fast) ...
+    faults = report["faults"]
+    for kind in ("publisher drops", "publisher resumes", "recordings sent as fast as possible", "viewer drops", "viewer stalls"):
+        assert faults.get(kind, 0) >= 1, faults
+    # ... and every final the server wrote reached every viewer of its room, once, in order.
+    assert report["finals"] >= 4 and report["acknowledged_finals"] >= 1
+    assert report["lost_finals"] == 0 and report["repeated_finals"] == 0 and report["out_of_order_finals"] == 0
+    assert report["acknowledged_not_journaled"] == 0
+
+
 def test_chinese_is_scored_in_one_script():
     from streaming.scoring import error_counts
 
