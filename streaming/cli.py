@@ -55,6 +55,7 @@ def _speed(text: str) -> float | None:
 def build_parser() -> argparse.ArgumentParser:
     from decoder.models import DEFAULT_MODEL, MODELS
     from streaming.config import ServerConfig
+    from streaming.numbers import STYLES
     from vad.segmenter import VadConfig
 
     defaults, vad = ServerConfig(), VadConfig()
@@ -98,6 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--beam-size", type=_beam_size, default=None,
         help="beam width of the search that decodes each final, 1 for greedy (default: the model's, "
              f"{MODELS['moonshine-base-en'].final_beam_size} for Moonshine, {MODELS['whisper-base'].final_beam_size} for Whisper)",
+    )
+    serve.add_argument(
+        "--numbers", choices=STYLES, default=defaults.session.numbers,
+        help="how captions write numbers: digits (\"98%% in 2021\") or spoken (the model's own words) (default %(default)s)",
     )
     serve.add_argument(
         "--max-utterance", type=_positive_float, default=vad.max_utterance_s,
@@ -298,6 +303,7 @@ def _server_config(args: argparse.Namespace) -> ServerConfig:
                         aggressiveness=args.vad_aggressiveness),
             partial_interval_s=args.partial_interval,
             final_beam_size=beam_size,
+            numbers=args.numbers,
         ),
         data_dir=args.data_dir,
         resume_grace_s=args.resume_grace,

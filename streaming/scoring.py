@@ -7,6 +7,8 @@ import re
 import unicodedata
 from collections.abc import Callable, Sequence
 
+from streaming.numbers import write_numbers
+
 # Languages written without spaces between words: scored by characters, spaces removed.
 CHARACTER_LANGUAGES = {"zh", "ja", "ko", "yue", "th"}
 
@@ -46,7 +48,10 @@ def _to_simplified() -> Callable[[str], str]:
 
 
 def units(text: str, language: str) -> list[str]:
+    """What is scored: words (or characters) of the text normalised, its numbers written as
+    figures (references and models spell them either way)."""
     base = language.split("-")[0]
+    text = write_numbers(text, language)
     if base in CHINESE:
         text = _to_simplified()(text)
     words = normalize(text)

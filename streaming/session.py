@@ -45,6 +45,7 @@ import numpy as np
 
 from decoder.api import SAMPLE_RATE, DecodeOptions, Hypothesis, Word, join_words
 from decoder.context import Context
+from streaming.numbers import write_numbers, write_numbers_partial
 from streaming.scoring import normalize
 from streaming.stabilizer import Stabilizer
 from vad.segmenter import Segmenter, SpeechChunk, SpeechEnd, SpeechStart, VadConfig
@@ -80,6 +81,8 @@ class SessionConfig:
     young_utterance_s: float = 1.5
     # Finals (and early finals) are decoded by a beam search this wide; partials greedily.
     final_beam_size: int = 1
+    # How captions write numbers: "digits" ("98% in 2021") or "spoken" (the model's words).
+    numbers: str = "digits"
 
 
 @dataclass(frozen=True)
@@ -487,10 +490,13 @@ class Session:
         if speaking:
             young = utterance.decoded_length < self.config.young_utterance_s * SAMPLE_RATE
             words = words[: max(confirmed, len(words) - (2 if young else 1))]
-        text = join_words(words)
-        if not text or words == utterance.shown:
+        if not join_words(words) or words == utterance.shown:
             return
         utterance.shown = words
+        # Only what is shown is rewritten: decoding goes on from the model's own words.
+        text, stable = write_numbers_partial(
+            join_words(words), len(utterance.stabilizer.confirmed_text), utterance.reported_language, self.config.numbers
+        )
         if utterance.segment is None:
             utterance.segment = self._next_segment
             self._next_segment += 1
@@ -499,7 +505,7 @@ class Session:
             PartialCaption(
                 segment=utterance.segment,
                 text=text,
-                stable=len(utterance.stabilizer.confirmed_text),
+                stable=stable,
                 start=start,
                 end=end,
                 language=utterance.reported_language,
@@ -513,7 +519,7 @@ class Session:
         # match its audio exactly, and a long one needs no help.
         usable = words and not utterance.cut and len(audio) <= self.config.context_max_s * SAMPLE_RATE
         self._previous = _Heard(audio, words, utterance.end) if usable else None
-        text = join_words(words).strip()
+        text = write_numbers(join_words(words).strip(), utterance.reported_language, self.config.numbers)
         if not text and utterance.segment is None:
             return  # nothing was heard and nothing was shown: no caption at all
         if utterance.segment is None:

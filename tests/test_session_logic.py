@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
-from decoder.api import SAMPLE_RATE, Hypothesis, Word, transcribe
+from decoder.api import SAMPLE_RATE, DecodeOptions, Hypothesis, Word, transcribe
 from streaming.session import CaptionEvent, DecodeRequest, FinalCaption, PartialCaption, Session, SessionConfig
 from streaming.stabilizer import Stabilizer
 from tests.conftest import NON_SPEECH
@@ -365,3 +365,33 @@ def test_the_stabilizer_never_takes_back_a_confirmed_word() -> None:
     shown = stabilizer.update(words("alpha golf charlie delta echo"))
     assert shown[: len(confirmed)] == confirmed and stabilizer.confirmed == confirmed
     assert stabilizer.update(words("")) == confirmed and stabilizer.latest == confirmed
+
+
+# -- numbers written one way --------------------------------------------------------------
+class SpelledNumbersModel(ScriptedModel):
+    """Hears the scripted words as a sentence that spells its numbers out."""
+
+    SAYS = {"alpha": "sales", "bravo": "grew", "charlie": "ninety", "delta": "eight", "echo": "percent",
+            "foxtrot": "in", "golf": "twenty", "hotel": "twenty", "india": "one"}
+
+    def decode(self, features, prefix=(), draft=(), options=DecodeOptions()):  # type: ignore[no-untyped-def]
+        hypothesis = super().decode(features, prefix, draft, options)
+        said = tuple(Word(" " + self.SAYS.get(w.text.strip(), w.text.strip()), w.tokens) for w in hypothesis.words)
+        return Hypothesis(words=said, language=hypothesis.language)
+
+
+@pytest.mark.parametrize("lag", [0, 10])
+def test_numbers_are_written_as_figures_in_partials_and_finals_with_stable_text_kept(lag: int) -> None:
+    spoken = "alpha bravo charlie delta echo foxtrot golf hotel india"
+    run = drive(Session(), speak(spoken), SpelledNumbersModel(), lag=lag)
+    assert [f.text for f in run.finals] == ["sales grew 98% in 2021"]
+    assert any(any(c.isdigit() for c in p.text) for p in run.partials)  # partials too, not only the final
+    final = run.finals[0]
+    for before, after in zip(run.partials, run.partials[1:]):
+        assert after.text[: before.stable] == before.text[: before.stable]  # a promise kept, numbers or not
+    assert final.text.startswith(run.partials[-1].text[: run.partials[-1].stable])
+
+
+def test_the_spoken_style_keeps_the_models_words() -> None:
+    run = drive(Session(SessionConfig(numbers="spoken")), speak("alpha bravo charlie delta echo foxtrot golf hotel india"), SpelledNumbersModel())
+    assert [f.text for f in run.finals] == ["sales grew ninety eight percent in twenty twenty one"]
