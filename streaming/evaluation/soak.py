@@ -191,16 +191,20 @@ async def _soak(
         while time.monotonic() - started < seconds:
             clip = clips[turn % len(clips)]
             kind = PUBLISHER_TURNS[turn % len(PUBLISHER_TURNS)] if with_faults else "steady"
-            if kind == "steady":
-                result = await stream_clip(url, clip, index, 1.0, rooms[index])
-                results.append(result)
-                acknowledged[rooms[index]] += result.seqs
-                errors.extend(result.errors)
-            else:
-                seqs, failures = await _stream_with_faults(url, clip, index, rooms[index], kind, rng, faults)
-                acknowledged[rooms[index]] += seqs
-                errors.extend(failures)
             turn += 1
+            try:
+                if kind == "steady":
+                    result = await stream_clip(url, clip, index, 1.0, rooms[index])
+                    results.append(result)
+                    acknowledged[rooms[index]] += result.seqs
+                    errors.extend(result.errors)
+                else:
+                    seqs, failures = await _stream_with_faults(url, clip, index, rooms[index], kind, rng, faults)
+                    acknowledged[rooms[index]] += seqs
+                    errors.extend(failures)
+            except (OSError, TimeoutError, websockets.WebSocketException) as error:
+                # Counted, and the soak goes on: one failed connection must not hide the rest.
+                errors.append({"type": "error", "code": "publisher_connect", "message": f"{kind} {clip.id}: {error!r}"})
 
     async def sample_memory(server: ServerProcess) -> None:
         while True:

@@ -232,17 +232,19 @@ class ServerProcess:
         self.url = f"ws://127.0.0.1:{self.port}"
         # The bench's captions go to a journal of their own, not the user's.
         self.data_dir = tempfile.TemporaryDirectory(prefix="flashcaption-bench-")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "streaming.cli", "serve", "--port", str(self.port), "--data-dir", self.data_dir.name, *args],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        # The log goes to a file: a pipe nobody reads until the end fills up, and the server
+        # then blocks on its next log line (a soak with faults logs plenty).
+        self.log_path = Path(self.data_dir.name) / "server.log"
+        with open(self.log_path, "w") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "streaming.cli", "serve", "--port", str(self.port), "--data-dir", self.data_dir.name, *args],
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                assert self.process.stderr is not None  # stderr=PIPE
-                raise RuntimeError(f"server exited: {self.process.stderr.read()}")
+                raise RuntimeError(f"server exited: {self.log_path.read_text()[-4000:]}")
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
                 return
