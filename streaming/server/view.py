@@ -2,7 +2,7 @@
 read from the journal a page at a time as its socket drains), then the room's captions as
 they come, through its bounded queue in the room registry. What one viewer holds is bounded
 whatever the room's history: a page of backlog, its queue (events and bytes), the socket's
-buffers; a viewer that stops reading is closed after ``--send-stall`` seconds."""
+buffers; a viewer that stops reading is closed after ``send_stall_s`` seconds."""
 
 from __future__ import annotations
 
