@@ -56,7 +56,7 @@ class ServerConfig:
     audio_burst_s: float = 10.0
     # A mode=file publisher's audio not yet captioned is held to about this much: past it its
     # socket is read no faster than the decoder gets through the audio (TCP paces the client).
-    file_backlog_s: float = 10.0
+    file_backlog_s: float = 5.0
     # Every client is pinged this often, and closed if it does not answer within as long.
     keepalive_s: float = 20.0
     # A client whose socket takes nothing the server sends for this long is cut off.
