@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import numpy as np
 import pytest
 import srt
 import webvtt
@@ -134,6 +135,26 @@ def test_counts_and_delete_stay_right_after_drop_resume_and_expiry(tmp_path: Pat
         assert http(server, "/v1/rooms/r", "DELETE", token=admin(tmp_path))[0] == 200
 
 
+def test_resuming_a_live_session_that_has_journaled_a_final_leaves_one_publisher(tmp_path: Path) -> None:
+    # The case as found: the old code revived the session from the journal as a second publisher.
+    with running(tmp_path) as server:
+        with connect(f"{server.url}/v1/publish?room=r&mode=file") as first:
+            session = json.loads(first.recv(timeout=10))["session"]
+            heard = speak("alpha")  # a whole utterance and its pause: its final is journaled
+            for offset in range(0, len(heard), 1600):
+                first.send(pcm16(heard[offset : offset + 1600]))
+            while json.loads(first.recv(timeout=10))["type"] != "final":
+                pass
+            with connect(f"{server.url}/v1/publish?resume={session}&room=r&mode=file") as second:
+                assert json.loads(second.recv(timeout=10))["type"] == "ready"
+                receive_all(first, timeout=10)
+                assert first.close_code == TAKEN_OVER and health(server)["publishers"] == 1
+                second.send(json.dumps({"type": "end"}))
+                receive_all(second, timeout=10)
+        wait_for(lambda: health(server)["publishers"] == 0 and metric(server, "flashcaption_sessions_resumable") == 0)
+        assert http(server, "/v1/rooms/r", "DELETE", token=admin(tmp_path))[0] == 200
+
+
 def metric(server: ServerThread, name: str) -> float:
     for line in http(server, "/metrics")[1].splitlines():
         if line.startswith(name + " "):
@@ -178,6 +199,56 @@ def test_a_recording_sent_at_full_speed_is_held_back_and_captioned_whole(tmp_pat
     assert 2.0 < max(backlog) < 3.0 + 3.0 + 1.0
 
 
+def test_live_audio_far_ahead_of_real_time_is_refused_at_once_with_its_captions_so_far(tmp_path: Path) -> None:
+    texts = [script(6, start=i) for i in range(18)]  # a minute of speech, sent at 4x in live mode
+    audio = (np.clip(speak(*texts), -1, 1) * 32767).astype("<i2").tobytes()
+    with running(tmp_path, audio_burst_s=3.0) as server, connect(f"{server.url}/v1/captions?room=r") as viewer:
+        json.loads(viewer.recv(timeout=10))
+        with connect(f"{server.url}/v1/publish?room=r") as ws:
+            json.loads(ws.recv(timeout=10))
+            sent = 0
+            with contextlib.suppress(ConnectionClosed):
+                for offset in range(0, len(audio), 3200):  # 0.1 s of audio every 25 ms
+                    ws.send(audio[offset : offset + 3200])
+                    sent = offset + 3200
+                    time.sleep(0.025)
+            received = receive_all(ws, timeout=10)
+        assert ws.close_code == 1008
+        errors = [m for m in received if m["type"] == "error"]
+        assert errors and "mode=file" in errors[0]["message"]
+        # Refused once about 3 s ahead (after ~1 s of sending), not cut off after most of the minute ...
+        assert sent / 32000 < 15
+        # ... and what it sent before was captioned, for the room too.
+        said = [f["text"] for f in finals(received)]
+        assert said and said[:-1] == texts[: len(said) - 1] and texts[len(said) - 1].startswith(said[-1])  # the last one as far as it was sent
+        shown: list[str] = []
+        with contextlib.suppress(TimeoutError):
+            while len(shown) < len(said):
+                message = json.loads(viewer.recv(timeout=10))
+                if message["type"] == "final":
+                    shown.append(message["text"])
+        assert shown == said
+
+
+@pytest.mark.slow  # seconds of a slowed decoder
+def test_a_fast_recording_whose_connection_drops_stops_costing_and_resumes(tmp_path: Path) -> None:
+    texts = [script(6, start=i) for i in range(18)]
+    audio = speak(*texts)
+    with running(tmp_path, decode_delay_s=0.1, file_backlog_s=3.0) as server:
+        with connect(f"{server.url}/v1/publish?room=r&mode=file") as ws:
+            session = json.loads(ws.recv(timeout=10))["session"]
+            for offset in range(0, len(audio) // 2, 1600):
+                ws.send(pcm16(audio[offset : offset + 1600]))
+            ws.socket.shutdown(socket.SHUT_RDWR)  # dropped mid-recording, with plenty still unread
+        # What the server had read (at most the backlog bound) is captioned, and nothing more is decoded.
+        wait_for(lambda: metric(server, "flashcaption_sessions_resumable") == 1, timeout=20)
+        decodes = metric(server, "flashcaption_decodes_total")
+        time.sleep(1.0)
+        assert metric(server, "flashcaption_decodes_total") == decodes
+        messages, code = publish(server.url, np.zeros(16000, np.float32), f"resume={session}&room=r")
+        assert code == 1000 and messages[0]["type"] == "ready" and messages[0]["session"] == session
+
+
 def test_a_client_that_answers_no_ping_is_closed(tmp_path: Path) -> None:
     with running(tmp_path, keepalive_s=0.3) as server, socket.create_connection(("127.0.0.1", server.port)) as raw:
         raw.sendall(_upgrade("/v1/captions?room=r"))  # and never answers the pings that follow
@@ -194,7 +265,8 @@ def test_dropped_connections_cannot_lock_publishers_out(tmp_path: Path) -> None:
     with running(tmp_path, max_publishers_per_room=2, max_parked_per_address=3) as server:
         for _ in range(6):
             with connect(f"{server.url}/v1/publish?room=r") as ws:
-                json.loads(ws.recv(timeout=10))
+                answer = json.loads(ws.recv(timeout=10))
+                assert answer["type"] == "ready", answer  # not "room r has the most publishers allowed"
                 ws.socket.shutdown(socket.SHUT_RDWR)
         wait_for(lambda: health(server)["publishers"] == 0)
         # Parked sessions are bounded per address (the oldest ended), and take no slot.
@@ -320,26 +392,31 @@ def test_exports_stay_valid_whatever_the_speaker_is_called(tmp_path: Path) -> No
 
 # -- 12: a limit is checked and taken in one step -----------------------------------------------
 @pytest.mark.slow  # seconds of real waiting: in the full suite
-def test_a_burst_of_viewers_cannot_overshoot_the_room_limit(tmp_path: Path) -> None:
-    seed(tmp_path, "crowd", 50)  # with since=, a join reads the journal: the old check raced it
+@pytest.mark.parametrize("history", [50, 20_000])
+def test_a_burst_of_viewers_cannot_overshoot_the_room_limit(tmp_path: Path, history: int) -> None:
+    seed(tmp_path, "crowd", history)  # with since=, a join reads the journal: the old check raced it
     with running(tmp_path, max_viewers_per_room=5) as server:
         answers: list[str] = []
         lock = threading.Lock()
-        with contextlib.ExitStack() as viewers:
+        together = threading.Barrier(20)
+        answered = threading.Event()
 
-            def join() -> None:
-                with lock:
-                    ws = viewers.enter_context(connect(f"{server.url}/v1/captions?room=crowd&since=0", open_timeout=30, close_timeout=1))
+        def join() -> None:
+            together.wait()  # all at once: the check and the count must be one step
+            with connect(f"{server.url}/v1/captions?room=crowd&since=0", open_timeout=30, close_timeout=1) as ws:
                 message = json.loads(ws.recv(timeout=30))
                 with lock:
                     answers.append(message["type"] if message["type"] == "ready" else message["code"])
+                    if len(answers) == 20:
+                        answered.set()
+                answered.wait(60)  # each viewer that got in stays until all have their answer
 
-            threads = [threading.Thread(target=join) for _ in range(20)]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join(60)
-        assert answers.count("ready") == 5 and answers.count("overloaded") == 15
+        threads = [threading.Thread(target=join) for _ in range(20)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(90)
+        assert answers.count("ready") == 5 and answers.count("overloaded") == 15, answers
 
 
 # -- 5 and 11: behind a reverse proxy --------------------------------------------------------------
