@@ -40,6 +40,10 @@ class Hypothesis:
     compute_seconds: float = 0.0
     # The model's own belief that there was no speech at all, where it has one (Whisper).
     no_speech_prob: float | None = None
+    # Why the words stop before the model ended them, if they do: "loop" (a repetition guard),
+    # "budget" (the most tokens the audio's length allows), "repeated phrase". Never silent:
+    # the server counts and logs it for finals.
+    cut: str | None = None
 
     @property
     def text(self) -> str:
@@ -156,6 +160,11 @@ class DecodeLimits:
     repeat_times: int = 3  # a short n-gram seen this many times in a row is a loop
     repeat_phrase_tokens: int = 4  # an n-gram this long is a loop when seen twice in a row
     repeat_phrase_words: int = 4  # ...and so is a phrase of this many words, case aside
+    # Tokens that write only digits and number punctuation (each family fills it from its
+    # vocabulary). A repeat made of them is a number ("627,000", "1,111", "1,000,000"), not a
+    # loop, until it is this many copies long.
+    numeric_tokens: frozenset[int] = frozenset()
+    numeric_repeat_times: int = 10
     # When the first step prefers end-of-text, the runner-up must be at least this likely to be
     # taken as the start of speech (log-probability; noise and music score below -7).
     first_token_min_logprob: float = -5.0
@@ -167,7 +176,9 @@ class DecodeLimits:
 
     def loop_start(self, tokens: Sequence[int]) -> int | None:
         """Where the loop ``tokens`` ends in begins its second copy (see :func:`repetition_start`)."""
-        return repetition_start(tokens, self.repeat_ngram_max, self.repeat_times, self.repeat_phrase_tokens)
+        return repetition_start(
+            tokens, self.repeat_ngram_max, self.repeat_times, self.repeat_phrase_tokens, self.numeric_tokens, self.numeric_repeat_times
+        )
 
     def cut_loop(self, forced: Sequence[int], chosen: list[int], scores: list[float]) -> bool:
         """If ``forced + chosen`` ends in a loop, drop the repeats from ``chosen`` and their
@@ -193,6 +204,15 @@ class DecodeLimits:
         return kept
 
 
+_NUMERIC = frozenset("0123456789,")
+
+
+def numeric_token_ids(pieces: Sequence[str | None]) -> frozenset[int]:
+    """The ids (indices into ``pieces``, a vocabulary's token texts) of tokens that write only
+    digits and thousands separators, spaces aside: what :attr:`DecodeLimits.numeric_tokens` holds."""
+    return frozenset(i for i, piece in enumerate(pieces) if piece and piece.strip() and set(piece.strip()) <= _NUMERIC)
+
+
 def repeated_phrase_start(words: Sequence[Word], min_words: int = 4) -> int | None:
     """Where the first phrase of ``min_words`` or more words said twice back to back (case and
     punctuation aside) begins its second copy, reading from the start; else None. Whisper
@@ -208,17 +228,30 @@ def repeated_phrase_start(words: Sequence[Word], min_words: int = 4) -> int | No
     return None
 
 
-def repetition_start(tokens: Sequence[int], max_n: int = 48, times: int = 3, phrase_n: int = 4) -> int | None:
+def repetition_start(
+    tokens: Sequence[int],
+    max_n: int = 48,
+    times: int = 3,
+    phrase_n: int = 4,
+    numeric: frozenset[int] = frozenset(),
+    numeric_times: int = 10,
+) -> int | None:
     """If ``tokens`` ends in a loop, return where the loop's second copy starts (keep one copy,
     drop the rest); else None. A loop is an n-gram repeated ``times`` times back to back, or,
     for n of ``phrase_n`` tokens or more, repeated even once: people say "very very", but a
-    whole phrase said twice in a row is the model re-reading audio it has already transcribed."""
+    whole phrase said twice in a row is the model re-reading audio it has already transcribed.
+    An n-gram made only of ``numeric`` tokens is a number's digits ("000" in "627,000"): a loop
+    only at ``numeric_times`` copies (a model that loops on digits writes far more)."""
     length = len(tokens)
     for n in range(1, max_n + 1):
         copies = times if n < phrase_n else 2
         if n * copies > length:
             break
         tail = tuple(tokens[length - n :])
+        if numeric and all(t in numeric for t in tail):
+            copies = max(copies, numeric_times)
+            if n * copies > length:
+                continue
         if all(tuple(tokens[length - k * n : length - (k - 1) * n]) == tail for k in range(2, copies + 1)):
             return length - (copies - 1) * n
     return None

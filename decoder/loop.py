@@ -66,6 +66,7 @@ class Decoded:
     scores: list[float]  # the log-probability of each token
     first_call: np.ndarray  # log-probabilities of every position of the first decoder call
     overruled: bool = False  # the family's first-step rule overruled the model's first choice
+    stopped: str = "end"  # why decoding stopped: "end" (end-of-text), "loop" or "budget"
 
 
 def greedy(
@@ -97,25 +98,29 @@ def greedy(
     if len(chosen) < len(draft):
         cache = graph.cut(cache, offset)  # it holds the rejected draft tokens too
     overruled = False
+    stopped = "budget"
     while len(forced) + len(chosen) < budget:
         at_start = not forced and not chosen
         row = graph.allowed(row, at_start)
         if at_start:
             opened = graph.first_step(row)
             if opened is None:
+                stopped = "end"
                 break
             row, overruled = opened
         token = int(row.argmax())
         if token == graph.eot:
+            stopped = "end"
             break
         chosen.append(token)
         scores.append(float(row[token]))
         if limits.cut_loop(forced, chosen, scores):
+            stopped = "loop"
             break
         step, cache = graph.run(features, [[token]], cache, offset)
         offset += 1
         row = step[0, -1]
-    return Decoded(chosen, scores, first_call, overruled)
+    return Decoded(chosen, scores, first_call, overruled, stopped)
 
 
 def beam_search(

@@ -19,13 +19,13 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
-from decoder.api import SAMPLE_RATE, DecodeLimits, DecodeOptions, Hypothesis, Word
+from decoder.api import SAMPLE_RATE, DecodeLimits, DecodeOptions, Hypothesis, Word, numeric_token_ids
 from decoder.context import Context, MatchState, TermMatcher
 from decoder.loop import greedy
 from decoder.runtime import RuntimeOptions, create_session
@@ -144,7 +144,9 @@ class MoonshineModel:
         self.encoder, self.device = create_session(encoder_path, runtime)
         self.decoder, _ = create_session(decoder_path, runtime)
         self.tokenizer = MoonshineTokenizer(tokenizer_path)
-        self.limits = limits or DecodeLimits()
+        # Digits are tokens of their own here: "627,000" ends in three "0" tokens.
+        numeric = numeric_token_ids([self.tokenizer.piece_text(t) for t in range(len(self.tokenizer))])
+        self.limits = replace(limits or DecodeLimits(), numeric_tokens=numeric)
         self._past_names = [i.name for i in self.decoder.get_inputs() if i.name.startswith("past_key_values.")]
         self._present_names = [o.name for o in self.decoder.get_outputs() if o.name.startswith("present.")]
         self._self_attention = [n for n in self._present_names if ".decoder." in n]
@@ -256,18 +258,23 @@ class MoonshineModel:
             # Biasing needs a search that can back out of a term: a beam search that branches
             # only where a term is at stake (sessions without context stay greedy and pay nothing).
             chosen, scores = self._beam_search(features, forced, proposed[: max(0, budget - len(forced))], budget, self._matcher(context))
-            words = self.limits.cut_repeated_phrase(self.tokenizer.words(chosen), chosen, scores)
+            heard = self.tokenizer.words(chosen)
+            words = self.limits.cut_repeated_phrase(heard, chosen, scores)
+            cut = "repeated phrase" if len(words) < len(heard) else "budget" if len(forced) + len(chosen) >= budget else None
         else:
             found = greedy(self, features, [BOS], forced, proposed, budget, self.limits)
             chosen, scores = found.tokens, found.scores
-            words = self.limits.cut_repeated_phrase(self.tokenizer.words(chosen), chosen, scores)
+            heard = self.tokenizer.words(chosen)
+            words = self.limits.cut_repeated_phrase(heard, chosen, scores)
+            cut = "repeated phrase" if len(words) < len(heard) else None if found.stopped == "end" else found.stopped
             if found.overruled and scores and np.mean(scores) < self.limits.override_min_avg_logprob:
-                words, scores = (), []  # the model never believed in these words
+                words, scores, cut = (), [], None  # the model never believed in these words
         return Hypothesis(
             words=(*prefix, *words),
             language="en",
             avg_logprob=float(np.mean(scores)) if scores else 0.0,
             compute_seconds=time.perf_counter() - started,
+            cut=cut,
         )
 
     # -- context biasing -----------------------------------------------------------------------

@@ -21,14 +21,14 @@ import time
 import unicodedata
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
-from decoder.api import SAMPLE_RATE, DecodeLimits, DecodeOptions, Hypothesis, Word
+from decoder.api import SAMPLE_RATE, DecodeLimits, DecodeOptions, Hypothesis, Word, numeric_token_ids
 from decoder.context import Context
 from decoder.loop import beam_search, greedy
 from decoder.runtime import RuntimeOptions, create_session
@@ -223,9 +223,10 @@ class WhisperModel:
         self.n_mels = int(config.get("n_mels", 80))
         self.layers, self.heads = int(config["n_text_layers"]), int(config["n_text_heads"])
         self.head_dim = int(config["n_text_state"]) // self.heads
+        numeric = numeric_token_ids([piece.decode("utf-8", errors="replace") for piece in self.tokenizer.token_bytes])
         # Chinese and Japanese take more tokens per second of speech than English, and repeat
         # single characters legitimately (短短, 哈哈哈): a one-token loop needs more copies.
-        self.limits = limits or DecodeLimits(tokens_per_second=12.0, min_tokens=12, repeat_times=5)
+        self.limits = replace(limits or DecodeLimits(tokens_per_second=12.0, min_tokens=12, repeat_times=5), numeric_tokens=numeric)
         # Encoder window at least this long (30: always Whisper's full window, as CTranslate2).
         self.min_window_s = 0.0
         self.languages = tuple(self.tokenizer.languages)
@@ -346,7 +347,9 @@ class WhisperModel:
         found = found or greedy(self, features, start, forced, proposed, budget, self.limits)
         chosen, scores = found.tokens, found.scores
         no_speech = float(np.exp(found.first_call[start.index(self.tokenizer.sot), self.tokenizer.no_speech]))
-        words = self.limits.cut_repeated_phrase(self.tokenizer.words(chosen), chosen, scores)
+        heard = self.tokenizer.words(chosen)
+        words = self.limits.cut_repeated_phrase(heard, chosen, scores)
+        cut = "repeated phrase" if len(words) < len(heard) else None if found.stopped == "end" else found.stopped
         average = float(np.mean(scores)) if scores else 0.0
         text = self.tokenizer.text(forced + chosen)
         if (
@@ -359,13 +362,14 @@ class WhisperModel:
             # Whisper's rules: the model itself says there was no speech, or the text loops;
             # and on music it writes "..." or "♪": no words, no caption. This is what keeps
             # "Thanks for watching!" off silent stretches.
-            words, average = (), 0.0
+            words, average, cut = (), 0.0, None
         return Hypothesis(
             words=(*prefix, *words),
             language=language,
             avg_logprob=average,
             compute_seconds=time.perf_counter() - started,
             no_speech_prob=no_speech,
+            cut=cut,
         )
 
 

@@ -35,6 +35,7 @@ class Metrics:
     def __init__(self) -> None:
         self.errors: Counter[str] = Counter()  # by protocol error code
         self.dropped_viewers = 0
+        self.cut_finals: Counter[str] = Counter()  # final (and early final) decodes that stopped short, by reason
         self.final_latency = Histogram()  # end of an utterance's audio -> its final sent
 
     def render(self, gauges: dict[str, tuple[str, float]], counters: dict[str, tuple[str, float]]) -> str:
@@ -54,6 +55,9 @@ class Metrics:
                lambda: [f"flashcaption_viewers_dropped_total {self.dropped_viewers}"])
         metric("flashcaption_errors_total", "counter", "Protocol errors sent to clients, by code.",
                lambda: [f'flashcaption_errors_total{{code="{code}"}} {n}' for code, n in sorted(self.errors.items())])
+        metric("flashcaption_final_decodes_cut_total", "counter",
+               "Decodes of finals (and early finals) that stopped short of the model's end, by reason (loop guard, token budget, repeated phrase).",
+               lambda: [f'flashcaption_final_decodes_cut_total{{reason="{reason}"}} {n}' for reason, n in sorted(self.cut_finals.items())])
         metric("flashcaption_final_latency_seconds", "histogram",
                "From the end of an utterance's audio (on arrival) to its final being sent.",
                lambda: self.final_latency.lines("flashcaption_final_latency_seconds"))

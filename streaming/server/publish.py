@@ -301,6 +301,12 @@ async def _pump(server: ServerState, publisher: Publisher) -> None:
                 log.exception("decode failed", extra=publisher.log_extra)
                 session.receive_failure(request.id)
             else:
+                if request.urgent and decoded.hypothesis.cut:
+                    # A final's text (or an early final's) the model may not have finished:
+                    # counted and said, never silent.
+                    server.metrics.cut_finals[decoded.hypothesis.cut] += 1
+                    log.info("final decode stopped short (%s) on %.1f s of audio", decoded.hypothesis.cut,
+                             len(request.audio) / 16000, extra=publisher.log_extra)
                 session.receive_hypothesis(request.id, decoded.hypothesis, decoded.wall_seconds)
             await _deliver(server, publisher)
             publisher.progress.set()

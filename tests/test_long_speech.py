@@ -1,0 +1,100 @@
+"""Nothing said is dropped: long, continuous, number-dense speech through a real server, on
+both models, at real-time pace and as fast as a recording is sent. The speech is synthesized
+(tests/data/README.md): 28 s with no pause long enough to end an utterance, so the utterance
+is also cut at its maximum length once; digits that repeat ("627,000", "1,111") once stopped
+the decode as a loop and lost the rest of the utterance."""
+
+from __future__ import annotations
+
+import logging
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import replace
+
+import pytest
+
+from decoder.api import DecodeLimits, DecodeOptions, repetition_start
+from streaming.config import ServerConfig
+from streaming.scoring import normalize
+from streaming.server import CaptionServer
+from tests.conftest import DATA, ServerThread, read_wav
+from tests.scripted import ScriptedModel, speak
+from tests.test_server import finals, publish
+from tests.test_whisper import whisper  # noqa: F401 (the fixture)
+
+FIGURES = read_wav(DATA / "synth_figures_en.wav")
+# Each sentence's last words (numbers as the captions write them, normalised as scoring does).
+ENDINGS = ["more subscribers", "the margin was 38 5", "new customers", "not 10 000 but 100 000"]
+
+
+def test_digits_that_repeat_are_a_number_not_a_loop() -> None:
+    digits = frozenset({10, 11, 12})  # "0", "1", ","
+    said = [5, 6, 11, 12, 10, 10, 10]  # "... 1,000"
+    assert repetition_start(said) == 5  # without knowing digits: "000" looks like a loop
+    assert repetition_start(said, numeric=digits) is None
+    assert repetition_start([5, 11, 12, 10, 10, 10, 12, 10, 10, 10], numeric=digits) is None  # "1,000,000"
+    assert repetition_start([5, *[10] * 10], numeric=digits) == 2  # a model looping on a digit is still stopped (at 10)
+    assert repetition_start([5, 7, 7, 7], numeric=digits) == 2  # words are unchanged
+    assert DecodeLimits(numeric_tokens=digits).loop_start(said) is None
+
+
+def _server(model, tmp_path_factory) -> Iterator[ServerThread]:  # type: ignore[no-untyped-def]
+    running = ServerThread(CaptionServer(ServerConfig(port=0, data_dir=tmp_path_factory.mktemp("long")), model)).start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def moonshine_server(model, tmp_path_factory):  # type: ignore[no-untyped-def]
+    yield from _server(model, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def whisper_server(whisper, tmp_path_factory):  # type: ignore[no-untyped-def]  # noqa: F811
+    yield from _server(whisper, tmp_path_factory)
+
+
+def _check_every_ending(server: ServerThread, room: str, pace: float) -> None:
+    messages, code = publish(server.url, FIGURES, f"room={room}&language=en", pace=pace)
+    assert code == 1000
+    said = normalize(" ".join(f["text"] for f in finals(messages)))
+    text = " ".join(said)
+    for ending in ENDINGS:
+        assert text.count(ending) == 1, (ending, text)  # there, once: not lost, not doubled at a cut
+    assert text.index("627 000 subscribers") < text.index("more subscribers") < text.index("new customers")
+
+
+@pytest.mark.parametrize("pace", [0.0, 0.1], ids=["file", "real-time"])
+def test_moonshine_captions_long_number_dense_speech_whole(moonshine_server: ServerThread, pace: float) -> None:
+    _check_every_ending(moonshine_server, f"figures-moonshine-{int(pace * 10)}", pace)
+
+
+@pytest.mark.parametrize("pace", [0.0, 0.1], ids=["file", "real-time"])
+def test_whisper_captions_long_number_dense_speech_whole(whisper_server: ServerThread, pace: float) -> None:
+    _check_every_ending(whisper_server, f"figures-whisper-{int(pace * 10)}", pace)
+
+
+class _LoopingModel(ScriptedModel):
+    """Hears the scripted words, and says its decode was stopped by the loop guard."""
+
+    def decode(self, features, prefix=(), draft=(), options=DecodeOptions()):  # type: ignore[no-untyped-def]
+        return replace(super().decode(features, prefix, draft, options), cut="loop")
+
+
+def test_a_final_cut_short_is_counted_and_logged(tmp_path, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
+    server = ServerThread(CaptionServer(ServerConfig(port=0, data_dir=tmp_path), _LoopingModel())).start()
+    try:
+        with caplog.at_level(logging.INFO, logger="streaming.server.publish"):
+            messages, code = publish(server.url, speak("alpha bravo", "charlie"), "room=r")
+        assert code == 1000 and [f["text"] for f in finals(messages)] == ["alpha bravo", "charlie"]
+        counted = metric(server, 'flashcaption_final_decodes_cut_total{reason="loop"}')
+        logged = sum("stopped short (loop)" in r.getMessage() for r in caplog.records)
+        assert logged >= 2 and counted == f'flashcaption_final_decodes_cut_total{{reason="loop"}} {logged}'  # one per final decode
+    finally:
+        server.stop()
+
+
+def metric(server: ServerThread, name: str) -> str:
+    """The lines of ``/metrics`` for ``name``."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=10) as answer:
+        return "\n".join(line for line in answer.read().decode().splitlines() if line.startswith(name))
