@@ -158,6 +158,13 @@ class DecodeLimits:
     # was seen to repeat a 20-token sentence three times).
     repeat_ngram_max: int = 48
     repeat_times: int = 3  # a short n-gram seen this many times in a row is a loop
+    # ...unless it holds a word and the words so far are few for the audio (under this many
+    # tokens a second: speech runs at 2.5-4), so that more speech may still be read: then it
+    # takes this many copies. "No, no, no, no, no, that is not what I said" is said; a model
+    # that loops has read the audio already, and its extra copies are dropped all the same.
+    # Repeats without a letter ("4-4-4-", "...") are what models write on noise: never spared.
+    early_tokens_per_second: float = 4.0
+    repeat_times_early: int = 8
     repeat_phrase_tokens: int = 4  # an n-gram this long is a loop when seen twice in a row
     repeat_phrase_words: int = 4  # ...and so is a phrase of this many words, case aside
     # Tokens that write only digits and number punctuation (each family fills it from its
@@ -165,6 +172,8 @@ class DecodeLimits:
     # loop, until it is this many copies long.
     numeric_tokens: frozenset[int] = frozenset()
     numeric_repeat_times: int = 10
+    # Tokens without a letter (digits, punctuation, symbols), from the vocabulary likewise.
+    wordless_tokens: frozenset[int] = frozenset()
     # When the first step prefers end-of-text, the runner-up must be at least this likely to be
     # taken as the start of speech (log-probability; noise and music score below -7).
     first_token_min_logprob: float = -5.0
@@ -174,16 +183,20 @@ class DecodeLimits:
     def budget(self, seconds: float) -> int:
         return int(min(self.max_tokens, max(self.min_tokens, seconds * self.tokens_per_second)))
 
-    def loop_start(self, tokens: Sequence[int]) -> int | None:
-        """Where the loop ``tokens`` ends in begins its second copy (see :func:`repetition_start`)."""
+    def loop_start(self, tokens: Sequence[int], budget: int | None = None) -> int | None:
+        """Where the loop ``tokens`` ends in begins its second copy (see :func:`repetition_start`).
+        With the decode's token ``budget`` (which says how long the audio is), a short repeat
+        early in the audio needs :attr:`repeat_times_early` copies."""
+        early = budget is not None and len(tokens) < budget * self.early_tokens_per_second / self.tokens_per_second
         return repetition_start(
-            tokens, self.repeat_ngram_max, self.repeat_times, self.repeat_phrase_tokens, self.numeric_tokens, self.numeric_repeat_times
+            tokens, self.repeat_ngram_max, self.repeat_times, self.repeat_phrase_tokens, self.numeric_tokens, self.numeric_repeat_times,
+            wordless=self.wordless_tokens if early else None, word_times=self.repeat_times_early,
         )
 
-    def cut_loop(self, forced: Sequence[int], chosen: list[int], scores: list[float]) -> bool:
+    def cut_loop(self, forced: Sequence[int], chosen: list[int], scores: list[float], budget: int | None = None) -> bool:
         """If ``forced + chosen`` ends in a loop, drop the repeats from ``chosen`` and their
         ``scores`` (in place) and return True: decoding should stop."""
-        loop_at = self.loop_start([*forced, *chosen])
+        loop_at = self.loop_start([*forced, *chosen], budget)
         if loop_at is None:
             return False
         del chosen[max(0, loop_at - len(forced)) :]
@@ -207,10 +220,14 @@ class DecodeLimits:
 _NUMERIC = frozenset("0123456789,")
 
 
-def numeric_token_ids(pieces: Sequence[str | None]) -> frozenset[int]:
-    """The ids (indices into ``pieces``, a vocabulary's token texts) of tokens that write only
-    digits and thousands separators, spaces aside: what :attr:`DecodeLimits.numeric_tokens` holds."""
-    return frozenset(i for i, piece in enumerate(pieces) if piece and piece.strip() and set(piece.strip()) <= _NUMERIC)
+def with_vocabulary(limits: DecodeLimits, pieces: Sequence[str | None]) -> DecodeLimits:
+    """``limits`` with the token classes its guards need, from a vocabulary's token texts
+    (``pieces[id]``; None for special tokens and bytes that are no character alone): numbers
+    (digits and thousands separators only, spaces aside) and tokens without a letter (bytes
+    alone count as such: "♪" on music is three of them)."""
+    numeric = frozenset(i for i, piece in enumerate(pieces) if piece and piece.strip() and set(piece.strip()) <= _NUMERIC)
+    wordless = frozenset(i for i, piece in enumerate(pieces) if piece is None or not any(c.isalpha() for c in piece))
+    return replace(limits, numeric_tokens=numeric, wordless_tokens=wordless)
 
 
 def repeated_phrase_start(words: Sequence[Word], min_words: int = 4) -> int | None:
@@ -228,6 +245,12 @@ def repeated_phrase_start(words: Sequence[Word], min_words: int = 4) -> int | No
     return None
 
 
+def _periodic(tail: tuple[int, ...]) -> bool:
+    """Whether ``tail`` is a shorter n-gram repeated."""
+    n = len(tail)
+    return any(n % p == 0 and tail == tail[:p] * (n // p) for p in range(1, n // 2 + 1))
+
+
 def repetition_start(
     tokens: Sequence[int],
     max_n: int = 48,
@@ -235,21 +258,32 @@ def repetition_start(
     phrase_n: int = 4,
     numeric: frozenset[int] = frozenset(),
     numeric_times: int = 10,
+    wordless: frozenset[int] | None = None,
+    word_times: int = 8,
 ) -> int | None:
     """If ``tokens`` ends in a loop, return where the loop's second copy starts (keep one copy,
     drop the rest); else None. A loop is an n-gram repeated ``times`` times back to back, or,
     for n of ``phrase_n`` tokens or more, repeated even once: people say "very very", but a
     whole phrase said twice in a row is the model re-reading audio it has already transcribed.
     An n-gram made only of ``numeric`` tokens is a number's digits ("000" in "627,000"): a loop
-    only at ``numeric_times`` copies (a model that loops on digits writes far more)."""
+    only at ``numeric_times`` copies (a model that loops on digits writes far more). Given the
+    ``wordless`` tokens (there is audio still to read), a short n-gram with a word in it is a
+    loop only at ``word_times`` copies ("no, no, no, no")."""
     length = len(tokens)
     for n in range(1, max_n + 1):
         copies = times if n < phrase_n else 2
         if n * copies > length:
             break
         tail = tuple(tokens[length - n :])
+        if n >= phrase_n and _periodic(tail):
+            continue  # "no, no, no, no": a short n-gram's copies, which its own rule judges
+        spared = copies
         if numeric and all(t in numeric for t in tail):
-            copies = max(copies, numeric_times)
+            spared = max(copies, numeric_times)
+        elif wordless is not None and n < phrase_n and not all(t in wordless for t in tail):
+            spared = max(copies, word_times)
+        if spared > copies:
+            copies = spared
             if n * copies > length:
                 continue
         if all(tuple(tokens[length - k * n : length - (k - 1) * n]) == tail for k in range(2, copies + 1)):

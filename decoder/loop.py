@@ -114,7 +114,7 @@ def greedy(
             break
         chosen.append(token)
         scores.append(float(row[token]))
-        if limits.cut_loop(forced, chosen, scores):
+        if limits.cut_loop(forced, chosen, scores, budget):
             stopped = "loop"
             break
         step, cache = graph.run(features, [[token]], cache, offset)
@@ -177,6 +177,8 @@ def beam_search(
                 ended.append((tokens, scores, total))
                 continue
             tokens, scores = [*tokens, token], [*scores, score]
+            # Strict here (no allowance for audio still to read): a beam keeps whatever loop
+            # scores well, and noise read as "4-4-3-4-4-4..." would end as a hypothesis.
             if limits.cut_loop(forced, tokens, scores) or len(forced) + len(tokens) >= budget:
                 continue  # a loop, or out of tokens: not a reading of the audio
             grown.append((tokens, scores, total))

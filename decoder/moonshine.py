@@ -19,13 +19,13 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
-from decoder.api import SAMPLE_RATE, DecodeLimits, DecodeOptions, Hypothesis, Word, numeric_token_ids
+from decoder.api import SAMPLE_RATE, DecodeLimits, DecodeOptions, Hypothesis, Word, with_vocabulary
 from decoder.context import Context, MatchState, TermMatcher
 from decoder.loop import greedy
 from decoder.runtime import RuntimeOptions, create_session
@@ -145,8 +145,7 @@ class MoonshineModel:
         self.decoder, _ = create_session(decoder_path, runtime)
         self.tokenizer = MoonshineTokenizer(tokenizer_path)
         # Digits are tokens of their own here: "627,000" ends in three "0" tokens.
-        numeric = numeric_token_ids([self.tokenizer.piece_text(t) for t in range(len(self.tokenizer))])
-        self.limits = replace(limits or DecodeLimits(), numeric_tokens=numeric)
+        self.limits = with_vocabulary(limits or DecodeLimits(), [self.tokenizer.piece_text(t) for t in range(len(self.tokenizer))])
         self._past_names = [i.name for i in self.decoder.get_inputs() if i.name.startswith("past_key_values.")]
         self._present_names = [o.name for o in self.decoder.get_outputs() if o.name.startswith("present.")]
         self._self_attention = [n for n in self._present_names if ".decoder." in n]
@@ -374,7 +373,7 @@ class MoonshineModel:
                     if not kept:
                         break  # the best hypothesis ends here
                     continue
-                if self.limits.loop_start(forced + beam.tokens + [token]) is not None:
+                if self.limits.loop_start(forced + beam.tokens + [token]) is not None:  # strict, as in any beam
                     continue
                 kept.append((score, beam, token, after))
             if not kept or candidates[0][2] == EOS:

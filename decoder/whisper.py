@@ -21,14 +21,14 @@ import time
 import unicodedata
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
-from decoder.api import SAMPLE_RATE, DecodeLimits, DecodeOptions, Hypothesis, Word, numeric_token_ids
+from decoder.api import SAMPLE_RATE, DecodeLimits, DecodeOptions, Hypothesis, Word, with_vocabulary
 from decoder.context import Context
 from decoder.loop import beam_search, greedy
 from decoder.runtime import RuntimeOptions, create_session
@@ -223,10 +223,10 @@ class WhisperModel:
         self.n_mels = int(config.get("n_mels", 80))
         self.layers, self.heads = int(config["n_text_layers"]), int(config["n_text_heads"])
         self.head_dim = int(config["n_text_state"]) // self.heads
-        numeric = numeric_token_ids([piece.decode("utf-8", errors="replace") for piece in self.tokenizer.token_bytes])
         # Chinese and Japanese take more tokens per second of speech than English, and repeat
         # single characters legitimately (短短, 哈哈哈): a one-token loop needs more copies.
-        self.limits = replace(limits or DecodeLimits(tokens_per_second=12.0, min_tokens=12, repeat_times=5), numeric_tokens=numeric)
+        pieces = [piece.decode("utf-8", errors="replace") if piece else None for piece in self.tokenizer.token_bytes]
+        self.limits = with_vocabulary(limits or DecodeLimits(tokens_per_second=12.0, min_tokens=12, repeat_times=5), pieces)
         # Encoder window at least this long (30: always Whisper's full window, as CTranslate2).
         self.min_window_s = 0.0
         self.languages = tuple(self.tokenizer.languages)

@@ -38,6 +38,19 @@ def test_digits_that_repeat_are_a_number_not_a_loop() -> None:
     assert DecodeLimits(numeric_tokens=digits).loop_start(said) is None
 
 
+def test_a_word_said_again_and_again_is_spared_while_audio_remains_but_a_wordless_loop_is_not() -> None:
+    no, comma, four, dash = 20, 21, 22, 23
+    said = [5, no, comma, no, comma, no, comma, no, comma]  # "... no, no, no, no,"
+    assert repetition_start(said) is not None  # strictly: a loop (and the rest of the sentence was lost)
+    spare = {"wordless": frozenset({comma, four, dash}), "word_times": 8}
+    assert repetition_start(said, **spare) is None  # with audio still to read: speech
+    assert repetition_start([5, *[no, comma] * 8], **spare) == 3  # a model stuck on it is still stopped
+    assert repetition_start([5, four, dash, four, dash, four, dash], **spare) == 3  # "4-4-4-" on noise: never spared
+    limits = DecodeLimits(wordless_tokens=frozenset({comma}))
+    assert limits.loop_start(said, budget=100) is None  # 9 tokens where the audio allows 100: early
+    assert limits.loop_start(said, budget=12) is not None  # the audio is read: strict
+
+
 def _server(model, tmp_path_factory) -> Iterator[ServerThread]:  # type: ignore[no-untyped-def]
     running = ServerThread(CaptionServer(ServerConfig(port=0, data_dir=tmp_path_factory.mktemp("long")), model)).start()
     yield running
@@ -62,6 +75,22 @@ def _check_every_ending(server: ServerThread, room: str, pace: float) -> None:
     for ending in ENDINGS:
         assert text.count(ending) == 1, (ending, text)  # there, once: not lost, not doubled at a cut
     assert text.index("627 000 subscribers") < text.index("more subscribers") < text.index("new customers")
+
+
+def _check_repeats(server: ServerThread) -> None:
+    messages, code = publish(server.url, read_wav(DATA / "synth_repeats_en.wav"), "room=repeats&language=en")
+    text = " ".join(normalize(" ".join(f["text"] for f in finals(messages))))
+    assert code == 1000
+    assert "no no no" in text and "tomorrow morning" in text, text
+    assert "go go go" in text and "before the door" in text, text
+
+
+def test_moonshine_goes_on_after_a_word_said_again_and_again(moonshine_server: ServerThread) -> None:
+    _check_repeats(moonshine_server)
+
+
+def test_whisper_goes_on_after_a_word_said_again_and_again(whisper_server: ServerThread) -> None:
+    _check_repeats(whisper_server)
 
 
 @pytest.mark.parametrize("pace", [0.0, 0.1], ids=["file", "real-time"])
