@@ -119,9 +119,12 @@ async def stream_samples(
     url: str,
     chunks: AsyncIterator[bytes],
     on_message: Callable[[dict], None],
+    recording: bool = False,
 ) -> StreamResult:
-    """Send PCM16 chunks from an async iterator, then ``end``; collect until the server closes."""
-    async with connect(url, max_size=2**22) as connection:
+    """Send PCM16 chunks from an async iterator, then ``end``; collect until the server closes.
+    A ``recording`` (mode=file) sends no keepalive pings: the server reads it only as fast as
+    it decodes, and a ping would wait behind the audio until the client gave up on the server."""
+    async with connect(url, max_size=2**22, ping_interval=None if recording else 20) as connection:
         ready = await _expect_ready(connection)
         receiver = asyncio.create_task(_receive(connection, on_message))
         try:
@@ -163,7 +166,7 @@ async def stream_file(
     # Faster than real time is a file, not a live speaker: say so, or the server throttles.
     mode = "live" if speed == 1.0 else "file"
     url = publish_url(base_url, sample_rate=rate, encoding="pcm_s16le", mode=mode, **params)
-    return await stream_samples(url, paced_chunks(samples, rate, speed), on_message)
+    return await stream_samples(url, paced_chunks(samples, rate, speed), on_message, recording=mode == "file")
 
 
 async def stream_microphone(

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 import uuid
 from dataclasses import replace
@@ -43,6 +44,10 @@ log = logging.getLogger(__name__)
 TAKEN_OVER = 4000
 # How long a taken-over connection has to close before it is cut.
 TAKE_OVER_WAIT_S = 2.0
+# A publisher's socket receive buffer: what the kernel holds unread for it (about 8 s of 16 kHz
+# 16-bit audio). Without a bound, autotuning lets megabytes of a held-back recording wait
+# there, all of which would still be read and captioned after the client hangs up.
+RECEIVE_BUFFER_BYTES = 256 * 1024
 
 
 class Refused(ProtocolError):
@@ -55,6 +60,9 @@ async def serve_publisher(
     params = protocol.parse_publish(query)
     if server.draining:
         raise ProtocolError("overloaded", "server is shutting down")
+    raw = connection.transport.get_extra_info("socket")
+    if raw is not None:
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
     publisher = await (_resume(server, params, query, connection, client) if params.resume else _start(server, params, connection, client))
     pcm = PcmDecoder(params.encoding, params.sample_rate)
     publisher.pump = asyncio.create_task(_pump(server, publisher))
