@@ -205,6 +205,13 @@ def build_parser() -> argparse.ArgumentParser:
                             "of this file (tests/data/context_terms.json)")
     bench.add_argument("--journal", type=int, default=None, metavar="N",
                        help="instead: time writing N finals to a journal, replaying and exporting them")
+    bench.add_argument("--long-form", type=_positive_float, default=None, metavar="MINUTES",
+                       help="instead: the recordings of one language (--langs) back to back with their edge silences "
+                            "trimmed, repeated to MINUTES of continuous speech, streamed as one publisher (--speed): "
+                            "word errors over the whole, words lost or doubled at utterance boundaries, finals cut short")
+    bench.add_argument("--long-form-levels", choices=("matched", "recorded"), default="matched",
+                       help="--long-form: scale each recording to one speech level, as one speaker's (default), or keep "
+                            "the recordings' own levels (up to 30 dB apart)")
 
     soak = commands.add_parser(
         "soak", help="run publishers and viewers for a while and check nothing leaks or is lost",

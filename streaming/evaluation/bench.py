@@ -23,6 +23,7 @@ from typing import Any, TextIO
 from websockets.asyncio.client import connect
 
 from streaming.client import publish_url, to_pcm16
+from streaming.evaluation.longform import print_long_form_report, run_long_form
 from streaming.evaluation.streams import (
     GOALS,
     Clip,
@@ -109,6 +110,8 @@ def print_report(report: dict[str, Any], out: TextIO = sys.stdout) -> None:
         print(f"each recording streamed and decoded after {report['lead_silence']:.2f} s of silence", file=out)
     if "context" in report:
         print_context_report(report["context"], out)
+    if "long_form" in report:
+        print_long_form_report(report["long_form"], out)
     for run in report["runs"]:
         s = run["summary"]
         print(f"\nstreams={run['streams']} speed={run['speed'] or 'max'} audio={run['audio_seconds']:.0f}s", file=out)
@@ -172,6 +175,10 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             clips = [c for c in clips if c.id in term_lists["clips"]]
             by_condition = asyncio.run(run_context_streams(url, clips, term_lists, args.speed))
             report["context"] = summarize_context(clips, term_lists, by_condition)
+            return report
+        if getattr(args, "long_form", None):
+            levels = getattr(args, "long_form_levels", "matched")
+            report["long_form"] = run_long_form(url, clips, args.long_form, args.speed, server=server, levels=levels)
             return report
         counts = [int(n) for n in args.sweep.split(",")] if args.sweep else [args.streams]
         capacity = None

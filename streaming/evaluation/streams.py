@@ -92,6 +92,10 @@ class StreamResult:
     errors: list[dict] = field(default_factory=list)
     behind_seconds: float = 0.0  # how far sending fell behind real time (server back-pressure)
     languages: list[str] = field(default_factory=list)  # each final's language, as the server said
+    final_messages: list[dict] = field(default_factory=list)  # the finals as received, in order
+    send_seconds: float = 0.0  # wall time from the first chunk sent to ``end``
+    drain_seconds: float = 0.0  # from ``end`` to the server closing the stream (or the wait given up)
+    closed: str = ""  # how the stream ended: "closed by the server" when every final is in
 
 
 def load_manifest(path: Path, languages: set[str] | None, lead_silence: float = 0.0) -> list[Clip]:
@@ -128,8 +132,11 @@ def _words(text: str) -> list[str]:
 
 
 async def stream_clip(
-    url: str, clip: Clip, stream: int, speed: float | None, room: str, context: str | None = None
+    url: str, clip: Clip, stream: int, speed: float | None, room: str, context: str | None = None, wait_s: float = 120.0
 ) -> StreamResult:
+    """Stream ``clip`` (then a tail of silence and ``end``) at ``speed`` (None: as fast as the
+    server takes it, as a recording), waiting up to ``wait_s`` after ``end`` for the server to
+    close; measure what came back."""
     audio, speech, rate = clip.audio()
     audio = np.concatenate([audio, np.zeros(int(rate * TAIL_SILENCE_SECONDS), np.float32)])
     step = int(rate * CHUNK_SECONDS)
@@ -138,7 +145,9 @@ async def stream_clip(
     behind = 0.0
     mode = "live" if speed == 1.0 else "file"
     query = dict(room=room, sample_rate=rate, speaker=f"bench{stream}", mode=mode, context=context)
-    async with connect(publish_url(url, **query), max_size=2**22) as ws:
+    # A recording is read by the server only as fast as it decodes: a keepalive ping would wait
+    # behind the audio in the socket, and the client would give up on the server after 40 s.
+    async with connect(publish_url(url, **query), max_size=2**22, ping_interval=20 if mode == "live" else None) as ws:
         ready = json.loads(await ws.recv())
         if ready.get("type") != "ready":
             raise RuntimeError(f"server refused the stream: {ready}")
@@ -160,11 +169,18 @@ async def stream_clip(
             await ws.send(to_pcm16(audio[offset : offset + step]))
             sent_at.append(time.monotonic())
         await ws.send(json.dumps({"type": "end"}))
+        ended = time.monotonic()
+        closed = "closed by the server"
         try:
-            await asyncio.wait_for(receiver, timeout=120)
-        except (TimeoutError, websockets.ConnectionClosed):
-            pass
-    return _measure(clip, stream, speech, sent_at, received, step, rate, behind)
+            await asyncio.wait_for(receiver, timeout=wait_s)
+        except TimeoutError:
+            closed = f"stopped waiting after {wait_s:.0f} s"
+        except websockets.ConnectionClosed as error:
+            closed = f"the connection failed: {error}"
+    result = _measure(clip, stream, speech, sent_at, received, step, rate, behind)
+    result.final_messages = [m for _, m in received if m["type"] == "final"]
+    result.send_seconds, result.drain_seconds, result.closed = ended - started, time.monotonic() - ended, closed
+    return result
 
 
 def _measure(
