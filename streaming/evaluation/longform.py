@@ -10,9 +10,8 @@ recording is also brought to one speech level (:data:`SPEECH_LEVEL_DBFS`), as on
 voice would be; ``levels="recorded"`` keeps the recordings' own levels.
 
 The result is streamed as one publisher (real-time pace, or ``mode=file`` as fast as the server
-takes it) as :func:`streaming.evaluation.streams.stream_clip` streams a recording, except that
-after ``end`` it waits for the server to finish (close the stream) however long minutes of
-audio take, not a fixed two minutes, and keeps each final's times; what is measured:
+takes it) by :func:`streaming.evaluation.streams.stream_clip`, which after ``end`` waits for the
+server to finish (close the stream) however long minutes of audio take; what is measured:
 
 - word errors over the whole: the recordings' references joined in order against the finals
   joined in order, both written through :func:`streaming.scoring.units` (numbers as digits);
