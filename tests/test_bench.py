@@ -101,7 +101,8 @@ def test_journal_bench_reports_its_figures():
     assert "300 finals appended" in out.getvalue()
 
 
-def test_soak_command_runs_and_accounts_for_every_final(tmp_path):
+def _soak(tmp_path, *options: str):
+    """``flashcaption soak`` on two short recordings; its output and JSON report."""
     import subprocess
     import sys
 
@@ -110,31 +111,21 @@ def test_soak_command_runs_and_accounts_for_every_final(tmp_path):
     for clip in ("en_arctic_a0024.wav", "en_librivox_sns01_0880.wav"):
         (tmp_path / clip).symlink_to(DATA / clip)
     result = subprocess.run(
-        [sys.executable, "-m", "streaming.cli", "soak", "--publishers", "2", "--viewers", "3", "--minutes", "0.2",
-         "--manifest", str(manifest), "--json", str(tmp_path / "soak.json")],
-        capture_output=True, text=True, timeout=300,
+        [sys.executable, "-m", "streaming.cli", "soak", *options, "--manifest", str(manifest), "--json", str(tmp_path / "soak.json")],
+        capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    report = json.loads((tmp_path / "soak.json").read_text())
+    return result, json.loads((tmp_path / "soak.json").read_text())
+
+
+def test_soak_command_runs_and_accounts_for_every_final(tmp_path):
+    result, report = _soak(tmp_path, "--publishers", "2", "--viewers", "3", "--minutes", "0.2")
     assert report["finals"] >= 4 and report["lost_finals"] == 0 and report["repeated_finals"] == 0
     assert len(report["memory_mb"]) >= 2 and "lost finals 0" in result.stdout
 
 
 def test_soak_with_faults_still_delivers_every_final_once_in_order(tmp_path):
-    import subprocess
-    import sys
-
-    manifest = tmp_path / "manifest.tsv"
-    manifest.write_text(_only({"en_arctic_a0024", "en_librivox_sns01_0880"}), encoding="utf-8")
-    for clip in ("en_arctic_a0024.wav", "en_librivox_sns01_0880.wav"):
-        (tmp_path / clip).symlink_to(DATA / clip)
-    result = subprocess.run(
-        [sys.executable, "-m", "streaming.cli", "soak", "--faults", "--publishers", "3", "--viewers", "6", "--minutes", "0.5",
-         "--manifest", str(manifest), "--json", str(tmp_path / "soak.json")],
-        capture_output=True, text=True, timeout=600,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    report = json.loads((tmp_path / "soak.json").read_text())
+    _, report = _soak(tmp_path, "--faults", "--publishers", "3", "--viewers", "6", "--minutes", "0.5")
     # Each kind of fault happened (publishers take turns: steady, drop and resume, too fast) ...
     faults = report["faults"]
     for kind in ("publisher drops", "publisher resumes", "recordings sent as fast as possible", "viewer drops", "viewer stalls"):
