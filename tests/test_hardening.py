@@ -334,7 +334,10 @@ def test_health_answers_while_a_large_export_and_backlogs_run(tmp_path: Path) ->
         assert result["status"] == 200 and len(list(srt.parse(result["body"]))) >= 100_000
         print(f"/healthz during a 100,000-final export: {len(timings)} answers, median {statistics.median(timings) * 1000:.1f} ms, "
               f"max {max(timings) * 1000:.1f} ms")
-        assert len(timings) >= 5 and statistics.median(timings) < 0.1 and max(timings) < 1.0
+        # The hole was the loop blocked for seconds (4.06 s). Here the server shares one process,
+        # and so one GIL, with this test's own threads and the export's: /healthz takes ~70 ms
+        # (the same before and after this bound was set), so the bound leaves room for a busy CI.
+        assert len(timings) >= 5 and statistics.median(timings) < 0.25 and max(timings) < 1.0
 
 
 def test_exports_at_once_are_bounded(tmp_path: Path) -> None:
