@@ -163,7 +163,7 @@ async def stream_file(
     samples, rate = read_wav(path)
     if trailing_silence:
         samples = np.concatenate([samples, np.zeros(int(rate * trailing_silence), np.float32)])
-    # Faster than real time is a file, not a live speaker: say so, or the server throttles.
+    # Faster than real time is a file, not a live speaker: say so, or the server refuses it.
     mode = "live" if speed == 1.0 else "file"
     url = publish_url(base_url, sample_rate=rate, encoding="pcm_s16le", mode=mode, **params)
     return await stream_samples(url, paced_chunks(samples, rate, speed), on_message, recording=mode == "file")
