@@ -451,7 +451,9 @@ def _export(args: argparse.Namespace) -> int:
         text = render(journal.finals(args.room), args.format, args.clock)
         journal.close()
     else:
-        base = args.url.replace("ws://", "http://", 1).replace("wss://", "https://", 1).rstrip("/")
+        from streaming.client import http_url
+
+        base = http_url(args.url)
         query = urllib.parse.urlencode({"format": args.format, "clock": args.clock})
         request = urllib.request.Request(f"{base}/v1/rooms/{urllib.parse.quote(args.room)}/transcript?{query}")
         if args.token:

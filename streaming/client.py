@@ -50,6 +50,13 @@ def to_pcm16(samples: np.ndarray) -> bytes:
     return (np.clip(samples, -1.0, 1.0) * 32767).astype("<i2").tobytes()
 
 
+def http_url(base: str) -> str:
+    """The server's HTTP address for its WebSocket address (``ws://`` → ``http://``)."""
+    if base.startswith(("ws://", "wss://")):
+        base = "http" + base[2:]
+    return base.rstrip("/")
+
+
 def publish_url(base: str, **params: Any) -> str:
     query = {k: v for k, v in params.items() if v not in (None, "")}
     return f"{base.rstrip('/')}/v1/publish?{urlencode(query)}"

@@ -22,7 +22,7 @@ from typing import Any, TextIO
 
 from websockets.asyncio.client import connect
 
-from streaming.client import publish_url, to_pcm16
+from streaming.client import http_url, publish_url, to_pcm16
 from streaming.evaluation.longform import print_long_form_report, run_long_form
 from streaming.evaluation.streams import (
     GOALS,
@@ -167,7 +167,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         server = ServerProcess(extra)
         url = server.url
     try:
-        health = json.loads(urllib.request.urlopen(url.replace("ws://", "http://").replace("wss://", "https://") + "/healthz", timeout=10).read())
+        health = json.loads(urllib.request.urlopen(http_url(url) + "/healthz", timeout=10).read())
         report: dict[str, Any] = {"machine": machine(), "model": health["model"], "device": health["device"], "runs": []}
         report["lead_silence"] = args.lead_silence
         if getattr(args, "context", None):

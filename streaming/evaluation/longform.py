@@ -42,6 +42,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from streaming.client import http_url
 from streaming.evaluation.streams import (
     FRAME,
     Clip,
@@ -331,13 +332,9 @@ def boundary_losses(reference: Sequence[str], finals: Sequence[Sequence[str]], r
 
 
 # -- a run --------------------------------------------------------------------------------------
-def http_base(url: str) -> str:
-    return url.replace("ws://", "http://").replace("wss://", "https://").rstrip("/")
-
-
 def cut_counts(url: str) -> dict[str, int]:
     """The server's ``flashcaption_final_decodes_cut_total``, by reason."""
-    with urllib.request.urlopen(http_base(url) + "/metrics", timeout=10) as answer:
+    with urllib.request.urlopen(http_url(url) + "/metrics", timeout=10) as answer:
         text = answer.read().decode()
     counts = {}
     for match in re.finditer(rf'^{CUT_METRIC}{{reason="([^"]*)"}} (\S+)$', text, re.MULTILINE):

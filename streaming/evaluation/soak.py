@@ -27,7 +27,7 @@ import numpy as np
 import websockets
 from websockets.asyncio.client import connect
 
-from streaming.client import captions_url, publish_url, to_pcm16
+from streaming.client import captions_url, http_url, publish_url, to_pcm16
 from streaming.evaluation.streams import (
     CHUNK_SECONDS,
     TAIL_SILENCE_SECONDS,
@@ -164,8 +164,7 @@ async def _stream_with_faults(url: str, clip: Clip, stream: int, room: str, turn
 
 def _journal(url: str, room: str) -> list[int]:
     """The seqs of the room's finals, as the server wrote them."""
-    base = url.replace("ws://", "http://").replace("wss://", "https://")
-    with urllib.request.urlopen(f"{base}/v1/rooms/{room}/transcript?format=json", timeout=60) as answer:
+    with urllib.request.urlopen(f"{http_url(url)}/v1/rooms/{room}/transcript?format=json", timeout=60) as answer:
         return [final["seq"] for final in json.loads(answer.read())["finals"]]
 
 

@@ -178,7 +178,6 @@ async def stream_clip(
         except websockets.ConnectionClosed as error:
             closed = f"the connection failed: {error}"
     result = _measure(clip, stream, speech, sent_at, received, step, rate, behind)
-    result.final_messages = [m for _, m in received if m["type"] == "final"]
     result.send_seconds, result.drain_seconds, result.closed = ended - started, time.monotonic() - ended, closed
     return result
 
@@ -238,6 +237,7 @@ def _measure(
         errors=errors,
         behind_seconds=behind,
         languages=[m.get("language", "") for _, m in finals if m["text"]],
+        final_messages=[m for _, m in finals],
     )
 
 

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 import websockets
 from websockets.asyncio.server import ServerConnection
 
+from decoder.api import SAMPLE_RATE
 from decoder.context import Context, context_from_json, context_to_json
 from streaming import protocol
 from streaming.audio import PcmDecoder
@@ -215,7 +216,7 @@ async def _receive(server: ServerState, publisher: Publisher, pcm: PcmDecoder, k
                 samples = pcm.decode(message)
                 session.receive_audio(samples)
                 publisher.wake.set()
-                audio_seconds += len(samples) / 16000
+                audio_seconds += len(samples) / SAMPLE_RATE
                 if live and audio_seconds - (time.monotonic() - started) > server.config.audio_burst_s:
                     # Told at once rather than slowed down: a socket read late delays the
                     # keepalive's pongs behind the audio, and the connection dies of it.
@@ -314,7 +315,7 @@ async def _pump(server: ServerState, publisher: Publisher) -> None:
                     # counted and said, never silent.
                     server.metrics.cut_finals[decoded.hypothesis.cut] += 1
                     log.info("final decode stopped short (%s) on %.1f s of audio", decoded.hypothesis.cut,
-                             len(request.audio) / 16000, extra=publisher.log_extra)
+                             len(request.audio) / SAMPLE_RATE, extra=publisher.log_extra)
                 session.receive_hypothesis(request.id, decoded.hypothesis, decoded.wall_seconds)
             await _deliver(server, publisher)
             publisher.progress.set()
