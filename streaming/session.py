@@ -45,6 +45,7 @@ import numpy as np
 
 from decoder.api import SAMPLE_RATE, DecodeOptions, Hypothesis, Word, join_words
 from decoder.context import Context
+from streaming.coverage import coverage, spoken
 from streaming.numbers import write_numbers, write_numbers_partial
 from streaming.scoring import normalize
 from streaming.stabilizer import Stabilizer
@@ -83,6 +84,13 @@ class SessionConfig:
     final_beam_size: int = 1
     # How captions write numbers: "digits" ("98% in 2021") or "spoken" (the model's words).
     numbers: str = "digits"
+    # A final's words may stop before its audio does (a decode stopped short, or the model ended
+    # its text early, as Whisper does on long audio): after the final of an utterance at least
+    # tail_check_min_s long, or of one whose decode stopped short, its last tail_check_s are
+    # decoded alone, and words the final dropped follow as a final of their own (see
+    # streaming/coverage.py). The final itself is not held back for the check.
+    tail_check_min_s: float = 10.0
+    tail_check_s: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -98,6 +106,8 @@ class DecodeRequest:
     speaking: bool = True  # the audio ended mid-speech (not in a pause)
     # An early final: the utterance's final if it ends here (see the module notes).
     early_end: int | None = None
+    # A check of a final's words (sent already): ``audio`` is the utterance's tail.
+    checks: tuple[Word, ...] | None = None
 
     @property
     def urgent(self) -> bool:
@@ -171,6 +181,7 @@ class _Utterance:
     # The early final: where it supposed the utterance ends, and its words once decoded.
     early_end: int | None = None
     early_words: tuple[Word, ...] | None = None
+    early_cut: bool = False  # the early final's decode stopped short
     early_language: _Detection | None = None
 
     @property
@@ -195,17 +206,16 @@ def _without_reread(lead: tuple[Word, ...], words: tuple[Word, ...]) -> tuple[Wo
     words or more to be sure), they and all that follows are. A new sentence that merely starts
     like the previous one ("It was the first... | It was not so much...") is kept."""
     said = [text for text in (" ".join(normalize(w.text)) for w in lead) if text]
-    # Punctuation comes as words of its own after a forced prefix: compare spoken words only.
-    spoken = [(index, text) for index, text in enumerate(" ".join(normalize(w.text)) for w in words) if text]
-    heard = [text for _, text in spoken]
+    said_at = spoken(words)
+    heard = [text for _, text in said_at]
     whole = max(2, len(said) - 1)
     skip = _reread_length(said, heard)
     if skip < whole:
         skip = 0
-    begin = 0 if not skip else spoken[skip][0] if skip < len(spoken) else len(words)
+    begin = 0 if not skip else said_at[skip][0] if skip < len(said_at) else len(words)
     for at in range(skip + 1, len(heard)):
         if _reread_length(said, heard[at:]) >= max(3, whole):
-            return words[begin : spoken[at][0]]
+            return words[begin : said_at[at][0]]
     return words[begin:]
 
 
@@ -244,6 +254,8 @@ class Session:
         self._open: _Utterance | None = None
         self._closing: deque[_Utterance] = deque()
         self._in_flight: tuple[DecodeRequest, _Utterance] | None = None
+        # Finals sent whose tails are to be checked: the utterance, its words, their language.
+        self._unchecked: deque[tuple[_Utterance, tuple[Word, ...], str]] = deque()
         self._events: list[CaptionEvent] = []
         self._previous: _Heard | None = None
         self._ending = False
@@ -283,12 +295,19 @@ class Session:
         if context is not None:
             self.context = context
 
-    def receive_hypothesis(self, request_id: int, hypothesis: Hypothesis, wall_seconds: float | None = None) -> None:
+    def receive_hypothesis(self, request_id: int, hypothesis: Hypothesis, wall_seconds: float | None = None) -> str | None:
+        """Takes a decode's result. For the check of a final's tail, returns what it found
+        ("covered", "extended", "unmatched"; see streaming/coverage.py) for the caller to count."""
         request, utterance = self._take_in_flight(request_id)
+        if request.checks is not None:
+            checked = coverage(request.checks, hypothesis.words)
+            if checked.added:
+                self._emit_dropped(utterance, checked.added, len(request.audio))
+            return checked.outcome
         # An early final whose utterance has meanwhile ended where it supposed is the final.
         final = request.final or (request.early_end is not None and utterance.end == request.early_end)
         if utterance.end is not None and not final:
-            return  # a partial (or an early final that guessed wrong) of an utterance now over
+            return None  # a partial (or an early final that guessed wrong) of an utterance now over
         if wall_seconds is not None:
             self._decode_seconds = 0.7 * self._decode_seconds + 0.3 * wall_seconds if self._decode_seconds else wall_seconds
         words = hypothesis.words[request.context_words :]
@@ -302,7 +321,7 @@ class Session:
                 # decode the utterance again on its own rather than lose its words.
                 utterance.lead_in = None
                 utterance.early_end = None  # asked again: as the final, or early if still open
-                return
+                return None
         if hypothesis.language and _automatic(utterance.asked):
             detected = request.options.detects
             agreed = detected and hypothesis.language == utterance.detection
@@ -322,19 +341,20 @@ class Session:
                 utterance.language = hypothesis.language
         if final:
             self._closing.remove(utterance)
-            self._emit_final(utterance, words)
-            return
+            self._emit_final(utterance, words, hypothesis.cut is not None)
+            return None
         if request.early_end is not None:
-            utterance.early_words = words
+            utterance.early_words, utterance.early_cut = words, hypothesis.cut is not None
             confirmed = utterance.stabilizer.confirmed
             if words[: len(confirmed)] != confirmed:
-                return  # it corrects a word partials promised to keep: only the final may
+                return None  # it corrects a word partials promised to keep: only the final may
         self._emit_partial(utterance, utterance.stabilizer.update(words), request.speaking)
+        return None
 
     def receive_failure(self, request_id: int) -> None:
         """The decode failed: a final still goes out with what partials had shown."""
         request, utterance = self._take_in_flight(request_id)
-        if request.final:
+        if request.final and request.checks is None:  # a failed check leaves the final as sent
             self._closing.remove(utterance)
             self._emit_final(utterance, utterance.shown)
 
@@ -342,6 +362,8 @@ class Session:
     def next_request(self) -> DecodeRequest | None:
         if self._in_flight is not None:
             return None
+        if self._unchecked:
+            return self._tail_request(*self._unchecked.popleft())
         if self._closing:
             closing = self._closing[0]
             # After a length cut, the partials' words may belong to the audio past the cut.
@@ -424,7 +446,7 @@ class Session:
             if utterance.early_words is not None and utterance.early_end == utterance.end and not self._closing:
                 if utterance.early_language is not None and _automatic(utterance.asked):
                     self._fix_language(utterance, utterance.early_language.detected, utterance.early_language.language)
-                self._emit_final(utterance, utterance.early_words)  # decoded already
+                self._emit_final(utterance, utterance.early_words, utterance.early_cut)  # decoded already
             else:
                 self._closing.append(utterance)
 
@@ -464,6 +486,26 @@ class Session:
             context_words=len(lead_words),
             speaking=speaking,
             early_end=early_end,
+        )
+        self._in_flight = (request, utterance)
+        return request
+
+    def _tail_request(self, utterance: _Utterance, words: tuple[Word, ...], language: str) -> DecodeRequest:
+        """The check of a final's words: the utterance's last seconds (at most three quarters of
+        it), decoded alone, greedily, in the language the final was heard in; urgent, as the
+        final was, so that words it dropped follow it before anything else."""
+        audio = utterance.audio()
+        window = int(min(self.config.tail_check_s * SAMPLE_RATE, 0.75 * len(audio)))
+        request = DecodeRequest(
+            id=next(self._request_ids),
+            segment_key=utterance.key,
+            audio=audio[len(audio) - window :],
+            prefix=(),
+            draft=(),
+            final=True,
+            options=DecodeOptions.asking(language, context=self.context),
+            speaking=False,
+            checks=words,
         )
         self._in_flight = (request, utterance)
         return request
@@ -512,12 +554,17 @@ class Session:
             )
         )
 
-    def _emit_final(self, utterance: _Utterance, words: tuple[Word, ...]) -> None:
+    def _emit_final(self, utterance: _Utterance, words: tuple[Word, ...], cut: bool = False) -> None:
+        """Sends an utterance's final; ``cut``: its decode stopped short of the model's end."""
         assert utterance.end is not None
         audio = utterance.audio()
+        if len(audio) >= 2 * SAMPLE_RATE and (cut or len(audio) >= self.config.tail_check_min_s * SAMPLE_RATE):
+            self._unchecked.append((utterance, words, utterance.reported_language))
         # The next utterance may be decoded after this one; a cut utterance's words may not
-        # match its audio exactly, and a long one needs no help.
-        usable = words and not utterance.cut and len(audio) <= self.config.context_max_s * SAMPLE_RATE
+        # match its audio exactly (nor may those of a decode that stopped short: forced in front
+        # of the next one, they made Whisper skip that one's first sentence), and a long one
+        # needs no help.
+        usable = words and not utterance.cut and not cut and len(audio) <= self.config.context_max_s * SAMPLE_RATE
         self._previous = _Heard(audio, words, utterance.end) if usable else None
         text = write_numbers(join_words(words).strip(), utterance.reported_language, self.config.numbers)
         if not text and utterance.segment is None:
@@ -527,6 +574,18 @@ class Session:
             self._next_segment += 1
         start, end = self._times(utterance, utterance.end)
         self._events.append(FinalCaption(utterance.segment, text, start, end, utterance.reported_language))
+
+    def _emit_dropped(self, utterance: _Utterance, words: tuple[Word, ...], tail: int) -> None:
+        """Sends, as a final of its own, words an utterance's final dropped (found in its last
+        ``tail`` samples: they are placed there)."""
+        assert utterance.end is not None
+        self._previous = None  # the final's words do not match its audio
+        text = write_numbers(join_words(words).strip(), utterance.reported_language, self.config.numbers)
+        if not text:
+            return
+        segment, self._next_segment = self._next_segment, self._next_segment + 1
+        start, end = self._times(utterance, utterance.end)
+        self._events.append(FinalCaption(segment, text, end - tail / SAMPLE_RATE, end, utterance.reported_language))
 
 
 def _automatic(language: str) -> bool:

@@ -143,11 +143,15 @@ class ScriptedModel:
     """A :class:`decoder.api.SpeechModel` that hears :func:`speak`'s words. Thread-safe.
 
     ``fails``: decodes whose heard words it returns True for raise RuntimeError, as a model
-    that crashed would. Every decode is recorded in :attr:`decodes`."""
+    that crashed would. ``stops_after``: a decode returns at most this many words (prefix
+    included), as a model that ends its text early does; with ``stop_reason`` it says why, as a
+    loop guard or the token budget would. Every decode is recorded in :attr:`decodes`."""
 
     name: str = "scripted-en"
     languages: tuple[str, ...] = ("en",)
     fails: Callable[[tuple[str, ...]], bool] | None = None
+    stops_after: int | None = None
+    stop_reason: str | None = None
     decodes: list[Decode] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -162,6 +166,9 @@ class ScriptedModel:
         if self.fails is not None and self.fails(features.words):
             raise RuntimeError(f"scripted failure on {' '.join(features.words)!r}")
         words = tuple(prefix) + tuple(word(w) for w in features.words[len(prefix) :])
+        cut = None
+        if self.stops_after is not None and len(words) > self.stops_after:
+            words, cut = words[: self.stops_after], self.stop_reason
         with self._lock:
             self.decodes.append(Decode(features.duration, tuple(w.text.strip() for w in prefix), options, tuple(w.text.strip() for w in words)))
-        return Hypothesis(words=words, language=options.language or self.languages[0])
+        return Hypothesis(words=words, language=options.language or self.languages[0], cut=cut)

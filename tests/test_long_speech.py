@@ -2,7 +2,9 @@
 both models, at real-time pace and as fast as a recording is sent. The speech is synthesized
 (tests/data/README.md): 28 s with no pause long enough to end an utterance, so the utterance
 is also cut at its maximum length once; digits that repeat ("627,000", "1,111") once stopped
-the decode as a loop and lost the rest of the utterance."""
+the decode as a loop and lost the rest of the utterance. And real recordings joined without
+pauses (as the bench's long-form section joins them): every recording's last words are in the
+finals. A model that ends its text early is caught by the check of a final's tail."""
 
 from __future__ import annotations
 
@@ -14,10 +16,12 @@ import pytest
 
 from decoder.api import DecodeLimits, DecodeOptions, repetition_start
 from streaming.config import ServerConfig
-from streaming.scoring import normalize
+from streaming.evaluation.longform import boundary_losses, build_long_form
+from streaming.evaluation.streams import load_manifest
+from streaming.scoring import normalize, units
 from streaming.server import CaptionServer
 from tests.conftest import DATA, ServerThread, read_wav
-from tests.scripted import ScriptedModel, speak
+from tests.scripted import ScriptedModel, script, speak
 from tests.test_hardening import metric
 from tests.test_server import finals, publish
 from tests.test_whisper import whisper  # noqa: F401 (the fixture)
@@ -101,6 +105,52 @@ def test_moonshine_captions_long_number_dense_speech_whole(moonshine_server: Ser
 @pytest.mark.parametrize("pace", [0.0, 0.1], ids=["file", "real-time"])
 def test_whisper_captions_long_number_dense_speech_whole(whisper_server: ServerThread, pace: float) -> None:
     _check_every_ending(whisper_server, f"figures-whisper-{int(pace * 10)}", pace)
+
+
+# The six English test recordings (35 s once their edge silences are trimmed), back to back, once.
+JOINED = build_long_form(load_manifest(DATA / "manifest.tsv", {"en"}), minutes=0.55)
+
+
+def _check_joined_recordings(server: ServerThread, room: str, pace: float, lost_at_most: int = 0) -> None:
+    messages, code = publish(server.url, JOINED.audio, f"room={room}&language=en", pace=pace)
+    assert code == 1000
+    said = [units(f["text"], "en") for f in finals(messages)]
+    heard = [w for words in said for w in words]
+    at = 0
+    for piece in JOINED.pieces:  # each recording's last two words, in order
+        ending = JOINED.reference_units[piece.first_unit + piece.units - 2 : piece.first_unit + piece.units]
+        found = next((i for i in range(at, len(heard) - 1) if heard[i : i + 2] == ending), None)
+        assert found is not None, (piece.clip, ending, " ".join(heard[at:]))
+        at = found + 2
+    assert boundary_losses(JOINED.reference_units, said).lost <= lost_at_most
+
+
+@pytest.mark.parametrize("pace", [0.0, 0.1], ids=["file", "real-time"])
+def test_moonshine_captions_every_recordings_last_words_when_they_run_on(moonshine_server: ServerThread, pace: float) -> None:
+    _check_joined_recordings(moonshine_server, f"joined-moonshine-{int(pace * 10)}", pace)
+
+
+@pytest.mark.parametrize("pace", [0.0, 0.1], ids=["file", "real-time"])
+def test_whisper_captions_every_recordings_last_words_when_they_run_on(whisper_server: ServerThread, pace: float) -> None:
+    # Known, not yet mended: sent as fast as decoded, the utterance "Ask what you can do for your
+    # country. It was the first great sorrow of his life." is decoded whole with no partial
+    # before it, and Whisper reads only its second sentence (the model's own doing: decoded
+    # alone, offline, the same audio gives the same). Its 8 words are lost at the start of a
+    # final, which the check of a final's tail cannot see.
+    _check_joined_recordings(whisper_server, f"joined-whisper-{int(pace * 10)}", pace, lost_at_most=8 if not pace else 0)
+
+
+def test_words_a_model_drops_follow_its_final_and_are_counted(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # A model that stops after 22 words of a 12 s utterance, saying nothing of it (Whisper's way).
+    server = ServerThread(CaptionServer(ServerConfig(port=0, data_dir=tmp_path), ScriptedModel(stops_after=22))).start()
+    try:
+        long = script(30).split()
+        messages, code = publish(server.url, speak(" ".join(long), "alpha bravo"), "room=r")
+        assert code == 1000
+        assert [f["text"] for f in finals(messages)] == [" ".join(long[:22]), " ".join(long[22:]), "alpha bravo"]
+        assert metric(server, 'flashcaption_final_tail_checks_total{outcome="extended"}') >= 1
+    finally:
+        server.stop()
 
 
 class _LoopingModel(ScriptedModel):

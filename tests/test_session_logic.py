@@ -395,3 +395,38 @@ def test_numbers_are_written_as_figures_in_partials_and_finals_with_stable_text_
 def test_the_spoken_style_keeps_the_models_words() -> None:
     run = drive(Session(SessionConfig(numbers="spoken")), speak("alpha bravo charlie delta echo foxtrot golf hotel india"), SpelledNumbersModel())
     assert [f.text for f in run.finals] == ["sales grew ninety eight percent in twenty twenty one"]
+
+
+# -- a final's words reach the end of its audio ------------------------------------------------
+def test_words_a_model_drops_at_the_end_of_a_long_utterance_follow_its_final() -> None:
+    # A model that ends its text early (as Whisper does on long audio) with nothing to say so.
+    long = script(30).split()  # 12 s without a pause
+    config = SessionConfig(vad=VadConfig(max_utterance_s=30.0))
+    run = drive(Session(config), speak(" ".join(long), "alpha bravo"), ScriptedModel(stops_after=22), lag=5)
+    check_one_final_per_utterance(run, [" ".join(long[:22]), " ".join(long[22:]), "alpha bravo"])
+    dropped = run.finals[1]
+    assert run.finals[0].end == dropped.end and dropped.end - dropped.start == pytest.approx(config.tail_check_s)
+    checks = [r for r in run.requests if r.checks is not None]
+    assert len(checks) == 1 and len(checks[0].audio) == config.tail_check_s * SAMPLE_RATE
+    assert checks[0].final and checks[0].options.beam_size == 1 and not checks[0].prefix
+
+
+def test_a_decode_stopped_short_on_a_short_utterance_is_checked_too() -> None:
+    said = script(7).split()  # 2.7 s; its last 2 s hold five words or six (a pre-roll), which the model returns whole
+    run = drive(Session(), speak(" ".join(said), "alpha bravo"), ScriptedModel(stops_after=6, stop_reason="loop"))
+    check_one_final_per_utterance(run, [" ".join(said[:6]), said[6], "alpha bravo"])
+    assert sum(r.checks is not None for r in run.requests) == 1
+
+
+def test_short_utterances_that_end_as_decoded_are_not_checked() -> None:
+    run = drive(Session(), speak(*TEXTS), ScriptedModel())
+    check_one_final_per_utterance(run, TEXTS)
+    assert not any(r.checks is not None for r in run.requests)
+
+
+def test_a_failed_check_leaves_the_final_as_it_was_sent() -> None:
+    long = script(30)
+    config = SessionConfig(vad=VadConfig(max_utterance_s=30.0))
+    run = drive(Session(config), speak(long, "alpha bravo"), ScriptedModel(stops_after=22), fail=lambda r: r.checks is not None)
+    assert run.failed
+    check_one_final_per_utterance(run, [" ".join(long.split()[:22]), "alpha bravo"])

@@ -2,12 +2,13 @@
 
 The recordings of one language are joined back to back, in manifest order, repeated until the
 asked length is reached (whole recordings only, so the reference stays exact). Each recording's
-leading and trailing silence is trimmed to :data:`TRIM_MARGIN_S` (found by the bench's own
-speech detector, :func:`streaming.evaluation.streams.speech_frames`), so a join is at most
-twice that of quiet: shorter than any end-of-utterance silence, so utterances run on across
-recordings and are also cut at their maximum length, as with a speaker who does not pause. Each
-recording is also brought to one speech level (:data:`SPEECH_LEVEL_DBFS`), as one speaker's
-voice would be; ``levels="recorded"`` keeps the recordings' own levels.
+leading and trailing silence is trimmed to :data:`TRIM_MARGIN_S` (:func:`sound_frames`: any
+sound a little above the recording's own background, so that a soft last word is kept), so a
+join is at most twice that of quiet (plus background noise at the edges of a noisy recording):
+shorter than most end-of-utterance silences, so utterances run on across recordings and are
+also cut at their maximum length, as with a speaker who does not pause. Each recording is also
+brought to one speech level (:data:`SPEECH_LEVEL_DBFS`), as one speaker's voice would be;
+``levels="recorded"`` keeps the recordings' own levels.
 
 The result is streamed as one publisher (real-time pace, or ``mode=file`` as fast as the server
 takes it) by :func:`streaming.evaluation.streams.stream_clip`, which after ``end`` waits for the
@@ -21,7 +22,9 @@ server to finish (close the stream) however long minutes of audio take; what is 
   between two finals is lost there, and a run of inserted words within one word of a boundary
   whose words repeat words just across it is doubled there;
 - the number of finals, the longest final (seconds of audio), final latency, and the server's
-  ``flashcaption_final_decodes_cut_total`` (decodes of finals that stopped short) over the run.
+  ``flashcaption_final_decodes_cut_total`` (decodes of finals that stopped short) and
+  ``flashcaption_final_tail_checks_total`` (finals' tails decoded again, and what they found)
+  over the run.
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ DEFAULT_MINUTES = 3.0
 # fricative, a breath) may fall under the speech detector's threshold; two margins (0.2 s)
 # are well under the shortest end-of-utterance silence (500 ms), so a join never ends one.
 TRIM_MARGIN_S = 0.1
+SOUND_ABOVE_BACKGROUND_DB = 4.0
 # One speaker's level does not jump: each recording is scaled so that its speech frames have
 # this RMS level (peaks kept under -1 dBFS). As recorded, the shared set's levels differ by up
 # to 30 dB (en_fleurs_test_000 is at -47 dBFS), and after loud speech the server's voice
@@ -73,6 +77,7 @@ PEAK_LIMIT = 10 ** (-1 / 20)
 # also misread).
 BOUNDARY_REACH = 1
 CUT_METRIC = "flashcaption_final_decodes_cut_total"
+TAIL_CHECK_METRIC = "flashcaption_final_tail_checks_total"
 
 
 # -- the audio ----------------------------------------------------------------------------------
@@ -105,10 +110,21 @@ class LongForm:
         return "?"
 
 
+def sound_frames(samples: np.ndarray, rate: int) -> np.ndarray:
+    """Boolean per 20 ms frame: louder than the recording's background (its 10th percentile
+    level) by :data:`SOUND_ABOVE_BACKGROUND_DB`. Looser than the bench's speech detector
+    (15 dB), which took the soft "fly" that ends en_fleurs_test_004, 6 dB above that clip's
+    noise, for silence: trimmed by it, the word was gone before the server heard anything."""
+    hop = int(rate * FRAME)
+    frames = samples[: len(samples) // hop * hop].reshape(-1, hop)
+    level = 20 * np.log10(np.sqrt(np.mean(frames.astype(np.float64) ** 2, axis=1)) + 1e-10)
+    return level > max(-60.0, float(np.percentile(level, 10)) + SOUND_ABOVE_BACKGROUND_DB)
+
+
 def trimmed(samples: np.ndarray, rate: int, margin: float = TRIM_MARGIN_S) -> np.ndarray:
-    """The samples from ``margin`` seconds before the first speech frame to ``margin`` after
-    the last (all of them if no frame is speech)."""
-    speech = np.flatnonzero(speech_frames(samples, rate))
+    """The samples from ``margin`` seconds before the first frame of sound to ``margin`` after
+    the last (all of them if there is none)."""
+    speech = np.flatnonzero(sound_frames(samples, rate))
     if not speech.size:
         return samples
     hop = int(rate * FRAME)
@@ -332,14 +348,20 @@ def boundary_losses(reference: Sequence[str], finals: Sequence[Sequence[str]], r
 
 
 # -- a run --------------------------------------------------------------------------------------
-def cut_counts(url: str) -> dict[str, int]:
-    """The server's ``flashcaption_final_decodes_cut_total``, by reason."""
+def labelled_counts(url: str) -> dict[str, dict[str, int]]:
+    """The server's counters of final decodes cut short (by reason) and of tail checks (by
+    outcome), as ``{metric: {label: count}}``."""
     with urllib.request.urlopen(http_url(url) + "/metrics", timeout=10) as answer:
         text = answer.read().decode()
-    counts = {}
-    for match in re.finditer(rf'^{CUT_METRIC}{{reason="([^"]*)"}} (\S+)$', text, re.MULTILINE):
-        counts[match.group(1)] = int(float(match.group(2)))
+    counts: dict[str, dict[str, int]] = {CUT_METRIC: {}, TAIL_CHECK_METRIC: {}}
+    for name, found in counts.items():
+        for match in re.finditer(rf'^{name}{{\w+="([^"]*)"}} (\S+)$', text, re.MULTILINE):
+            found[match.group(1)] = int(float(match.group(2)))
     return counts
+
+
+def _grown(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {label: n - before.get(label, 0) for label, n in after.items() if n - before.get(label, 0)}
 
 
 @dataclass
@@ -411,7 +433,7 @@ def run_long_form(
     except ValueError as error:
         raise SystemExit(f"--long-form: {error} (choose one language with --langs)") from None
     room = f"bench-longform-{form.language}-{uuid.uuid4().hex[:8]}"
-    cuts_before = cut_counts(url)
+    counts_before = labelled_counts(url)
     cpu_before = server.cpu_seconds() if server else None
     with tempfile.TemporaryDirectory(prefix="flashcaption-longform-") as folder:
         path = Path(folder) / "longform.wav"
@@ -420,12 +442,11 @@ def run_long_form(
         # Generous: a file sent faster than it is decoded is captioned after its end.
         stream = asyncio.run(stream_long_form(url, clip, speed, room, wait_s=120 + 2 * form.seconds))
     streamed = stream.result
-    cuts_after = cut_counts(url)
+    counts_after = labelled_counts(url)
     texts = [t for t in streamed.finals if t.strip()]
     finals = [units(t, form.language) for t in texts]
     measured = boundary_losses(form.reference_units, finals)
     times = [(float(m["start"]), float(m["end"])) for m in stream.finals if m["text"].strip()]
-    cuts = {reason: n - cuts_before.get(reason, 0) for reason, n in cuts_after.items() if n - cuts_before.get(reason, 0)}
     report: dict[str, Any] = {
         "language": form.language,
         "unit": "characters" if form.language.split("-")[0] in CHARACTER_LANGUAGES else "words",
@@ -452,7 +473,8 @@ def run_long_form(
         "drain_seconds": stream.drain_seconds,
         "closed": stream.closed,
         "protocol_errors": streamed.errors,
-        "final_decodes_cut": cuts,
+        "final_decodes_cut": _grown(counts_before[CUT_METRIC], counts_after[CUT_METRIC]),
+        "final_tail_checks": _grown(counts_before[TAIL_CHECK_METRIC], counts_after[TAIL_CHECK_METRIC]),
         "cut_log": cut_log(server),
         "boundary_events": describe(form, finals, measured),
         "final_texts": texts,
@@ -491,6 +513,8 @@ def print_long_form_report(entry: dict[str, Any], out: TextIO = sys.stdout) -> N
     print(f"  final latency (s)        {format_stats(entry['final_latency'])}", file=out)
     cuts = ", ".join(f"{reason} {n}" for reason, n in sorted(entry["final_decodes_cut"].items())) or "none"
     print(f"  final decodes cut short  {cuts}", file=out)
+    checks = ", ".join(f"{outcome} {n}" for outcome, n in sorted(entry.get("final_tail_checks", {}).items())) or "none"
+    print(f"  finals' tails checked    {checks}", file=out)
     if entry.get("cpu_per_audio_second") is not None:
         print(f"  server CPU s / audio s   {entry['cpu_per_audio_second']:.3f}   peak RSS {entry['peak_rss_mb']:.0f} MB", file=out)
     print(f"  behind real time (max)   {entry['behind_real_time_s']:.2f} s   errors {len(entry['protocol_errors'])}", file=out)

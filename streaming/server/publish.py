@@ -310,13 +310,17 @@ async def _pump(server: ServerState, publisher: Publisher) -> None:
                 log.exception("decode failed", extra=publisher.log_extra)
                 session.receive_failure(request.id)
             else:
-                if request.urgent and decoded.hypothesis.cut:
+                if request.urgent and request.checks is None and decoded.hypothesis.cut:
                     # A final's text (or an early final's) the model may not have finished:
                     # counted and said, never silent.
                     server.metrics.cut_finals[decoded.hypothesis.cut] += 1
                     log.info("final decode stopped short (%s) on %.1f s of audio", decoded.hypothesis.cut,
                              len(request.audio) / SAMPLE_RATE, extra=publisher.log_extra)
-                session.receive_hypothesis(request.id, decoded.hypothesis, decoded.wall_seconds)
+                checked = session.receive_hypothesis(request.id, decoded.hypothesis, decoded.wall_seconds)
+                if checked is not None:
+                    server.metrics.tail_checks[checked] += 1
+                    if checked != "covered":
+                        log.info("final's tail decoded again: %s", checked, extra=publisher.log_extra)
             await _deliver(server, publisher)
             publisher.progress.set()
         await _deliver(server, publisher)  # audio alone can complete a final (decoded early)
