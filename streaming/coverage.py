@@ -9,6 +9,13 @@ follow, those were dropped, and the session sends them as a final of their own. 
 cannot be placed so adds nothing: its first word may be cut off by the window, and words that
 cannot be placed are not guessed at (so a final whose last word the tail hears differently is
 "unmatched", and stands as it was).
+
+A model may also skip words at the start: decoded alone, with no partial before it, Whisper read
+only the second of two sentences. For a final with nothing confirmed by partials, the session
+decodes the utterance's first seconds alone and places the final's first words in that head
+(:func:`head_coverage`, the same placing read backwards); words before them are added in front
+of the final, which waits for this check (words cannot be sent before a final already sent).
+A final that holds none of the head's first words is decoded again with them forced in front.
 """
 
 from __future__ import annotations
@@ -36,8 +43,9 @@ def spoken(words: tuple[Word, ...]) -> list[tuple[int, str]]:
     return [(index, text) for index, text in enumerate(" ".join(normalize(w.text)) for w in words) if text]
 
 
-def coverage(final: tuple[Word, ...], tail: tuple[Word, ...]) -> Coverage:
-    """How ``final`` (an utterance's words) meets ``tail`` (its last seconds decoded alone)."""
+def coverage(final: tuple[Word, ...], tail: tuple[Word, ...], cut_short: bool = True) -> Coverage:
+    """How ``final`` (an utterance's words) meets ``tail`` (its last seconds decoded alone).
+    ``cut_short``: the final's last word may be a cut-short spelling of the tail's."""
     heard = spoken(tail)
     said = [text for _, text in spoken(final)]
     if not heard:
@@ -45,7 +53,7 @@ def coverage(final: tuple[Word, ...], tail: tuple[Word, ...]) -> Coverage:
     best_length, best_at = 0, -1
     for at in range(len(heard)):
         length = 0
-        while length < min(len(said), at + 1) and _same(said[-1 - length], heard[at - length][1], last=not length):
+        while length < min(len(said), at + 1) and _same(said[-1 - length], heard[at - length][1], cut_short and not length):
             length += 1
         if length >= best_length and length:  # the later of equal anchors adds fewer words
             best_length, best_at = length, at
@@ -60,7 +68,15 @@ def coverage(final: tuple[Word, ...], tail: tuple[Word, ...]) -> Coverage:
     return Coverage("extended", tail[first:])
 
 
-def _same(said: str, heard: str, last: bool) -> bool:
+def head_coverage(final: tuple[Word, ...], head: tuple[Word, ...]) -> Coverage:
+    """How ``final`` meets ``head`` (the utterance's first seconds decoded alone): the same
+    placing, of the final's first words, read backwards. ``added`` are words the final dropped
+    before its first word (a model may skip a whole first sentence)."""
+    found = coverage(final[::-1], head[::-1], cut_short=False)
+    return Coverage(found.outcome, found.added[::-1])
+
+
+def _same(said: str, heard: str, cut_short: bool) -> bool:
     """Whether two words are one; the final's last word may be a cut-short spelling of the tail's
     ("627 0" of "627 000"): a loop guard or the token budget stopped it mid-word."""
-    return said == heard or (last and heard.startswith(said))
+    return said == heard or (cut_short and heard.startswith(said))

@@ -36,7 +36,7 @@ class Metrics:
         self.errors: Counter[str] = Counter()  # by protocol error code
         self.dropped_viewers = 0
         self.cut_finals: Counter[str] = Counter()  # final (and early final) decodes that stopped short, by reason
-        self.tail_checks: Counter[str] = Counter()  # checks of a final's tail, by what they found
+        self.final_checks: Counter[str] = Counter()  # checks of a final's tail or head, by what they found
         self.final_latency = Histogram()  # end of an utterance's audio -> its final sent
 
     def render(self, gauges: dict[str, tuple[str, float]], counters: dict[str, tuple[str, float]]) -> str:
@@ -59,10 +59,10 @@ class Metrics:
         metric("flashcaption_final_decodes_cut_total", "counter",
                "Decodes of finals (and early finals) that stopped short of the model's end, by reason (loop guard, token budget, repeated phrase).",
                lambda: [f'flashcaption_final_decodes_cut_total{{reason="{reason}"}} {n}' for reason, n in sorted(self.cut_finals.items())])
-        metric("flashcaption_final_tail_checks_total", "counter",
-               "Finals whose audio's tail was decoded again (long, or stopped short), by outcome: covered, "
-               "extended (words the final had dropped were added), unmatched (the tail could not be placed).",
-               lambda: [f'flashcaption_final_tail_checks_total{{outcome="{o}"}} {n}' for o, n in sorted(self.tail_checks.items())])
+        metric("flashcaption_final_checks_total", "counter",
+               "Finals whose tail (long, or stopped short: sent first) or head (no partial before it: held) was decoded again, "
+               "by end and outcome: covered, extended (words the final had dropped were added), unmatched (could not be placed).",
+               lambda: [f'flashcaption_final_checks_total{{check="{c}"}} {n}' for c, n in sorted(self.final_checks.items())])
         metric("flashcaption_final_latency_seconds", "histogram",
                "From the end of an utterance's audio (on arrival) to its final being sent.",
                lambda: self.final_latency.lines("flashcaption_final_latency_seconds"))

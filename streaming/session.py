@@ -45,7 +45,7 @@ import numpy as np
 
 from decoder.api import SAMPLE_RATE, DecodeOptions, Hypothesis, Word, join_words
 from decoder.context import Context
-from streaming.coverage import coverage, spoken
+from streaming.coverage import coverage, head_coverage, spoken
 from streaming.numbers import write_numbers, write_numbers_partial
 from streaming.scoring import normalize
 from streaming.stabilizer import Stabilizer
@@ -91,6 +91,11 @@ class SessionConfig:
     # streaming/coverage.py). The final itself is not held back for the check.
     tail_check_min_s: float = 10.0
     tail_check_s: float = 5.0
+    # A model may also skip the first words of an utterance it decodes with nothing before it:
+    # a final of at least head_check_min_s that no partial confirmed words of waits for its
+    # first half (tail_check_s at most) to be decoded alone; words it skipped are put in front,
+    # or, if it holds none of the head's words, it is decoded again after them.
+    head_check_min_s: float = 4.0
 
 
 @dataclass(frozen=True)
@@ -106,8 +111,11 @@ class DecodeRequest:
     speaking: bool = True  # the audio ended mid-speech (not in a pause)
     # An early final: the utterance's final if it ends here (see the module notes).
     early_end: int | None = None
-    # A check of a final's words (sent already): ``audio`` is the utterance's tail.
+    # A check of a final's words: ``audio`` is the utterance's tail (the final was sent), or
+    # with ``head`` its beginning (the final waits for it).
     checks: tuple[Word, ...] | None = None
+    head: bool = False
+    final_cut: bool = False  # a head check's final: its decode stopped short
 
     @property
     def urgent(self) -> bool:
@@ -182,6 +190,7 @@ class _Utterance:
     early_end: int | None = None
     early_words: tuple[Word, ...] | None = None
     early_cut: bool = False  # the early final's decode stopped short
+    forced: tuple[Word, ...] = ()  # words the final's decode must start with (see _skipped)
     early_language: _Detection | None = None
 
     @property
@@ -256,6 +265,9 @@ class Session:
         self._in_flight: tuple[DecodeRequest, _Utterance] | None = None
         # Finals sent whose tails are to be checked: the utterance, its words, their language.
         self._unchecked: deque[tuple[_Utterance, tuple[Word, ...], str]] = deque()
+        # A final waiting for the check of its head: the utterance, its words, whether its
+        # decode stopped short.
+        self._headless: tuple[_Utterance, tuple[Word, ...], bool] | None = None
         self._events: list[CaptionEvent] = []
         self._previous: _Heard | None = None
         self._ending = False
@@ -296,14 +308,25 @@ class Session:
             self.context = context
 
     def receive_hypothesis(self, request_id: int, hypothesis: Hypothesis, wall_seconds: float | None = None) -> str | None:
-        """Takes a decode's result. For the check of a final's tail, returns what it found
-        ("covered", "extended", "unmatched"; see streaming/coverage.py) for the caller to count."""
+        """Takes a decode's result. For the check of a final's tail or head, returns what it
+        found ("tail_covered", "head_extended", ...: the end checked, then "covered",
+        "extended" or "unmatched"; see streaming/coverage.py) for the caller to count."""
         request, utterance = self._take_in_flight(request_id)
+        if request.checks is not None and request.head:
+            checked = head_coverage(request.checks, hypothesis.words)
+            if checked.outcome == "unmatched" and _skipped(request.checks, hypothesis.words):
+                # The final holds none of the head's words: decode it again after them (the last
+                # one may be cut off by the window), so that it goes on from there.
+                utterance.forced = hypothesis.words[:-1]
+                return "head_skipped"
+            self._closing.remove(utterance)
+            self._emit_final(utterance, _in_front(checked.added, request.checks), request.final_cut)
+            return f"head_{checked.outcome}"
         if request.checks is not None:
             checked = coverage(request.checks, hypothesis.words)
             if checked.added:
                 self._emit_dropped(utterance, checked.added, len(request.audio))
-            return checked.outcome
+            return f"tail_{checked.outcome}"
         # An early final whose utterance has meanwhile ended where it supposed is the final.
         final = request.final or (request.early_end is not None and utterance.end == request.early_end)
         if utterance.end is not None and not final:
@@ -340,6 +363,10 @@ class Session:
             elif agreed and _automatic(utterance.language) and len(request.audio) >= self.config.language_lock_s * SAMPLE_RATE:
                 utterance.language = hypothesis.language
         if final:
+            if words and not request.prefix and not utterance.stabilizer.confirmed:
+                if len(utterance.audio()) >= self.config.head_check_min_s * SAMPLE_RATE:
+                    self._headless = (utterance, words, hypothesis.cut is not None)  # see _head_request
+                    return None
             self._closing.remove(utterance)
             self._emit_final(utterance, words, hypothesis.cut is not None)
             return None
@@ -354,7 +381,10 @@ class Session:
     def receive_failure(self, request_id: int) -> None:
         """The decode failed: a final still goes out with what partials had shown."""
         request, utterance = self._take_in_flight(request_id)
-        if request.final and request.checks is None:  # a failed check leaves the final as sent
+        if request.checks is not None and request.head:  # the final goes out unchecked
+            self._closing.remove(utterance)
+            self._emit_final(utterance, request.checks, request.final_cut)
+        elif request.final and request.checks is None:  # a failed tail check leaves the final as sent
             self._closing.remove(utterance)
             self._emit_final(utterance, utterance.shown)
 
@@ -364,11 +394,15 @@ class Session:
             return None
         if self._unchecked:
             return self._tail_request(*self._unchecked.popleft())
+        if self._headless is not None:
+            request = self._head_request(*self._headless)
+            self._headless = None
+            return request
         if self._closing:
             closing = self._closing[0]
             # After a length cut, the partials' words may belong to the audio past the cut.
-            draft = () if closing.cut else closing.stabilizer.latest
-            return self._request(closing, final=True, prefix=(), draft=draft)
+            draft = () if closing.cut or closing.forced else closing.stabilizer.latest
+            return self._request(closing, final=True, prefix=closing.forced, draft=draft)
         utterance = self._open
         if utterance is None:
             return None
@@ -496,16 +530,32 @@ class Session:
         final was, so that words it dropped follow it before anything else."""
         audio = utterance.audio()
         window = int(min(self.config.tail_check_s * SAMPLE_RATE, 0.75 * len(audio)))
+        return self._check_request(utterance, audio[len(audio) - window :], words, language)
+
+    def _head_request(self, utterance: _Utterance, words: tuple[Word, ...], cut: bool) -> DecodeRequest:
+        """The check of a final's first words, before it is sent: the utterance's first seconds
+        decoded alone, as the tail is."""
+        audio = utterance.audio()
+        # Half the utterance at most: on the whole of a 5.6 s utterance, and on its first 4.1 s,
+        # Whisper skipped a first sentence it read in the first 2.8 s.
+        window = int(min(self.config.tail_check_s * SAMPLE_RATE, 0.5 * len(audio)))
+        return self._check_request(utterance, audio[:window], words, utterance.reported_language, cut)
+
+    def _check_request(
+        self, utterance: _Utterance, audio: np.ndarray, words: tuple[Word, ...], language: str, head_of_cut: bool | None = None
+    ) -> DecodeRequest:
         request = DecodeRequest(
             id=next(self._request_ids),
             segment_key=utterance.key,
-            audio=audio[len(audio) - window :],
+            audio=audio,
             prefix=(),
             draft=(),
             final=True,
             options=DecodeOptions.asking(language, context=self.context),
             speaking=False,
             checks=words,
+            head=head_of_cut is not None,
+            final_cut=bool(head_of_cut),
         )
         self._in_flight = (request, utterance)
         return request
@@ -586,6 +636,21 @@ class Session:
         segment, self._next_segment = self._next_segment, self._next_segment + 1
         start, end = self._times(utterance, utterance.end)
         self._events.append(FinalCaption(segment, text, end - tail / SAMPLE_RATE, end, utterance.reported_language))
+
+
+def _skipped(final: tuple[Word, ...], head: tuple[Word, ...]) -> bool:
+    """Whether a final skipped the head of its audio: the head (three words at least) begins
+    with two words that are not among the final's first four."""
+    first = {text for _, text in spoken(final)[:4]}
+    heard = [text for _, text in spoken(head)]
+    return len(heard) >= 3 and not first.intersection(heard[:2])
+
+
+def _in_front(head: tuple[Word, ...], words: tuple[Word, ...]) -> tuple[Word, ...]:
+    """``head`` then ``words``, with a space between them where the words are spaced."""
+    if head and words and any(w.text[:1].isspace() for w in head) and not words[0].text[:1].isspace():
+        words = (Word(" " + words[0].text, words[0].tokens), *words[1:])
+    return head + words
 
 
 def _automatic(language: str) -> bool:

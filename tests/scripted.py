@@ -145,13 +145,17 @@ class ScriptedModel:
     ``fails``: decodes whose heard words it returns True for raise RuntimeError, as a model
     that crashed would. ``stops_after``: a decode returns at most this many words (prefix
     included), as a model that ends its text early does; with ``stop_reason`` it says why, as a
-    loop guard or the token budget would. Every decode is recorded in :attr:`decodes`."""
+    loop guard or the token budget would. ``skips_first``: a decode of more than ``skips_over_s``
+    of audio with no forced prefix leaves out its first words, as Whisper once skipped a
+    sentence. Every decode is recorded in :attr:`decodes`."""
 
     name: str = "scripted-en"
     languages: tuple[str, ...] = ("en",)
     fails: Callable[[tuple[str, ...]], bool] | None = None
     stops_after: int | None = None
     stop_reason: str | None = None
+    skips_first: int = 0
+    skips_over_s: float = 0.0
     decodes: list[Decode] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -166,6 +170,8 @@ class ScriptedModel:
         if self.fails is not None and self.fails(features.words):
             raise RuntimeError(f"scripted failure on {' '.join(features.words)!r}")
         words = tuple(prefix) + tuple(word(w) for w in features.words[len(prefix) :])
+        if not prefix and features.duration > self.skips_over_s:
+            words = words[self.skips_first :]
         cut = None
         if self.stops_after is not None and len(words) > self.stops_after:
             words, cut = words[: self.stops_after], self.stop_reason

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from decoder.api import Word
-from streaming.coverage import coverage
+from streaming.coverage import Coverage, coverage, head_coverage
 
 
 def words(text: str) -> tuple[Word, ...]:
@@ -49,3 +49,14 @@ def test_of_two_anchors_the_longer_wins_and_of_equal_ones_the_later() -> None:
     assert text(found.added) == "and then no no more"
     found = coverage(words("it was the best of"), words("the best of times, it was the best of them all"))
     assert text(found.added) == "them all"
+
+
+def test_words_before_the_finals_first_are_the_ones_a_head_adds() -> None:
+    final = words("It was the first great sorrow of his life.")
+    found = head_coverage(final, words("Ask what you can do for your country. It was the first gre"))
+    assert found.outcome == "extended" and text(found.added) == "Ask what you can do for your country."
+    assert head_coverage(final, words("It was the first great")).outcome == "covered"
+    # A head that hears the first word differently cannot place the final: nothing is added.
+    assert head_coverage(final, words("Is was the first great")) == head_coverage(final, words("Was the first")) == Coverage("unmatched")
+    # The first word is not taken for a cut-short spelling, as the last one may be.
+    assert head_coverage(words("It was fine"), words("Italy was fine")).outcome == "unmatched"

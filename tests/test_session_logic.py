@@ -430,3 +430,33 @@ def test_a_failed_check_leaves_the_final_as_it_was_sent() -> None:
     run = drive(Session(config), speak(long, "alpha bravo"), ScriptedModel(stops_after=22), fail=lambda r: r.checks is not None)
     assert run.failed
     check_one_final_per_utterance(run, [" ".join(long.split()[:22]), "alpha bravo"])
+
+
+@pytest.mark.parametrize("skipped", [3, 7])
+def test_words_a_model_skips_at_the_start_of_a_final_no_partial_confirmed_are_not_lost(skipped: int) -> None:
+    # All the audio at once (a recording sent faster than it is decoded): no partial before the
+    # final, whose decode skips its first words; its first half (3.1 s) decoded alone does not.
+    # Three skipped: the final is placed in the head and the three put in front; seven (the
+    # whole head): the final is decoded again with the head's words forced in front.
+    said = script(14)  # 5.6 s
+    audio = speak(said, "alpha bravo")
+    run = drive(Session(), audio, ScriptedModel(skips_first=skipped, skips_over_s=5.0), frame=len(audio))
+    check_one_final_per_utterance(run, [said, "alpha bravo"])
+    (head,) = [r for r in run.requests if r.head]
+    assert head.checks is not None and len(head.checks) == 14 - skipped and len(head.audio) < 3.5 * SAMPLE_RATE
+    again = [r for r in run.requests if r.final and r.prefix and not r.context_words]
+    assert len(again) == (skipped == 7)
+
+
+def test_a_final_whose_head_check_fails_goes_out_as_decoded() -> None:
+    said = script(14)
+    audio = speak(said, "alpha bravo")
+    model = ScriptedModel(skips_first=3, skips_over_s=5.0)
+    run = drive(Session(), audio, model, frame=len(audio), fail=lambda r: r.head)
+    assert run.failed
+    check_one_final_per_utterance(run, [" ".join(said.split()[3:]), "alpha bravo"])
+
+
+def test_finals_after_partials_or_behind_a_lead_in_wait_for_no_head_check() -> None:
+    run = drive(Session(), speak(script(14), *TEXTS), ScriptedModel())
+    assert not any(r.head for r in run.requests)

@@ -23,7 +23,7 @@ server to finish (close the stream) however long minutes of audio take; what is 
   whose words repeat words just across it is doubled there;
 - the number of finals, the longest final (seconds of audio), final latency, and the server's
   ``flashcaption_final_decodes_cut_total`` (decodes of finals that stopped short) and
-  ``flashcaption_final_tail_checks_total`` (finals' tails decoded again, and what they found)
+  ``flashcaption_final_checks_total`` (finals' tails and heads decoded again, and what they found)
   over the run.
 """
 
@@ -77,7 +77,7 @@ PEAK_LIMIT = 10 ** (-1 / 20)
 # also misread).
 BOUNDARY_REACH = 1
 CUT_METRIC = "flashcaption_final_decodes_cut_total"
-TAIL_CHECK_METRIC = "flashcaption_final_tail_checks_total"
+CHECK_METRIC = "flashcaption_final_checks_total"
 
 
 # -- the audio ----------------------------------------------------------------------------------
@@ -349,11 +349,11 @@ def boundary_losses(reference: Sequence[str], finals: Sequence[Sequence[str]], r
 
 # -- a run --------------------------------------------------------------------------------------
 def labelled_counts(url: str) -> dict[str, dict[str, int]]:
-    """The server's counters of final decodes cut short (by reason) and of tail checks (by
-    outcome), as ``{metric: {label: count}}``."""
+    """The server's counters of final decodes cut short (by reason) and of the checks of finals'
+    tails and heads (by outcome), as ``{metric: {label: count}}``."""
     with urllib.request.urlopen(http_url(url) + "/metrics", timeout=10) as answer:
         text = answer.read().decode()
-    counts: dict[str, dict[str, int]] = {CUT_METRIC: {}, TAIL_CHECK_METRIC: {}}
+    counts: dict[str, dict[str, int]] = {CUT_METRIC: {}, CHECK_METRIC: {}}
     for name, found in counts.items():
         for match in re.finditer(rf'^{name}{{\w+="([^"]*)"}} (\S+)$', text, re.MULTILINE):
             found[match.group(1)] = int(float(match.group(2)))
@@ -474,7 +474,7 @@ def run_long_form(
         "closed": stream.closed,
         "protocol_errors": streamed.errors,
         "final_decodes_cut": _grown(counts_before[CUT_METRIC], counts_after[CUT_METRIC]),
-        "final_tail_checks": _grown(counts_before[TAIL_CHECK_METRIC], counts_after[TAIL_CHECK_METRIC]),
+        "final_checks": _grown(counts_before[CHECK_METRIC], counts_after[CHECK_METRIC]),
         "cut_log": cut_log(server),
         "boundary_events": describe(form, finals, measured),
         "final_texts": texts,
@@ -513,7 +513,7 @@ def print_long_form_report(entry: dict[str, Any], out: TextIO = sys.stdout) -> N
     print(f"  final latency (s)        {format_stats(entry['final_latency'])}", file=out)
     cuts = ", ".join(f"{reason} {n}" for reason, n in sorted(entry["final_decodes_cut"].items())) or "none"
     print(f"  final decodes cut short  {cuts}", file=out)
-    checks = ", ".join(f"{outcome} {n}" for outcome, n in sorted(entry.get("final_tail_checks", {}).items())) or "none"
+    checks = ", ".join(f"{outcome} {n}" for outcome, n in sorted(entry.get("final_checks", {}).items())) or "none"
     print(f"  finals' tails checked    {checks}", file=out)
     if entry.get("cpu_per_audio_second") is not None:
         print(f"  server CPU s / audio s   {entry['cpu_per_audio_second']:.3f}   peak RSS {entry['peak_rss_mb']:.0f} MB", file=out)

@@ -318,9 +318,9 @@ async def _pump(server: ServerState, publisher: Publisher) -> None:
                              len(request.audio) / SAMPLE_RATE, extra=publisher.log_extra)
                 checked = session.receive_hypothesis(request.id, decoded.hypothesis, decoded.wall_seconds)
                 if checked is not None:
-                    server.metrics.tail_checks[checked] += 1
-                    if checked != "covered":
-                        log.info("final's tail decoded again: %s", checked, extra=publisher.log_extra)
+                    server.metrics.final_checks[checked] += 1
+                    if not checked.endswith("covered"):
+                        log.info("final checked: %s", checked, extra=publisher.log_extra)
             await _deliver(server, publisher)
             publisher.progress.set()
         await _deliver(server, publisher)  # audio alone can complete a final (decoded early)
