@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -99,6 +99,20 @@ class SessionConfig:
 
 
 @dataclass(frozen=True)
+class Check:
+    """What a decode of part of an utterance's audio, alone, checks: its final's words."""
+
+    words: tuple[Word, ...]
+    # The beginning of the audio (the final waits), or else a window of its end (the final was
+    # sent), ending ``end`` samples into the utterance; ``later``: the words of the windows after
+    # it, decoded already (a final that ended long before its audio is looked for further back).
+    head: bool = False
+    final_cut: bool = False  # a head check's final: its decode stopped short
+    end: int = 0
+    later: tuple[tuple[Word, ...], ...] = ()
+
+
+@dataclass(frozen=True)
 class DecodeRequest:
     id: int
     segment_key: int  # the utterance it belongs to (internal: segments are numbered when shown)
@@ -111,11 +125,7 @@ class DecodeRequest:
     speaking: bool = True  # the audio ended mid-speech (not in a pause)
     # An early final: the utterance's final if it ends here (see the module notes).
     early_end: int | None = None
-    # A check of a final's words: ``audio`` is the utterance's tail (the final was sent), or
-    # with ``head`` its beginning (the final waits for it).
-    checks: tuple[Word, ...] | None = None
-    head: bool = False
-    final_cut: bool = False  # a head check's final: its decode stopped short
+    check: Check | None = None  # a check of a final's words: ``audio`` is part of its utterance
 
     @property
     def urgent(self) -> bool:
@@ -263,8 +273,8 @@ class Session:
         self._open: _Utterance | None = None
         self._closing: deque[_Utterance] = deque()
         self._in_flight: tuple[DecodeRequest, _Utterance] | None = None
-        # Finals sent whose tails are to be checked: the utterance, its words, their language.
-        self._unchecked: deque[tuple[_Utterance, tuple[Word, ...], str]] = deque()
+        # Finals sent whose tails are to be checked: the utterance, the check, its language.
+        self._unchecked: deque[tuple[_Utterance, Check, str]] = deque()
         # A final waiting for the check of its head: the utterance, its words, whether its
         # decode stopped short.
         self._headless: tuple[_Utterance, tuple[Word, ...], bool] | None = None
@@ -312,21 +322,19 @@ class Session:
         found ("tail_covered", "head_extended", ...: the end checked, then "covered",
         "extended" or "unmatched"; see streaming/coverage.py) for the caller to count."""
         request, utterance = self._take_in_flight(request_id)
-        if request.checks is not None and request.head:
-            checked = head_coverage(request.checks, hypothesis.words)
-            if checked.outcome == "unmatched" and _skipped(request.checks, hypothesis.words):
+        check = request.check
+        if check is not None and check.head:
+            checked = head_coverage(check.words, hypothesis.words)
+            if checked.outcome == "unmatched" and _skipped(check.words, hypothesis.words):
                 # The final holds none of the head's words: decode it again after them (the last
                 # one may be cut off by the window), so that it goes on from there.
                 utterance.forced = hypothesis.words[:-1]
                 return "head_skipped"
             self._closing.remove(utterance)
-            self._emit_final(utterance, _in_front(checked.added, request.checks), request.final_cut)
+            self._emit_final(utterance, _in_front(checked.added, check.words), check.final_cut)
             return f"head_{checked.outcome}"
-        if request.checks is not None:
-            checked = coverage(request.checks, hypothesis.words)
-            if checked.added:
-                self._emit_dropped(utterance, checked.added, len(request.audio))
-            return f"tail_{checked.outcome}"
+        if check is not None:
+            return self._tail_checked(utterance, check, hypothesis.words, request.options.language or utterance.language)
         # An early final whose utterance has meanwhile ended where it supposed is the final.
         final = request.final or (request.early_end is not None and utterance.end == request.early_end)
         if utterance.end is not None and not final:
@@ -381,10 +389,10 @@ class Session:
     def receive_failure(self, request_id: int) -> None:
         """The decode failed: a final still goes out with what partials had shown."""
         request, utterance = self._take_in_flight(request_id)
-        if request.checks is not None and request.head:  # the final goes out unchecked
+        if request.check is not None and request.check.head:  # the final goes out unchecked
             self._closing.remove(utterance)
-            self._emit_final(utterance, request.checks, request.final_cut)
-        elif request.final and request.checks is None:  # a failed tail check leaves the final as sent
+            self._emit_final(utterance, request.check.words, request.check.final_cut)
+        elif request.final and request.check is None:  # a failed tail check leaves the final as sent
             self._closing.remove(utterance)
             self._emit_final(utterance, utterance.shown)
 
@@ -524,13 +532,37 @@ class Session:
         self._in_flight = (request, utterance)
         return request
 
-    def _tail_request(self, utterance: _Utterance, words: tuple[Word, ...], language: str) -> DecodeRequest:
+    def _tail_request(self, utterance: _Utterance, check: Check, language: str) -> DecodeRequest:
         """The check of a final's words: the utterance's last seconds (at most three quarters of
-        it), decoded alone, greedily, in the language the final was heard in; urgent, as the
-        final was, so that words it dropped follow it before anything else."""
+        it; or the window before ``check.later``'s), decoded alone, greedily, in the language the
+        final was heard in; urgent, as the final was, so that words it dropped follow it before
+        anything else."""
         audio = utterance.audio()
+        end = check.end or len(audio)
         window = int(min(self.config.tail_check_s * SAMPLE_RATE, 0.75 * len(audio)))
-        return self._check_request(utterance, audio[len(audio) - window :], words, language)
+        return self._check_request(utterance, audio[max(0, end - window) : end], replace(check, end=end), language)
+
+    def _tail_checked(self, utterance: _Utterance, check: Check, heard: tuple[Word, ...], language: str) -> str | None:
+        """Places the final's last words in a window of its end, or looks further back: the
+        outcome to count, or None while the search goes on."""
+        checked = coverage(check.words, heard)
+        window = int(min(self.config.tail_check_s * SAMPLE_RATE, 0.75 * len(utterance.audio())))
+        start = max(0, check.end - window)
+        if checked.outcome == "unmatched" and start > 0:
+            # Not here: the final may have ended before this window; the previous one overlaps
+            # it by a second, so that a word it cuts is whole in one of them.
+            back = min(check.end - SAMPLE_RATE, start + SAMPLE_RATE)
+            self._unchecked.appendleft((utterance, Check(check.words, end=back, later=(heard, *check.later)), language))
+            return None
+        if checked.outcome == "unmatched":
+            return "tail_unmatched"
+        dropped = checked.added
+        for later in check.later:  # each overlaps what is placed so far
+            placed = coverage(check.words + dropped, later)
+            dropped += placed.added if placed.outcome != "unmatched" else later[1:]
+        if dropped:
+            self._emit_dropped(utterance, dropped, len(utterance.audio()) - start)
+        return "tail_extended" if dropped else "tail_covered"
 
     def _head_request(self, utterance: _Utterance, words: tuple[Word, ...], cut: bool) -> DecodeRequest:
         """The check of a final's first words, before it is sent: the utterance's first seconds
@@ -539,11 +571,9 @@ class Session:
         # Half the utterance at most: on the whole of a 5.6 s utterance, and on its first 4.1 s,
         # Whisper skipped a first sentence it read in the first 2.8 s.
         window = int(min(self.config.tail_check_s * SAMPLE_RATE, 0.5 * len(audio)))
-        return self._check_request(utterance, audio[:window], words, utterance.reported_language, cut)
+        return self._check_request(utterance, audio[:window], Check(words, head=True, final_cut=cut), utterance.reported_language)
 
-    def _check_request(
-        self, utterance: _Utterance, audio: np.ndarray, words: tuple[Word, ...], language: str, head_of_cut: bool | None = None
-    ) -> DecodeRequest:
+    def _check_request(self, utterance: _Utterance, audio: np.ndarray, check: Check, language: str) -> DecodeRequest:
         request = DecodeRequest(
             id=next(self._request_ids),
             segment_key=utterance.key,
@@ -553,9 +583,7 @@ class Session:
             final=True,
             options=DecodeOptions.asking(language, context=self.context),
             speaking=False,
-            checks=words,
-            head=head_of_cut is not None,
-            final_cut=bool(head_of_cut),
+            check=check,
         )
         self._in_flight = (request, utterance)
         return request
@@ -609,7 +637,7 @@ class Session:
         assert utterance.end is not None
         audio = utterance.audio()
         if len(audio) >= 2 * SAMPLE_RATE and (cut or len(audio) >= self.config.tail_check_min_s * SAMPLE_RATE):
-            self._unchecked.append((utterance, words, utterance.reported_language))
+            self._unchecked.append((utterance, Check(words), utterance.reported_language))
         # The next utterance may be decoded after this one; a cut utterance's words may not
         # match its audio exactly (nor may those of a decode that stopped short: forced in front
         # of the next one, they made Whisper skip that one's first sentence), and a long one

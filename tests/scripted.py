@@ -144,8 +144,8 @@ class ScriptedModel:
 
     ``fails``: decodes whose heard words it returns True for raise RuntimeError, as a model
     that crashed would. ``stops_after``: a decode returns at most this many words (prefix
-    included), as a model that ends its text early does; with ``stop_reason`` it says why, as a
-    loop guard or the token budget would. ``skips_first``: a decode of more than ``skips_over_s``
+    included) on more than ``stops_over_s`` of audio, as a model that ends its text early does;
+    with ``stop_reason`` it says why, as a loop guard or the token budget would. ``skips_first``: a decode of more than ``skips_over_s``
     of audio with no forced prefix leaves out its first words, as Whisper once skipped a
     sentence. Every decode is recorded in :attr:`decodes`."""
 
@@ -154,6 +154,7 @@ class ScriptedModel:
     fails: Callable[[tuple[str, ...]], bool] | None = None
     stops_after: int | None = None
     stop_reason: str | None = None
+    stops_over_s: float = 0.0
     skips_first: int = 0
     skips_over_s: float = 0.0
     decodes: list[Decode] = field(default_factory=list)
@@ -173,7 +174,7 @@ class ScriptedModel:
         if not prefix and features.duration > self.skips_over_s:
             words = words[self.skips_first :]
         cut = None
-        if self.stops_after is not None and len(words) > self.stops_after:
+        if self.stops_after is not None and len(words) > self.stops_after and features.duration > self.stops_over_s:
             words, cut = words[: self.stops_after], self.stop_reason
         with self._lock:
             self.decodes.append(Decode(features.duration, tuple(w.text.strip() for w in prefix), options, tuple(w.text.strip() for w in words)))

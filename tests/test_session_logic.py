@@ -406,28 +406,41 @@ def test_words_a_model_drops_at_the_end_of_a_long_utterance_follow_its_final() -
     check_one_final_per_utterance(run, [" ".join(long[:22]), " ".join(long[22:]), "alpha bravo"])
     dropped = run.finals[1]
     assert run.finals[0].end == dropped.end and dropped.end - dropped.start == pytest.approx(config.tail_check_s)
-    checks = [r for r in run.requests if r.checks is not None]
+    checks = [r for r in run.requests if r.check is not None]
     assert len(checks) == 1 and len(checks[0].audio) == config.tail_check_s * SAMPLE_RATE
     assert checks[0].final and checks[0].options.beam_size == 1 and not checks[0].prefix
+
+
+def test_words_dropped_further_back_than_one_window_are_found_window_by_window() -> None:
+    # The final stops after 2.6 s of a 10.4 s utterance: the windows before the last are
+    # decoded, back to the one where the final ends, and all the words after it follow, once
+    # each. (Sixteen words, no two alike, each 0.35 s from the next.)
+    said = script(16).split()
+    audio = np.concatenate([silence(0.5), utterance(" ".join(said), gap_s=0.35), silence(1.0), utterance("alpha bravo"), silence(1.0)])
+    config = SessionConfig(vad=VadConfig(max_utterance_s=30.0), tail_check_min_s=8.0)
+    run = drive(Session(config), audio, ScriptedModel(stops_after=4, stops_over_s=6.0), lag=5)
+    check_one_final_per_utterance(run, [" ".join(said[:4]), " ".join(said[4:]), "alpha bravo"])
+    windows = [r for r in run.requests if r.check is not None]
+    assert len(windows) >= 2 and [r.check.end for r in windows] == sorted((r.check.end for r in windows), reverse=True)
 
 
 def test_a_decode_stopped_short_on_a_short_utterance_is_checked_too() -> None:
     said = script(7).split()  # 2.7 s; its last 2 s hold five words or six (a pre-roll), which the model returns whole
     run = drive(Session(), speak(" ".join(said), "alpha bravo"), ScriptedModel(stops_after=6, stop_reason="loop"))
     check_one_final_per_utterance(run, [" ".join(said[:6]), said[6], "alpha bravo"])
-    assert sum(r.checks is not None for r in run.requests) == 1
+    assert sum(r.check is not None for r in run.requests) == 1
 
 
 def test_short_utterances_that_end_as_decoded_are_not_checked() -> None:
     run = drive(Session(), speak(*TEXTS), ScriptedModel())
     check_one_final_per_utterance(run, TEXTS)
-    assert not any(r.checks is not None for r in run.requests)
+    assert not any(r.check is not None for r in run.requests)
 
 
 def test_a_failed_check_leaves_the_final_as_it_was_sent() -> None:
     long = script(30)
     config = SessionConfig(vad=VadConfig(max_utterance_s=30.0))
-    run = drive(Session(config), speak(long, "alpha bravo"), ScriptedModel(stops_after=22), fail=lambda r: r.checks is not None)
+    run = drive(Session(config), speak(long, "alpha bravo"), ScriptedModel(stops_after=22), fail=lambda r: r.check is not None)
     assert run.failed
     check_one_final_per_utterance(run, [" ".join(long.split()[:22]), "alpha bravo"])
 
@@ -442,8 +455,8 @@ def test_words_a_model_skips_at_the_start_of_a_final_no_partial_confirmed_are_no
     audio = speak(said, "alpha bravo")
     run = drive(Session(), audio, ScriptedModel(skips_first=skipped, skips_over_s=5.0), frame=len(audio))
     check_one_final_per_utterance(run, [said, "alpha bravo"])
-    (head,) = [r for r in run.requests if r.head]
-    assert head.checks is not None and len(head.checks) == 14 - skipped and len(head.audio) < 3.5 * SAMPLE_RATE
+    (head,) = [r for r in run.requests if r.check is not None and r.check.head]
+    assert head.check is not None and len(head.check.words) == 14 - skipped and len(head.audio) < 3.5 * SAMPLE_RATE
     again = [r for r in run.requests if r.final and r.prefix and not r.context_words]
     assert len(again) == (skipped == 7)
 
@@ -452,11 +465,11 @@ def test_a_final_whose_head_check_fails_goes_out_as_decoded() -> None:
     said = script(14)
     audio = speak(said, "alpha bravo")
     model = ScriptedModel(skips_first=3, skips_over_s=5.0)
-    run = drive(Session(), audio, model, frame=len(audio), fail=lambda r: r.head)
+    run = drive(Session(), audio, model, frame=len(audio), fail=lambda r: r.check is not None and r.check.head)
     assert run.failed
     check_one_final_per_utterance(run, [" ".join(said.split()[3:]), "alpha bravo"])
 
 
 def test_finals_after_partials_or_behind_a_lead_in_wait_for_no_head_check() -> None:
     run = drive(Session(), speak(script(14), *TEXTS), ScriptedModel())
-    assert not any(r.head for r in run.requests)
+    assert not any(r.check is not None and r.check.head for r in run.requests)

@@ -310,7 +310,7 @@ async def _pump(server: ServerState, publisher: Publisher) -> None:
                 log.exception("decode failed", extra=publisher.log_extra)
                 session.receive_failure(request.id)
             else:
-                if request.urgent and request.checks is None and decoded.hypothesis.cut:
+                if request.urgent and request.check is None and decoded.hypothesis.cut:
                     # A final's text (or an early final's) the model may not have finished:
                     # counted and said, never silent.
                     server.metrics.cut_finals[decoded.hypothesis.cut] += 1
