@@ -514,7 +514,7 @@ def print_long_form_report(entry: dict[str, Any], out: TextIO = sys.stdout) -> N
     cuts = ", ".join(f"{reason} {n}" for reason, n in sorted(entry["final_decodes_cut"].items())) or "none"
     print(f"  final decodes cut short  {cuts}", file=out)
     checks = ", ".join(f"{outcome} {n}" for outcome, n in sorted(entry.get("final_checks", {}).items())) or "none"
-    print(f"  finals' tails checked    {checks}", file=out)
+    print(f"  finals checked again     {checks}", file=out)
     if entry.get("cpu_per_audio_second") is not None:
         print(f"  server CPU s / audio s   {entry['cpu_per_audio_second']:.3f}   peak RSS {entry['peak_rss_mb']:.0f} MB", file=out)
     print(f"  behind real time (max)   {entry['behind_real_time_s']:.2f} s   errors {len(entry['protocol_errors'])}", file=out)
