@@ -11,7 +11,7 @@ cannot be placed are not guessed at (so a final whose last word the tail hears d
 "unmatched", and stands as it was).
 
 A model may also skip words at the start: decoded alone, with no partial before it, Whisper read
-only the second of two sentences. For a final with nothing confirmed by partials, the session
+only the second of two sentences. For a final with no partial shown before it, the session
 decodes the utterance's first seconds alone and places the final's first words in that head
 (:func:`head_coverage`, the same placing read backwards); words before them are added in front
 of the final, which waits for this check (words cannot be sent before a final already sent).

@@ -89,10 +89,10 @@ class SessionConfig:
     # tail_check_min_s long, or of one whose decode stopped short, its last tail_check_s are
     # decoded alone, and words the final dropped follow as a final of their own (see
     # streaming/coverage.py). The final itself is not held back for the check.
-    tail_check_min_s: float = 10.0
+    tail_check_min_s: float = 6.0
     tail_check_s: float = 5.0
     # A model may also skip the first words of an utterance it decodes with nothing before it:
-    # a final of at least head_check_min_s that no partial confirmed words of waits for its
+    # a final of at least head_check_min_s with no partial shown before it waits for its
     # first half (tail_check_s at most) to be decoded alone; words it skipped are put in front,
     # or, if it holds none of the head's words, it is decoded again after them.
     head_check_min_s: float = 4.0
@@ -371,7 +371,7 @@ class Session:
             elif agreed and _automatic(utterance.language) and len(request.audio) >= self.config.language_lock_s * SAMPLE_RATE:
                 utterance.language = hypothesis.language
         if final:
-            if words and not request.prefix and not utterance.stabilizer.confirmed:
+            if words and not request.prefix and not utterance.shown:
                 if len(utterance.audio()) >= self.config.head_check_min_s * SAMPLE_RATE:
                     self._headless = (utterance, words, hypothesis.cut is not None)  # see _head_request
                     return None

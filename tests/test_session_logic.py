@@ -446,7 +446,7 @@ def test_a_failed_check_leaves_the_final_as_it_was_sent() -> None:
 
 
 @pytest.mark.parametrize("skipped", [3, 7])
-def test_words_a_model_skips_at_the_start_of_a_final_no_partial_confirmed_are_not_lost(skipped: int) -> None:
+def test_words_a_model_skips_at_the_start_of_a_final_with_no_partial_before_it_are_not_lost(skipped: int) -> None:
     # All the audio at once (a recording sent faster than it is decoded): no partial before the
     # final, whose decode skips its first words; its first half (3.1 s) decoded alone does not.
     # Three skipped: the final is placed in the head and the three put in front; seven (the
