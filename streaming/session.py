@@ -636,11 +636,11 @@ class Session:
         """Sends an utterance's final; ``cut``: its decode stopped short of the model's end."""
         assert utterance.end is not None
         audio = utterance.audio()
-        if len(audio) >= 2 * SAMPLE_RATE and (cut or len(audio) >= self.config.tail_check_min_s * SAMPLE_RATE):
+        # A final with no word (noise, music) is not checked: there is nothing to place.
+        if spoken(words) and len(audio) >= 2 * SAMPLE_RATE and (cut or len(audio) >= self.config.tail_check_min_s * SAMPLE_RATE):
             self._unchecked.append((utterance, Check(words), utterance.reported_language))
         # The next utterance may be decoded after this one; a cut utterance's words may not
-        # match its audio exactly (nor may those of a decode that stopped short: forced in front
-        # of the next one, they made Whisper skip that one's first sentence), and a long one
+        # match its audio exactly (nor may those of a decode that stopped short), and a long one
         # needs no help.
         usable = words and not utterance.cut and not cut and len(audio) <= self.config.context_max_s * SAMPLE_RATE
         self._previous = _Heard(audio, words, utterance.end) if usable else None
