@@ -5,10 +5,10 @@ hypothesis says so), or the model ends its own text early (Whisper does, on long
 seconds before the audio ends; nothing says so). After such an utterance's final, the session
 decodes its last few seconds on their own and places the final's last words (two at least, in
 order) inside that tail: where they end the tail, the final covered its audio; where more words
-follow, those were dropped, and the session sends them as a final of their own. A tail that
-cannot be placed so adds nothing: its first word may be cut off by the window, and words that
-cannot be placed are not guessed at (so a final whose last word the tail hears differently is
-"unmatched", and stands as it was).
+follow, those were dropped, and the session sends them as a final of their own. Where they
+cannot be placed, the session tries the window before, back to the utterance's start; words
+that cannot be placed anywhere are not guessed at (so a final whose last word the tail hears
+differently is "unmatched", and stands as it was).
 
 A model may also skip words at the start: decoded alone, with no partial before it, Whisper read
 only the second of two sentences. For a final with no partial shown before it, the session
