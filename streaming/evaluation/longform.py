@@ -124,12 +124,12 @@ def sound_frames(samples: np.ndarray, rate: int) -> np.ndarray:
 def trimmed(samples: np.ndarray, rate: int, margin: float = TRIM_MARGIN_S) -> np.ndarray:
     """The samples from ``margin`` seconds before the first frame of sound to ``margin`` after
     the last (all of them if there is none)."""
-    speech = np.flatnonzero(sound_frames(samples, rate))
-    if not speech.size:
+    sound = np.flatnonzero(sound_frames(samples, rate))
+    if not sound.size:
         return samples
     hop = int(rate * FRAME)
-    start = max(0, speech[0] * hop - int(margin * rate))
-    end = min(len(samples), (speech[-1] + 1) * hop + int(margin * rate))
+    start = max(0, sound[0] * hop - int(margin * rate))
+    end = min(len(samples), (sound[-1] + 1) * hop + int(margin * rate))
     return samples[start:end]
 
 
