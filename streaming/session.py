@@ -539,15 +539,14 @@ class Session:
         anything else."""
         audio = utterance.audio()
         end = check.end or len(audio)
-        window = int(min(self.config.tail_check_s * SAMPLE_RATE, 0.75 * len(audio)))
-        return self._check_request(utterance, audio[max(0, end - window) : end], replace(check, end=end), language)
+        start = max(0, end - self._check_window(audio, 0.75))
+        return self._check_request(utterance, audio[start:end], replace(check, end=end), language)
 
     def _tail_checked(self, utterance: _Utterance, check: Check, heard: tuple[Word, ...], language: str) -> str | None:
         """Places the final's last words in a window of its end, or looks further back: the
         outcome to count, or None while the search goes on."""
         checked = coverage(check.words, heard)
-        window = int(min(self.config.tail_check_s * SAMPLE_RATE, 0.75 * len(utterance.audio())))
-        start = max(0, check.end - window)
+        start = max(0, check.end - self._check_window(utterance.audio(), 0.75))
         if checked.outcome == "unmatched" and start > 0:
             # Not here: the final may have ended before this window; the previous one overlaps
             # it by a second, so that a word it cuts is whole in one of them.
@@ -570,8 +569,12 @@ class Session:
         audio = utterance.audio()
         # Half the utterance at most: on the whole of a 5.6 s utterance, and on its first 4.1 s,
         # Whisper skipped a first sentence it read in the first 2.8 s.
-        window = int(min(self.config.tail_check_s * SAMPLE_RATE, 0.5 * len(audio)))
+        window = self._check_window(audio, 0.5)
         return self._check_request(utterance, audio[:window], Check(words, head=True, final_cut=cut), utterance.reported_language)
+
+    def _check_window(self, audio: np.ndarray, share: float) -> int:
+        """Samples a check decodes: ``tail_check_s``, but at most ``share`` of the utterance."""
+        return int(min(self.config.tail_check_s * SAMPLE_RATE, share * len(audio)))
 
     def _check_request(self, utterance: _Utterance, audio: np.ndarray, check: Check, language: str) -> DecodeRequest:
         request = DecodeRequest(

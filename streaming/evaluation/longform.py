@@ -52,6 +52,7 @@ from streaming.evaluation.streams import (
     ServerProcess,
     StreamResult,
     format_stats,
+    frame_levels,
     speech_frames,
     stats,
     stream_clip,
@@ -115,9 +116,7 @@ def sound_frames(samples: np.ndarray, rate: int) -> np.ndarray:
     level) by :data:`SOUND_ABOVE_BACKGROUND_DB`. Looser than the bench's speech detector
     (15 dB), which took the soft "fly" that ends en_fleurs_test_004, 6 dB above that clip's
     noise, for silence: trimmed by it, the word was gone before the server heard anything."""
-    hop = int(rate * FRAME)
-    frames = samples[: len(samples) // hop * hop].reshape(-1, hop)
-    level = 20 * np.log10(np.sqrt(np.mean(frames.astype(np.float64) ** 2, axis=1)) + 1e-10)
+    level = frame_levels(samples, rate)
     return level > max(-60.0, float(np.percentile(level, 10)) + SOUND_ABOVE_BACKGROUND_DB)
 
 

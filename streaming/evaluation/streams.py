@@ -108,11 +108,16 @@ def load_manifest(path: Path, languages: set[str] | None, lead_silence: float = 
     ]
 
 
-def speech_frames(audio: np.ndarray, rate: int) -> np.ndarray:
-    """Boolean per 20 ms frame: energy well above the clip's own quiet level."""
+def frame_levels(audio: np.ndarray, rate: int) -> np.ndarray:
+    """The level (dBFS) of each whole 20 ms frame."""
     hop = int(rate * FRAME)
     frames = audio[: len(audio) // hop * hop].reshape(-1, hop)
-    level = 20 * np.log10(np.sqrt(np.mean(frames.astype(np.float64) ** 2, axis=1)) + 1e-10)
+    return 20 * np.log10(np.sqrt(np.mean(frames.astype(np.float64) ** 2, axis=1)) + 1e-10)
+
+
+def speech_frames(audio: np.ndarray, rate: int) -> np.ndarray:
+    """Boolean per 20 ms frame: energy well above the clip's own quiet level."""
+    level = frame_levels(audio, rate)
     floor = np.percentile(level, 10)
     return (level > max(-55.0, floor + 15.0)) & (level > level.max() - 45.0)
 
