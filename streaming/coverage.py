@@ -6,9 +6,11 @@ seconds before the audio ends; nothing says so). After such an utterance's final
 decodes its last few seconds on their own and places the final's last words (two at least, in
 order) inside that tail: where they end the tail, the final covered its audio; where more words
 follow, those were dropped, and the session sends them as a final of their own. Where they
-cannot be placed, the session tries the window before, back to the utterance's start; words
-that cannot be placed anywhere are not guessed at (so a final whose last word the tail hears
-differently is "unmatched", and stands as it was).
+cannot be placed, the session reads the whole utterance again alone (Whisper's beam search once
+ended a final at a sentence 14 s before its audio ended; read again greedily, it gave every
+word), then tries the windows before the tail, back to the utterance's start; words that cannot
+be placed anywhere are not guessed at (so a final whose last word the tail hears differently is
+"unmatched", and stands as it was).
 
 A model may also skip words at the start: decoded alone, with no partial before it, Whisper read
 only the second of two sentences. For a final with no partial shown before it, the session

@@ -45,7 +45,7 @@ import numpy as np
 
 from decoder.api import SAMPLE_RATE, DecodeOptions, Hypothesis, Word, join_words
 from decoder.context import Context
-from streaming.coverage import coverage, head_coverage, spoken
+from streaming.coverage import Coverage, coverage, head_coverage, spoken
 from streaming.numbers import write_numbers, write_numbers_partial
 from streaming.scoring import normalize
 from streaming.stabilizer import Stabilizer
@@ -106,10 +106,12 @@ class Check:
     # The beginning of the audio (the final waits), or else a window of its end (the final was
     # sent), ending ``end`` samples into the utterance; ``later``: the words of the windows after
     # it, decoded already (a final that ended long before its audio is looked for further back).
+    # ``whole``: the whole utterance, read again alone when the final's end is not in its tail.
     head: bool = False
     final_cut: bool = False  # a head check's final: its decode stopped short
     end: int = 0
     later: tuple[tuple[Word, ...], ...] = ()
+    whole: bool = False
 
 
 @dataclass(frozen=True)
@@ -539,19 +541,37 @@ class Session:
         anything else."""
         audio = utterance.audio()
         end = check.end or len(audio)
-        start = max(0, end - self._check_window(audio, 0.75))
-        return self._check_request(utterance, audio[start:end], replace(check, end=end), language)
+        start = 0 if check.whole else max(0, end - self._check_window(audio, 0.75))
+        return self._check_request(utterance, audio[start : len(audio) if check.whole else end], replace(check, end=end), language)
 
     def _tail_checked(self, utterance: _Utterance, check: Check, heard: tuple[Word, ...], language: str) -> str | None:
         """Places the final's last words in a window of its end, or looks further back: the
         outcome to count, or None while the search goes on."""
         checked = coverage(check.words, heard)
-        start = max(0, check.end - self._check_window(utterance.audio(), 0.75))
+        audio = utterance.audio()
+        start = max(0, check.end - self._check_window(audio, 0.75))
+        if check.whole:
+            if checked.outcome == "extended":
+                # Placed at the share of the utterance its words take (the read has no times).
+                share = len(checked.added) / (len(checked.added) + len(check.words))
+                self._emit_dropped(utterance, checked.added, int(share * len(audio)))
+                return "tail_extended"
+            # The read ends where the final does (a model that stops there on long audio), or
+            # elsewhere: the final's end is looked for window by window, back from the tail.
+            check, checked = replace(check, whole=False), Coverage("unmatched")
+        elif checked.outcome == "unmatched" and start > 0:
+            check = replace(check, later=(heard, *check.later))
+            if len(check.later) == 1:
+                # Not in the tail. The model may have ended its text early (Whisper's final once
+                # ended at a sentence 14 s before its audio did; read again alone, the whole
+                # utterance gave every word): one read of the whole before the walk back.
+                self._unchecked.appendleft((utterance, replace(check, whole=True), language))
+                return None
         if checked.outcome == "unmatched" and start > 0:
             # Not here: the final may have ended before this window; the previous one overlaps
             # it by a second, so that a word it cuts is whole in one of them.
             back = min(check.end - SAMPLE_RATE, start + SAMPLE_RATE)
-            self._unchecked.appendleft((utterance, Check(check.words, end=back, later=(heard, *check.later)), language))
+            self._unchecked.appendleft((utterance, replace(check, end=back), language))
             return None
         if checked.outcome == "unmatched":
             return "tail_unmatched"

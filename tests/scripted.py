@@ -145,7 +145,9 @@ class ScriptedModel:
     ``fails``: decodes whose heard words it returns True for raise RuntimeError, as a model
     that crashed would. ``stops_after``: a decode returns at most this many words (prefix
     included) on more than ``stops_over_s`` of audio, as a model that ends its text early does;
-    with ``stop_reason`` it says why, as a loop guard or the token budget would. ``skips_first``: a decode of more than ``skips_over_s``
+    with ``stop_reason`` it says why, as a loop guard or the token budget would; with
+    ``stops_in_beam`` only a beam search stops (greedy decoding reads every word), as Whisper's
+    final once ended 14 s early where reading the audio again did not. ``skips_first``: a decode of more than ``skips_over_s``
     of audio with no forced prefix leaves out its first words, as Whisper once skipped a
     sentence. Every decode is recorded in :attr:`decodes`."""
 
@@ -155,6 +157,7 @@ class ScriptedModel:
     stops_after: int | None = None
     stop_reason: str | None = None
     stops_over_s: float = 0.0
+    stops_in_beam: bool = False
     skips_first: int = 0
     skips_over_s: float = 0.0
     decodes: list[Decode] = field(default_factory=list)
@@ -174,7 +177,8 @@ class ScriptedModel:
         if not prefix and features.duration > self.skips_over_s:
             words = words[self.skips_first :]
         cut = None
-        if self.stops_after is not None and len(words) > self.stops_after and features.duration > self.stops_over_s:
+        stops = self.stops_after is not None and len(words) > self.stops_after and features.duration > self.stops_over_s
+        if stops and (options.beam_size > 1 or not self.stops_in_beam):
             words, cut = words[: self.stops_after], self.stop_reason
         with self._lock:
             self.decodes.append(Decode(features.duration, tuple(w.text.strip() for w in prefix), options, tuple(w.text.strip() for w in words)))

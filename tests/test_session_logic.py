@@ -424,6 +424,20 @@ def test_words_dropped_further_back_than_one_window_are_found_window_by_window()
     assert len(windows) >= 2 and [r.check.end for r in windows] == sorted((r.check.end for r in windows), reverse=True)
 
 
+def test_words_a_final_dropped_long_before_its_tail_are_found_by_reading_the_whole_utterance_again() -> None:
+    # The final's beam search ends after 4 of 16 words (10.4 s); greedy reads of any part read
+    # all of it, so the tail's words cannot be placed, and the whole utterance is read again.
+    said = script(16).split()
+    audio = np.concatenate([silence(0.5), utterance(" ".join(said), gap_s=0.35), silence(1.0), utterance("alpha bravo"), silence(1.0)])
+    config = SessionConfig(vad=VadConfig(max_utterance_s=30.0), final_beam_size=3)
+    run = drive(Session(config), audio, ScriptedModel(stops_after=4, stops_in_beam=True), lag=5)
+    check_one_final_per_utterance(run, [" ".join(said[:4]), " ".join(said[4:]), "alpha bravo"])
+    checks = [r for r in run.requests if r.check is not None]
+    assert [r.check.whole for r in checks if r.check is not None] == [False, True]
+    assert len(checks[1].audio) > 10 * SAMPLE_RATE and checks[1].options.beam_size == 1
+    assert run.finals[1].start > run.finals[0].start and run.finals[1].end == run.finals[0].end
+
+
 def test_a_decode_stopped_short_on_a_short_utterance_is_checked_too() -> None:
     said = script(7).split()  # 2.7 s; its last 2 s hold five words or six (a pre-roll), which the model returns whole
     run = drive(Session(), speak(" ".join(said), "alpha bravo"), ScriptedModel(stops_after=6, stop_reason="loop"))

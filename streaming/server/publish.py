@@ -316,6 +316,10 @@ async def _pump(server: ServerState, publisher: Publisher) -> None:
                     server.metrics.cut_finals[decoded.hypothesis.cut] += 1
                     log.info("final decode stopped short (%s) on %.1f s of audio", decoded.hypothesis.cut,
                              len(request.audio) / SAMPLE_RATE, extra=publisher.log_extra)
+                if request.urgent and log.isEnabledFor(logging.DEBUG):
+                    log.debug("urgent decode: %.2f s of audio, %d lead-in words, check %s, early end %s: %r",
+                              len(request.audio) / SAMPLE_RATE, request.context_words, request.check is not None,
+                              request.early_end, "".join(w.text for w in decoded.hypothesis.words), extra=publisher.log_extra)
                 checked = session.receive_hypothesis(request.id, decoded.hypothesis, decoded.wall_seconds)
                 if checked is not None:
                     server.metrics.final_checks[checked] += 1
