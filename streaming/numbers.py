@@ -15,8 +15,9 @@ a caption in all, so it runs on every partial):
   million"), and large numbers the language's digit grouping ("627,000", German "627.000").
 - Digits the model wrote are never regrouped or joined, only their percent and currency words.
 
-Languages ``text2num`` does not cover (Chinese, Japanese...) are returned unchanged, and so is
-any text on which something fails: captioning never stops for a number.
+Chinese, Cantonese and Japanese, which ``text2num`` does not read, are written by
+:mod:`streaming.cjk_numbers`. Other languages are returned unchanged, and so is any text on which
+something fails: captioning never stops for a number.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ import importlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+from streaming import cjk_numbers
 
 STYLES = ("digits", "spoken")
 
@@ -186,7 +189,7 @@ def _compiled(language: str) -> _Compiled:
 
 def supported(language: str) -> bool:
     """Whether numbers are written for this language (a BCP 47 tag like "en-US" counts as "en")."""
-    return _base(language) in _RULES
+    return _base(language) in _RULES or _base(language) in cjk_numbers.LANGUAGES
 
 
 def write_numbers(text: str, language: str, style: str = "digits") -> str:
@@ -196,10 +199,10 @@ def write_numbers(text: str, language: str, style: str = "digits") -> str:
     if style != "digits" or not text:
         return text
     base = _base(language)
-    if base not in _RULES:
+    if base not in _RULES and base not in cjk_numbers.LANGUAGES:
         return text
     try:
-        return _write(text, _compiled(base))
+        return cjk_numbers.write(text) if base in cjk_numbers.LANGUAGES else _write(text, _compiled(base))
     except BaseException as error:
         _reraise_exits(error)
         return text
@@ -223,7 +226,8 @@ def write_numbers_partial(text: str, stable: int, language: str, style: str = "d
     if stable == 0:
         return written, 0
     try:
-        cut = _settled(text, stable, _base(language))
+        base = _base(language)
+        cut = cjk_numbers.settled(text, stable) if base in cjk_numbers.LANGUAGES else _settled(text, stable, base)
         if cut == 0:
             return written, 0
         alone = write_numbers(text[:cut], language, style)

@@ -103,9 +103,58 @@ def test_other_languages(language: str, spoken: str, written: str) -> None:
 def test_language_tags_and_unsupported_languages() -> None:
     assert write_numbers("twenty five", "en-US") == "25"
     assert write_numbers("twenty five", "EN") == "25"
-    assert supported("pt-BR") and not supported("zh") and not supported("auto")
-    for language in ("zh", "ja", "yue", "auto", "en,zh", "", "xx"):
+    assert supported("pt-BR") and supported("zh-TW") and not supported("ko") and not supported("auto")
+    for language in ("ko", "auto", "en,zh", "", "xx"):
         assert write_numbers("twenty five 二十五", language) == "twenty five 二十五"
+
+
+CHINESE_AND_JAPANESE = [
+    # One number in a run of numerals, in simplified and traditional characters.
+    ("zh", "我们有六十二万七千个用户", "我们有627000个用户"),
+    ("zh", "一共有两千零二十一人", "一共有2021人"),
+    ("yue", "一共有兩千零二十一人", "一共有2021人"),
+    ("zh", "一百零五，三千五，两万五，二十五", "105，3500，25000，25"),
+    ("zh", "这是一九九八年的事", "这是1998年的事"),
+    ("zh", "第二十三届，五十多个", "第23届，50多个"),
+    ("zh", "报警请打一一零", "报警请打110"),
+    # Large sums keep 万 and 亿, as papers write them.
+    ("zh", "三百万元，一亿两千万", "300万元，1.2亿"),
+    ("yue", "一千兩百萬", "1200萬"),
+    # Percentages, decimals, dates and times: even single digits.
+    ("zh", "增长了百分之七，百分之十五点一，百分之百", "增长了7%，15.1%，100%"),
+    ("yue", "增長了百分之十五點一", "增長了15.1%"),
+    ("zh", "三点五公里", "3.5公里"),
+    ("zh", "今天是十二月三日下午三点二十分，五点零五分", "今天是12月3日下午3:20，5:05"),
+    ("ja", "二千二十一年三月三日に六十二万七千人", "2021年3月3日に627000人"),
+    ("ja", "百パーセント、二十歳、一千二百三十四円、十一時", "100%、20歳、1234円、11時"),
+    # Not one number, or not surely a number: kept as written.
+    ("zh", "我有一个苹果，一些人，星期一，第一", "我有一个苹果，一些人，星期一，第一"),
+    ("zh", "十全十美，三心二意，一五一十，千千万万，千万不要，万一", "十全十美，三心二意，一五一十，千千万万，千万不要，万一"),
+    ("zh", "七八个，三四天，几十个，十几岁，一一列举，九九八十一", "七八个，三四天，几十个，十几岁，一一列举，九九八十一"),
+    ("zh", "一点点，一点一点地，三点钟，两点半", "一点点，一点一点地，三点钟，两点半"),
+    ("yue", "在短短兩週內", "在短短兩週內"),
+    ("ja", "一人で、一つの", "一人で、一つの"),
+]
+
+
+@pytest.mark.parametrize(("language", "spoken", "written"), CHINESE_AND_JAPANESE)
+def test_chinese_cantonese_and_japanese(language: str, spoken: str, written: str) -> None:
+    assert write_numbers(spoken, language) == written
+    assert write_numbers(spoken, language, "spoken") == spoken
+
+
+def test_chinese_partial_stable_prefixes_hold_as_the_caption_grows() -> None:
+    """Character by character, the last two unstable: a number still being said (a year, a
+    percentage, a time) is never promised in a form the next partial changes."""
+    text = "二零二一年十二月三日下午三点二十分我们有六十二万七千个用户增长了百分之十五点一"
+    shown: list[str] = []
+    for n in range(1, len(text) + 1):
+        written, count = write_numbers_partial(text[:n], max(0, n - 2), "zh")
+        assert all(written.startswith(prefix) for prefix in shown), (text[:n], written, shown)
+        shown.append(written[:count])
+    final = write_numbers(text, "zh")
+    assert final == "2021年12月3日下午3:20我们有627000个用户增长了15.1%"
+    assert all(final.startswith(prefix) for prefix in shown) and len(shown[-1]) > 10
 
 
 def test_spoken_style_is_unchanged() -> None:
@@ -173,11 +222,11 @@ NUMBER_WORDS = (
     "zero one two three five seven nine ten eleven twenty thirty ninety hundred thousand million billion "
     "point and a oh percent per cent dollars cents am pm at first twenty-one nineties "
     "vingt et un pour cent mille veintiuno por ciento einundzwanzig Prozent Millionen vinte cento "
-    "5 30 627,000 7% 2020 3.5 $ , . : - qxzq"
+    "5 30 627,000 7% 2020 3.5 $ , . : - qxzq 二十五 百分之 点 點 月 日 分 万 亿 零 两 千 パーセント 一九九八"
 ).split()
 
 texts = st.lists(st.one_of(st.sampled_from(NUMBER_WORDS), st.text(max_size=8)), max_size=20).map(" ".join)
-languages = st.sampled_from(["en", "fr", "es", "pt", "de", "it", "nl", "da", "zh", "auto", ""])
+languages = st.sampled_from(["en", "fr", "es", "pt", "de", "it", "nl", "da", "zh", "ja", "auto", ""])
 
 
 @settings(max_examples=300, deadline=None)
