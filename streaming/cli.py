@@ -32,6 +32,15 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _noise_conditions(text: str) -> list[Any]:
+    from streaming.evaluation.noise import parse_conditions
+
+    try:
+        return list(parse_conditions(text))
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def _non_negative_float(text: str) -> float:
     value = float(text)
     if not value >= 0:
@@ -209,6 +218,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="instead: the recordings of one language (--langs) back to back with their edge silences "
                             "trimmed, repeated to MINUTES of continuous speech, streamed as one publisher (--speed): "
                             "word errors over the whole, words lost or doubled at utterance boundaries, finals cut short")
+    bench.add_argument("--noise", type=_noise_conditions, default=None, metavar="CONDITIONS",
+                       help="instead: each recording mixed with noise, e.g. clean,pink:10,pink:5,music:10,babble:10 "
+                            "(kind:signal-to-noise dB; kinds pink, brown, music, babble), streamed and decoded offline: "
+                            "error rates of both per condition and language, and latency")
     bench.add_argument("--long-form-levels", choices=("matched", "recorded"), default="matched",
                        help="--long-form: scale each recording to one speech level, as one speaker's (default), or keep "
                             "the recordings' own levels (up to 30 dB apart)")

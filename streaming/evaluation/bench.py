@@ -16,7 +16,8 @@ import asyncio
 import json
 import sys
 import urllib.request
-from dataclasses import asdict
+from collections.abc import Callable
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -24,6 +25,7 @@ from websockets.asyncio.client import connect
 
 from streaming.client import http_url, publish_url, to_pcm16
 from streaming.evaluation.longform import print_long_form_report, run_long_form
+from streaming.evaluation.noise import Noise, with_voices
 from streaming.evaluation.streams import (
     GOALS,
     Clip,
@@ -42,8 +44,9 @@ from streaming.nonspeech import NON_SPEECH
 from streaming.scoring import CHARACTER_LANGUAGES, error_counts, normalize
 
 
-def offline_texts(clips: list[Clip], model_name: str, device: str, beam_size: int = 1) -> dict[str, str]:
-    """Each whole clip decoded in one go, with the beam the server's finals use."""
+def offline_decoder(model_name: str, device: str, beam_size: int = 1) -> Callable[[Clip], str]:
+    """A function that decodes a whole clip in one go (the model loaded once), with the beam
+    the server's finals use."""
     import soxr
 
     from decoder.api import DecodeOptions, transcribe
@@ -51,15 +54,20 @@ def offline_texts(clips: list[Clip], model_name: str, device: str, beam_size: in
     from decoder.runtime import RuntimeOptions
 
     model = load_model(model_name, RuntimeOptions(device=device))
-    texts = {}
-    for clip in clips:
+
+    def decode(clip: Clip) -> str:
         audio, _, rate = clip.audio()
         if rate != 16000:
             audio = soxr.resample(audio, rate, 16000)
-        texts[clip.id] = transcribe(model, audio, options=DecodeOptions(beam_size=beam_size)).text
-    return texts
+        return transcribe(model, audio, options=DecodeOptions(beam_size=beam_size)).text
+
+    return decode
 
 
+def offline_texts(clips: list[Clip], model_name: str, device: str, beam_size: int = 1) -> dict[str, str]:
+    """Each whole clip decoded in one go, with the beam the server's finals use."""
+    decode = offline_decoder(model_name, device, beam_size)
+    return {clip.id: decode(clip) for clip in clips}
 
 
 def offline_errors(clips: list[Clip], texts: dict[str, str]) -> dict[str, tuple[int, int]]:
@@ -112,6 +120,8 @@ def print_report(report: dict[str, Any], out: TextIO = sys.stdout) -> None:
         print_context_report(report["context"], out)
     if "long_form" in report:
         print_long_form_report(report["long_form"], out)
+    if "noise" in report:
+        print_noise_report(report["noise"], out)
     for run in report["runs"]:
         s = run["summary"]
         print(f"\nstreams={run['streams']} speed={run['speed'] or 'max'} audio={run['audio_seconds']:.0f}s", file=out)
@@ -175,6 +185,10 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             clips = [c for c in clips if c.id in term_lists["clips"]]
             by_condition = asyncio.run(run_context_streams(url, clips, term_lists, args.speed))
             report["context"] = summarize_context(clips, term_lists, by_condition)
+            return report
+        if getattr(args, "noise", None):
+            voices = [c.path for c in load_manifest(Path(args.manifest), None)]
+            report["noise"] = run_noise(url, clips, args.noise, voices, args.speed, health, server, offline=not args.no_offline)
             return report
         if getattr(args, "long_form", None):
             levels = getattr(args, "long_form_levels", "matched")
@@ -285,3 +299,63 @@ def print_context_report(summary: dict[str, Any], out: TextIO = sys.stdout) -> N
             print(f"  {'':28s} false alarms: {', '.join(entry['false_alarms'])}", file=out)
 
 
+
+
+# -- noise -------------------------------------------------------------------------------------
+def run_noise(
+    url: str,
+    clips: list[Clip],
+    conditions: list[Noise | None],
+    voices: list[Path],
+    speed: float | None,
+    health: dict[str, Any],
+    server: ServerProcess | None,
+    offline: bool = True,
+) -> dict[str, Any]:
+    """Every recording under each noise condition (None: clean), streamed once and, unless
+    ``offline`` is false, decoded whole by the same model on the same noisy audio."""
+    decode = offline_decoder(health["model"], "cpu", health.get("final_beam_size", 1)) if offline else None
+    by_condition: dict[str, Any] = {}
+    for condition in conditions:
+        noisy = [replace(c, noise=None if condition is None else with_voices(condition, c.path, voices)) for c in clips]
+        cpu_before = server.cpu_seconds() if server else None
+        results = asyncio.run(run_streams(url, noisy, 1, speed))
+        entry: dict[str, Any] = {"summary": summarize(noisy, results)}
+        entry["clips"] = [{"clip": r.clip, "finals": r.finals} for r in results]
+        if server is not None and cpu_before is not None:
+            entry["cpu_per_audio_second"] = (server.cpu_seconds() - cpu_before) / sum(duration(c) for c in noisy)
+        if decode is not None:
+            texts = {c.id: decode(c) for c in noisy}
+            entry["offline_texts"] = texts
+            for language, (errors, units) in offline_errors(noisy, texts).items():
+                entry["summary"]["languages"][language].update(offline_errors=errors, offline_error_rate=errors / max(1, units))
+        by_condition["clean" if condition is None else condition.label] = entry
+    return by_condition
+
+
+def print_noise_report(by_condition: dict[str, Any], out: TextIO = sys.stdout) -> None:
+    print("\nnoise: streaming against offline decoding of the same noisy audio (errors of units)", file=out)
+    print(f"  {'condition':10s} {'lang':4s}  {'streaming':>18s}  {'offline':>18s}  {'ratio':>5s}   final latency p50 / p95", file=out)
+    for label, entry in by_condition.items():
+        s = entry["summary"]
+        latency = s["final_latency"] or {}
+        for number, (language, figures) in enumerate(s["languages"].items()):
+            streamed = f"{figures['streaming_error_rate']:.2%} ({figures['streaming_errors']}/{figures['units']})"
+            line = f"  {label if number == 0 else '':10s} {language:4s}  {streamed:>18s}"
+            if "offline_errors" in figures:
+                offline = f"{figures['offline_error_rate']:.2%} ({figures['offline_errors']})"
+                ratio = figures["streaming_errors"] / max(1, figures["offline_errors"])
+                line += f"  {offline:>18s}  {ratio:5.2f}"
+            if number == 0 and latency:
+                line += f"   {latency['p50']:.2f} / {latency['p95']:.2f} s"
+                if entry.get("cpu_per_audio_second") is not None:
+                    line += f", server CPU {entry['cpu_per_audio_second']:.2f} s per audio s"
+            print(line, file=out)
+        if len(s["languages"]) > 1:
+            streamed_total = sum(f["streaming_errors"] for f in s["languages"].values())
+            units_total = sum(f["units"] for f in s["languages"].values())
+            line = f"  {'':10s} {'all':4s}  {streamed_total / max(1, units_total):>8.2%} ({streamed_total}/{units_total})"
+            offline_total = sum(f.get("offline_errors", 0) for f in s["languages"].values())
+            if any("offline_errors" in f for f in s["languages"].values()):
+                line += f"  {offline_total / max(1, units_total):>8.2%} ({offline_total})  {streamed_total / max(1, offline_total):5.2f}"
+            print(line, file=out)

@@ -33,6 +33,7 @@ import websockets
 from websockets.asyncio.client import connect
 
 from streaming.client import publish_url, read_wav, to_pcm16
+from streaming.evaluation.noise import Noise, mix
 from streaming.scoring import normalize
 
 CHUNK_SECONDS = 0.05
@@ -57,15 +58,24 @@ class Clip:
     reference: str
     path: Path
     lead_silence: float = 0.0  # seconds of silence streamed (and decoded offline) before the recording
+    noise: Noise | None = None  # mixed into everything streamed (and decoded offline)
 
-    def audio(self) -> tuple[np.ndarray, np.ndarray, int]:
-        """The samples to stream, with the lead silence, and which 20 ms frames of them are speech
-        (found in the recording alone: digital silence would move its noise floor)."""
+    def audio(self, tail: float = 0.0) -> tuple[np.ndarray, np.ndarray, int]:
+        """The samples to stream, with the lead silence and ``tail`` seconds of silence after the
+        recording (both noise, if it is mixed with noise), and which 20 ms frames of them are
+        speech (found in the clean recording alone: digital silence would move its noise floor)."""
         samples, rate = read_wav(self.path)
-        lead_frames = int(round(self.lead_silence / FRAME))
-        silence = np.zeros(lead_frames * int(rate * FRAME), np.float32)
-        speech = np.concatenate([np.zeros(lead_frames, bool), speech_frames(samples, rate)])
-        return np.concatenate([silence, samples]), speech, rate
+        if self.noise is not None and rate != 16_000:
+            import soxr
+
+            samples, rate = soxr.resample(samples, rate, 16_000).astype(np.float32), 16_000
+        hop = int(rate * FRAME)
+        lead_frames, tail_frames = int(round(self.lead_silence / FRAME)), int(round(tail / FRAME))
+        speech = np.concatenate([np.zeros(lead_frames, bool), speech_frames(samples, rate), np.zeros(tail_frames, bool)])
+        audio = np.concatenate([np.zeros(lead_frames * hop, np.float32), samples, np.zeros(tail_frames * hop, np.float32)])
+        if self.noise is not None:
+            audio = mix(audio, speech, self.noise, self.id, rate)
+        return audio, speech, rate
 
 
 @dataclass
@@ -142,8 +152,7 @@ async def stream_clip(
     """Stream ``clip`` (then a tail of silence and ``end``) at ``speed`` (None: as fast as the
     server takes it, as a recording), waiting up to ``wait_s`` after ``end`` for the server to
     close; measure what came back."""
-    audio, speech, rate = clip.audio()
-    audio = np.concatenate([audio, np.zeros(int(rate * TAIL_SILENCE_SECONDS), np.float32)])
+    audio, speech, rate = clip.audio(tail=TAIL_SILENCE_SECONDS)
     step = int(rate * CHUNK_SECONDS)
     sent_at: list[float] = []  # wall time each chunk was sent
     received: list[tuple[float, dict[str, Any]]] = []
