@@ -44,6 +44,11 @@ class Hypothesis:
     # "budget" (the most tokens the audio's length allows), "repeated phrase". Never silent:
     # the server counts and logs it for finals.
     cut: str | None = None
+    # Why the model's words were not taken for speech, if they were not (the words are then
+    # empty): the guards that keep noise and music from becoming captions ("no speech",
+    # "unsure", "looping text", "no words", "copies context", "unsure start"). Never silent
+    # either: under noise a guard may drop real speech, so the server counts and logs it.
+    rejected: str | None = None
 
     @property
     def text(self) -> str:

@@ -253,6 +253,7 @@ class MoonshineModel:
         budget = self.limits.budget(features.duration)
         proposed = [t for w in draft for t in w.tokens]
         context = options.context
+        rejected = None
         if context is not None and context.terms:
             # Biasing needs a search that can back out of a term: a beam search that branches
             # only where a term is at stake (sessions without context stay greedy and pay nothing).
@@ -267,13 +268,14 @@ class MoonshineModel:
             words = self.limits.cut_repeated_phrase(heard, chosen, scores)
             cut = "repeated phrase" if len(words) < len(heard) else None if found.stopped == "end" else found.stopped
             if found.overruled and scores and np.mean(scores) < self.limits.override_min_avg_logprob:
-                words, scores, cut = (), [], None  # the model never believed in these words
+                words, scores, cut, rejected = (), [], None, "unsure start"  # the model never believed in these words
         return Hypothesis(
             words=(*prefix, *words),
             language="en",
             avg_logprob=float(np.mean(scores)) if scores else 0.0,
             compute_seconds=time.perf_counter() - started,
             cut=cut,
+            rejected=rejected,
         )
 
     # -- context biasing -----------------------------------------------------------------------

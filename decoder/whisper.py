@@ -351,17 +351,9 @@ class WhisperModel:
         words = self.limits.cut_repeated_phrase(heard, chosen, scores)
         cut = "repeated phrase" if len(words) < len(heard) else None if found.stopped == "end" else found.stopped
         average = float(np.mean(scores)) if scores else 0.0
-        text = self.tokenizer.text(forced + chosen)
-        if (
-            (no_speech > NO_SPEECH_THRESHOLD and average < LOGPROB_THRESHOLD)
-            or (not forced and average < (UNSURE_LOGPROB_LONG if features.duration >= LONG_AUDIO_S else UNSURE_LOGPROB))
-            or _compression_ratio(text) > COMPRESSION_RATIO_THRESHOLD
-            or not any(char.isalnum() for char in self.tokenizer.text(chosen))
-            or _copies_prompt(self.tokenizer.text(chosen), context)
-        ):
-            # Whisper's rules: the model itself says there was no speech, or the text loops;
-            # and on music it writes "..." or "♪": no words, no caption. This is what keeps
-            # "Thanks for watching!" off silent stretches.
+        rejected = _rejected(self.tokenizer.text(forced + chosen), self.tokenizer.text(chosen), average, no_speech,
+                             bool(forced), features.duration, context) if chosen else None
+        if rejected is not None:
             words, average, cut = (), 0.0, None
         return Hypothesis(
             words=(*prefix, *words),
@@ -370,6 +362,7 @@ class WhisperModel:
             compute_seconds=time.perf_counter() - started,
             no_speech_prob=no_speech,
             cut=cut,
+            rejected=rejected,
         )
 
 
@@ -393,6 +386,25 @@ def _copies_prompt(text: str, context: Context | None) -> bool:
 
 def _plain_words(text: str) -> list[str]:
     return "".join(c.lower() if c.isalnum() else " " for c in text).split()
+
+
+def _rejected(
+    text: str, chosen: str, average: float, no_speech: float, forced: bool, seconds: float, context: Context | None
+) -> str | None:
+    """Why words are not taken for speech, or None. Whisper's rules: the model itself says there
+    was no speech, or the text loops; and on music it writes "..." or "♪": no words, no caption.
+    This is what keeps "Thanks for watching!" off silent stretches."""
+    if no_speech > NO_SPEECH_THRESHOLD and average < LOGPROB_THRESHOLD:
+        return "no speech"
+    if not forced and average < (UNSURE_LOGPROB_LONG if seconds >= LONG_AUDIO_S else UNSURE_LOGPROB):
+        return "unsure"
+    if _compression_ratio(text) > COMPRESSION_RATIO_THRESHOLD:
+        return "looping text"
+    if not any(char.isalnum() for char in chosen):
+        return "no words"
+    if _copies_prompt(chosen, context):
+        return "copies context"
+    return None
 
 
 def _compression_ratio(text: str) -> float:

@@ -37,6 +37,7 @@ class Metrics:
         self.dropped_viewers = 0
         self.cut_finals: Counter[str] = Counter()  # final (and early final) decodes that stopped short, by reason
         self.final_checks: Counter[str] = Counter()  # checks of a final's tail or head, by what they found
+        self.rejected_finals: Counter[str] = Counter()  # final decodes whose words were not taken for speech, by guard
         self.final_latency = Histogram()  # end of an utterance's audio -> its final sent
 
     def render(self, gauges: dict[str, tuple[str, float]], counters: dict[str, tuple[str, float]]) -> str:
@@ -63,6 +64,10 @@ class Metrics:
                "Finals whose tail (long, or stopped short: sent first) or head (no partial before it: held) was decoded again, "
                "by end and outcome: covered, extended (words the final had dropped were added), unmatched (could not be placed).",
                lambda: [f'flashcaption_final_checks_total{{check="{c}"}} {n}' for c, n in sorted(self.final_checks.items())])
+        metric("flashcaption_final_decodes_rejected_total", "counter",
+               "Decodes of finals (and early finals) whose words a guard did not take for speech (noise, music), by guard: "
+               "no speech, unsure, looping text, no words, copies context, unsure start.",
+               lambda: [f'flashcaption_final_decodes_rejected_total{{guard="{g}"}} {n}' for g, n in sorted(self.rejected_finals.items())])
         metric("flashcaption_final_latency_seconds", "histogram",
                "From the end of an utterance's audio (on arrival) to its final being sent.",
                lambda: self.final_latency.lines("flashcaption_final_latency_seconds"))

@@ -316,6 +316,13 @@ async def _pump(server: ServerState, publisher: Publisher) -> None:
                     server.metrics.cut_finals[decoded.hypothesis.cut] += 1
                     log.info("final decode stopped short (%s) on %.1f s of audio", decoded.hypothesis.cut,
                              len(request.audio) / SAMPLE_RATE, extra=publisher.log_extra)
+                rejected = decoded.hypothesis.rejected
+                if request.urgent and request.check is None and rejected:
+                    # A guard against invented text dropped these words; under noise it may be
+                    # real speech, so it is counted and said.
+                    server.metrics.rejected_finals[rejected] += 1
+                    log.info("final decode's words not taken for speech (%s) on %.1f s of audio", rejected,
+                             len(request.audio) / SAMPLE_RATE, extra=publisher.log_extra)
                 if request.urgent and log.isEnabledFor(logging.DEBUG):
                     log.debug("urgent decode: %.2f s of audio, %d lead-in words, check %s, early end %s: %r",
                               len(request.audio) / SAMPLE_RATE, request.context_words, request.check is not None,
