@@ -170,3 +170,24 @@ def test_a_final_cut_short_is_counted_and_logged(tmp_path, caplog: pytest.LogCap
     finally:
         server.stop()
 
+
+
+class _DoubtingModel(ScriptedModel):
+    """Hears the scripted words, but a guard against invented text drops those of long decodes."""
+
+    def decode(self, features, prefix=(), draft=(), options=DecodeOptions()):  # type: ignore[no-untyped-def]
+        heard = super().decode(features, prefix, draft, options)
+        return replace(heard, words=(), rejected="unsure") if features.duration > 1.6 and not prefix else heard
+
+
+def test_words_a_guard_drops_from_a_final_are_counted_and_logged(tmp_path, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
+    server = ServerThread(CaptionServer(ServerConfig(port=0, data_dir=tmp_path), _DoubtingModel())).start()
+    try:
+        with caplog.at_level(logging.INFO, logger="streaming.server.publish"):
+            messages, code = publish(server.url, speak("alpha bravo charlie delta echo", "foxtrot"), "room=r")
+        assert code == 1000 and "foxtrot" in [f["text"] for f in finals(messages)]
+        counted = metric(server, 'flashcaption_final_decodes_rejected_total{guard="unsure"}')
+        logged = sum("not taken for speech (unsure)" in r.getMessage() for r in caplog.records)
+        assert counted >= 1 and counted == logged
+    finally:
+        server.stop()

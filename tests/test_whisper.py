@@ -224,6 +224,18 @@ def test_no_caption_from_silence_noise_or_music(whisper):
                 assert heard.text == "", f"{name} {seconds}s, beam {beam_size}: {heard.text!r}"
 
 
+def test_a_guard_that_drops_words_says_which(whisper):
+    # Under noise a guard may drop real speech: the hypothesis names it, for the server to count.
+    reasons = set()
+    for name, make in NON_SPEECH.items():
+        heard = whisper.decode(whisper.encode(make()[: 16000 * 20]))
+        assert heard.words == (), name
+        reasons.add(heard.rejected)
+    assert reasons - {None} and reasons <= {None, "no speech", "unsure", "looping text", "no words", "copies context"}, reasons
+    speech = whisper.decode(whisper.encode(CLIPS["en_arctic_a0024"].audio))
+    assert speech.words and speech.rejected is None
+
+
 def test_context_steers_spelling_and_never_shows(whisper):
     prompt = parse_context("Hester Prynne, Reykjavík, Qwen3-ASR")
     heard = transcribe(whisper, CLIPS["en_ls_1221-135766-0002f"].audio, options=DecodeOptions(language="en", context=prompt)).text
