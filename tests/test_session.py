@@ -112,6 +112,23 @@ def test_no_caption_when_noise_starts_mid_stream(model):
     assert run(Session(), audio, model) == []
 
 
+@pytest.mark.parametrize("clip_id", ["en_ls_1995-1837-0001", "en_fleurs_test_004", "en_arctic_a0024"])
+def test_an_utterance_in_steady_noise_is_captioned_whole(model, clip_id):
+    # Pink noise 5 dB below the speech, from 2 s before it to 3 s after: the captions begin
+    # with the first word, and hold no more errors than the model makes on the same noisy
+    # audio decoded whole (the pipeline in front of it loses nothing the model would hear).
+    from streaming.scoring import error_counts, normalize
+    from tests.test_vad import noisy
+
+    audio, _ = noisy(clip_id, "pink", 5)
+    captions = " ".join(e.text for e in run(Session(), audio, model) if isinstance(e, FinalCaption))
+    reference = CLIPS[clip_id].reference
+    streamed, _ = error_counts(reference, captions)
+    offline, _ = error_counts(reference, transcribe(model, audio).text)
+    assert normalize(captions)[:1] == normalize(reference)[:1], captions
+    assert streamed <= offline + 1, (captions, streamed, offline)
+
+
 def test_flush_finalises_at_once_and_end_finalises_everything(model):
     clip = CLIPS["en_jfk_inaugural"]
     session = Session()

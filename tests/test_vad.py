@@ -92,6 +92,53 @@ def test_speech_in_pink_noise_at_10_db_snr():
     assert found and found[0][0] <= 2.3 and found[-1][1] >= 2 + len(speech) / SR - 0.5
 
 
+def noisy(clip_id: str, kind: str, snr_db: float, lead_s: float = 2.0, tail_s: float = 3.0) -> tuple[np.ndarray, np.ndarray]:
+    """A test recording with ``lead_s`` before and ``tail_s`` after it, mixed as the bench mixes
+    (:mod:`streaming.evaluation.noise`), and its speech frames (20 ms), found in the clean audio."""
+    from streaming.evaluation.noise import Noise, mix
+    from streaming.evaluation.streams import speech_frames
+
+    speech = CLIPS[clip_id].audio
+    audio = np.concatenate([np.zeros(int(lead_s * SR), np.float32), speech, np.zeros(int(tail_s * SR), np.float32)])
+    frames = np.concatenate([np.zeros(int(lead_s / 0.02), bool), speech_frames(speech, SR), np.zeros(int(tail_s / 0.02) + 1, bool)])
+    return mix(audio, frames, Noise(kind, snr_db), clip_id), frames
+
+
+def covered(found: list[tuple[float, float, str]], frames: np.ndarray) -> float:
+    """The share of speech frames inside the segments found."""
+    inside = np.zeros(len(frames), bool)
+    for start, end, _ in found:
+        inside[int(start / 0.02) : int(np.ceil(end / 0.02))] = True
+    return float((inside & frames).sum() / frames.sum())
+
+
+@pytest.mark.parametrize(("snr_db", "share"), [(10, 0.98), (5, 0.95)])
+@pytest.mark.parametrize("clip_id", ["en_ls_1995-1837-0001", "en_jfk_inaugural", "en_fleurs_test_004"])
+def test_speech_in_steady_noise_is_found_whole_and_ends_as_in_a_quiet_room(clip_id: str, snr_db: int, share: float):
+    # Pink noise throughout, from 2 s before the speech to 3 s after: the speech is inside
+    # utterances (all but a few frames of the 1961 broadcast at 5 dB), the first syllable
+    # too, and the last utterance ends where it does in a quiet room, or sooner, not later.
+    audio, frames = noisy(clip_id, "pink", snr_db)
+    quiet = segments(noisy(clip_id, "pink", 40)[0])
+    found = segments(audio)
+    first = np.flatnonzero(frames)[0] * 0.02
+    assert covered(found, frames) >= share, found
+    assert found[0][0] <= first
+    assert found[-1][1] <= quiet[-1][1] + 0.1, (found, quiet)
+    assert found[-1][2] == "silence"  # ended by the pause (in noise), not by the stream's end
+
+
+def test_noise_that_starts_and_stops_mid_utterance_neither_cuts_it_nor_holds_it_open():
+    # Pink noise at 5 dB from 1 s into the speech to 2 s before its end.
+    clean, frames = noisy("en_ls_1995-1837-0001", "pink", 40)
+    loud, _ = noisy("en_ls_1995-1837-0001", "pink", 5)
+    window = np.zeros(len(clean), np.float32)
+    window[3 * SR : len(clean) - 5 * SR] = 1.0
+    found = segments(clean * (1 - window) + loud * window)
+    assert covered(found, frames) >= 0.98, found
+    assert found[-1][1] <= segments(clean)[-1][1] + 0.1, found
+
+
 def test_short_blip_is_ignored():
     click = np.zeros(3 * SR, np.float32)
     word = CLIPS["en_arctic_a0024"].audio
