@@ -307,6 +307,27 @@ def install(name: str, source_dir: Path | None = None, quantize: bool = False, s
     return target
 
 
+# Silero VAD's ONNX graph ships in the silero-vad wheel, whose own code needs torch: the wheel is
+# installed without its dependencies (bin/setup) and only its data file is read, with the
+# project's onnxruntime. MIT licensed.
+SILERO_VAD_PACKAGE = "silero-vad==6.2.3"
+SILERO_VAD_SHA256 = "1a153a22f4509e292a94e67d6f9b85e8deb25b4988682b7e174c65279d8788e3"
+
+
+def silero_vad_path() -> Path:
+    """The Silero VAD graph (``--vad silero|both``), checked against its pinned digest."""
+    root = _package_dir("silero_vad")
+    path = root / "data" / "silero_vad.onnx" if root is not None else None
+    if path is None or not path.is_file():
+        raise ModelUnavailable(
+            f"--vad silero needs the Silero VAD weights: pip install --no-deps {SILERO_VAD_PACKAGE} "
+            "(without its dependencies: only its ONNX file is used, not torch)"
+        )
+    if _sha256(path) != SILERO_VAD_SHA256:
+        raise ModelUnavailable(f"{path} is not the Silero VAD graph of {SILERO_VAD_PACKAGE} (sha256 differs): reinstall it")
+    return path
+
+
 def load_model(name: str, runtime: RuntimeOptions) -> SpeechModel:
     """Find, prepare if needed, and open the named model."""
     spec = MODELS.get(name)

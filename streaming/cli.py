@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     from decoder.models import DEFAULT_MODEL, MODELS
     from streaming.config import ServerConfig
     from streaming.numbers import STYLES
-    from vad.segmenter import VadConfig
+    from vad.segmenter import DETECTORS, VadConfig
 
     defaults, vad = ServerConfig(), VadConfig()
     parser = argparse.ArgumentParser(
@@ -116,6 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--max-utterance", type=_positive_float, default=vad.max_utterance_s,
         help="seconds after which an utterance is cut at its quietest point (default %(default)s)",
+    )
+    serve.add_argument(
+        "--vad", choices=DETECTORS, default=vad.detector,
+        help="voice detector: webrtc (webrtcvad after a test against the stream's background), silero (Silero VAD, "
+             "an ONNX model), or both (default %(default)s)",
     )
     serve.add_argument(
         "--vad-aggressiveness", type=int, choices=range(4), default=vad.aggressiveness,
@@ -320,7 +325,7 @@ def _server_config(args: argparse.Namespace) -> ServerConfig:
         workers=args.workers,
         session=SessionConfig(
             vad=replace(VadConfig(), end_silence_ms=spec.end_silence_ms if args.end_silence is None else args.end_silence, max_utterance_s=args.max_utterance,
-                        aggressiveness=args.vad_aggressiveness),
+                        aggressiveness=args.vad_aggressiveness, detector=args.vad),
             partial_interval_s=args.partial_interval,
             final_beam_size=beam_size,
             numbers=args.numbers,
@@ -375,6 +380,10 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     setup_logging(config.log_level, config.log_json)
     try:
+        if config.session.vad.detector != "webrtc":
+            from vad.silero import shared_model
+
+            shared_model()  # missing weights are said now, not at the first stream
         model = load_model(config.model, config.runtime)
         lean = None
         if config.workers > 1 and config.runtime.intra_op_threads == 0 and str(getattr(model, "device", "cpu")) == "cpu":

@@ -139,6 +139,37 @@ def test_noise_that_starts_and_stops_mid_utterance_neither_cuts_it_nor_holds_it_
     assert found[-1][1] <= segments(clean)[-1][1] + 0.1, found
 
 
+# -- Silero VAD (--vad silero|both) -------------------------------------------------------------
+@pytest.mark.slow  # an ONNX Runtime session, if a small one
+@pytest.mark.parametrize("detector", ["silero", "both"])
+def test_silero_finds_speech_in_noise_and_nothing_in_noise_or_music_alone(detector: str):
+    config = VadConfig(detector=detector)
+    for snr_db in (10, 5):
+        audio, frames = noisy("en_ls_1995-1837-0001", "pink", snr_db)
+        assert covered(segments(audio, config), frames) >= 0.95
+    for name in ("silence", "pink_noise", "brown_noise"):
+        assert segments(NON_SPEECH[name](), config) == [], name
+    # Music opens an utterance of a second at most (webrtcvad alone: the whole 30 s).
+    assert sum(e - s for s, e, _ in segments(NON_SPEECH["music"](), config)) <= 1.0
+    quiet, loud = pink_noise(5, level=0.003, seed=5), brown_noise(20, level=0.5, seed=6)
+    assert segments(np.concatenate([quiet, loud]), config) == []
+
+
+def test_silero_weights_that_are_missing_or_altered_are_a_clear_error(tmp_path, monkeypatch):
+    import decoder.models as models
+
+    monkeypatch.setattr(models, "_package_dir", lambda name: None)
+    with pytest.raises(models.ModelUnavailable, match="pip install --no-deps silero-vad=="):
+        models.silero_vad_path()
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "silero_vad.onnx").write_bytes(b"not the graph")
+    monkeypatch.setattr(models, "_package_dir", lambda name: tmp_path)
+    with pytest.raises(models.ModelUnavailable, match="sha256 differs"):
+        models.silero_vad_path()
+    with pytest.raises(ValueError, match="detector must be one of"):
+        VadConfig(detector="energy")
+
+
 def test_short_blip_is_ignored():
     click = np.zeros(3 * SR, np.float32)
     word = CLIPS["en_arctic_a0024"].audio

@@ -21,7 +21,10 @@ from dataclasses import dataclass
 import numpy as np
 import webrtcvad
 
+from vad.silero import SileroStream, shared_model
+
 SAMPLE_RATE = 16_000
+DETECTORS = ("webrtc", "silero", "both")
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,11 @@ class VadConfig:
     min_excess_db: float = 5.5
     floor_window_s: float = 10.0
     floor_percentile: float = 10.0
+    # Which voice detector judges frames that pass the level and background tests: "webrtc"
+    # (webrtcvad), "silero" (Silero VAD, an ONNX model; it replaces the background test too)
+    # or "both" (each must say speech). See vad/silero.py.
+    detector: str = "webrtc"
+    silero_threshold: float = 0.5
     # webrtcvad misses quiet speech, so the frames it judges are brought to this level (loud
     target_dbfs: float = -20.0
     max_gain_db: float = 30.0
@@ -61,6 +69,8 @@ class VadConfig:
             raise ValueError("aggressiveness must be 0-3")
         if self.end_silence_ms < self.frame_ms or self.max_utterance_s < 2 * self.cut_search_s:
             raise ValueError("end_silence_ms or max_utterance_s too small")
+        if self.detector not in DETECTORS:
+            raise ValueError(f"detector must be one of {', '.join(DETECTORS)}, not {self.detector!r}")
 
 
 @dataclass(frozen=True)
@@ -124,6 +134,7 @@ class Segmenter:
     def __init__(self, config: VadConfig = VadConfig()):
         self.config = config
         self._vad = webrtcvad.Vad(config.aggressiveness)
+        self._silero = SileroStream(shared_model()) if config.detector != "webrtc" else None
         self._frame = SAMPLE_RATE * config.frame_ms // 1000
         self._pending = np.zeros(0, dtype=np.float32)  # samples not yet making a whole frame
         self._position = 0  # samples consumed into frames
@@ -192,6 +203,13 @@ class Segmenter:
         level = 20 * np.log10(rms)
         self._recent_levels.append(level)
         excess = self._background.excess_db(frame)
+        if self._silero is not None:
+            # Fed every frame, speech or not: its state follows the whole stream.
+            likely = self._silero.feed(frame) >= self.config.silero_threshold
+            if self.config.detector == "silero":
+                return level >= self.config.min_level_dbfs and likely, level
+            if not likely:
+                return False, level
         if level < self.config.min_level_dbfs or excess < self.config.min_excess_db:
             return False, level
         loud = np.percentile(self._recent_levels, 95.0)
