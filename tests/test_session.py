@@ -129,6 +129,25 @@ def test_an_utterance_in_steady_noise_is_captioned_whole(model, clip_id):
     assert streamed <= offline + 1, (captions, streamed, offline)
 
 
+@pytest.mark.parametrize("name", ["pink_noise", "brown_noise", "music"])
+def test_no_caption_from_a_long_background_between_utterances(model, name):
+    # 20 s of noise or music between two sentences, as loud as the speech: captions for the
+    # sentences, none from the stretch between them.
+    first, second = CLIPS["en_arctic_a0024"].audio, CLIPS["en_librivox_sns01_0880"].audio
+    background = NON_SPEECH[name]()[: 20 * SAMPLE_RATE]
+    background *= np.sqrt(np.mean(first**2) / np.mean(background**2))
+    audio = with_silence(np.concatenate([first, background, second]))
+    gap = (0.5 + len(first) / SAMPLE_RATE + 0.5, 0.5 + (len(first) + len(background)) / SAMPLE_RATE - 0.5)
+    finals = [e for e in run(Session(), audio, model) if isinstance(e, FinalCaption) and e.text]
+    assert not [f for f in finals if gap[0] <= f.start and f.end <= gap[1]], finals
+    from streaming.scoring import normalize
+
+    heard = set(normalize(" ".join(f.text for f in finals)))
+    for clip in ("en_arctic_a0024", "en_librivox_sns01_0880"):  # both sentences are there
+        said = normalize(CLIPS[clip].reference)
+        assert sum(w in heard for w in said) >= 0.7 * len(said), (clip, finals)
+
+
 def test_flush_finalises_at_once_and_end_finalises_everything(model):
     clip = CLIPS["en_jfk_inaugural"]
     session = Session()

@@ -28,6 +28,7 @@ from streaming.evaluation.longform import print_long_form_report, run_long_form
 from streaming.evaluation.noise import Noise, with_voices
 from streaming.evaluation.streams import (
     GOALS,
+    TAIL_SILENCE_SECONDS,
     Clip,
     ServerProcess,
     StreamResult,
@@ -44,9 +45,9 @@ from streaming.nonspeech import NON_SPEECH
 from streaming.scoring import CHARACTER_LANGUAGES, error_counts, normalize
 
 
-def offline_decoder(model_name: str, device: str, beam_size: int = 1) -> Callable[[Clip], str]:
+def offline_decoder(model_name: str, device: str, beam_size: int = 1, tail: float = 0.0) -> Callable[[Clip], str]:
     """A function that decodes a whole clip in one go (the model loaded once), with the beam
-    the server's finals use."""
+    the server's finals use, and ``tail`` seconds of what follows it in a stream."""
     import soxr
 
     from decoder.api import DecodeOptions, transcribe
@@ -56,7 +57,7 @@ def offline_decoder(model_name: str, device: str, beam_size: int = 1) -> Callabl
     model = load_model(model_name, RuntimeOptions(device=device))
 
     def decode(clip: Clip) -> str:
-        audio, _, rate = clip.audio()
+        audio, _, rate = clip.audio(tail=tail)
         if rate != 16000:
             audio = soxr.resample(audio, rate, 16000)
         return transcribe(model, audio, options=DecodeOptions(beam_size=beam_size)).text
@@ -313,8 +314,10 @@ def run_noise(
     offline: bool = True,
 ) -> dict[str, Any]:
     """Every recording under each noise condition (None: clean), streamed once and, unless
-    ``offline`` is false, decoded whole by the same model on the same noisy audio."""
-    decode = offline_decoder(health["model"], "cpu", health.get("final_beam_size", 1)) if offline else None
+    ``offline`` is false, decoded whole by the same model on the same noisy audio: the noise
+    after the recording included (a babble goes on speaking there, in the stream and offline)."""
+    beam_size = health.get("final_beam_size", 1)
+    decode = offline_decoder(health["model"], "cpu", beam_size, tail=TAIL_SILENCE_SECONDS) if offline else None
     by_condition: dict[str, Any] = {}
     for condition in conditions:
         noisy = [replace(c, noise=None if condition is None else with_voices(condition, c.path, voices)) for c in clips]
