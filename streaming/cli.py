@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     from decoder.models import DEFAULT_MODEL, MODELS
     from streaming.config import ServerConfig
     from streaming.numbers import STYLES
-    from vad.segmenter import DETECTORS, VadConfig
+    from vad.segmenter import DETECTORS, SERVED_DETECTOR, VadConfig
 
     defaults, vad = ServerConfig(), VadConfig()
     parser = argparse.ArgumentParser(
@@ -118,9 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds after which an utterance is cut at its quietest point (default %(default)s)",
     )
     serve.add_argument(
-        "--vad", choices=DETECTORS, default=vad.detector,
-        help="voice detector: webrtc (webrtcvad after a test against the stream's background), silero (Silero VAD, "
-             "an ONNX model), or both (default %(default)s)",
+        "--vad", choices=DETECTORS, default=SERVED_DETECTOR,
+        help="voice detector: silero (Silero VAD, an ONNX model, with a test against the stream's background), webrtc "
+             "(webrtcvad, with a stricter one; needs no weights), or both (default %(default)s)",
     )
     serve.add_argument(
         "--vad-aggressiveness", type=int, choices=range(4), default=vad.aggressiveness,

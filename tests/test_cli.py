@@ -149,6 +149,14 @@ def test_sigterm_finalises_open_utterances_before_exit(tmp_path):
     assert viewer.close_code == 1001
 
 
+def test_serve_hears_with_silero_by_default(serve):
+    import urllib.request
+
+    _, url = serve
+    health = json.loads(urllib.request.urlopen(url.replace("ws://", "http://") + "/healthz", timeout=10).read())
+    assert health["vad"] == "silero"
+
+
 def test_serve_refuses_bad_settings_in_one_line():
     for options, words in (
         (["--end-silence", "5"], "too small"),

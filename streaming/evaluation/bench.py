@@ -114,7 +114,8 @@ def summarize(clips: list[Clip], results: list[StreamResult]) -> dict[str, Any]:
 
 def print_report(report: dict[str, Any], out: TextIO = sys.stdout) -> None:
     m = report["machine"]
-    print(f"FlashCaption bench: model {report['model']} on {report['device']}; {m['cpu']}, {m['cores']} cores", file=out)
+    vad = f", voice detector {report['vad']}" if "vad" in report else ""
+    print(f"FlashCaption bench: model {report['model']} on {report['device']}{vad}; {m['cpu']}, {m['cores']} cores", file=out)
     if report.get("lead_silence"):
         print(f"each recording streamed and decoded after {report['lead_silence']:.2f} s of silence", file=out)
     if "context" in report:
@@ -180,6 +181,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     try:
         health = json.loads(urllib.request.urlopen(http_url(url) + "/healthz", timeout=10).read())
         report: dict[str, Any] = {"machine": machine(), "model": health["model"], "device": health["device"], "runs": []}
+        report["vad"] = health.get("vad", "?")
         report["lead_silence"] = args.lead_silence
         if getattr(args, "context", None):
             term_lists = json.loads(Path(args.context).read_text(encoding="utf-8"))

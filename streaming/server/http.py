@@ -151,6 +151,7 @@ def health(server: ServerState) -> dict[str, Any]:
         "model": server.model.name,
         "device": str(getattr(server.model, "device", "cpu")),
         "final_beam_size": server.config.session.final_beam_size,
+        "vad": server.config.session.vad.detector,
         "publishers": len(server.sessions.live),
         "viewers": server.viewer_count,
         "decode_queue": stats.queued,
