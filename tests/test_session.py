@@ -102,18 +102,21 @@ def test_partials_reuse_the_confirmed_prefix_and_finals_verify_the_draft(model):
     assert longest >= 10
 
 
+@pytest.mark.parametrize("detector", ["webrtc", "silero"])
 @pytest.mark.parametrize("name", sorted(NON_SPEECH))
-def test_no_caption_at_all_for_non_speech(model, name):
-    assert run(Session(), NON_SPEECH[name](), model) == []
+def test_no_caption_at_all_for_non_speech(model, name, detector):
+    assert run(Session(SessionConfig(vad=VadConfig(detector=detector))), NON_SPEECH[name](), model) == []
 
 
-def test_no_caption_when_noise_starts_mid_stream(model):
+@pytest.mark.parametrize("detector", ["webrtc", "silero"])
+def test_no_caption_when_noise_starts_mid_stream(model, detector):
     audio = np.concatenate([pink_noise(5, level=0.003, seed=5), brown_noise(15, level=0.5, seed=6)])
-    assert run(Session(), audio, model) == []
+    assert run(Session(SessionConfig(vad=VadConfig(detector=detector))), audio, model) == []
 
 
+@pytest.mark.parametrize("detector", ["webrtc", "silero"])
 @pytest.mark.parametrize("clip_id", ["en_ls_1995-1837-0001", "en_fleurs_test_004", "en_arctic_a0024"])
-def test_an_utterance_in_steady_noise_is_captioned_whole(model, clip_id):
+def test_an_utterance_in_steady_noise_is_captioned_whole(model, clip_id, detector):
     # Pink noise 5 dB below the speech, from 2 s before it to 3 s after: the captions begin
     # with the first word, and hold no more errors than the model makes on the same noisy
     # audio decoded whole (the pipeline in front of it loses nothing the model would hear).
@@ -121,7 +124,8 @@ def test_an_utterance_in_steady_noise_is_captioned_whole(model, clip_id):
     from tests.test_vad import noisy
 
     audio, _ = noisy(clip_id, "pink", 5)
-    captions = " ".join(e.text for e in run(Session(), audio, model) if isinstance(e, FinalCaption))
+    session = Session(SessionConfig(vad=VadConfig(detector=detector)))
+    captions = " ".join(e.text for e in run(session, audio, model) if isinstance(e, FinalCaption))
     reference = CLIPS[clip_id].reference
     streamed, _ = error_counts(reference, captions)
     offline, _ = error_counts(reference, transcribe(model, audio).text)
@@ -129,8 +133,9 @@ def test_an_utterance_in_steady_noise_is_captioned_whole(model, clip_id):
     assert streamed <= offline + 1, (captions, streamed, offline)
 
 
+@pytest.mark.parametrize("detector", ["webrtc", "silero"])
 @pytest.mark.parametrize("name", ["pink_noise", "brown_noise", "music"])
-def test_no_caption_from_a_long_background_between_utterances(model, name):
+def test_no_caption_from_a_long_background_between_utterances(model, name, detector):
     # 20 s of noise or music between two sentences, as loud as the speech: captions for the
     # sentences, none from the stretch between them.
     first, second = CLIPS["en_arctic_a0024"].audio, CLIPS["en_librivox_sns01_0880"].audio
@@ -138,7 +143,8 @@ def test_no_caption_from_a_long_background_between_utterances(model, name):
     background *= np.sqrt(np.mean(first**2) / np.mean(background**2))
     audio = with_silence(np.concatenate([first, background, second]))
     gap = (0.5 + len(first) / SAMPLE_RATE + 0.5, 0.5 + (len(first) + len(background)) / SAMPLE_RATE - 0.5)
-    finals = [e for e in run(Session(), audio, model) if isinstance(e, FinalCaption) and e.text]
+    session = Session(SessionConfig(vad=VadConfig(detector=detector)))
+    finals = [e for e in run(session, audio, model) if isinstance(e, FinalCaption) and e.text]
     assert not [f for f in finals if gap[0] <= f.start and f.end <= gap[1]], finals
     from streaming.scoring import normalize
 
