@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from decoder.api import Word
-from streaming.scoring import normalize
+from streaming.scoring import normalize, to_simplified
 
 # Words that must agree, in order, for the final's end to be placed inside the tail.
 ANCHOR_WORDS = 2
@@ -41,8 +41,24 @@ class Coverage:
 
 def spoken(words: tuple[Word, ...]) -> list[tuple[int, str]]:
     """The words that are said (punctuation comes as words of its own after a forced prefix),
-    with their index, each as its normalised text."""
-    return [(index, text) for index, text in enumerate(" ".join(normalize(w.text)) for w in words) if text]
+    with their index, each as its normalised text (Chinese in simplified characters: Whisper
+    writes one utterance in traditional and its tail, decoded alone, in simplified)."""
+    texts = [" ".join(normalize(w.text)) for w in words]
+    if any(_chinese(text) for text in texts):
+        texts = [to_simplified(text) for text in texts]
+    return [(index, text) for index, text in enumerate(texts) if text]
+
+
+def echoes(final: tuple[Word, ...], tail: tuple[Word, ...]) -> bool:
+    """Whether a tail that cannot be placed mostly repeats the final's last words: misheard (its
+    last word read otherwise), not more speech."""
+    heard = [text for _, text in spoken(tail)]
+    said = {text for _, text in spoken(final)[-(len(heard) + ANCHOR_WORDS) :]}
+    return bool(heard) and sum(text in said for text in heard) >= 0.6 * len(heard)
+
+
+def _chinese(text: str) -> bool:
+    return any("\u3400" <= char <= "\u9fff" for char in text)
 
 
 def coverage(final: tuple[Word, ...], tail: tuple[Word, ...], cut_short: bool = True) -> Coverage:

@@ -47,13 +47,18 @@ def _to_simplified() -> Callable[[str], str]:
     return opencc.OpenCC("t2s").convert
 
 
+def to_simplified(text: str) -> str:
+    """Chinese text in simplified characters (other text unchanged)."""
+    return _to_simplified()(text)
+
+
 def units(text: str, language: str) -> list[str]:
     """What is scored: words (or characters) of the text normalised, its numbers written as
     figures (references and models spell them either way)."""
     base = language.split("-")[0]
     text = write_numbers(text, language)
     if base in CHINESE:
-        text = _to_simplified()(text)
+        text = to_simplified(text)
     words = normalize(text)
     if base in CHARACTER_LANGUAGES:
         return list("".join(words))

@@ -45,7 +45,7 @@ import numpy as np
 
 from decoder.api import SAMPLE_RATE, DecodeOptions, Hypothesis, Word, join_words
 from decoder.context import Context
-from streaming.coverage import Coverage, coverage, head_coverage, spoken
+from streaming.coverage import Coverage, coverage, echoes, head_coverage, spoken
 from streaming.numbers import write_numbers, write_numbers_partial
 from streaming.scoring import normalize
 from streaming.stabilizer import Stabilizer
@@ -556,6 +556,8 @@ class Session:
                 share = len(checked.added) / (len(checked.added) + len(check.words))
                 self._emit_dropped(utterance, checked.added, int(share * len(audio)))
                 return "tail_extended"
+            if checked.outcome == "covered" and echoes(check.words, check.later[0]):
+                return "tail_covered"  # the tail only read the final's last words otherwise
             # The read ends where the final does (a model that stops there on long audio), or
             # elsewhere: the final's end is looked for window by window, back from the tail.
             check, checked = replace(check, whole=False), Coverage("unmatched")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from decoder.api import Word
-from streaming.coverage import Coverage, coverage, head_coverage
+from streaming.coverage import Coverage, coverage, echoes, head_coverage
 
 
 def words(text: str) -> tuple[Word, ...]:
@@ -60,3 +60,23 @@ def test_words_before_the_finals_first_are_the_ones_a_head_adds() -> None:
     assert head_coverage(final, words("Is was the first great")) == head_coverage(final, words("Was the first")) == Coverage("unmatched")
     # The first word is not taken for a cut-short spelling, as the last one may be.
     assert head_coverage(words("It was fine"), words("Italy was fine")).outcome == "unmatched"
+
+
+def characters(text: str) -> tuple[Word, ...]:
+    return tuple(Word(char, (0,)) for char in text)  # Whisper's words in Chinese: one a character
+
+
+def test_chinese_in_either_script_is_placed_alike() -> None:
+    # Whisper wrote the final in traditional characters and its tail, decoded alone, in simplified.
+    final = characters("當然也是金屬")
+    assert coverage(final, characters("当然也是金属")).outcome == "covered"
+    found = coverage(final, characters("也是金属和银"))
+    assert found.outcome == "extended" and "".join(w.text for w in found.added) == "和银"
+
+
+def test_a_tail_that_misreads_the_last_word_echoes_the_final_and_more_speech_does_not() -> None:
+    final = words("all nouns always begin with a capital letter")
+    assert echoes(final, words("always begin with a capital ladder"))
+    assert echoes(characters("蓋夾的元素屬於金屬銀和金的元素當然也是金屬"), characters("和金的元素当然也是金素"))
+    assert not echoes(final, words("even in the middle of a sentence"))
+    assert not echoes(final, ())

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pytest
@@ -436,6 +436,28 @@ def test_words_a_final_dropped_long_before_its_tail_are_found_by_reading_the_who
     assert [r.check.whole for r in checks if r.check is not None] == [False, True]
     assert len(checks[1].audio) > 10 * SAMPLE_RATE and checks[1].options.beam_size == 1
     assert run.finals[1].start > run.finals[0].start and run.finals[1].end == run.finals[0].end
+
+
+class _MishearsTailsModel(ScriptedModel):
+    """Reads 3-5 s of audio (a tail) with its last word wrong, as Whisper read "金屬" as "金素"."""
+
+    def decode(self, features, prefix=(), draft=(), options=DecodeOptions()):  # type: ignore[no-untyped-def]
+        heard = super().decode(features, prefix, draft, options)
+        if 3.0 < features.duration <= 5.0 and heard.words:
+            return replace(heard, words=(*heard.words[:-1], Word(" zulu", (0,))))
+        return heard
+
+
+def test_a_tail_that_only_misreads_the_finals_last_word_adds_nothing() -> None:
+    # The tail cannot be placed (its last word differs); the whole utterance read again ends
+    # where the final does, and the tail's other words are the final's: nothing was dropped,
+    # and no window further back is read (which once added the tail's words a second time).
+    said = script(16).split()
+    audio = np.concatenate([silence(0.5), utterance(" ".join(said), gap_s=0.35), silence(1.0), utterance("alpha bravo"), silence(1.0)])
+    config = SessionConfig(vad=VadConfig(max_utterance_s=30.0))
+    run = drive(Session(config), audio, _MishearsTailsModel(), lag=5)
+    check_one_final_per_utterance(run, [" ".join(said), "alpha bravo"])
+    assert [r.check.whole for r in run.requests if r.check is not None] == [False, True]
 
 
 def test_a_decode_stopped_short_on_a_short_utterance_is_checked_too() -> None:
