@@ -119,8 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--vad", choices=DETECTORS, default=SERVED_DETECTOR,
-        help="voice detector: silero (Silero VAD, an ONNX model, with a test against the stream's background), webrtc "
-             "(webrtcvad, with a stricter one; needs no weights), or both (default %(default)s)",
+        help="voice detector: webrtc (webrtcvad, after a test against the stream's background; needs no weights), silero "
+             "(Silero VAD, an ONNX model, with a milder test), or both (default %(default)s)",
     )
     serve.add_argument(
         "--vad-aggressiveness", type=int, choices=range(4), default=vad.aggressiveness,

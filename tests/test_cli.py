@@ -149,12 +149,14 @@ def test_sigterm_finalises_open_utterances_before_exit(tmp_path):
     assert viewer.close_code == 1001
 
 
-def test_serve_hears_with_silero_by_default(serve):
+def test_serve_says_which_voice_detector_it_hears_with(serve):
     import urllib.request
+
+    from vad.segmenter import SERVED_DETECTOR
 
     _, url = serve
     health = json.loads(urllib.request.urlopen(url.replace("ws://", "http://") + "/healthz", timeout=10).read())
-    assert health["vad"] == "silero"
+    assert health["vad"] == SERVED_DETECTOR == "webrtc"
 
 
 def test_serve_refuses_bad_settings_in_one_line():
