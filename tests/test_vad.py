@@ -155,6 +155,30 @@ def test_silero_finds_speech_in_noise_and_nothing_in_noise_or_music_alone(detect
     assert segments(np.concatenate([quiet, loud]), config) == []
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["brown_noise", "music"])
+def test_silero_hears_a_sentence_after_a_long_loud_background_as_from_a_fresh_start(name: str):
+    # The model's state remembers the background: after 20 s of it, as loud as the speech, the
+    # next sentence's first syllables scored as non-speech until the state started afresh.
+    from vad.silero import CHUNK, SileroStream, shared_model
+
+    def first_speech_s(audio: np.ndarray, since: int) -> float:
+        stream = SileroStream(shared_model())
+        for offset in range(0, len(audio) - CHUNK + 1, CHUNK):
+            if stream.feed(audio[offset : offset + CHUNK]) >= 0.5 and offset >= since:
+                return (offset - since) / SR
+        return float("inf")
+
+    first, second = CLIPS["en_arctic_a0024"].audio, CLIPS["en_librivox_sns01_0880"].audio
+    background = NON_SPEECH[name]()[: 20 * SR]
+    background *= np.sqrt(np.mean(first**2) / np.mean(background**2))
+    lead = np.concatenate([first, background])
+    lead = lead[: len(lead) // CHUNK * CHUNK]
+    alone = first_speech_s(second, 0)
+    assert alone < 0.5
+    assert first_speech_s(np.concatenate([lead, second]), len(lead)) <= alone + 2 * CHUNK / SR
+
+
 def test_silero_weights_that_are_missing_or_altered_are_a_clear_error(tmp_path, monkeypatch):
     import decoder.models as models
 
