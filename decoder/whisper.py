@@ -15,6 +15,7 @@ mel features (in) and the logits (out) cross to the host.
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import time
@@ -51,6 +52,14 @@ COMPRESSION_RATIO_THRESHOLD = 2.4
 UNSURE_LOGPROB = -1.5
 UNSURE_LOGPROB_LONG = -1.0
 LONG_AUDIO_S = 4.0
+# A beam search on long audio can drop a whole sentence (it ranks by summed log-probabilities,
+# and a sentence left out costs less than it adds): a 17 s utterance of three sentences came
+# back without its middle one. From this long, the beam's reading is checked against greedy
+# decoding's (one extra pass where they agree), which is taken instead if it holds a run of
+# SKIPPED_RUN_WORDS or more words the beam left out and that do not repeat the beam's words
+# around the gap (greedy decoding reads a sentence twice where the beam does not).
+SKIP_CHECK_S = 8.0
+SKIPPED_RUN_WORDS = 3
 # A speaker's likely language is kept unless the audio makes it less probable than this.
 # Measured on 1.5-4 s stretches of the shared recordings: the top guess was wrong on 14% of
 # 2 s stretches, but the language spoken never scored below 0.0047; another language scored
@@ -344,6 +353,13 @@ class WhisperModel:
         budget = self.limits.budget(features.duration)
         proposed = [t for w in draft for t in w.tokens]
         found = beam_search(self, features, start, forced, budget, options.beam_size, self.limits) if options.beam_size > 1 else None
+        if found is not None and features.duration >= SKIP_CHECK_S:
+            # The beam's reading as the draft: greedy decoding costs one pass where they agree.
+            plain = greedy(self, features, start, forced, found.tokens, budget, self.limits)
+            skipped = skipped_run(self.tokenizer.words(found.tokens), self.tokenizer.words(plain.tokens))
+            if skipped:
+                log.info("beam search left out %r (%.1f s of audio): greedy decoding's reading taken", skipped, features.duration)
+                found = plain
         found = found or greedy(self, features, start, forced, proposed, budget, self.limits)
         chosen, scores = found.tokens, found.scores
         no_speech = float(np.exp(found.first_call[start.index(self.tokenizer.sot), self.tokenizer.no_speech]))
@@ -364,6 +380,22 @@ class WhisperModel:
             cut=cut,
             rejected=rejected,
         )
+
+
+def skipped_run(beam: Sequence[Word], plain: Sequence[Word], run: int = SKIPPED_RUN_WORDS) -> str | None:
+    """Words ``plain`` has and ``beam`` left out: the first gap of ``run`` or more words (more
+    than ``beam`` has in their place) whose words mostly do not appear in ``beam`` around it (a
+    repeat of the neighbouring words is what the beam is right to leave out); or None."""
+    a = ["".join(_plain_words(w.text)) for w in beam]
+    b = ["".join(_plain_words(w.text)) for w in plain]
+    for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(a=a, b=b, autojunk=False).get_opcodes():
+        if tag not in ("insert", "replace") or (j2 - j1) - (i2 - i1) < run:
+            continue
+        gap = b[j1:j2]
+        around = set(a[max(0, i1 - len(gap)) : i2 + len(gap)])
+        if sum(word in around for word in gap) < 0.6 * len(gap):
+            return "".join(w.text for w in plain[j1:j2]).strip()
+    return None
 
 
 def _copies_prompt(text: str, context: Context | None) -> bool:

@@ -13,13 +13,13 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from decoder.api import SAMPLE_RATE, DecodeOptions, transcribe
+from decoder.api import SAMPLE_RATE, DecodeOptions, Word, transcribe
 from decoder.context import parse_context
 from decoder.models import MODELS, install, load_model
 from decoder.runtime import RuntimeOptions
 from decoder.whisper import log_mel, window_seconds
 from decoder.whisper_convert import read_ct2
-from streaming.scoring import error_counts
+from streaming.scoring import error_counts, normalize
 from streaming.session import FinalCaption, Session, SessionConfig
 from tests.conftest import CLIPS, NON_SPEECH
 from tests.test_decoder import check_forced_word_before_punctuation
@@ -190,6 +190,32 @@ def test_a_beam_search_that_never_ends_gives_way_to_greedy_decoding(whisper):
         assert transcribe(whisper, audio, options=DecodeOptions(language="en", beam_size=5)).words == greedy.words
     finally:
         whisper.limits = limits
+
+
+def test_a_sentence_the_beam_leaves_out_of_long_audio_is_read_all_the_same(whisper):
+    """Three recordings back to back (17 s, as a stream cut them): the beam search read the
+    first and the last and left out "He was not an ill-disposed young man" between them."""
+    from tests.test_long_speech import JOINED
+
+    audio = JOINED.audio[int(13.46 * SAMPLE_RATE) : int(30.12 * SAMPLE_RATE)]
+    beam = transcribe(whisper, audio, options=DecodeOptions(language="en", beam_size=5))
+    assert "he was not an ill disposed young man" in " ".join(normalize(beam.text)), beam.text
+
+
+def test_a_run_of_words_the_beam_left_out_is_found_but_not_a_repeat():
+    from decoder.whisper import skipped_run
+
+    def words(text: str) -> tuple[Word, ...]:
+        return tuple(Word(f" {w}", ()) for w in text.split())
+
+    full = "It was around it. He was not an ill-disposed young man. It was my reports."
+    assert skipped_run(words("It was around it. It was my reports."), words(full)) == "He was not an ill-disposed young man."
+    assert skipped_run(words("It was around it. It was my reports."), words("It was around it. He was. It was my reports.")) is None
+    assert skipped_run(words(full), words(full)) is None
+    said_once = "Many people don't think about them as dinosaurs because they fly."
+    twice = said_once + " Many peoples don't think about them as dinosaurs because they fly."
+    assert skipped_run(words(said_once), words(twice)) is None
+    assert skipped_run(words("the loss of the"), words("the loss of the cotton itself but the fantasy")) == "cotton itself but the fantasy"
 
 
 # -- language identification --------------------------------------------------------------------
