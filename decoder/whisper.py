@@ -357,7 +357,13 @@ class WhisperModel:
             # The beam's reading as the draft: greedy decoding costs one pass where they agree.
             plain = greedy(self, features, start, forced, found.tokens, budget, self.limits)
             skipped = skipped_run(self.tokenizer.words(found.tokens), self.tokenizer.words(plain.tokens))
-            if skipped:
+            # Only a reading the guards below would keep: under loud noise greedy decoding's
+            # longer reading was too unsure to show, where the beam's short one was not.
+            if skipped and plain.tokens and _rejected(
+                self.tokenizer.text(forced + plain.tokens), self.tokenizer.text(plain.tokens), float(np.mean(plain.scores)),
+                float(np.exp(plain.first_call[start.index(self.tokenizer.sot), self.tokenizer.no_speech])),
+                bool(forced), features.duration, context,
+            ) is None:
                 log.info("beam search left out %r (%.1f s of audio): greedy decoding's reading taken", skipped, features.duration)
                 found = plain
         found = found or greedy(self, features, start, forced, proposed, budget, self.limits)

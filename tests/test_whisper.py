@@ -202,6 +202,16 @@ def test_a_sentence_the_beam_leaves_out_of_long_audio_is_read_all_the_same(whisp
     assert "he was not an ill disposed young man" in " ".join(normalize(beam.text)), beam.text
 
 
+def test_a_greedy_reading_too_unsure_to_show_does_not_replace_the_beams(whisper):
+    """Japanese under pink noise 5 dB below it: the beam reads a few words, greedy decoding
+    more but too unsure for the guards; the beam's words stay rather than no caption."""
+    from tests.test_vad import noisy
+
+    audio, _ = noisy("ja_fleurs_test_000", "pink", 5, lead_s=0.0, tail_s=1.5)
+    beam = transcribe(whisper, audio, options=DecodeOptions(language="ja", beam_size=5))
+    assert beam.text and beam.rejected is None
+
+
 def test_a_run_of_words_the_beam_left_out_is_found_but_not_a_repeat():
     from decoder.whisper import skipped_run
 
