@@ -119,8 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--vad", choices=DETECTORS, default=SERVED_DETECTOR,
-        help="voice detector: webrtc (webrtcvad, after a test against the stream's background; needs no weights), silero "
-             "(Silero VAD, an ONNX model, with a milder test), or both (default %(default)s)",
+        help="voice detector: silero (Silero VAD, an ONNX model, after a test against the stream's background; its weights "
+             "come from the silero-vad package), webrtc (webrtcvad, with a stricter test; needs no weights), or both "
+             "(default %(default)s)",
     )
     serve.add_argument(
         "--vad-aggressiveness", type=int, choices=range(4), default=vad.aggressiveness,

@@ -156,7 +156,7 @@ def test_serve_says_which_voice_detector_it_hears_with(serve):
 
     _, url = serve
     health = json.loads(urllib.request.urlopen(url.replace("ws://", "http://") + "/healthz", timeout=10).read())
-    assert health["vad"] == SERVED_DETECTOR == "webrtc"
+    assert health["vad"] == SERVED_DETECTOR == "silero"
 
 
 def test_serve_refuses_bad_settings_in_one_line():
