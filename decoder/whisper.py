@@ -31,7 +31,7 @@ import onnxruntime as ort
 
 from decoder.api import SAMPLE_RATE, DecodeLimits, DecodeOptions, Hypothesis, Word, with_vocabulary
 from decoder.context import Context
-from decoder.loop import beam_search, greedy
+from decoder.loop import Decoded, beam_search, greedy
 from decoder.runtime import RuntimeOptions, create_session
 
 log = logging.getLogger(__name__)
@@ -359,22 +359,14 @@ class WhisperModel:
             skipped = skipped_run(self.tokenizer.words(found.tokens), self.tokenizer.words(plain.tokens))
             # Only a reading the guards below would keep: under loud noise greedy decoding's
             # longer reading was too unsure to show, where the beam's short one was not.
-            if skipped and plain.tokens and _rejected(
-                self.tokenizer.text(forced + plain.tokens), self.tokenizer.text(plain.tokens), float(np.mean(plain.scores)),
-                float(np.exp(plain.first_call[start.index(self.tokenizer.sot), self.tokenizer.no_speech])),
-                bool(forced), features.duration, context,
-            ) is None:
+            if skipped and plain.tokens and self._judged(plain, start, forced, features.duration, context)[2] is None:
                 log.info("beam search left out %r (%.1f s of audio): greedy decoding's reading taken", skipped, features.duration)
                 found = plain
         found = found or greedy(self, features, start, forced, proposed, budget, self.limits)
-        chosen, scores = found.tokens, found.scores
-        no_speech = float(np.exp(found.first_call[start.index(self.tokenizer.sot), self.tokenizer.no_speech]))
-        heard = self.tokenizer.words(chosen)
-        words = self.limits.cut_repeated_phrase(heard, chosen, scores)
+        heard = self.tokenizer.words(found.tokens)
+        words = self.limits.cut_repeated_phrase(heard, found.tokens, found.scores)
         cut = "repeated phrase" if len(words) < len(heard) else None if found.stopped == "end" else found.stopped
-        average = float(np.mean(scores)) if scores else 0.0
-        rejected = _rejected(self.tokenizer.text(forced + chosen), self.tokenizer.text(chosen), average, no_speech,
-                             bool(forced), features.duration, context) if chosen else None
+        no_speech, average, rejected = self._judged(found, start, forced, features.duration, context)
         if rejected is not None:
             words, average, cut = (), 0.0, None
         return Hypothesis(
@@ -386,6 +378,17 @@ class WhisperModel:
             cut=cut,
             rejected=rejected,
         )
+
+    def _judged(
+        self, found: Decoded, start: list[int], forced: list[int], seconds: float, context: Context | None
+    ) -> tuple[float, float, str | None]:
+        """A reading's no-speech probability, its mean log-probability per token, and why the
+        guards drop it (None: they keep it)."""
+        no_speech = float(np.exp(found.first_call[start.index(self.tokenizer.sot), self.tokenizer.no_speech]))
+        average = float(np.mean(found.scores)) if found.scores else 0.0
+        text = self.tokenizer.text(found.tokens)
+        rejected = _rejected(self.tokenizer.text(forced + found.tokens), text, average, no_speech, bool(forced), seconds, context) if found.tokens else None
+        return no_speech, average, rejected
 
 
 def skipped_run(beam: Sequence[Word], plain: Sequence[Word], run: int = SKIPPED_RUN_WORDS) -> str | None:
