@@ -1,0 +1,96 @@
+"""The decoder's cache branch made to take rows of different lengths (issue 22's first step
+towards decoding several streams' tokens as one batch): on real recordings, one batched step
+gives every row what its own step gives, and the graph with neutral biases is the exported one."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from decoder.api import transcribe
+from decoder.models import DEFAULT_MODEL, MODELS
+from decoder.moonshine import BOS
+from decoder.optimize import CROSS_ATTENTION_BIAS, POSITION_IDS, SELF_ATTENTION_BIAS, add_batched_step_inputs
+from tests.conftest import ENGLISH
+
+PAD = -1e9
+
+
+@pytest.fixture(scope="module")
+def batched_decoder(tmp_path_factory: pytest.TempPathFactory) -> ort.InferenceSession:
+    graph = onnx.load(str(MODELS[DEFAULT_MODEL].prepared_dir() / "decoder.onnx"))
+    add_batched_step_inputs(graph)
+    path = tmp_path_factory.mktemp("batched") / "decoder.onnx"
+    onnx.save(graph, str(path))
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def _cache_names(session: ort.InferenceSession) -> list[str]:
+    return [i.name for i in session.get_inputs() if i.name.startswith("past_key_values.")]
+
+
+def _prompt(session: ort.InferenceSession, hidden: np.ndarray, tokens: list[int]) -> dict[str, np.ndarray]:
+    """The first call (no cache) on ``tokens``: the cache it leaves, by input name."""
+    feeds = {
+        "input_ids": np.array([tokens], dtype=np.int64), "encoder_hidden_states": hidden, "use_cache_branch": np.array([False]),
+        POSITION_IDS: np.zeros((1, len(tokens)), np.int64), SELF_ATTENTION_BIAS: np.zeros((1, 1, 1, len(tokens)), np.float32),
+        CROSS_ATTENTION_BIAS: np.zeros((1, 1, 1, hidden.shape[1]), np.float32),
+        **{name: np.zeros((1, 8, 0, 52), np.float32) for name in _cache_names(session)},
+    }
+    outputs = [o.name for o in session.get_outputs()]
+    values = session.run(None, feeds)
+    return {name.replace("present.", "past_key_values."): value for name, value in zip(outputs[1:], values[1:])}
+
+
+def _step(session: ort.InferenceSession, rows: list[tuple[dict[str, np.ndarray], int]]) -> np.ndarray:
+    """One token for each row after its own cache, as one batch padded to the longest cache
+    and audio; the last position's logits of every row."""
+    names = _cache_names(session)
+    longest = max(cache["past_key_values.0.decoder.key"].shape[2] for cache, _ in rows)
+    frames = max(cache["past_key_values.0.encoder.key"].shape[2] for cache, _ in rows)
+    count = len(rows)
+    feeds = {
+        "input_ids": np.array([[token] for _, token in rows], dtype=np.int64),
+        "encoder_hidden_states": np.zeros((count, 1, 416), np.float32),  # unused by the cache branch
+        "use_cache_branch": np.array([True]),
+        POSITION_IDS: np.zeros((count, 1), np.int64),
+        SELF_ATTENTION_BIAS: np.zeros((count, 1, 1, longest + 1), np.float32),
+        CROSS_ATTENTION_BIAS: np.zeros((count, 1, 1, frames), np.float32),
+    }
+    for name in names:
+        padded = np.zeros((count, 8, longest if ".decoder." in name else frames, 52), np.float32)
+        for row, (cache, _) in enumerate(rows):
+            padded[row, :, : cache[name].shape[2]] = cache[name][0]
+        feeds[name] = padded
+    for row, (cache, _) in enumerate(rows):
+        length, audio = cache["past_key_values.0.decoder.key"].shape[2], cache["past_key_values.0.encoder.key"].shape[2]
+        feeds[POSITION_IDS][row, 0] = length
+        feeds[SELF_ATTENTION_BIAS][row, 0, 0, length:longest] = PAD
+        feeds[CROSS_ATTENTION_BIAS][row, 0, 0, audio:] = PAD
+    return session.run(["logits"], feeds)[0][:, -1]
+
+
+def test_one_batched_step_gives_each_stream_its_own_step(model, batched_decoder):
+    rows = []
+    for clip, cut in zip(ENGLISH[:3], (2, 5, 9)):  # different audio lengths and different cache lengths
+        audio = clip.audio
+        tokens = list(transcribe(model, audio).tokens)
+        assert len(tokens) > cut
+        cache = _prompt(batched_decoder, model.encode(audio).hidden.numpy(), [BOS, *tokens[:cut]])
+        rows.append((cache, tokens[cut]))
+    alone = np.concatenate([_step(batched_decoder, [row]) for row in rows])
+    together = _step(batched_decoder, rows)
+    assert np.abs(alone - together).max() < 1e-3
+    assert (alone.argmax(-1) == together.argmax(-1)).all()
+
+
+def test_neutral_biases_leave_the_exported_decoder_as_it_was(model, batched_decoder):
+    audio = ENGLISH[0].audio
+    tokens = list(transcribe(model, audio).tokens)
+    cache = _prompt(batched_decoder, model.encode(audio).hidden.numpy(), [BOS, *tokens[:4]])
+    feeds = {"input_ids": np.array([[tokens[4]]], dtype=np.int64), "encoder_hidden_states": np.zeros((1, 1, 416), np.float32),
+             "use_cache_branch": np.array([True]), **cache}
+    exported = model.decoder.run(["logits"], feeds)[0][0, -1]
+    assert np.abs(_step(batched_decoder, [(cache, tokens[4])])[0] - exported).max() < 1e-4
