@@ -151,6 +151,11 @@ def _fingerprint(paths: list[Path]) -> str:
     return digest.hexdigest()[:16]
 
 
+# What preparation does, as a number: a cache prepared by an older version is prepared again.
+# 2: the decoder takes rows of different lengths (decoder/optimize.py, add_batched_step_inputs).
+MOONSHINE_PREPARATION = 2
+
+
 def prepare_moonshine(spec: ModelSpec) -> Path:
     """Fold the shipped int8 ``.ort`` files into float32 ONNX in the cache, once."""
     from decoder.optimize import make_float32_onnx
@@ -162,13 +167,15 @@ def prepare_moonshine(spec: ModelSpec) -> Path:
     fingerprint = _fingerprint(list(files.values()) + [source / "tokenizer.bin"])
     if manifest_path.exists():
         manifest = json.loads(manifest_path.read_text())
-        if manifest.get("source_fingerprint") == fingerprint and all((target / f).exists() for f in files):
+        current = manifest.get("preparation") == MOONSHINE_PREPARATION
+        if current and manifest.get("source_fingerprint") == fingerprint and all((target / f).exists() for f in files):
             return target
     log.info("preparing %s from %s into %s (once)", spec.name, source, target)
     for out_name, ort_path in files.items():
-        make_float32_onnx(ort_path, target / out_name)
+        make_float32_onnx(ort_path, target / out_name, batched_steps=out_name == "decoder.onnx")
     manifest = {
         "name": spec.name,
+        "preparation": MOONSHINE_PREPARATION,
         "source": str(source),
         "source_fingerprint": fingerprint,
         "files": {f: hashlib.sha256((target / f).read_bytes()).hexdigest() for f in files},

@@ -28,6 +28,7 @@ import onnxruntime as ort
 from decoder.api import SAMPLE_RATE, DecodeLimits, DecodeOptions, Hypothesis, Word, with_vocabulary
 from decoder.context import Context, MatchState, TermMatcher
 from decoder.loop import greedy
+from decoder.optimize import CROSS_ATTENTION_BIAS, POSITION_IDS, SELF_ATTENTION_BIAS
 from decoder.runtime import RuntimeOptions, create_session
 
 log = logging.getLogger(__name__)
@@ -151,6 +152,9 @@ class MoonshineModel:
         self._self_attention = [n for n in self._present_names if ".decoder." in n]
         first = next(i for i in self.decoder.get_inputs() if i.name.startswith("past_key_values."))
         self._heads, self._head_dim = int(first.shape[1]), int(first.shape[3])
+        # Prepared to take rows of different lengths (decoder/optimize.py): one stream's rows
+        # all share one length, so they get the neutral inputs.
+        self._row_inputs = POSITION_IDS in {i.name for i in self.decoder.get_inputs()}
         vocab = int(self.decoder.get_outputs()[0].shape[-1])
         # The output layer is wider than the vocabulary; padding ids and <unk> are never emitted.
         self._suppress = np.zeros(vocab, dtype=np.float32)
@@ -191,6 +195,9 @@ class MoonshineModel:
         binding.bind_cpu_input("input_ids", np.array(rows, dtype=np.int64))
         binding.bind_ortvalue_input("encoder_hidden_states", features.hidden)
         binding.bind_cpu_input("use_cache_branch", np.array([cache is not None]))
+        frames = int(features.hidden.shape()[1])
+        for name, value in self._neutral_row_inputs(len(rows), len(rows[0]), offset, frames).items():
+            binding.bind_cpu_input(name, value)
         if cache is None:
             empty = np.zeros((len(rows), self._heads, 0, self._head_dim), dtype=np.float32)
             for name in self._past_names:
@@ -210,6 +217,16 @@ class MoonshineModel:
         outputs = binding.get_outputs()
         grown = {**(cache or {}), **{_past(name): value for name, value in zip(produced, outputs[1:])}}
         return self._log_probs(outputs[0].numpy()), grown
+
+    def _neutral_row_inputs(self, count: int, tokens: int, offset: int, frames: int) -> dict[str, np.ndarray]:
+        """Every row at positions ``offset...``, attending to every cached and audio position."""
+        if not self._row_inputs:
+            return {}
+        return {
+            POSITION_IDS: np.broadcast_to(np.arange(offset, offset + tokens, dtype=np.int64), (count, tokens)).copy(),
+            SELF_ATTENTION_BIAS: np.zeros((count, 1, 1, offset + tokens), dtype=np.float32),
+            CROSS_ATTENTION_BIAS: np.zeros((count, 1, 1, frames), dtype=np.float32),
+        }
 
     def cut(self, cache: MoonshineCache, length: int) -> MoonshineCache:
         """The self-attention cache cut to ``length`` positions (one trip through host memory);
@@ -294,7 +311,9 @@ class MoonshineModel:
             return cached
 
     def _run(self, ids: np.ndarray, hidden: np.ndarray, past: dict[str, np.ndarray], cached: bool) -> list[np.ndarray]:
-        feeds = {"input_ids": ids, "encoder_hidden_states": hidden, "use_cache_branch": np.array([cached]), **past}
+        offset = next(v.shape[2] for n, v in past.items() if ".decoder." in n) if cached else 0
+        rows = self._neutral_row_inputs(ids.shape[0], ids.shape[1], offset, hidden.shape[1])
+        feeds = {"input_ids": ids, "encoder_hidden_states": hidden, "use_cache_branch": np.array([cached]), **past, **rows}
         return self.decoder.run(["logits", *(self._present_names if not cached else self._self_attention)], feeds)
 
     def _beam_search(

@@ -76,14 +76,17 @@ def fold_constant_chains(model: onnx.ModelProto) -> int:
     return folded
 
 
-def make_float32_onnx(ort_path: Path, out_path: Path) -> None:
-    """``.ort`` with int8 weights -> ``.onnx`` with float32 weights, written atomically."""
+def make_float32_onnx(ort_path: Path, out_path: Path, batched_steps: bool = False) -> None:
+    """``.ort`` with int8 weights -> ``.onnx`` with float32 weights, written atomically; with
+    ``batched_steps`` (the merged decoder), also :func:`add_batched_step_inputs`."""
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_path.parent) as tmp:
         raw = Path(tmp) / "raw.onnx"
         ort_to_onnx(ort_path, raw)
         model = onnx.load(str(raw))
         folded = fold_constant_chains(model)
+        if batched_steps:
+            add_batched_step_inputs(model)
         staged = Path(tmp) / out_path.name
         onnx.save(model, str(staged))
         os.replace(staged, out_path)

@@ -1,29 +1,35 @@
-"""The decoder's cache branch made to take rows of different lengths (issue 22's first step
-towards decoding several streams' tokens as one batch): on real recordings, one batched step
-gives every row what its own step gives, and the graph with neutral biases is the exported one."""
+"""The decoder's cache branch made to take rows of different lengths when the model is prepared
+(issue 22's first step towards decoding several streams' tokens as one batch): on real
+recordings, one batched step gives every row what its own step gives, and with neutral inputs
+the prepared graph gives what the exported one does."""
 
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
 
 from decoder.api import transcribe
 from decoder.models import DEFAULT_MODEL, MODELS
 from decoder.moonshine import BOS
-from decoder.optimize import CROSS_ATTENTION_BIAS, POSITION_IDS, SELF_ATTENTION_BIAS, add_batched_step_inputs
+from decoder.optimize import CROSS_ATTENTION_BIAS, POSITION_IDS, SELF_ATTENTION_BIAS, make_float32_onnx
 from tests.conftest import ENGLISH
 
 PAD = -1e9
 
 
 @pytest.fixture(scope="module")
-def batched_decoder(tmp_path_factory: pytest.TempPathFactory) -> ort.InferenceSession:
-    graph = onnx.load(str(MODELS[DEFAULT_MODEL].prepared_dir() / "decoder.onnx"))
-    add_batched_step_inputs(graph)
-    path = tmp_path_factory.mktemp("batched") / "decoder.onnx"
-    onnx.save(graph, str(path))
+def batched_decoder(model) -> ort.InferenceSession:
+    """The decoder as the model was prepared (and as it serves)."""
+    assert POSITION_IDS in {i.name for i in model.decoder.get_inputs()}
+    return model.decoder
+
+
+@pytest.fixture(scope="module")
+def exported_decoder(tmp_path_factory: pytest.TempPathFactory) -> ort.InferenceSession:
+    """The decoder as exported, weights folded and nothing else."""
+    path = tmp_path_factory.mktemp("exported") / "decoder.onnx"
+    make_float32_onnx(MODELS[DEFAULT_MODEL].source_dir() / "decoder_model_merged.ort", path)
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
@@ -86,11 +92,11 @@ def test_one_batched_step_gives_each_stream_its_own_step(model, batched_decoder)
     assert (alone.argmax(-1) == together.argmax(-1)).all()
 
 
-def test_neutral_biases_leave_the_exported_decoder_as_it_was(model, batched_decoder):
+def test_neutral_inputs_leave_the_exported_decoder_as_it_was(model, batched_decoder, exported_decoder):
     audio = ENGLISH[0].audio
     tokens = list(transcribe(model, audio).tokens)
     cache = _prompt(batched_decoder, model.encode(audio).hidden.numpy(), [BOS, *tokens[:4]])
     feeds = {"input_ids": np.array([[tokens[4]]], dtype=np.int64), "encoder_hidden_states": np.zeros((1, 1, 416), np.float32),
              "use_cache_branch": np.array([True]), **cache}
-    exported = model.decoder.run(["logits"], feeds)[0][0, -1]
+    exported = exported_decoder.run(["logits"], feeds)[0][0, -1]
     assert np.abs(_step(batched_decoder, [(cache, tokens[4])])[0] - exported).max() < 1e-4
