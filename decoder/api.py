@@ -15,6 +15,7 @@ from typing import Protocol, TypeVar
 
 import numpy as np
 
+from decoder.batching import ComputeLane
 from decoder.context import Context
 
 SAMPLE_RATE = 16_000
@@ -120,6 +121,7 @@ class SpeechModel(Protocol[FeaturesT]):
 
     name: str
     languages: tuple[str, ...]
+    lane: ComputeLane  # where its calls take turns; its statistics are the model's compute
 
     def encode(self, audio: np.ndarray) -> FeaturesT:
         """Run the acoustic encoder on mono float32 audio at 16 kHz."""

@@ -26,6 +26,7 @@ import numpy as np
 import onnxruntime as ort
 
 from decoder.api import SAMPLE_RATE, DecodeLimits, DecodeOptions, Hypothesis, Word, with_vocabulary
+from decoder.batching import ComputeLane, StepBatcher
 from decoder.context import Context, MatchState, TermMatcher
 from decoder.loop import greedy
 from decoder.optimize import CROSS_ATTENTION_BIAS, POSITION_IDS, SELF_ATTENTION_BIAS
@@ -121,6 +122,51 @@ def _host(value: ort.OrtValue | np.ndarray) -> np.ndarray:
     return value if isinstance(value, np.ndarray) else value.numpy()
 
 
+class _Arena:
+    """Reused buffers for the batch's padded caches. Fresh arrays of tens of megabytes cost
+    more in page faults than the copy itself (measured: 24 ms to stack four 10 s rows into
+    new arrays); one batch runs at a time, so each name's buffer is free again at the next."""
+
+    def __init__(self) -> None:
+        self._flat: dict[str, np.ndarray] = {}
+
+    def padded(self, name: str, values: Sequence[np.ndarray], length: int) -> np.ndarray:
+        """One-row caches [1, heads, n, dim] stacked as rows and padded to ``length`` positions
+        with zeros (masked, but they must be finite: zero weight times NaN is NaN)."""
+        first = values[0]
+        shape = (len(values), first.shape[1], length, first.shape[3])
+        size = int(np.prod(shape))
+        flat = self._flat.get(name)
+        if flat is None or flat.size < size:
+            flat = self._flat[name] = np.empty(size + size // 2, np.float32)  # room to grow
+        out = flat[:size].reshape(shape)
+        for row, value in enumerate(values):
+            out[row, :, : value.shape[2]] = value[0]
+            out[row, :, value.shape[2] :] = 0.0
+        return out
+
+
+_MASKED = -1e9  # an attention bias that leaves a padded position out of the softmax
+
+
+@dataclass
+class _Step:
+    """One decode's next token, for the step batcher."""
+
+    features: MoonshineFeatures
+    token: int
+    cache: MoonshineCache
+    offset: int
+
+
+@dataclass
+class _Stacked:
+    """Several rows' cross-attention caches as one batch, and each row's real length."""
+
+    values: dict[str, np.ndarray]
+    frames: list[int]
+
+
 @dataclass
 class MoonshineFeatures:
     hidden: ort.OrtValue  # encoder output, on the model's device
@@ -155,6 +201,13 @@ class MoonshineModel:
         # Prepared to take rows of different lengths (decoder/optimize.py): one stream's rows
         # all share one length, so they get the neutral inputs.
         self._row_inputs = POSITION_IDS in {i.name for i in self.decoder.get_inputs()}
+        # ...so that steps of concurrent decodes run as one batch; every call takes turns.
+        self.lane = ComputeLane(runtime.calls_at_once)
+        self.steps: StepBatcher[_Step, tuple[np.ndarray, MoonshineCache]] = StepBatcher(self._step_alone, self._steps_together, self.lane)
+        self._cross_key = next(n for n in self._past_names if ".encoder." in n)
+        self._last_cross: tuple[tuple[int, ...], list, _Stacked] | None = None
+        self._arena = _Arena()
+        self._hidden_size = int(next(i for i in self.decoder.get_inputs() if i.name == "encoder_hidden_states").shape[-1])
         vocab = int(self.decoder.get_outputs()[0].shape[-1])
         # The output layer is wider than the vocabulary; padding ids and <unk> are never emitted.
         self._suppress = np.zeros(vocab, dtype=np.float32)
@@ -179,7 +232,8 @@ class MoonshineModel:
         binding = self.encoder.io_binding()
         binding.bind_cpu_input("input_values", audio)
         binding.bind_output("last_hidden_state", self.device.kind, self.device.index)
-        self.encoder.run_with_iobinding(binding)
+        with self.lane.turn("encoder"):
+            self.encoder.run_with_iobinding(binding)
         return MoonshineFeatures(binding.get_outputs()[0], audio.shape[1] / SAMPLE_RATE)
 
     # -- decoder graph (decoder/loop.py's TokenGraph) -----------------------------------------
@@ -190,7 +244,20 @@ class MoonshineModel:
     ) -> tuple[np.ndarray, MoonshineCache]:
         """The decoder on one row of tokens: without a cache (the first call, on BOS and any
         known tokens at once) it also returns the cross-attention cache, which later calls
-        (the cache branch) reuse as it is. ``offset`` is implied by the cache's length."""
+        (the cache branch) reuse as it is. ``offset`` is implied by the cache's length.
+
+        A single token after a cache is a step that other decodes' steps may join
+        (decoder/batching.py)."""
+        if cache is not None and self._row_inputs and len(rows) == 1 and len(rows[0]) == 1:
+            return self.steps.run(_Step(features, rows[0][0], cache, offset))
+        with self.lane.turn("decoder prompt" if cache is None else "decoder rows", rows=len(rows)):
+            return self._run_bound(features, rows, cache, offset)
+
+    def _run_bound(
+        self, features: MoonshineFeatures, rows: Sequence[Sequence[int]], cache: MoonshineCache | None, offset: int
+    ) -> tuple[np.ndarray, MoonshineCache]:
+        """One decode's call, its values bound where they are (on a GPU they stay there);
+        the caller holds the lane."""
         binding = self.decoder.io_binding()
         binding.bind_cpu_input("input_ids", np.array(rows, dtype=np.int64))
         binding.bind_ortvalue_input("encoder_hidden_states", features.hidden)
@@ -217,6 +284,75 @@ class MoonshineModel:
         outputs = binding.get_outputs()
         grown = {**(cache or {}), **{_past(name): value for name, value in zip(produced, outputs[1:])}}
         return self._log_probs(outputs[0].numpy()), grown
+
+    def _step_alone(self, step: _Step) -> tuple[np.ndarray, MoonshineCache]:
+        return self._run_bound(step.features, [[step.token]], step.cache, step.offset)
+
+    def _steps_together(self, steps: Sequence[_Step]) -> list[tuple[np.ndarray, MoonshineCache]]:
+        """Several decodes' steps as one batch: each row at its own position, its cache padded
+        to the longest and the padding masked; each row's results cut back out."""
+        own = [{_past(n): _host(s.cache[_past(n)]) for n in self._self_attention} for s in steps]
+        feeds = self.batch_feeds(list(zip(own, (s.token for s in steps))), self._cross_for(steps))
+        outputs = self.decoder.run(["logits", *self._self_attention], feeds)
+        longest = feeds[SELF_ATTENTION_BIAS].shape[-1] - 1
+        log_probs = self._log_probs(outputs[0])
+        results = []
+        for row, (step, cache) in enumerate(zip(steps, own)):
+            length = cache[_past(self._self_attention[0])].shape[2]
+            grown = {
+                _past(name): np.concatenate([value[row : row + 1, :, :length], value[row : row + 1, :, longest:]], axis=2)
+                for name, value in zip(self._self_attention, outputs[1:])
+            }
+            results.append((log_probs[row : row + 1], {**step.cache, **grown}))
+        return results
+
+    def batch_feeds(self, rows: Sequence[tuple[dict[str, np.ndarray], int]], cross: _Stacked | None = None) -> dict[str, np.ndarray]:
+        """The cache branch's inputs for one token after each row's own cache (host arrays):
+        self-attention caches padded to the longest and audio to the longest, the padding
+        masked. ``cross``: the rows' cross-attention caches already stacked (else stacked
+        from ``rows``)."""
+        if cross is None:
+            self._last_cross = None  # its buffers are about to be written over
+            cross = self._stack_cross([cache for cache, _ in rows])
+        count = len(rows)
+        lengths = [cache[_past(self._self_attention[0])].shape[2] for cache, _ in rows]
+        longest, widest = max(lengths), max(cross.frames)
+        bias_self = np.zeros((count, 1, 1, longest + 1), np.float32)
+        bias_cross = np.zeros((count, 1, 1, widest), np.float32)
+        for row, (length, frames) in enumerate(zip(lengths, cross.frames)):
+            bias_self[row, 0, 0, length:longest] = _MASKED
+            bias_cross[row, 0, 0, frames:] = _MASKED
+        feeds: dict[str, np.ndarray] = {
+            "input_ids": np.array([[token] for _, token in rows], dtype=np.int64),
+            # The cache branch never reads the audio's states (it has the cross-attention cache).
+            "encoder_hidden_states": np.zeros((count, 1, self._hidden_size), np.float32),
+            "use_cache_branch": np.array([True]),
+            POSITION_IDS: np.array([[length] for length in lengths], dtype=np.int64),
+            SELF_ATTENTION_BIAS: bias_self,
+            CROSS_ATTENTION_BIAS: bias_cross,
+            **cross.values,
+        }
+        for name in self._self_attention:
+            feeds[_past(name)] = self._arena.padded(name, [cache[_past(name)] for cache, _ in rows], longest)
+        return feeds
+
+    def _stack_cross(self, caches: Sequence[MoonshineCache]) -> _Stacked:
+        names = [n for n in self._past_names if ".encoder." in n]
+        host = [{n: _host(c[n]) for n in names} for c in caches]
+        frames = [c[names[0]].shape[2] for c in host]
+        return _Stacked({n: self._arena.padded(n, [c[n] for c in host], max(frames)) for n in names}, frames)
+
+    def _cross_for(self, steps: Sequence[_Step]) -> _Stacked:
+        """The rows' cross-attention caches stacked: the same decodes tend to step together
+        token after token, so the last stack is kept and used again while they do."""
+        key = tuple(id(s.cache[self._cross_key]) for s in steps)
+        kept = self._last_cross
+        if kept is not None and kept[0] == key:
+            return kept[2]
+        stacked = self._stack_cross([s.cache for s in steps])
+        # The values are held with the stack, so their ids cannot be reused while it is kept.
+        self._last_cross = (key, [s.cache[self._cross_key] for s in steps], stacked)
+        return stacked
 
     def _neutral_row_inputs(self, count: int, tokens: int, offset: int, frames: int) -> dict[str, np.ndarray]:
         """Every row at positions ``offset...``, attending to every cached and audio position."""
@@ -314,7 +450,8 @@ class MoonshineModel:
         offset = next(v.shape[2] for n, v in past.items() if ".decoder." in n) if cached else 0
         rows = self._neutral_row_inputs(ids.shape[0], ids.shape[1], offset, hidden.shape[1])
         feeds = {"input_ids": ids, "encoder_hidden_states": hidden, "use_cache_branch": np.array([cached]), **past, **rows}
-        return self.decoder.run(["logits", *(self._present_names if not cached else self._self_attention)], feeds)
+        with self.lane.turn("biased search", rows=ids.shape[0]):
+            return self.decoder.run(["logits", *(self._present_names if not cached else self._self_attention)], feeds)
 
     def _beam_search(
         self,

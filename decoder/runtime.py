@@ -51,6 +51,9 @@ def parse_device(spec: str) -> tuple[str, int]:
 class RuntimeOptions:
     device: str = "auto"
     intra_op_threads: int = 0  # 0: ONNX Runtime's choice (all cores)
+    # Calls a model runs at once (decoder/batching.py's lane): partials' calls take one place
+    # fewer, so a final's call or a decoder step never waits behind a partial's.
+    calls_at_once: int = 2
 
 
 def create_session(path: Path | str, options: RuntimeOptions) -> tuple[ort.InferenceSession, Device]:

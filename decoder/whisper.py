@@ -30,6 +30,7 @@ import numpy as np
 import onnxruntime as ort
 
 from decoder.api import SAMPLE_RATE, DecodeLimits, DecodeOptions, Hypothesis, Word, with_vocabulary
+from decoder.batching import ComputeLane
 from decoder.context import Context
 from decoder.loop import Decoded, beam_search, greedy
 from decoder.runtime import RuntimeOptions, create_session
@@ -248,6 +249,9 @@ class WhisperModel:
         self._suppress_begin = [t for t in config.get("suppress_ids_begin", [220, self.tokenizer.eot]) if t < vocab]
         self._cross_names = [f"cross_{kind}_{layer}" for layer in range(self.layers) for kind in "kv"]
         self._cache_outputs = [f"new_self_{kind}_{layer}" for layer in range(self.layers) for kind in "kv"]
+        # One call at a time, finals' first (decoder/batching.py). Steps of different streams
+        # are not batched yet: the graph takes one offset for all its rows.
+        self.lane = ComputeLane(runtime.calls_at_once)
 
     # -- encoder ---------------------------------------------------------------------------
     def encode(self, audio: np.ndarray) -> WhisperFeatures:
@@ -257,7 +261,8 @@ class WhisperModel:
         binding.bind_cpu_input("mel", mel)
         for name in self._cross_names:
             binding.bind_output(name, self.device.kind, self.device.index)
-        self.encoder.run_with_iobinding(binding)
+        with self.lane.turn("encoder"):
+            self.encoder.run_with_iobinding(binding)
         return WhisperFeatures(dict(zip(self._cross_names, binding.get_outputs())), duration)
 
     # -- decoder graph (decoder/loop.py's BatchGraph) -----------------------------------------
@@ -281,7 +286,8 @@ class WhisperModel:
         binding.bind_output("logits", "cpu")
         for name in self._cache_outputs:
             binding.bind_output(name, self.device.kind, self.device.index)
-        self.decoder.run_with_iobinding(binding)
+        with self.lane.turn("decoder prompt" if offset == 0 else "decoder step", rows=len(rows)):
+            self.decoder.run_with_iobinding(binding)
         outputs = binding.get_outputs()
         grown: WhisperCache = {name.replace("new_", ""): value for name, value in zip(self._cache_outputs, outputs[1:])}
         logits = outputs[0].numpy()

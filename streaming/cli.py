@@ -32,6 +32,13 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be positive")
+    return value
+
+
 def _noise_conditions(text: str) -> list[Any]:
     from streaming.evaluation.noise import parse_conditions
 
@@ -88,8 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--threads", type=int, default=defaults.runtime.intra_op_threads,
-        help="ONNX Runtime threads per decode; 0 = all cores for a decode that runs alone and one each "
-        "for decodes that run alongside others (default %(default)s)",
+        help="ONNX Runtime threads per model call; 0 = all cores (default %(default)s)",
+    )
+    serve.add_argument(
+        "--calls-at-once", type=_positive_int, default=defaults.runtime.calls_at_once,
+        help="model calls run at once; partials' calls may take all but one place (default %(default)s)",
     )
     serve.add_argument(
         "--workers", type=int, default=defaults.workers,
@@ -322,7 +332,7 @@ def _server_config(args: argparse.Namespace) -> ServerConfig:
         host=args.host,
         port=args.port,
         model=args.model,
-        runtime=RuntimeOptions(device=args.device, intra_op_threads=args.threads),
+        runtime=RuntimeOptions(device=args.device, intra_op_threads=args.threads, calls_at_once=args.calls_at_once),
         workers=args.workers,
         session=SessionConfig(
             vad=replace(VadConfig(), end_silence_ms=spec.end_silence_ms if args.end_silence is None else args.end_silence, max_utterance_s=args.max_utterance,
@@ -367,7 +377,6 @@ def parse_room_languages(values: list[str]) -> dict[str, tuple[str, ...]]:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from dataclasses import replace
 
     from decoder.models import ModelUnavailable, load_model
     from decoder.runtime import DeviceUnavailable
@@ -386,15 +395,11 @@ def _serve(args: argparse.Namespace) -> int:
 
             shared_model()  # missing weights are said now, not at the first stream
         model = load_model(config.model, config.runtime)
-        lean = None
-        if config.workers > 1 and config.runtime.intra_op_threads == 0 and str(getattr(model, "device", "cpu")) == "cpu":
-            # Decodes that run alongside another use one thread each (see streaming/engine.py).
-            lean = load_model(config.model, replace(config.runtime, intra_op_threads=1))
     except (ModelUnavailable, DeviceUnavailable, ValueError) as error:
         log.error("%s", error)
         return 2
     try:
-        server = CaptionServer(config, model, lean)
+        server = CaptionServer(config, model)
     except (ValueError, OSError) as error:
         log.error("%s", error)
         return 2

@@ -18,8 +18,9 @@ class ServerConfig:
     port: int = 8765
     model: str = DEFAULT_MODEL
     runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
-    # Decodes run on this many threads; each may use runtime.intra_op_threads cores.
-    workers: int = 2
+    # Decodes run at once on this many threads (each model call may use runtime.intra_op_threads
+    # cores). More than the cores: concurrent decodes' token steps are batched (streaming/engine.py).
+    workers: int = 8
     session: SessionConfig = field(default_factory=SessionConfig)
     # Where the journal of finals lives, and how long finals are kept (None: for ever).
     data_dir: Path = field(default_factory=lambda: default_data_dir())

@@ -1,15 +1,15 @@
 """Owns the model and the decode threads; the one place that decides how busy the machine is.
 
 Sessions hand it :class:`DecodeRequest` objects; it runs them on worker threads (never on the
-event loop) and answers with hypotheses. ONNX Runtime releases the GIL while it computes, so
-several sessions' decodes run in parallel up to ``workers``. Waiting requests are served
-finals first: a final is what a viewer keeps, and what latency is judged by, while a partial
-that waits is simply replaced by a later one.
+event loop) and answers with hypotheses. Up to ``workers`` decodes run at once; their model
+calls take turns in the model's lane (decoder/batching.py). Finals go first, in the queue for
+a worker and in the lane: a final is what a viewer keeps, and what latency is judged by, while
+a partial that waits is simply replaced by a later one.
 
-With a ``lean_model`` (the same model opened with one thread per operator), a decode that
-starts while another is running uses it: a lone stream gets every core for each decode, and
-concurrent streams do not oversubscribe the cores (measured on 2 cores: 16% less CPU per
-audio second with three streams).
+There are more workers than cores on purpose: one model serves every stream, and a family
+that batches (Moonshine: decoder/batching.py) runs the token steps of concurrent decodes as
+one batch, which costs little more than one of them. So concurrent decodes are cheap, and
+what bounds the streams is the latency of their finals (see ``overloaded``).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass, field
 
 from decoder.api import Hypothesis, SpeechModel, transcribe
+from decoder.batching import urgency
 from streaming.session import DecodeRequest
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,9 @@ class EngineStats:
     audio_seconds: float = 0.0  # audio decoded (counted once per decode, re-decodes included)
     compute_seconds: float = 0.0
     queued: int = 0  # waiting or running right now
-    wait_seconds: float = 0.0  # smoothed time a request waited for a free worker, when last measured
+    # Smoothed time a final waited for compute (for a worker, then for its turns in the
+    # model's lane), when last measured: what admission is judged by.
+    wait_seconds: float = 0.0
     wait_measured: float = 0.0  # time.monotonic() of that measurement
 
     def recent_wait(self, now: float | None = None, half_life_s: float = 2.0) -> float:
@@ -78,13 +81,10 @@ class Engine:
         workers: int = 2,
         max_queued: int = 64,
         delay_s: float = 0.0,
-        lean_model: SpeechModel | None = None,
         max_wait_s: float = 0.75,
     ):
         self.max_wait_s = max_wait_s
         self.model = model
-        self.lean_model = lean_model
-        self._running = 0
         self.delay_s = delay_s
         self.workers = workers
         self.max_queued = max_queued
@@ -100,30 +100,31 @@ class Engine:
 
     @property
     def overloaded(self) -> bool:
-        """Saturated: requests wait long for a worker (or very many are queued). New streams
-        are then refused, rather than every stream's captions growing late."""
+        """Saturated, as measured: finals wait long for compute (or very many requests are
+        queued). New streams are then refused, rather than every stream's captions growing
+        late."""
         return self.stats.queued >= self.max_queued or self.stats.recent_wait() > self.max_wait_s
 
-    def decode_blocking(self, request: DecodeRequest) -> Hypothesis:
-        """Run one request on the calling thread."""
-        with self._lock:
-            model = self.lean_model if self._running and self.lean_model is not None else self.model
-            self._running += 1
+    def decode_blocking(self, request: DecodeRequest, queued_s: float = 0.0) -> Hypothesis:
+        """Run one request on the calling thread (``queued_s``: how long it waited for it)."""
         try:
-            if self.delay_s:
-                time.sleep(self.delay_s)  # testing aid (--decode-delay): a slower model
-            hypothesis = transcribe(model, request.audio, request.prefix, request.draft, request.options)
+            with urgency(request.urgent) as waited:
+                if self.delay_s:
+                    time.sleep(self.delay_s)  # testing aid (--decode-delay): a slower model
+                hypothesis = transcribe(self.model, request.audio, request.prefix, request.draft, request.options)
         except Exception:
             with self._lock:
                 self.stats.failures += 1
             raise
-        finally:
-            with self._lock:
-                self._running -= 1
         with self._lock:
             self.stats.decodes += 1
             self.stats.audio_seconds += len(request.audio) / 16000
             self.stats.compute_seconds += hypothesis.compute_seconds
+            if request.urgent:
+                # Partials wait as long as finals keep the model busy; that is by design.
+                now = time.monotonic()
+                self.stats.wait_seconds = 0.8 * self.stats.recent_wait(now) + 0.2 * (queued_s + waited[0])
+                self.stats.wait_measured = now
         return hypothesis
 
     async def decode(self, request: DecodeRequest) -> Decoded:
@@ -147,15 +148,10 @@ class Engine:
             request, future, loop = job.request, job.future, job.loop
             if request is None or future is None or loop is None:
                 return  # closing
-            with self._lock:
-                waited = time.perf_counter() - job.queued_at
-                now = time.monotonic()
-                self.stats.wait_seconds = 0.8 * self.stats.recent_wait(now) + 0.2 * waited
-                self.stats.wait_measured = now
             if future.cancelled():
                 continue
             try:
-                result = self.decode_blocking(request)
+                result = self.decode_blocking(request, time.perf_counter() - job.queued_at)
             except Exception as error:  # reported to the awaiting session
                 loop.call_soon_threadsafe(_settle, future, None, error)
             else:

@@ -9,6 +9,11 @@ from collections.abc import Callable
 LATENCY_BUCKETS = (0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
 
 
+def labels(**values: object) -> str:
+    """Prometheus labels: ``kind="encoder",rows="4"``."""
+    return ",".join(f'{name}="{value}"' for name, value in values.items())
+
+
 class Histogram:
     def __init__(self, buckets: tuple[float, ...] = LATENCY_BUCKETS):
         self.buckets = buckets
@@ -40,7 +45,13 @@ class Metrics:
         self.rejected_finals: Counter[str] = Counter()  # final decodes whose words were not taken for speech, by guard
         self.final_latency = Histogram()  # end of an utterance's audio -> its final sent
 
-    def render(self, gauges: dict[str, tuple[str, float]], counters: dict[str, tuple[str, float]]) -> str:
+    def render(
+        self,
+        gauges: dict[str, tuple[str, float]],
+        counters: dict[str, tuple[str, float]],
+        labelled: dict[str, tuple[str, dict[str, float]]] | None = None,
+    ) -> str:
+        """``labelled``: counters by name -> (help, value by :func:`labels`)."""
         lines: list[str] = []
 
         def metric(name: str, kind: str, help: str, values: Callable[[], list[str]]) -> None:
@@ -53,6 +64,8 @@ class Metrics:
             metric(name, "gauge", help, sample(name, value))
         for name, (help, value) in counters.items():
             metric(name, "counter", help, sample(name, value))
+        for name, (help, values) in (labelled or {}).items():
+            metric(name, "counter", help, lambda n=name, v=values: [f"{n}{{{key}}} {x:g}" for key, x in sorted(v.items())])  # type: ignore[misc]
         metric("flashcaption_viewers_dropped_total", "counter", "Viewers closed for falling behind.",
                lambda: [f"flashcaption_viewers_dropped_total {self.dropped_viewers}"])
         metric("flashcaption_errors_total", "counter", "Protocol errors sent to clients, by code.",

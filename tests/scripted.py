@@ -19,12 +19,14 @@ a burst of a known pitch is heard as nothing: silence, noise, music and nearly a
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from decoder.api import SAMPLE_RATE, DecodeOptions, Hypothesis, Word
+from decoder.batching import ComputeLane
 
 VOCABULARY = (
     "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel",
@@ -149,7 +151,8 @@ class ScriptedModel:
     ``stops_in_beam`` only a beam search stops (greedy decoding reads every word), as Whisper's
     final once ended 14 s early where reading the audio again did not. ``skips_first``: a decode of more than ``skips_over_s``
     of audio with no forced prefix leaves out its first words, as Whisper once skipped a
-    sentence. Every decode is recorded in :attr:`decodes`."""
+    sentence. ``compute_s``: each encode holds the lane (decoder/batching.py) this long. Every
+    decode is recorded in :attr:`decodes`."""
 
     name: str = "scripted-en"
     languages: tuple[str, ...] = ("en",)
@@ -162,9 +165,14 @@ class ScriptedModel:
     skips_over_s: float = 0.0
     decodes: list[Decode] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    compute_s: float = 0.0  # each encode holds the model's lane this long, as a slow model would
+    lane: ComputeLane = field(default_factory=ComputeLane, repr=False)
 
     def encode(self, audio: np.ndarray) -> Features:
-        return Features(len(audio) / SAMPLE_RATE, hear(audio))
+        with self.lane.turn("encoder"):
+            if self.compute_s:
+                time.sleep(self.compute_s)
+            return Features(len(audio) / SAMPLE_RATE, hear(audio))
 
     def decode(
         self, features: Features, prefix: Sequence[Word] = (), draft: Sequence[Word] = (), options: DecodeOptions = DecodeOptions()

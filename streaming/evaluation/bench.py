@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import sys
 import urllib.request
 from collections.abc import Callable
@@ -144,6 +145,9 @@ def print_report(report: dict[str, Any], out: TextIO = sys.stdout) -> None:
         if run.get("cpu_per_audio_second") is not None:
             print(f"  server CPU s / audio s   {run['cpu_per_audio_second']:.3f}   peak RSS {run['peak_rss_mb']:.0f} MB", file=out)
         print(f"  behind real time (max)   {s['max_behind_real_time_s']:.2f} s   errors {len(s['errors'])}", file=out)
+        for kind, c in (run.get("model_calls") or {}).items():
+            print(f"  model {kind:<15}  {c['calls']:6.0f} calls  {c['rows_per_call']:4.2f} rows/call  "
+                  f"{c['seconds_per_audio_second']:.3f} s / audio s  wait {c['mean_wait_ms']:5.1f} ms", file=out)
     if report.get("non_speech") is not None:
         print("\nnon-speech (30 s each): " + ", ".join(f"{k}: {v} captions" for k, v in report["non_speech"].items()), file=out)
     if report.get("capacity") is not None:
@@ -201,6 +205,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         capacity = None
         for streams in counts:
             cpu_before = server.cpu_seconds() if server else None
+            calls_before = model_calls(url)
             results = asyncio.run(run_streams(url, clips, streams, args.speed))
             audio_seconds = sum(duration(c) for c in clips) * streams
             run: dict[str, Any] = {"streams": streams, "speed": args.speed, "audio_seconds": audio_seconds}
@@ -210,6 +215,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             if server is not None and cpu_before is not None:
                 run["cpu_per_audio_second"] = (server.cpu_seconds() - cpu_before) / audio_seconds
                 run["peak_rss_mb"] = server.peak_rss_mb()
+            run["model_calls"] = calls_since(calls_before, model_calls(url), audio_seconds)
             report["runs"].append(run)
             p95 = (run["summary"]["final_latency"] or {}).get("p95", float("inf"))
             if p95 <= GOALS["capacity_final_latency_p95"] and run["summary"]["max_behind_real_time_s"] < 0.5:
@@ -364,3 +370,37 @@ def print_noise_report(by_condition: dict[str, Any], out: TextIO = sys.stdout) -
             if any("offline_errors" in f for f in s["languages"].values()):
                 line += f"  {offline_total / max(1, units_total):>8.2%} ({offline_total})  {streamed_total / max(1, offline_total):5.2f}"
             print(line, file=out)
+
+
+def model_calls(url: str) -> dict[tuple[str, str], float] | None:
+    """The server's model-call counters from ``/metrics`` by (metric, kind); None when it
+    will not say (no admin token)."""
+    try:
+        text = urllib.request.urlopen(http_url(url) + "/metrics", timeout=10).read().decode()
+    except OSError:
+        return None
+    found: dict[tuple[str, str], float] = {}
+    for line in text.splitlines():
+        match = re.fullmatch(r'flashcaption_model_(\w+)_total\{kind="([^"]+)"\} (\S+)', line)
+        if match:
+            found[(match.group(1), match.group(2))] = float(match.group(3))
+    return found
+
+
+def calls_since(before: dict[tuple[str, str], float] | None, after: dict[tuple[str, str], float] | None, audio_seconds: float) -> dict[str, dict[str, float]]:
+    """What the model did during a run, by kind of call: calls, rows per call, compute per
+    audio second streamed, mean wait for the turn."""
+    if before is None or after is None:
+        return {}
+    delta = {key: value - before.get(key, 0.0) for key, value in after.items()}
+    out = {}
+    for kind in sorted({kind for _, kind in delta}):
+        calls = delta.get(("calls", kind), 0.0)
+        if calls:
+            out[kind] = {
+                "calls": calls,
+                "rows_per_call": delta.get(("rows", kind), 0.0) / calls,
+                "seconds_per_audio_second": delta.get(("compute_seconds", kind), 0.0) / audio_seconds,
+                "mean_wait_ms": 1000 * delta.get(("wait_seconds", kind), 0.0) / calls,
+            }
+    return out

@@ -61,8 +61,8 @@ def raise_open_files_limit() -> int:
 class CaptionServer(ServerState):
     """The server: :class:`ServerState` plus listening, stopping and routing."""
 
-    def __init__(self, config: ServerConfig, model: SpeechModel, lean_model: SpeechModel | None = None):
-        super().__init__(config, model, lean_model)
+    def __init__(self, config: ServerConfig, model: SpeechModel):
+        super().__init__(config, model)
         self._server: Server | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------

@@ -15,8 +15,10 @@ from typing import TYPE_CHECKING, Any
 from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request, Response
 
+from decoder.batching import ComputeLane
 from streaming.access import origin_allowed
 from streaming.export import CONTENT_TYPES, check, render
+from streaming.metrics import labels
 from streaming.protocol import ProtocolError, split_path
 from streaming.server.connection import client_of, response
 
@@ -139,9 +141,25 @@ def prometheus(server: ServerState) -> str:
             "flashcaption_decodes_total": ("Decodes run.", stats.decodes),
             "flashcaption_decode_failures_total": ("Decodes that raised.", stats.failures),
             "flashcaption_decoded_audio_seconds_total": ("Audio decoded, re-decodes included.", stats.audio_seconds),
-            "flashcaption_decode_compute_seconds_total": ("Compute spent decoding.", stats.compute_seconds),
+            "flashcaption_decode_compute_seconds_total": ("Wall time of decodes, their waits for the model included.", stats.compute_seconds),
         },
+        labelled=model_calls(server.model.lane),
     )
+
+
+def model_calls(lane: ComputeLane) -> dict[str, tuple[str, dict[str, float]]]:
+    """The model's calls by kind (encoder, decoder prompt, decoder step...) and by rows."""
+    with lane.snapshot() as stats:
+        return {
+            "flashcaption_model_calls_total": ("Model calls, by kind.", {labels(kind=k): c.calls for k, c in stats.items()}),
+            "flashcaption_model_rows_total": ("Rows computed by model calls (a batch of four steps is one call, four rows).",
+                                              {labels(kind=k): c.rows for k, c in stats.items()}),
+            "flashcaption_model_compute_seconds_total": ("Time the model spent in calls, by kind.", {labels(kind=k): c.seconds for k, c in stats.items()}),
+            "flashcaption_model_wait_seconds_total": ("Time calls waited for their turn on the model, by kind.",
+                                                      {labels(kind=k): c.wait_seconds for k, c in stats.items()}),
+            "flashcaption_model_batches_total": ("Model calls by kind and number of rows.",
+                                                 {labels(kind=k, rows=r): n for k, c in stats.items() for r, n in c.sizes.items()}),
+        }
 
 
 def health(server: ServerState) -> dict[str, Any]:

@@ -60,7 +60,7 @@ class Publisher:
 class ServerState:
     """Built once from the configuration and the loaded model."""
 
-    def __init__(self, config: ServerConfig, model: SpeechModel, lean_model: SpeechModel | None = None):
+    def __init__(self, config: ServerConfig, model: SpeechModel):
         self.config = config
         self.model = model
         self.settings = RoomSettings(model.name, model.languages, config.room_languages, config.room_contexts)
@@ -69,7 +69,6 @@ class ServerState:
             workers=config.workers,
             max_queued=config.max_queued_decodes,
             delay_s=config.decode_delay_s,
-            lean_model=lean_model,
             max_wait_s=config.max_decode_wait_s,
         )
         self.rooms = Rooms(Journal(config.data_dir / "journal.sqlite3"), config.viewer_queue, viewer_bytes=config.viewer_queue_bytes)

@@ -1,0 +1,179 @@
+"""The lane a model's calls take turns in and the step batcher (decoder/batching.py), and the
+engine's admission from what the lane measures: logic with threads and the scripted model."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+
+import pytest
+
+from decoder.api import DecodeOptions
+from decoder.batching import ROUTINE, URGENT, ComputeLane, StepBatcher, urgency
+from streaming.engine import Engine
+from streaming.session import DecodeRequest
+from tests.scripted import ScriptedModel, speak
+
+
+def _hold(lane: ComputeLane, seconds: float) -> threading.Thread:
+    """A routine call holding the lane from another thread; returns once it holds it."""
+    holding = threading.Event()
+
+    def call() -> None:
+        with lane.turn("hold", priority=ROUTINE):
+            holding.set()
+            time.sleep(seconds)
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    assert holding.wait(5)
+    return thread
+
+
+def test_waiting_calls_go_in_order_of_urgency_then_arrival():
+    lane = ComputeLane(width=1)
+    order: list[str] = []
+    holder = _hold(lane, 0.3)
+    threads = []
+    for name, priority in (("partial 1", ROUTINE), ("final 1", URGENT), ("partial 2", ROUTINE), ("final 2", URGENT)):
+        def call(name: str = name, priority: int = priority) -> None:
+            with lane.turn("call", priority=priority):
+                order.append(name)
+        threads.append(threading.Thread(target=call))
+        threads[-1].start()
+        time.sleep(0.03)  # arrive in this order while the lane is held
+    for thread in (holder, *threads):
+        thread.join(5)
+    assert order == ["final 1", "final 2", "partial 1", "partial 2"]
+    assert lane.stats["call"].calls == 4 and lane.stats["call"].wait_seconds > 0
+
+
+def test_partials_never_take_the_last_place():
+    lane = ComputeLane(width=2)
+    holder = _hold(lane, 0.5)  # a partial's call: one place left, kept for finals and steps
+    entered: list[str] = []
+
+    def call(name: str, priority: int) -> None:
+        with lane.turn("call", priority=priority):
+            entered.append(name)
+
+    partial = threading.Thread(target=call, args=("partial", ROUTINE))
+    partial.start()
+    time.sleep(0.1)
+    assert entered == []  # waits although a place is free
+    final = threading.Thread(target=call, args=("final", URGENT))
+    final.start()
+    final.join(0.2)
+    assert entered == ["final"]  # took the free place at once
+    for thread in (holder, partial):
+        thread.join(5)
+    assert entered == ["final", "partial"]
+
+
+def test_a_thread_s_urgency_decides_its_calls_priority_and_counts_its_waits():
+    lane = ComputeLane(width=1)
+    holder = _hold(lane, 0.2)
+    with urgency(True) as waited:
+        with lane.turn("call"):
+            pass
+    holder.join(5)
+    assert waited[0] >= 0.1
+
+
+def _steps(fails_on: int | None = None):
+    """A batcher over integer 'steps' (the answer is the step times ten) recording its batches."""
+    lane = ComputeLane(width=1)
+    batches: list[tuple[int, ...]] = []
+
+    def alone(step: int) -> int:
+        batches.append((step,))
+        if step == fails_on:
+            raise RuntimeError(f"step {step} broke")
+        return step * 10
+
+    def together(steps: Sequence[int]) -> list[int]:
+        batches.append(tuple(steps))
+        if fails_on in steps:
+            raise RuntimeError("a step broke the batch")
+        return [s * 10 for s in steps]
+
+    return StepBatcher(alone, together, lane, max_rows=4), lane, batches
+
+
+def test_steps_waiting_together_run_as_one_batch_and_each_gets_its_own_answer():
+    batcher, lane, batches = _steps()
+    holder = _hold(lane, 0.3)  # the lane is busy: the steps gather meanwhile
+    answers: dict[int, int] = {}
+    threads = [threading.Thread(target=lambda s=s: answers.__setitem__(s, batcher.run(s))) for s in range(6)]
+    for thread in threads:
+        thread.start()
+        time.sleep(0.01)
+    for thread in (holder, *threads):
+        thread.join(5)
+    assert answers == {s: s * 10 for s in range(6)}
+    assert max(len(b) for b in batches) == 4  # max_rows, then the rest in the next batch
+    assert sorted(s for b in batches for s in b) == list(range(6))
+    assert lane.stats["decoder step"].rows == 6
+
+
+def test_a_lone_step_runs_at_once_alone():
+    batcher, lane, batches = _steps()
+    assert batcher.run(7) == 70
+    assert batches == [(7,)]
+
+
+def test_a_failing_step_fails_only_its_own_caller():
+    batcher, lane, batches = _steps(fails_on=3)
+    holder = _hold(lane, 0.2)
+    answers: dict[int, object] = {}
+
+    def run(step: int) -> None:
+        try:
+            answers[step] = batcher.run(step)
+        except RuntimeError as error:
+            answers[step] = error
+
+    threads = [threading.Thread(target=run, args=(s,)) for s in (1, 2, 3, 4)]
+    for thread in threads:
+        thread.start()
+    for thread in (holder, *threads):
+        thread.join(5)
+    assert answers[1] == 10 and answers[2] == 20 and answers[4] == 40
+    assert isinstance(answers[3], RuntimeError)
+    assert batcher.retried == 1
+
+
+def _request(id: int, final: bool) -> DecodeRequest:
+    return DecodeRequest(id, id, speak("alpha"), (), (), final, DecodeOptions())
+
+
+async def _decode_all(engine: Engine, requests: list[DecodeRequest]) -> None:
+    import asyncio
+
+    await asyncio.gather(*(engine.decode(r) for r in requests))
+
+
+def test_new_streams_are_refused_while_finals_wait_for_the_model():
+    import asyncio
+
+    model = ScriptedModel(compute_s=0.3)
+    engine = Engine(model, workers=8, max_wait_s=0.4)
+    try:
+        # Partials that wait are by design: many of them leave admission open.
+        asyncio.run(_decode_all(engine, [_request(i, final=False) for i in range(6)]))
+        assert not engine.overloaded
+        # Finals that queue behind one another (0.3 s of compute each, one at a time) are not.
+        asyncio.run(_decode_all(engine, [_request(i, final=True) for i in range(8)]))
+        assert engine.overloaded
+        assert engine.stats.recent_wait(time.monotonic() + 30) < 0.01  # a quiet machine takes streams again
+    finally:
+        engine.close()
+
+
+@pytest.mark.parametrize("width", [0, -1])
+def test_a_lane_has_room_for_a_call(width: int):
+    with pytest.raises(ValueError, match="at least 1"):
+        ComputeLane(width)
+
+
