@@ -1,17 +1,23 @@
-"""How one model serves many decodes at once: one call at a time, finals first, and the token
-steps of concurrent decodes run as one batch.
+"""How one model serves many decodes at once: a few calls at a time, finals first, and the
+token steps of concurrent decodes run as one batch.
 
 Each stream's decode runs on a thread of its own (streaming/engine.py). Its model calls take
-turns in the model's :class:`ComputeLane`: one call runs at a time with every core (threads of
-concurrent calls would only take the cores from each other), and waiting calls go in order of
-priority: a final's before a partial's, so under load partials come less often and finals stay
-on time. A thread says what its calls are for with :func:`urgency`.
+turns in the model's :class:`ComputeLane`: at most ``width`` calls run at once (each with every
+core: more would only take the cores from each other), and waiting calls go in order of
+priority: a final's before a partial's. No partial's call starts while a final is being
+decoded, so a final has the machine to itself but for calls already running (sharing the cores
+with a partial's encoder halves its speed; waiting behind one at every step is worse). Under
+load partials come less often and finals stay on time. A thread says what its calls are for
+with :meth:`ComputeLane.request`.
 
 A decoder step costs nearly the same for one row as for four (on the CPU a step reads every
 weight once, whatever the rows; measured on 2 cores: 14 ms for one row, 22 ms for four), so
-the :class:`StepBatcher` runs the steps waiting at the same moment together. No step waits for
-company: the first one waits only for its turn in the lane, and takes every step that arrived
-meanwhile. A batch that fails is run again one step at a time, so a bad request fails alone.
+the :class:`StepBatcher` runs the steps of concurrent decodes together, in lockstep: a decode
+that has taken a step is a member until it ends, and a batch waits (a few milliseconds at
+most) until every member has asked for its next step. Without that, two decodes take turns
+in batches of one: each asks again just after the other's batch has started. A decode that
+is still encoding is not waited for; it joins with its first step. A batch that fails is run
+again one step at a time, so a bad request fails alone.
 """
 
 from __future__ import annotations
@@ -35,19 +41,6 @@ _priority: contextvars.ContextVar[int] = contextvars.ContextVar("priority", defa
 _waited: contextvars.ContextVar[list[float] | None] = contextvars.ContextVar("waited", default=None)
 
 
-@contextmanager
-def urgency(urgent: bool) -> Iterator[list[float]]:
-    """The calls this thread makes inside are a final's (``urgent``) or a partial's; yields a
-    one-item list that ends up holding how long they waited for their turns."""
-    waited = [0.0]
-    priority, tally = _priority.set(URGENT if urgent else ROUTINE), _waited.set(waited)
-    try:
-        yield waited
-    finally:
-        _priority.reset(priority)
-        _waited.reset(tally)
-
-
 @dataclass
 class CallStats:
     """One kind of model call in the lane."""
@@ -66,8 +59,9 @@ class Turn:
 
 class ComputeLane:
     """Up to ``width`` model calls at a time, the most urgent waiting call next (then the
-    earliest). Routine calls never take the last place: a final's call, or a step, waits at
-    most for the calls already running, never behind a partial's."""
+    earliest). Routine calls never take the last place, and none starts while an urgent
+    request is in progress: a final's call, or a step, waits at most for the calls already
+    running, never behind a partial's."""
 
     def __init__(self, width: int = 1) -> None:
         if width < 1:
@@ -75,6 +69,7 @@ class ComputeLane:
         self.width = width
         self._lock = threading.Condition()
         self._running = 0
+        self._urgent_requests = 0  # urgent requests in progress (see request)
         self._queue: list[tuple[int, int]] = []  # (priority, ticket), a heap
         self._tickets = itertools.count()
         self.stats: dict[str, CallStats] = {}
@@ -87,8 +82,9 @@ class ComputeLane:
         asked = time.perf_counter()
         with self._lock:
             heapq.heappush(self._queue, entry)
-            room = self.width if entry[0] == URGENT else max(1, self.width - 1)
-            while self._running >= room or self._queue[0] != entry:
+            urgent = entry[0] == URGENT
+            room = self.width if urgent else max(1, self.width - 1)
+            while self._running >= room or self._queue[0] != entry or (not urgent and self._urgent_requests):
                 self._lock.wait()
             heapq.heappop(self._queue)
             self._running += 1
@@ -111,6 +107,25 @@ class ComputeLane:
                 stats.wait_seconds += started - asked
                 stats.sizes[call.rows] = stats.sizes.get(call.rows, 0) + 1
                 self._lock.notify_all()
+
+    @contextmanager
+    def request(self, urgent: bool) -> Iterator[list[float]]:
+        """The calls this thread makes inside serve one request: a final's (``urgent``) or a
+        partial's. Yields a one-item list that ends up holding how long they waited."""
+        waited = [0.0]
+        priority, tally = _priority.set(URGENT if urgent else ROUTINE), _waited.set(waited)
+        if urgent:
+            with self._lock:
+                self._urgent_requests += 1
+        try:
+            yield waited
+        finally:
+            _priority.reset(priority)
+            _waited.reset(tally)
+            if urgent:
+                with self._lock:
+                    self._urgent_requests -= 1
+                    self._lock.notify_all()
 
     @contextmanager
     def snapshot(self) -> Iterator[dict[str, CallStats]]:
@@ -141,6 +156,7 @@ class StepBatcher(Generic[StepT, ResultT]):
         together: Callable[[Sequence[StepT]], list[ResultT]],
         lane: ComputeLane,
         max_rows: int = 8,
+        gather_s: float = 0.005,
     ):
         if max_rows < 1:
             raise ValueError(f"max_rows must be at least 1, not {max_rows}")
@@ -149,16 +165,39 @@ class StepBatcher(Generic[StepT, ResultT]):
         self._waiting: list[_Slot[StepT, ResultT]] = []
         self._busy = False
         self.retried = 0  # batches that failed and were run again one step at a time
+        self.gather_s = gather_s
+        self._members = 0  # decodes in their token loop that have taken a step
+        self._local = threading.local()  # per thread: None outside a decode, else whether a member
+
+    @contextmanager
+    def decoding(self) -> Iterator[None]:
+        """Around a decode's token loop on this thread: from its first step, batches wait for it."""
+        self._local.member = False
+        try:
+            yield
+        finally:
+            if self._local.member:
+                with self._lock:
+                    self._members -= 1
+                    self._lock.notify_all()
+            self._local.member = None
 
     def run(self, step: StepT) -> ResultT:
         slot: _Slot[StepT, ResultT] = _Slot(step)
         with self._lock:
+            if getattr(self._local, "member", None) is False:
+                self._local.member = True
+                self._members += 1
             self._waiting.append(slot)
+            self._lock.notify_all()  # a leader may be gathering
             while not slot.done:
                 if self._busy:
                     self._lock.wait()
                     continue
                 self._busy = True  # this thread runs the next batch
+                deadline = time.monotonic() + self.gather_s
+                while len(self._waiting) < min(self._members, self.max_rows) and (left := deadline - time.monotonic()) > 0:
+                    self._lock.wait(left)
                 self._lock.release()
                 try:
                     self._lead()

@@ -415,7 +415,8 @@ class MoonshineModel:
             words = self.limits.cut_repeated_phrase(heard, chosen, scores)
             cut = "repeated phrase" if len(words) < len(heard) else "budget" if len(forced) + len(chosen) >= budget else None
         else:
-            found = greedy(self, features, [BOS], forced, proposed, budget, self.limits)
+            with self.steps.decoding():
+                found = greedy(self, features, [BOS], forced, proposed, budget, self.limits)
             chosen, scores = found.tokens, found.scores
             heard = self.tokenizer.words(chosen)
             words = self.limits.cut_repeated_phrase(heard, chosen, scores)

@@ -215,6 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--sweep", default=None, help="comma-separated stream counts, e.g. 1,2,4,8: find the largest that meets the latency goal")
     bench.add_argument("--speed", type=_speed, default=1.0, help="1 is real time; max sends as fast as the server takes it (default 1)")
     bench.add_argument("--json", type=Path, default=None, help="write every per-utterance figure to this file")
+    bench.add_argument("--plot", type=Path, default=None, metavar="STEM",
+                       help="with --sweep: draw latency, partial cadence, CPU and memory against streams to STEM.png and STEM.svg")
     bench.add_argument("--url", default=None, help="measure a running server instead of starting one (no CPU/memory figures)")
     bench.add_argument("--model", default=DEFAULT_MODEL, choices=sorted(MODELS), help="model for the started server (default %(default)s)")
     bench.add_argument("--device", default="cpu", help="device for the started server (default %(default)s)")
@@ -430,6 +432,16 @@ def _bench(args: argparse.Namespace) -> int:
     print_report(report)
     if args.json:
         args.json.write_text(json.dumps(report, indent=1, ensure_ascii=False))
+    if args.plot:
+        from streaming.evaluation.bench import GOALS
+        from streaming.evaluation.plot import plot_sweep
+
+        try:
+            paths = plot_sweep(report, args.plot, GOALS["capacity_final_latency_p95"])
+        except RuntimeError as error:
+            print(f"flashcaption bench: {error}", file=sys.stderr)
+            return 1
+        print("plot: " + ", ".join(str(p) for p in paths))
     return 0
 
 

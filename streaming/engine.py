@@ -23,7 +23,6 @@ import time
 from dataclasses import dataclass, field
 
 from decoder.api import Hypothesis, SpeechModel, transcribe
-from decoder.batching import urgency
 from streaming.session import DecodeRequest
 
 log = logging.getLogger(__name__)
@@ -34,7 +33,7 @@ class EngineStats:
     decodes: int = 0
     failures: int = 0
     audio_seconds: float = 0.0  # audio decoded (counted once per decode, re-decodes included)
-    compute_seconds: float = 0.0
+    compute_seconds: float = 0.0  # decodes' wall time, their waits for the model included
     queued: int = 0  # waiting or running right now
     # Smoothed time a final waited for compute (for a worker, then for its turns in the
     # model's lane), when last measured: what admission is judged by.
@@ -48,11 +47,6 @@ class EngineStats:
             return self.wait_seconds  # still busy: the last measurement stands
         elapsed = max(0.0, (time.monotonic() if now is None else now) - self.wait_measured)
         return self.wait_seconds * 0.5 ** (elapsed / half_life_s)
-
-    @property
-    def real_time_factor(self) -> float | None:
-        """Compute seconds per second of audio decoded."""
-        return self.compute_seconds / self.audio_seconds if self.audio_seconds else None
 
 
 @dataclass(frozen=True)
@@ -108,7 +102,7 @@ class Engine:
     def decode_blocking(self, request: DecodeRequest, queued_s: float = 0.0) -> Hypothesis:
         """Run one request on the calling thread (``queued_s``: how long it waited for it)."""
         try:
-            with urgency(request.urgent) as waited:
+            with self.model.lane.request(request.urgent) as waited:
                 if self.delay_s:
                     time.sleep(self.delay_s)  # testing aid (--decode-delay): a slower model
                 hypothesis = transcribe(self.model, request.audio, request.prefix, request.draft, request.options)

@@ -14,7 +14,7 @@ import onnxruntime as ort
 import pytest
 
 from decoder.api import transcribe
-from decoder.batching import URGENT, urgency
+from decoder.batching import URGENT
 from decoder.models import DEFAULT_MODEL, MODELS
 from decoder.moonshine import BOS
 from decoder.optimize import POSITION_IDS, make_float32_onnx
@@ -79,7 +79,7 @@ def test_concurrent_decodes_are_batched_and_each_reads_what_it_reads_alone(model
     together: list[str | None] = [None] * len(clips)
 
     def decode(index: int) -> None:
-        with urgency(index % 2 == 0):  # finals and partials share batches
+        with model.lane.request(index % 2 == 0):  # finals and partials share batches
             together[index] = transcribe(model, clips[index]).text
 
     threads = [threading.Thread(target=decode, args=(i,)) for i in range(len(clips))]

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import pytest
 
 from decoder.api import DecodeOptions
-from decoder.batching import ROUTINE, URGENT, ComputeLane, StepBatcher, urgency
+from decoder.batching import ROUTINE, URGENT, ComputeLane, StepBatcher
 from streaming.engine import Engine
 from streaming.session import DecodeRequest
 from tests.scripted import ScriptedModel, speak
@@ -71,14 +71,30 @@ def test_partials_never_take_the_last_place():
     assert entered == ["final", "partial"]
 
 
-def test_a_thread_s_urgency_decides_its_calls_priority_and_counts_its_waits():
+def test_a_request_s_urgency_decides_its_calls_priority_and_counts_its_waits():
     lane = ComputeLane(width=1)
     holder = _hold(lane, 0.2)
-    with urgency(True) as waited:
+    with lane.request(True) as waited:
         with lane.turn("call"):
             pass
     holder.join(5)
     assert waited[0] >= 0.1
+
+
+def test_no_partial_call_starts_while_a_final_is_in_progress():
+    lane = ComputeLane(width=2)
+    entered = threading.Event()
+
+    def partial() -> None:
+        with lane.request(False), lane.turn("call"):
+            entered.set()
+
+    with lane.request(True):  # a final between two of its calls: the lane is idle
+        thread = threading.Thread(target=partial)
+        thread.start()
+        assert not entered.wait(0.2)
+    assert entered.wait(5)
+    thread.join(5)
 
 
 def _steps(fails_on: int | None = None):

@@ -8,6 +8,7 @@ import json
 import numpy as np
 
 from streaming.evaluation.bench import run_bench
+from streaming.evaluation.plot import plot_sweep
 from streaming.evaluation.streams import Clip, _measure, is_extension, speech_frames
 from tests.conftest import DATA
 
@@ -33,7 +34,11 @@ def test_latency_figures_follow_a_slowed_server(tmp_path):
     manifest.write_text(_only({"en_arctic_a0024", "en_librivox_sns01_0880"}), encoding="utf-8")
     for clip in ("en_arctic_a0024.wav", "en_librivox_sns01_0880.wav"):
         (tmp_path / clip).symlink_to(DATA / clip)
-    normal = run_bench(bench_args(manifest=manifest))["runs"][0]["summary"]
+    normal_run = run_bench(bench_args(manifest=manifest))["runs"][0]
+    normal = normal_run["summary"]
+    # What the model did, read from the server's /metrics: every kind of call it makes.
+    assert {"encoder", "decoder prompt", "decoder step"} <= set(normal_run["model_calls"])
+    assert normal_run["model_calls"]["decoder step"]["rows_per_call"] >= 1
     slowed = run_bench(bench_args(manifest=manifest, server_args=["--decode-delay=0.6"]))["runs"][0]["summary"]
     for name in ("final_latency", "first_caption_latency"):
         assert normal[name]["n"] >= 2 and slowed[name]["n"] >= 2
@@ -50,6 +55,19 @@ def test_latency_figures_follow_a_slowed_server(tmp_path):
     # The first caption of a slowed server comes after one whole decode at least.
     assert slowed["first_caption_latency"]["min"] >= 0.6
     assert normal["languages"]["en"]["streaming_error_rate"] < 0.1
+
+
+def test_the_sweep_is_drawn_as_png_and_svg(tmp_path):
+    def run(streams: int, p95: float) -> dict:
+        latency = {"n": 20, "p50": p95 / 2, "p95": p95, "p99": p95 + 0.2, "min": 0.3, "max": p95 + 0.3}
+        return {"streams": streams, "summary": {"final_latency": latency, "partials_per_second_of_speech": 3.0 - streams / 4},
+                "cpu_per_audio_second": 0.8 / streams, "peak_rss_mb": 600 + streams}
+
+    report = {"model": "moonshine-base-en", "device": "cpu", "machine": "test", "runs": [run(1, 1.0), run(2, 1.2), run(4, 2.5)]}
+    png, svg = plot_sweep(report, tmp_path / "plots" / "sweep", goal_s=1.5)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    drawing = svg.read_text(encoding="utf-8")
+    assert "<svg" in drawing and "final latency" in drawing
 
 
 def test_measure_arithmetic_on_known_events():

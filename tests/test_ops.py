@@ -45,6 +45,16 @@ def test_metrics_count_what_happened(server):
     assert 0 < after["flashcaption_real_time_factor"] < 1
     for gauge in ("flashcaption_publishers", "flashcaption_viewers", "flashcaption_rooms", "flashcaption_decode_queue"):
         assert gauge in after
+    # The model's calls by kind, and by rows: every step call is counted once under its rows.
+    def grew(name: str) -> float:
+        return after.get(name, 0.0) - before.get(name, 0.0)
+
+    assert grew('flashcaption_model_calls_total{kind="encoder"}') >= got
+    assert grew('flashcaption_model_compute_seconds_total{kind="encoder"}') > 0
+    steps = grew('flashcaption_model_calls_total{kind="decoder step"}')
+    assert steps > 0 and grew('flashcaption_model_rows_total{kind="decoder step"}') >= steps
+    by_rows = sum(grew(name) for name in after if name.startswith('flashcaption_model_batches_total{kind="decoder step",rows='))
+    assert by_rows == steps
 
 
 def test_readyz(server):

@@ -150,6 +150,8 @@ def print_report(report: dict[str, Any], out: TextIO = sys.stdout) -> None:
                   f"{c['seconds_per_audio_second']:.3f} s / audio s  wait {c['mean_wait_ms']:5.1f} ms", file=out)
     if report.get("non_speech") is not None:
         print("\nnon-speech (30 s each): " + ", ".join(f"{k}: {v} captions" for k, v in report["non_speech"].items()), file=out)
+    if len(report["runs"]) > 1:
+        print_sweep_table(report["runs"], out)
     if report.get("capacity") is not None:
         print(f"\nlargest N meeting p95 final latency <= {GOALS['capacity_final_latency_p95']} s without falling behind: {report['capacity']}", file=out)
 
@@ -404,3 +406,17 @@ def calls_since(before: dict[tuple[str, str], float] | None, after: dict[tuple[s
                 "mean_wait_ms": 1000 * delta.get(("wait_seconds", kind), 0.0) / calls,
             }
     return out
+
+
+def print_sweep_table(runs: list[dict[str, Any]], out: TextIO) -> None:
+    """One line per stream count: what the sweep is read by."""
+    print("\nstreams  final p50 / p95 / p99 (s)   partials/speech s   CPU s/audio s   peak RSS MB   step rows/call", file=out)
+    for run in sorted(runs, key=lambda r: r["streams"]):
+        latency = run["summary"]["final_latency"] or {}
+        steps = (run.get("model_calls") or {}).get("decoder step", {})
+        print(
+            f"{run['streams']:7d}  {latency.get('p50', float('nan')):5.2f} / {latency.get('p95', float('nan')):5.2f} / {latency.get('p99', float('nan')):5.2f}"
+            f"   {run['summary']['partials_per_second_of_speech'] or 0.0:17.2f}   {run.get('cpu_per_audio_second', float('nan')):13.3f}"
+            f"   {run.get('peak_rss_mb', float('nan')):11.0f}   {steps.get('rows_per_call', float('nan')):14.2f}",
+            file=out,
+        )

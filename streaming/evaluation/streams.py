@@ -363,6 +363,7 @@ def stats(values: Sequence[float | None]) -> dict[str, float] | None:
         "n": len(present),
         "p50": statistics.median(ordered),
         "p95": ordered[min(len(ordered) - 1, int(round(0.95 * (len(ordered) - 1))))],
+        "p99": ordered[min(len(ordered) - 1, int(round(0.99 * (len(ordered) - 1))))],
         "min": ordered[0],
         "max": ordered[-1],
     }
@@ -371,4 +372,5 @@ def stats(values: Sequence[float | None]) -> dict[str, float] | None:
 def format_stats(stat: dict[str, float] | None) -> str:
     if not stat:
         return "-"
-    return f"p50 {stat['p50']:.3f}  p95 {stat['p95']:.3f}  min {stat['min']:.3f}  max {stat['max']:.3f}  (n={stat['n']})"
+    tail = f"  p99 {stat['p99']:.3f}" if "p99" in stat else ""
+    return f"p50 {stat['p50']:.3f}  p95 {stat['p95']:.3f}{tail}  min {stat['min']:.3f}  max {stat['max']:.3f}  (n={stat['n']})"

@@ -135,7 +135,7 @@ def prometheus(server: ServerState) -> str:
                 max((p.session.backlog_seconds for p in server.sessions.live.values()), default=0.0),
             ),
             "flashcaption_decode_wait_seconds": ("Smoothed time decodes wait for a free worker.", stats.recent_wait()),
-            "flashcaption_real_time_factor": ("Decode compute seconds per second of audio decoded.", stats.real_time_factor or 0.0),
+            "flashcaption_real_time_factor": ("Seconds in model calls per second of audio decoded.", model_seconds(server.model.lane, stats.audio_seconds)),
         },
         counters={
             "flashcaption_decodes_total": ("Decodes run.", stats.decodes),
@@ -145,6 +145,13 @@ def prometheus(server: ServerState) -> str:
         },
         labelled=model_calls(server.model.lane),
     )
+
+
+def model_seconds(lane: ComputeLane, audio_seconds: float) -> float:
+    """Time in model calls per second of audio decoded (not the decodes' wall time, which
+    includes their waits for the model)."""
+    with lane.snapshot() as stats:
+        return sum(c.seconds for c in stats.values()) / audio_seconds if audio_seconds else 0.0
 
 
 def model_calls(lane: ComputeLane) -> dict[str, tuple[str, dict[str, float]]]:
@@ -174,5 +181,5 @@ def health(server: ServerState) -> dict[str, Any]:
         "viewers": server.viewer_count,
         "decode_queue": stats.queued,
         "decode_wait_s": round(stats.recent_wait(), 3),
-        "real_time_factor": round(stats.real_time_factor, 4) if stats.real_time_factor is not None else None,
+        "real_time_factor": round(model_seconds(server.model.lane, stats.audio_seconds), 4) if stats.audio_seconds else None,
     }
