@@ -2,13 +2,12 @@
 token steps of concurrent decodes run as one batch.
 
 Each stream's decode runs on a thread of its own (streaming/engine.py). Its model calls take
-turns in the model's :class:`ComputeLane`: at most ``width`` calls run at once (each with every
-core: more would only take the cores from each other), and waiting calls go in order of
-priority: a final's before a partial's. No partial's call starts while a final is being
-decoded, so a final has the machine to itself but for calls already running (sharing the cores
-with a partial's encoder halves its speed; waiting behind one at every step is worse). Under
-load partials come less often and finals stay on time. A thread says what its calls are for
-with :meth:`ComputeLane.request`.
+turns in the model's :class:`ComputeLane`: at most ``width`` calls run at once, and waiting
+calls go in order of priority: a final's before a partial's. No partial's call starts while a
+final is being decoded, so a final shares the machine only with calls already running. Under
+load it is the partials that give way. A thread says what its calls are for with
+:meth:`ComputeLane.request`. (What this buys on a 2-core CPU, and what it does not: README,
+Streams per machine.)
 
 A decoder step costs nearly the same for one row as for four (on the CPU a step reads every
 weight once, whatever the rows; measured on 2 cores: 14 ms for one row, 22 ms for four), so
@@ -143,7 +142,7 @@ class _Slot(Generic[StepT, ResultT]):
 
 
 class StepBatcher(Generic[StepT, ResultT]):
-    """Runs steps from many threads, combining those that wait at the same time.
+    """Runs steps from many threads as batches, in lockstep (see the module notes).
 
     ``alone`` runs one step (the fast path: nothing is padded or copied); ``together`` runs
     several and returns their results in order. Both run on a caller's thread, in ``lane``.

@@ -10,7 +10,8 @@ logits come back to the host.
 
 Over 400 lines because the context-biased beam search is Moonshine's alone (Whisper steers
 spelling with its prompt instead): it branches only where a term is at stake and batches beams
-whose caches come from different calls, which the shared loop does not express.
+whose caches come from different calls, which the shared loop does not express; and because
+the steps of concurrent decodes are padded into one batch here (decoder/batching.py runs them).
 """
 
 from __future__ import annotations
@@ -125,7 +126,8 @@ def _host(value: ort.OrtValue | np.ndarray) -> np.ndarray:
 class _Arena:
     """Reused buffers for the batch's padded caches. Fresh arrays of tens of megabytes cost
     more in page faults than the copy itself (measured: 24 ms to stack four 10 s rows into
-    new arrays); one batch runs at a time, so each name's buffer is free again at the next."""
+    new arrays); one batch runs at a time, so each name's buffer is free again at the next.
+    They keep the largest batch seen: at most ``max_rows`` rows of the longest utterance."""
 
     def __init__(self) -> None:
         self._flat: dict[str, np.ndarray] = {}

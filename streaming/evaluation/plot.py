@@ -38,6 +38,8 @@ def plot_sweep(report: dict[str, Any], stem: Path, goal_s: float) -> list[Path]:
         axis.set_xticks(streams)
         axis.grid(alpha=0.3)
     machine = report.get("machine", "")
+    if isinstance(machine, dict):  # as the bench records it
+        machine = f"{machine.get('cpu', '?')}, {machine.get('cores', '?')} cores"
     figure.suptitle(f"{report.get('model', '')} on {report.get('device', '')}, {machine}")
     paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
     stem.parent.mkdir(parents=True, exist_ok=True)
