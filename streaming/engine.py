@@ -35,8 +35,8 @@ class EngineStats:
     audio_seconds: float = 0.0  # audio decoded (counted once per decode, re-decodes included)
     compute_seconds: float = 0.0  # decodes' wall time, their waits for the model included
     queued: int = 0  # waiting or running right now
-    # Smoothed time a final waited for compute (for a worker, then for its turns in the
-    # model's lane), when last measured: what admission is judged by.
+    # Smoothed time requests waited for a worker, and finals also for their turns in the
+    # model's lane, when last measured: what admission is judged by.
     wait_seconds: float = 0.0
     wait_measured: float = 0.0  # time.monotonic() of that measurement
 
@@ -94,8 +94,8 @@ class Engine:
 
     @property
     def overloaded(self) -> bool:
-        """Saturated, as measured: finals wait long for compute (or very many requests are
-        queued). New streams are then refused, rather than every stream's captions growing
+        """Saturated, as measured: requests wait long for a worker or finals for the model (or
+        very many requests are queued). New streams are then refused, rather than every stream's captions growing
         late."""
         return self.stats.queued >= self.max_queued or self.stats.recent_wait() > self.max_wait_s
 
@@ -114,11 +114,12 @@ class Engine:
             self.stats.decodes += 1
             self.stats.audio_seconds += len(request.audio) / 16000
             self.stats.compute_seconds += hypothesis.compute_seconds
-            if request.urgent:
-                # Partials wait as long as finals keep the model busy; that is by design.
-                now = time.monotonic()
-                self.stats.wait_seconds = 0.8 * self.stats.recent_wait(now) + 0.2 * (queued_s + waited[0])
-                self.stats.wait_measured = now
+            # More decodes than workers is saturation, whoever waits; in the model's lane,
+            # partials wait while finals keep it busy by design, so only finals' turns count.
+            now = time.monotonic()
+            waited_s = queued_s + (waited[0] if request.urgent else 0.0)
+            self.stats.wait_seconds = 0.8 * self.stats.recent_wait(now) + 0.2 * waited_s
+            self.stats.wait_measured = now
         return hypothesis
 
     async def decode(self, request: DecodeRequest) -> Decoded:
