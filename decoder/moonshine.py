@@ -206,7 +206,7 @@ class MoonshineModel:
         # ...so that steps of concurrent decodes run as one batch; every call takes turns.
         self.lane = ComputeLane(runtime.calls_at_once)
         self.steps: StepBatcher[_Step, tuple[np.ndarray, MoonshineCache]] = StepBatcher(self._step_alone, self._steps_together, self.lane)
-        self._cross_key = next(n for n in self._past_names if ".encoder." in n)
+        self._cross_names = [n for n in self._past_names if ".encoder." in n]
         self._last_cross: tuple[tuple[int, ...], list, _Stacked] | None = None
         self._arena = _Arena()
         self._hidden_size = int(next(i for i in self.decoder.get_inputs() if i.name == "encoder_hidden_states").shape[-1])
@@ -339,7 +339,7 @@ class MoonshineModel:
         return feeds
 
     def _stack_cross(self, caches: Sequence[MoonshineCache]) -> _Stacked:
-        names = [n for n in self._past_names if ".encoder." in n]
+        names = self._cross_names
         host = [{n: _host(c[n]) for n in names} for c in caches]
         frames = [c[names[0]].shape[2] for c in host]
         return _Stacked({n: self._arena.padded(n, [c[n] for c in host], max(frames)) for n in names}, frames)
@@ -347,13 +347,13 @@ class MoonshineModel:
     def _cross_for(self, steps: Sequence[_Step]) -> _Stacked:
         """The rows' cross-attention caches stacked: the same decodes tend to step together
         token after token, so the last stack is kept and used again while they do."""
-        key = tuple(id(s.cache[self._cross_key]) for s in steps)
+        key = tuple(id(s.cache[self._cross_names[0]]) for s in steps)
         kept = self._last_cross
         if kept is not None and kept[0] == key:
             return kept[2]
         stacked = self._stack_cross([s.cache for s in steps])
         # The values are held with the stack, so their ids cannot be reused while it is kept.
-        self._last_cross = (key, [s.cache[self._cross_key] for s in steps], stacked)
+        self._last_cross = (key, [s.cache[self._cross_names[0]] for s in steps], stacked)
         return stacked
 
     def _neutral_row_inputs(self, count: int, tokens: int, offset: int, frames: int) -> dict[str, np.ndarray]:

@@ -249,7 +249,7 @@ class WhisperModel:
         self._suppress_begin = [t for t in config.get("suppress_ids_begin", [220, self.tokenizer.eot]) if t < vocab]
         self._cross_names = [f"cross_{kind}_{layer}" for layer in range(self.layers) for kind in "kv"]
         self._cache_outputs = [f"new_self_{kind}_{layer}" for layer in range(self.layers) for kind in "kv"]
-        # One call at a time, finals' first (decoder/batching.py). Steps of different streams
+        # Calls take turns, finals' first (decoder/batching.py). Steps of different streams
         # are not batched yet: the graph takes one offset for all its rows.
         self.lane = ComputeLane(runtime.calls_at_once)
 

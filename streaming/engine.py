@@ -95,8 +95,8 @@ class Engine:
     @property
     def overloaded(self) -> bool:
         """Saturated, as measured: requests wait long for a worker or finals for the model (or
-        very many requests are queued). New streams are then refused, rather than every stream's captions growing
-        late."""
+        very many requests are queued). New streams are then refused, rather than every
+        stream's captions growing late."""
         return self.stats.queued >= self.max_queued or self.stats.recent_wait() > self.max_wait_s
 
     def decode_blocking(self, request: DecodeRequest, queued_s: float = 0.0) -> Hypothesis:

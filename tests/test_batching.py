@@ -3,6 +3,7 @@ engine's admission from what the lane measures: logic with threads and the scrip
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Sequence
@@ -165,14 +166,10 @@ def _request(id: int, final: bool) -> DecodeRequest:
 
 
 async def _decode_all(engine: Engine, requests: list[DecodeRequest]) -> None:
-    import asyncio
-
     await asyncio.gather(*(engine.decode(r) for r in requests))
 
 
 def test_new_streams_are_refused_while_finals_wait_for_the_model():
-    import asyncio
-
     model = ScriptedModel(compute_s=0.3)
     engine = Engine(model, workers=8, max_wait_s=0.4)
     try:

@@ -359,11 +359,15 @@ def stats(values: Sequence[float | None]) -> dict[str, float] | None:
     if not present:
         return None
     ordered = sorted(present)
+
+    def rank(share: float) -> float:
+        return ordered[min(len(ordered) - 1, int(round(share * (len(ordered) - 1))))]
+
     return {
         "n": len(present),
         "p50": statistics.median(ordered),
-        "p95": ordered[min(len(ordered) - 1, int(round(0.95 * (len(ordered) - 1))))],
-        "p99": ordered[min(len(ordered) - 1, int(round(0.99 * (len(ordered) - 1))))],
+        "p95": rank(0.95),
+        "p99": rank(0.99),
         "min": ordered[0],
         "max": ordered[-1],
     }
