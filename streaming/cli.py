@@ -213,6 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--langs", default="en", help="comma-separated languages to use, empty for all (default %(default)s)")
     bench.add_argument("--streams", type=int, default=1, help="concurrent publishers per recording (default %(default)s)")
     bench.add_argument("--sweep", default=None, help="comma-separated stream counts, e.g. 1,2,4,8: find the largest that meets the latency goal")
+    bench.add_argument("--in-step", action="store_true",
+                       help="all streams speak the same recording at the same moment, so that their finals are all asked for at once "
+                            "(the worst case); by default each stream goes through the recordings from its own starting point")
     bench.add_argument("--speed", type=_speed, default=1.0, help="1 is real time; max sends as fast as the server takes it (default 1)")
     bench.add_argument("--json", type=Path, default=None, help="write every per-utterance figure to this file")
     bench.add_argument("--plot", type=Path, default=None, metavar="STEM",

@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 
-from streaming.evaluation.bench import run_bench
+from streaming.evaluation.bench import finals_differing, run_bench
 from streaming.evaluation.plot import plot_sweep
 from streaming.evaluation.streams import Clip, _measure, is_extension, speech_frames
 from tests.conftest import DATA
@@ -34,8 +34,14 @@ def test_latency_figures_follow_a_slowed_server(tmp_path):
     manifest.write_text(_only({"en_arctic_a0024", "en_librivox_sns01_0880"}), encoding="utf-8")
     for clip in ("en_arctic_a0024.wav", "en_librivox_sns01_0880.wav"):
         (tmp_path / clip).symlink_to(DATA / clip)
-    normal_run = run_bench(bench_args(manifest=manifest))["runs"][0]
-    normal = normal_run["summary"]
+    alone, together = run_bench(bench_args(manifest=manifest, sweep="1,2"))["runs"]
+    normal_run, normal = alone, alone["summary"]
+    # Two publishers each stream both recordings, the second starting from the second one, so
+    # that their utterances do not begin and end together; their finals are compared with the
+    # recordings' finals streamed alone.
+    first, second = [c["clip"] for c in alone["clips"]]
+    assert [(c["stream"], c["clip"]) for c in together["clips"]] == [(0, first), (0, second), (1, second), (1, first)]
+    assert 0.0 <= together["finals_differing_from_alone"] <= 1.0 and alone["finals_differing_from_alone"] == 0.0
     # What the model did, read from the server's /metrics: every kind of call it makes.
     assert {"encoder", "decoder prompt", "decoder step"} <= set(normal_run["model_calls"])
     assert normal_run["model_calls"]["decoder step"]["rows_per_call"] >= 1
@@ -68,6 +74,18 @@ def test_the_sweep_is_drawn_as_png_and_svg(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     drawing = svg.read_text(encoding="utf-8")
     assert "<svg" in drawing and "final latency" in drawing
+
+
+def test_finals_differing_from_alone_counts_changed_missing_and_extra_finals():
+    alone = [{"clip": "a", "finals": ["One.", "Two."]}, {"clip": "b", "finals": ["Three."]}]
+    together = [
+        {"clip": "a", "finals": ["One.", "Two."]},  # the same
+        {"clip": "a", "finals": ["One.", "Too."]},  # one changed
+        {"clip": "b", "finals": ["Three.", "Four."]},  # one extra
+        {"clip": "c", "finals": ["Not streamed alone."]},  # nothing to compare with
+    ]
+    assert finals_differing(alone, together) == 2 / 6
+    assert finals_differing(alone, []) is None
 
 
 def test_measure_arithmetic_on_known_events():

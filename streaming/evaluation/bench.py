@@ -208,7 +208,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         for streams in counts:
             cpu_before = server.cpu_seconds() if server else None
             calls_before = model_calls(url)
-            results = asyncio.run(run_streams(url, clips, streams, args.speed))
+            results = asyncio.run(run_streams(url, clips, streams, args.speed, in_step=getattr(args, "in_step", False)))
             audio_seconds = sum(duration(c) for c in clips) * streams
             run: dict[str, Any] = {"streams": streams, "speed": args.speed, "audio_seconds": audio_seconds}
             run["summary"] = summarize(clips, results)
@@ -224,6 +224,10 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                 capacity = streams
         if args.sweep:
             report["capacity"] = capacity
+        alone = next((run for run in report["runs"] if run["streams"] == 1), None)
+        if alone is not None:
+            for run in report["runs"]:
+                run["finals_differing_from_alone"] = finals_differing(alone["clips"], run["clips"])
         if not args.no_offline:
             texts = offline_texts(clips, health["model"], "cpu", health.get("final_beam_size", 1))
             report["offline_texts"] = texts
@@ -408,15 +412,34 @@ def calls_since(before: dict[tuple[str, str], float] | None, after: dict[tuple[s
     return out
 
 
+def finals_differing(alone: list[dict[str, Any]], together: list[dict[str, Any]]) -> float | None:
+    """The share of finals whose text differs from the same recording's finals when it was
+    streamed alone: what batching and load change (a final missing or extra counts as one)."""
+    reference = {entry["clip"]: entry["finals"] for entry in alone}
+    differing = total = 0
+    for entry in together:
+        mine, theirs = entry["finals"], reference.get(entry["clip"])
+        if theirs is None:
+            continue
+        differing += sum(a != b for a, b in zip(mine, theirs)) + abs(len(mine) - len(theirs))
+        total += max(len(mine), len(theirs))
+    return differing / total if total else None
+
+
 def print_sweep_table(runs: list[dict[str, Any]], out: TextIO) -> None:
     """One line per stream count: what the sweep is read by."""
-    print("\nstreams  final p50 / p95 / p99 (s)   partials/speech s   CPU s/audio s   peak RSS MB   step rows/call", file=out)
+    print("\nstreams  final p50 / p95 / p99 (s)   partials/speech s   CPU s/audio s   peak RSS MB   step rows/call   finals unlike alone", file=out)
     for run in sorted(runs, key=lambda r: r["streams"]):
         latency = run["summary"]["final_latency"] or {}
         steps = (run.get("model_calls") or {}).get("decoder step", {})
         print(
             f"{run['streams']:7d}  {latency.get('p50', float('nan')):5.2f} / {latency.get('p95', float('nan')):5.2f} / {latency.get('p99', float('nan')):5.2f}"
             f"   {run['summary']['partials_per_second_of_speech'] or 0.0:17.2f}   {run.get('cpu_per_audio_second', float('nan')):13.3f}"
-            f"   {run.get('peak_rss_mb', float('nan')):11.0f}   {steps.get('rows_per_call', float('nan')):14.2f}",
+            f"   {run.get('peak_rss_mb', float('nan')):11.0f}   {steps.get('rows_per_call', float('nan')):14.2f}"
+            f"   {_share(run.get('finals_differing_from_alone')):>19s}",
             file=out,
         )
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"

@@ -342,16 +342,37 @@ def progress(done: int, total: int, label: str) -> None:
         sys.stderr.write("\n")
 
 
-async def run_streams(url: str, clips: list[Clip], streams: int, speed: float | None) -> list[StreamResult]:
-    results: list[StreamResult] = []
-    for number, clip in enumerate(clips):
-        progress(number, len(clips), clip.id)
-        batch = await asyncio.gather(
-            *(stream_clip(url, clip, s, speed, room=f"bench-{clip.id[:40]}-{s}") for s in range(streams))
-        )
-        results.extend(batch)
-    progress(len(clips), len(clips), "done")
-    return results
+async def run_streams(url: str, clips: list[Clip], streams: int, speed: float | None, in_step: bool = False) -> list[StreamResult]:
+    """Each of ``streams`` publishers streams every recording once, one after another. They
+    start at different places in the list (publisher s at recording s * n / streams), so their
+    utterances begin and end at independent moments, as different rooms' speakers do; with
+    ``in_step`` all of them stream the same recording at the same moment instead, so that every
+    final is asked for at once (the worst case)."""
+    if in_step:
+        results: list[StreamResult] = []
+        for number, clip in enumerate(clips):
+            progress(number, len(clips), clip.id)
+            batch = await asyncio.gather(
+                *(stream_clip(url, clip, s, speed, room=f"bench-{clip.id[:40]}-{s}") for s in range(streams))
+            )
+            results.extend(batch)
+        progress(len(clips), len(clips), "done")
+        return results
+    done = 0
+
+    async def publisher(stream: int) -> list[StreamResult]:
+        nonlocal done
+        start = stream * len(clips) // streams
+        mine = []
+        for clip in clips[start:] + clips[:start]:
+            mine.append(await stream_clip(url, clip, stream, speed, room=f"bench-{clip.id[:40]}-{stream}"))
+            done += 1
+            progress(done, len(clips) * streams, clip.id)
+        return mine
+
+    by_publisher = await asyncio.gather(*(publisher(s) for s in range(streams)))
+    return [result for mine in by_publisher for result in mine]
+
 
 def stats(values: Sequence[float | None]) -> dict[str, float] | None:
     """Order statistics of the values there are (None: not measured)."""
