@@ -17,6 +17,9 @@ most) until every member has asked for its next step. Without that, two decodes 
 in batches of one: each asks again just after the other's batch has started. A decode that
 is still encoding is not waited for; it joins with its first step. A batch that fails is run
 again one step at a time, so a bad request fails alone.
+
+A request may be withdrawn while it runs (a partial, when its stream has a final to decode):
+its next call, or step, raises :class:`DecodeWithdrawn` instead of running.
 """
 
 from __future__ import annotations
@@ -38,6 +41,17 @@ ResultT = TypeVar("ResultT")
 URGENT, ROUTINE = 0, 1  # priorities in the lane: a final's calls, and a partial's
 _priority: contextvars.ContextVar[int] = contextvars.ContextVar("priority", default=ROUTINE)
 _waited: contextvars.ContextVar[list[float] | None] = contextvars.ContextVar("waited", default=None)
+_withdrawn: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar("withdrawn", default=None)
+
+
+class DecodeWithdrawn(Exception):
+    """The request was withdrawn before this call (see ComputeLane.request)."""
+
+
+def raise_if_withdrawn() -> None:
+    withdrawn = _withdrawn.get()
+    if withdrawn is not None and withdrawn.is_set():
+        raise DecodeWithdrawn("the decode was withdrawn")
 
 
 @dataclass
@@ -77,6 +91,7 @@ class ComputeLane:
     def turn(self, kind: str, rows: int = 1, priority: int | None = None) -> Iterator[Turn]:
         """Hold the lane for one call of ``kind`` (for the statistics) on ``rows`` rows (the
         holder may correct them); ``priority``: the calling thread's unless given."""
+        raise_if_withdrawn()
         entry = (_priority.get() if priority is None else priority, next(self._tickets))
         asked = time.perf_counter()
         with self._lock:
@@ -86,8 +101,9 @@ class ComputeLane:
             while self._running >= room or self._queue[0] != entry or (not urgent and self._urgent_requests):
                 self._lock.wait()
             heapq.heappop(self._queue)
-            self._running += 1
             self._lock.notify_all()  # the next in line may fit too
+            raise_if_withdrawn()  # withdrawn while it waited: its turn goes to the next
+            self._running += 1
         started = time.perf_counter()
         tally = _waited.get()
         if tally is not None:
@@ -108,11 +124,13 @@ class ComputeLane:
                 self._lock.notify_all()
 
     @contextmanager
-    def request(self, urgent: bool) -> Iterator[list[float]]:
+    def request(self, urgent: bool, withdrawn: threading.Event | None = None) -> Iterator[list[float]]:
         """The calls this thread makes inside serve one request: a final's (``urgent``) or a
-        partial's. Yields a one-item list that ends up holding how long they waited."""
+        partial's; once ``withdrawn`` is set, they raise :class:`DecodeWithdrawn`. Yields a
+        one-item list that ends up holding how long they waited."""
         waited = [0.0]
         priority, tally = _priority.set(URGENT if urgent else ROUTINE), _waited.set(waited)
+        cancel = _withdrawn.set(withdrawn)
         if urgent:
             with self._lock:
                 self._urgent_requests += 1
@@ -121,6 +139,7 @@ class ComputeLane:
         finally:
             _priority.reset(priority)
             _waited.reset(tally)
+            _withdrawn.reset(cancel)
             if urgent:
                 with self._lock:
                     self._urgent_requests -= 1
@@ -182,6 +201,7 @@ class StepBatcher(Generic[StepT, ResultT]):
             self._local.member = None
 
     def run(self, step: StepT) -> ResultT:
+        raise_if_withdrawn()
         slot: _Slot[StepT, ResultT] = _Slot(step)
         with self._lock:
             if getattr(self._local, "member", None) is False:

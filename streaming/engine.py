@@ -20,18 +20,29 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from decoder.api import Hypothesis, SpeechModel, transcribe
+from decoder.batching import DecodeWithdrawn
 from streaming.session import DecodeRequest
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
+class KindStats:
+    """Decodes of one kind (partial, final...: DecodeRequest.kind)."""
+
+    decodes: int = 0
+    audio_seconds: float = 0.0
+    compute_seconds: float = 0.0
+
+
+@dataclass
 class EngineStats:
     decodes: int = 0
     failures: int = 0
+    withdrawn: int = 0  # decodes their callers gave up (partials, for their stream's final)
     audio_seconds: float = 0.0  # audio decoded (counted once per decode, re-decodes included)
     compute_seconds: float = 0.0  # decodes' wall time, their waits for the model included
     queued: int = 0  # waiting or running right now
@@ -39,6 +50,7 @@ class EngineStats:
     # model's lane, when last measured: what admission is judged by.
     wait_seconds: float = 0.0
     wait_measured: float = 0.0  # time.monotonic() of that measurement
+    by_kind: dict[str, KindStats] = field(default_factory=dict)
 
     def recent_wait(self, now: float | None = None, half_life_s: float = 2.0) -> float:
         """The smoothed wait, fading while no request is queued: a server that was saturated
@@ -66,6 +78,7 @@ class _Job:
     future: asyncio.Future[Hypothesis] | None = field(default=None, compare=False)
     loop: asyncio.AbstractEventLoop | None = field(default=None, compare=False)
     queued_at: float = field(default=0.0, compare=False)
+    withdrawn: threading.Event = field(default_factory=threading.Event, compare=False)
 
 
 class Engine:
@@ -99,13 +112,21 @@ class Engine:
         stream's captions growing late."""
         return self.stats.queued >= self.max_queued or self.stats.recent_wait() > self.max_wait_s
 
-    def decode_blocking(self, request: DecodeRequest, queued_s: float = 0.0) -> Hypothesis:
-        """Run one request on the calling thread (``queued_s``: how long it waited for it)."""
+    def decodes_by_kind(self) -> dict[str, KindStats]:
+        """A copy of the decode counts by kind."""
+        with self._lock:
+            return {kind: replace(stats) for kind, stats in self.stats.by_kind.items()}
+
+    def decode_blocking(self, request: DecodeRequest, queued_s: float = 0.0, withdrawn: threading.Event | None = None) -> Hypothesis:
+        """Run one request on the calling thread (``queued_s``: how long it waited for it);
+        once ``withdrawn`` is set, its next model call raises DecodeWithdrawn."""
         try:
-            with self.model.lane.request(request.urgent) as waited:
+            with self.model.lane.request(request.urgent, withdrawn) as waited:
                 if self.delay_s:
                     time.sleep(self.delay_s)  # testing aid (--decode-delay): a slower model
                 hypothesis = transcribe(self.model, request.audio, request.prefix, request.draft, request.options)
+        except DecodeWithdrawn:
+            raise  # not a failure: counted where it was withdrawn
         except Exception:
             with self._lock:
                 self.stats.failures += 1
@@ -114,6 +135,10 @@ class Engine:
             self.stats.decodes += 1
             self.stats.audio_seconds += len(request.audio) / 16000
             self.stats.compute_seconds += hypothesis.compute_seconds
+            kind = self.stats.by_kind.setdefault(request.kind, KindStats())
+            kind.decodes += 1
+            kind.audio_seconds += len(request.audio) / 16000
+            kind.compute_seconds += hypothesis.compute_seconds
             # More decodes than workers is saturation, whoever waits; in the model's lane,
             # partials wait while finals keep it busy by design, so only finals' turns count.
             now = time.monotonic()
@@ -123,15 +148,22 @@ class Engine:
         return hypothesis
 
     async def decode(self, request: DecodeRequest) -> Decoded:
-        """Run one request on a worker thread."""
+        """Run one request on a worker thread. Cancelling the caller withdraws the request: if
+        a worker has it, the decode stops at its next model call."""
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Hypothesis] = loop.create_future()
         with self._lock:
             self.stats.queued += 1
+        job = _Job(0 if request.urgent else 1, next(self._order), request, future, loop, time.perf_counter())
         try:
-            self._queue.put(_Job(0 if request.urgent else 1, next(self._order), request, future, loop, time.perf_counter()))
+            self._queue.put(job)
             hypothesis = await future
+        except asyncio.CancelledError:
+            job.withdrawn.set()
+            with self._lock:
+                self.stats.withdrawn += 1
+            raise
         finally:
             with self._lock:
                 self.stats.queued -= 1
@@ -146,8 +178,8 @@ class Engine:
             if future.cancelled():
                 continue
             try:
-                result = self.decode_blocking(request, time.perf_counter() - job.queued_at)
-            except Exception as error:  # reported to the awaiting session
+                result = self.decode_blocking(request, time.perf_counter() - job.queued_at, job.withdrawn)
+            except Exception as error:  # reported to the awaiting session (unless withdrawn: then no one awaits)
                 loop.call_soon_threadsafe(_settle, future, None, error)
             else:
                 loop.call_soon_threadsafe(_settle, future, result, None)

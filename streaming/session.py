@@ -134,6 +134,13 @@ class DecodeRequest:
         """A final, or likely one: it is on the latency path and goes before partials."""
         return self.final or self.early_end is not None
 
+    @property
+    def kind(self) -> str:
+        """What it is for, as /metrics counts decodes."""
+        if self.check is not None:
+            return "head check" if self.check.head else "tail check"
+        return "final" if self.final else "early final" if self.early_end is not None else "partial"
+
 
 @dataclass(frozen=True)
 class PartialCaption:
@@ -186,7 +193,6 @@ class _Utterance:
     cut: bool = False  # ended by the length cap: confirmed words may lie past the cut
     segment: int | None = None  # numbered when first shown
     shown: tuple[Word, ...] = ()  # words of the latest partial sent
-    settled_decoded: bool = False  # the latest decode request was made in a pause
     decoded_length: int = 0  # samples covered by the latest decode request
     stabilizer: Stabilizer = field(default_factory=Stabilizer)
     # What the publisher asked for (a code, "auto", or candidates "en,zh"), and what partial
@@ -423,10 +429,10 @@ class Session:
         new_audio = utterance.length - utterance.decoded_length
         if utterance.length < self.config.min_partial_audio_s * SAMPLE_RATE or new_audio <= 0:
             return None
-        # The moment the speaker pauses, the whole hypothesis can be shown: decode at once
-        # rather than at the next cadence tick.
-        pausing = self._segmenter.trailing_silence_ms >= self.config.settled_silence_ms
-        if not (pausing and not utterance.settled_decoded) and new_audio < self.partial_interval * SAMPLE_RATE:
+        # No decode of its own when the speaker pauses: at tail_ms into the pause the early
+        # final (above) shows the whole hypothesis, and one 100 ms before it would cost a whole
+        # decode and hold the model just as the early final asks for it.
+        if new_audio < self.partial_interval * SAMPLE_RATE:
             return None
         confirmed = utterance.stabilizer.confirmed
         return self._request(
@@ -460,6 +466,24 @@ class Session:
         if self._open is not None:
             waiting += self._open.length - self._open.decoded_length
         return waiting / SAMPLE_RATE
+
+    @property
+    def final_due(self) -> bool:
+        """A partial is being decoded, and a final (or an early final) is now due: the caller
+        should withdraw the partial (:meth:`withdraw`) rather than make the final wait for it.
+        Its words would be stale by then, or dropped, its utterance being over."""
+        if self._in_flight is None or self._in_flight[0].urgent or self._in_flight[0].check is not None:
+            return False
+        if self._closing:
+            return True
+        pending_end = self._segmenter.pending_end
+        return self._open is not None and pending_end is not None and pending_end != self._open.early_end
+
+    def withdraw(self, request_id: int) -> None:
+        """The partial in flight will not be answered (see :attr:`final_due`)."""
+        if self._in_flight is not None and (self._in_flight[0].urgent or self._in_flight[0].check is not None):
+            raise ValueError(f"decode request {request_id} is not a partial: it cannot be withdrawn")
+        self._take_in_flight(request_id)
 
     @property
     def idle(self) -> bool:
@@ -508,7 +532,6 @@ class Session:
             audio = audio[: early_end - utterance.start]
         # The segmenter's pause state is the open utterance's; a final's audio is complete.
         speaking = not final and early_end is None and self._segmenter.trailing_silence_ms < self.config.settled_silence_ms
-        utterance.settled_decoded = not speaking
         lead_words: tuple[Word, ...] = ()
         if utterance.lead_in is not None:
             lead_words = utterance.lead_in.words

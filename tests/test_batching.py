@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import pytest
 
 from decoder.api import DecodeOptions
-from decoder.batching import ROUTINE, URGENT, ComputeLane, StepBatcher
+from decoder.batching import ROUTINE, URGENT, ComputeLane, DecodeWithdrawn, StepBatcher
 from streaming.engine import Engine
 from streaming.session import DecodeRequest
 from tests.scripted import ScriptedModel, speak
@@ -96,6 +96,72 @@ def test_no_partial_call_starts_while_a_final_is_in_progress():
         assert not entered.wait(0.2)
     assert entered.wait(5)
     thread.join(5)
+
+
+def test_a_withdrawn_request_s_next_call_raises_and_its_turn_goes_to_the_next():
+    lane = ComputeLane(width=1)
+    holder = _hold(lane, 0.3)
+    withdrawn, outcome, ran = threading.Event(), [], []
+
+    def partial() -> None:
+        with lane.request(False, withdrawn):
+            try:
+                with lane.turn("call"):
+                    ran.append("partial")
+            except DecodeWithdrawn:
+                outcome.append("withdrawn")
+
+    def later() -> None:
+        with lane.request(False), lane.turn("call"):
+            ran.append("later")
+
+    waiting = threading.Thread(target=partial)
+    waiting.start()
+    time.sleep(0.05)
+    behind = threading.Thread(target=later)  # queued behind the partial
+    behind.start()
+    time.sleep(0.05)
+    withdrawn.set()  # while it waits for its turn
+    for thread in (holder, waiting, behind):
+        thread.join(5)
+    assert outcome == ["withdrawn"] and ran == ["later"]
+    with lane.request(False, withdrawn), pytest.raises(DecodeWithdrawn):  # and before it asks
+        lane.turn("call").__enter__()
+    with lane.turn("call"):  # the lane is free again: nothing was left holding it
+        pass
+
+
+def test_a_withdrawn_step_raises_before_joining_a_batch():
+    batcher, lane, batches = _steps()
+    withdrawn = threading.Event()
+    withdrawn.set()
+    with lane.request(False, withdrawn), batcher.decoding(), pytest.raises(DecodeWithdrawn):
+        batcher.run(1)
+    assert batches == [] and batcher.run(2) == 20
+
+
+def test_cancelling_a_decode_withdraws_it_from_the_model():
+    model = ScriptedModel(compute_s=0.3)
+    engine = Engine(model, workers=2)
+
+    async def withdraw_one() -> None:
+        first = asyncio.ensure_future(engine.decode(_request(1, final=False)))
+        second = asyncio.ensure_future(engine.decode(_request(2, final=False)))  # waits for the first's encode
+        await asyncio.sleep(0.1)
+        second.cancel()
+        await first
+        with pytest.raises(asyncio.CancelledError):
+            await second
+
+    try:
+        asyncio.run(withdraw_one())
+        deadline = time.monotonic() + 5
+        while engine.stats.withdrawn < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert engine.stats.withdrawn == 1 and engine.stats.decodes == 1 and engine.stats.failures == 0
+        assert model.lane.stats["encoder"].calls == 1  # the withdrawn decode never ran its encode
+    finally:
+        engine.close()
 
 
 def _steps(fails_on: int | None = None):

@@ -45,6 +45,7 @@ def test_latency_figures_follow_a_slowed_server(tmp_path):
     # What the model did, read from the server's /metrics: every kind of call it makes.
     assert {"encoder", "decoder prompt", "decoder step"} <= set(normal_run["model_calls"])
     assert normal_run["model_calls"]["decoder step"]["rows_per_call"] >= 1
+    assert normal_run["model_calls"]["decodes: partial"]["decodes"] >= 2  # and decodes by what they were for
     slowed = run_bench(bench_args(manifest=manifest, server_args=["--decode-delay=0.6"]))["runs"][0]["summary"]
     for name in ("final_latency", "first_caption_latency"):
         assert normal[name]["n"] >= 2 and slowed[name]["n"] >= 2

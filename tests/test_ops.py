@@ -55,6 +55,14 @@ def test_metrics_count_what_happened(server):
     assert steps > 0 and grew('flashcaption_model_rows_total{kind="decoder step"}') >= steps
     by_rows = sum(grew(name) for name in after if name.startswith('flashcaption_model_batches_total{kind="decoder step",rows='))
     assert by_rows == steps
+    # Decodes by what they were for: the kinds add up to all decodes, and finals (or early
+    # finals that became them) and partials were among them.
+    kinds = [name for name in after if name.startswith("flashcaption_decode_requests_total{")]
+    assert sum(grew(name) for name in kinds) == grew("flashcaption_decodes_total")
+    assert grew('flashcaption_decode_requests_total{kind="partial"}') >= 1
+    assert grew('flashcaption_decode_requests_total{kind="final"}') + grew('flashcaption_decode_requests_total{kind="early final"}') >= got
+    assert sum(grew(n.replace("requests_total", "request_audio_seconds_total")) for n in kinds) == pytest.approx(
+        grew("flashcaption_decoded_audio_seconds_total"))
     # Faster than real time: time in model calls against the audio decoded meanwhile.
     compute = sum(grew(name) for name in after if name.startswith("flashcaption_model_compute_seconds_total{"))
     assert 0 < compute < grew("flashcaption_decoded_audio_seconds_total")

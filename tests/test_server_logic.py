@@ -157,3 +157,35 @@ def test_a_dropped_publisher_still_gets_its_final_to_viewers(scripted_server: Se
             publisher.socket.shutdown(socket.SHUT_RDWR)  # no close frame: the network went away
         (final,) = finals(receive_until(viewer, lambda m: m["type"] == "final", timeout=30))
     assert final["text"] == "alpha bravo charlie" and final["seq"] == 1
+
+
+def test_a_final_does_not_wait_for_its_stream_s_partial(tmp_path) -> None:
+    """A partial still being decoded when the speaker pauses is withdrawn, and the early final
+    asked for at once: with a model this slow (2 s an encode), waiting for the partial would
+    be most of the final's latency."""
+    import time
+    import urllib.request
+
+    from streaming.config import ServerConfig
+    from streaming.server import CaptionServer
+    from tests.scripted import ScriptedModel, silence
+
+    def withdrawn(url: str) -> float:
+        text = urllib.request.urlopen(url.replace("ws://", "http://") + "/metrics", timeout=10).read().decode()
+        return float(next(line.split()[-1] for line in text.splitlines() if line.startswith("flashcaption_decodes_withdrawn_total ")))
+
+    model = ScriptedModel(compute_s=2.0)
+    running = ServerThread(CaptionServer(ServerConfig(port=0, data_dir=tmp_path), model)).start()
+    try:
+        room, audio = new_room(), np.concatenate([speak("alpha bravo charlie delta"), silence(1.0)])
+        with watch(running.url, room) as (viewer, _):
+            with connect(f"{running.url}/v1/publish?room={room}&mode=live") as publisher:
+                json.loads(publisher.recv(timeout=10))
+                for offset in range(0, len(audio), 1600):  # in real time: the partial is still running at the pause
+                    publisher.send(pcm16(audio[offset : offset + 1600]))
+                    time.sleep(0.1)
+                (final,) = finals(receive_until(viewer, lambda m: m["type"] == "final", timeout=30))
+        assert final["text"] == "alpha bravo charlie delta"
+        assert withdrawn(running.url) >= 1
+    finally:
+        running.stop()

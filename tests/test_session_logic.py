@@ -309,6 +309,35 @@ def test_one_decode_at_a_time_and_an_unknown_answer_is_refused() -> None:
         session.receive_hypothesis(first.id, transcribe(model, first.audio))
 
 
+def test_a_partial_in_flight_is_withdrawn_for_the_early_final_and_no_word_is_lost() -> None:
+    session, model = Session(), ScriptedModel()
+    audio = speak("alpha bravo charlie delta")
+    partial, withdrawn = None, 0
+    for offset in range(0, len(audio), FRAME):
+        session.receive_audio(audio[offset : offset + FRAME])
+        if partial is None:
+            partial = session.next_request()  # a partial, then left unanswered: a slow decode
+            assert partial is None or not partial.urgent
+            continue
+        if session.final_due:
+            with pytest.raises(ValueError):
+                session.withdraw(partial.id + 100)  # only the partial in flight
+            session.withdraw(partial.id)
+            withdrawn += 1
+            break
+        assert session.next_request() is None  # still one decode at a time
+    assert withdrawn == 1 and not session.final_due
+    early = session.next_request()
+    assert early is not None and early.urgent and early.early_end is not None  # at once, not after the partial
+    with pytest.raises(ValueError):
+        session.receive_hypothesis(partial.id, transcribe(model, partial.audio))  # withdrawn: its answer is refused
+    with pytest.raises(ValueError):
+        session.withdraw(early.id)  # a final is never withdrawn
+    session.receive_hypothesis(early.id, transcribe(model, early.audio, early.prefix, early.draft, early.options), 0.01)
+    run = drive(session, silence(1.0), model)
+    assert texts(run.finals) == ["alpha bravo charlie delta"]
+
+
 def test_slow_decodes_make_partials_rarer_not_later() -> None:
     session = Session(SessionConfig(partial_interval_s=0.4))
     assert session.partial_interval == pytest.approx(0.4)

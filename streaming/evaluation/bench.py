@@ -146,6 +146,10 @@ def print_report(report: dict[str, Any], out: TextIO = sys.stdout) -> None:
             print(f"  server CPU s / audio s   {run['cpu_per_audio_second']:.3f}   peak RSS {run['peak_rss_mb']:.0f} MB", file=out)
         print(f"  behind real time (max)   {s['max_behind_real_time_s']:.2f} s   errors {len(s['errors'])}", file=out)
         for kind, c in (run.get("model_calls") or {}).items():
+            if "decodes" in c:  # a kind of decode request
+                print(f"  {kind:<21} {c['decodes']:6.0f}  decoding {c['audio_per_audio_second']:5.2f} s of audio and taking "
+                      f"{c['seconds_per_audio_second']:.3f} s (waits included) per audio s", file=out)
+                continue
             print(f"  model {kind:<15}  {c['calls']:6.0f} calls  {c['rows_per_call']:4.2f} rows/call  "
                   f"{c['seconds_per_audio_second']:.3f} s / audio s  wait {c['mean_wait_ms']:5.1f} ms", file=out)
     if report.get("non_speech") is not None:
@@ -390,6 +394,9 @@ def model_calls(url: str) -> dict[tuple[str, str], float] | None:
         match = re.fullmatch(r'flashcaption_model_(\w+)_total\{kind="([^"]+)"\} (\S+)', line)
         if match:
             found[(match.group(1), match.group(2))] = float(match.group(3))
+        match = re.fullmatch(r'flashcaption_decode_request(_audio_seconds|_seconds|s)_total\{kind="([^"]+)"\} (\S+)', line)
+        if match:
+            found[("decodes" + match.group(1).removeprefix("s"), match.group(2))] = float(match.group(3))
     return found
 
 
@@ -399,8 +406,16 @@ def calls_since(before: dict[tuple[str, str], float] | None, after: dict[tuple[s
     if before is None or after is None:
         return {}
     delta = {key: value - before.get(key, 0.0) for key, value in after.items()}
-    out = {}
-    for kind in sorted({kind for _, kind in delta}):
+    out: dict[str, dict[str, float]] = {}
+    for kind in sorted({kind for metric, kind in delta if metric == "decodes"}):
+        decodes = delta[("decodes", kind)]
+        if decodes:
+            out[f"decodes: {kind}"] = {
+                "decodes": decodes,
+                "audio_per_audio_second": delta.get(("decodes_audio_seconds", kind), 0.0) / audio_seconds,
+                "seconds_per_audio_second": delta.get(("decodes_seconds", kind), 0.0) / audio_seconds,
+            }
+    for kind in sorted({kind for metric, kind in delta if metric == "calls"}):
         calls = delta.get(("calls", kind), 0.0)
         if calls:
             out[kind] = {

@@ -23,6 +23,7 @@ from streaming.protocol import ProtocolError, split_path
 from streaming.server.connection import client_of, response
 
 if TYPE_CHECKING:
+    from streaming.engine import Engine
     from streaming.server.state import ServerState
 
 log = logging.getLogger(__name__)
@@ -140,11 +141,25 @@ def prometheus(server: ServerState) -> str:
         counters={
             "flashcaption_decodes_total": ("Decodes run.", stats.decodes),
             "flashcaption_decode_failures_total": ("Decodes that raised.", stats.failures),
+            "flashcaption_decodes_withdrawn_total": (
+                "Partials withdrawn for their stream's final (their decode stops at its next model call).", stats.withdrawn),
             "flashcaption_decoded_audio_seconds_total": ("Audio decoded, re-decodes included.", stats.audio_seconds),
             "flashcaption_decode_compute_seconds_total": ("Wall time of decodes, their waits for the model included.", stats.compute_seconds),
         },
-        labelled=model_calls(server.model.lane),
+        labelled=model_calls(server.model.lane) | decodes_by_kind(server.engine),
     )
+
+
+def decodes_by_kind(engine: Engine) -> dict[str, tuple[str, dict[str, float]]]:
+    """Decodes by what they are for (partial, early final, final, tail or head check)."""
+    by_kind = engine.decodes_by_kind()
+    return {
+        "flashcaption_decode_requests_total": ("Decodes run, by kind.", {labels(kind=k): s.decodes for k, s in by_kind.items()}),
+        "flashcaption_decode_request_audio_seconds_total": ("Audio decoded, by kind of decode.",
+                                                            {labels(kind=k): s.audio_seconds for k, s in by_kind.items()}),
+        "flashcaption_decode_request_seconds_total": ("Wall time of decodes, by kind, their waits for the model included.",
+                                                      {labels(kind=k): s.compute_seconds for k, s in by_kind.items()}),
+    }
 
 
 def model_seconds(lane: ComputeLane, audio_seconds: float) -> float:

@@ -37,7 +37,9 @@ from streaming.server.state import Publisher
 from streaming.session import Session
 
 if TYPE_CHECKING:
+    from streaming.engine import Decoded
     from streaming.server.state import ServerState
+    from streaming.session import DecodeRequest
 
 log = logging.getLogger(__name__)
 
@@ -305,11 +307,13 @@ async def _pump(server: ServerState, publisher: Publisher) -> None:
         publisher.pump_idle = False
         while (request := session.next_request()) is not None:
             try:
-                decoded = await server.engine.decode(request)
+                decoded = await _decode(server, publisher, request)
             except Exception:
                 log.exception("decode failed", extra=publisher.log_extra)
                 session.receive_failure(request.id)
             else:
+                if decoded is None:
+                    continue  # a partial withdrawn for a final
                 if request.urgent and request.check is None and decoded.hypothesis.cut:
                     # A final's text (or an early final's) the model may not have finished:
                     # counted and said, never silent.
@@ -337,6 +341,36 @@ async def _pump(server: ServerState, publisher: Publisher) -> None:
         await _deliver(server, publisher)  # audio alone can complete a final (decoded early)
         if session.finished or (publisher.parking and session.idle):
             return
+
+
+async def _decode(server: ServerState, publisher: Publisher, request: DecodeRequest) -> Decoded | None:
+    """Decode ``request``. A partial is withdrawn (None) as soon as the session has a final to
+    decode: under load the partial may take longer than the final itself, and its words would
+    be stale or, its utterance being over, dropped."""
+    decoding = asyncio.ensure_future(server.engine.decode(request))
+    if request.urgent or request.check is not None:
+        return await decoding
+    session, woken = publisher.session, False
+    try:
+        while True:
+            wake = asyncio.ensure_future(publisher.wake.wait())
+            try:
+                await asyncio.wait((decoding, wake), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                wake.cancel()
+            if decoding.done():
+                return decoding.result()
+            publisher.wake.clear()
+            woken = True
+            if session.final_due:
+                decoding.cancel()
+                session.withdraw(request.id)
+                return None
+    finally:
+        if woken:
+            publisher.wake.set()  # what woke this loop is seen again by the pump
+        if not decoding.done():
+            decoding.cancel()  # the pump itself was cancelled
 
 
 async def _deliver(server: ServerState, publisher: Publisher) -> None:
