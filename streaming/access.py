@@ -30,10 +30,13 @@ def auth_required(mode: str, host: str) -> bool:
 
 
 def token_of(query: Mapping[str, str], authorization: str | None) -> str | None:
-    """The request's token: ``token=`` in the query, else ``Authorization: Bearer``."""
+    """The request's token: ``token=`` in the query, else ``Authorization: Bearer TOKEN`` (or
+    ``Token TOKEN``, as Deepgram's clients send their key)."""
     token = query.get("token")
-    if token is None and authorization and authorization.lower().startswith("bearer "):
-        token = authorization[7:].strip()
+    if token is None and authorization:
+        scheme, _, value = authorization.partition(" ")
+        if scheme.lower() in ("bearer", "token"):
+            token = value.strip()
     return token or None
 
 

@@ -26,7 +26,9 @@ the same way gives the same requests, whatever the machine.
   at once. The wait for the end of an utterance and the final's decode overlap, so a longer
   ``end_silence_ms`` (fewer sentences cut at a pause) costs less latency.
 - When an utterance ends (trailing silence, length cap, ``flush`` or ``end``) its final is
-  decoded before anything else of this session.
+  decoded before anything else of this session. A partial still in flight when a final (or
+  early final) falls due should be given up (:attr:`final_due`, :meth:`withdraw`): the final
+  must not wait for it.
 - An utterance that follows the previous one closely is decoded with the previous one in
   front of it, audio and (forced) words, and only the new words are kept: a short phrase after
   a pause ("However, | due to the slow...") is heard in its sentence, not alone.

@@ -15,12 +15,14 @@ import signal
 import ssl
 import time
 from http import HTTPStatus
+from urllib.parse import urlsplit
 
 import websockets
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
 from decoder.api import SpeechModel
+from streaming.compat import NATIVE, Dialect, deepgram
 from streaming.config import ServerConfig
 from streaming.protocol import ProtocolError, split_path
 from streaming.server import http, publish, view
@@ -176,27 +178,36 @@ class CaptionServer(ServerState):
     async def _route(self, connection: ServerConnection) -> None:
         """A WebSocket connection, from handshake to close, on the handler for its path."""
         route, kind, client = "", "", None
+        dialect: Dialect = NATIVE
         keepalive = Keepalive(connection, self.config.keepalive_s)
         pings = asyncio.create_task(keepalive.run())
         try:
             assert connection.request is not None
-            route, query = split_path(connection.request.path)
+            listen, query = None, dict[str, str]()
+            if urlsplit(connection.request.path).path == deepgram.PATH:  # its query may repeat keyterm
+                listen = deepgram.parse_listen(connection.request.path, deepgram.connection_room(connection.id))
+                dialect = deepgram.DeepgramDialect(listen, self.model.name)
+                route = deepgram.PATH
+            else:
+                route, query = split_path(connection.request.path)
             client = client_of(connection, connection.request.headers, query, self.trusted)
-            kind = {"/v1/publish": "publish", "/v1/captions": "view"}.get(route, "")
+            kind = {"/v1/publish": "publish", deepgram.PATH: "publish", "/v1/captions": "view"}.get(route, "")
             self.connections.acquire(kind, client.address)
             try:
-                if kind == "publish":
+                if listen is not None:
+                    await publish.serve_publisher(self, connection, query, client, keepalive, dialect, listen.publish)
+                elif kind == "publish":
                     await publish.serve_publisher(self, connection, query, client, keepalive)
                 elif kind == "view":
                     await view.serve_viewer(self, connection, query, client)
             finally:
                 self.connections.release(kind, client.address)
         except ProtocolError as error:
-            await send_error(connection, error, close=True, metrics=self.metrics)
+            await send_error(connection, error, close=True, metrics=self.metrics, dialect=dialect)
         except websockets.ConnectionClosed:
             pass
         except Exception:
             log.exception("internal error on %s", route, extra={"client": client.address if client else ""})
-            await send_error(connection, ProtocolError("internal", "internal server error"), close=True, metrics=self.metrics)
+            await send_error(connection, ProtocolError("internal", "internal server error"), close=True, metrics=self.metrics, dialect=dialect)
         finally:
             pings.cancel()

@@ -16,7 +16,7 @@ from websockets.datastructures import Headers
 from websockets.http11 import Response
 
 from streaming.access import Network, client_address, forwarded, token_of
-from streaming.events import ErrorEvent, encode
+from streaming.compat import NATIVE, Dialect
 from streaming.metrics import Metrics
 from streaming.protocol import ProtocolError
 
@@ -38,12 +38,15 @@ def client_of(connection: ServerConnection, headers: Headers, query: Mapping[str
     return Client(token_of(query, headers.get("Authorization")), forwarded(headers), client_address(peer, headers, trusted))
 
 
-async def send_error(connection: ServerConnection, error: ProtocolError, close: bool, metrics: Metrics | None = None) -> None:
-    """Tell the client what went wrong; with ``close``, end the connection with the error's code."""
+async def send_error(
+    connection: ServerConnection, error: ProtocolError, close: bool, metrics: Metrics | None = None, dialect: Dialect = NATIVE
+) -> None:
+    """Tell the client what went wrong, in its dialect; with ``close``, end the connection with
+    the error's code."""
     if metrics is not None:
         metrics.errors[error.code] += 1
     try:
-        await connection.send(encode(ErrorEvent(error.code, error.message)))
+        await connection.send(dialect.error(error))
         if close:
             await connection.close(error.close_code, close_reason(error.message))
     except websockets.ConnectionClosed:

@@ -30,7 +30,8 @@ from decoder.api import SAMPLE_RATE
 from decoder.context import Context, context_from_json, context_to_json
 from streaming import protocol
 from streaming.audio import PcmDecoder
-from streaming.events import Final, Ready, caption, encode
+from streaming.compat import NATIVE, Dialect
+from streaming.events import Final, Ready, caption
 from streaming.protocol import EndMessage, FlushMessage, ProtocolError
 from streaming.server.connection import Client, Keepalive, Stalled, send_error, send_within
 from streaming.server.state import Publisher
@@ -58,15 +59,24 @@ class Refused(ProtocolError):
 
 
 async def serve_publisher(
-    server: ServerState, connection: ServerConnection, query: dict[str, str], client: Client, keepalive: Keepalive
+    server: ServerState,
+    connection: ServerConnection,
+    query: dict[str, str],
+    client: Client,
+    keepalive: Keepalive,
+    dialect: Dialect = NATIVE,
+    params: protocol.PublishParams | None = None,
 ) -> None:
-    params = protocol.parse_publish(query)
+    """``dialect``: what the connection speaks (streaming/compat); ``params``: the session's, as
+    a dialect read them from its own query (else protocol v1's query)."""
+    params = params or protocol.parse_publish(query)
     if server.draining:
         raise ProtocolError("overloaded", "server is shutting down")
     raw = connection.transport.get_extra_info("socket")
     if raw is not None:
         raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
     publisher = await (_resume(server, params, query, connection, client) if params.resume else _start(server, params, connection, client))
+    publisher.dialect = dialect
     pcm = PcmDecoder(params.encoding, params.sample_rate)
     publisher.pump = asyncio.create_task(_pump(server, publisher))
     log.info(
@@ -76,13 +86,16 @@ async def serve_publisher(
     ended = False
     try:
         ready = Ready(publisher.id, publisher.room.name, server.model.name, publisher.session.language, params.sample_rate)
-        await connection.send(encode(ready))
+        for text in dialect.ready(ready):
+            await connection.send(text)
         ended = await _receive(server, publisher, pcm, keepalive)
     except Refused:
         ended = True
         raise
     finally:
         await _after_connection(server, publisher, pcm, ended)
+    for text in dialect.closing(publisher.session.received_seconds):
+        await connection.send(text)
     await connection.close(1000, "end of stream")
 
 
@@ -231,7 +244,9 @@ async def _receive(server: ServerState, publisher: Publisher, pcm: PcmDecoder, k
                     with keepalive.hold():
                         await _until_decoded(publisher, server.config.file_backlog_s / 2)
             else:
-                command = protocol.parse_client_message(message)
+                command = publisher.dialect.client_message(message)
+                if command is None:
+                    continue  # a keepalive
                 if isinstance(command, EndMessage):
                     session.receive_audio(pcm.finish())
                     session.end()
@@ -249,7 +264,7 @@ async def _receive(server: ServerState, publisher: Publisher, pcm: PcmDecoder, k
                 raise Refused(error.code, error.message) from None
             # Other mistakes are reported and the stream goes on: captions are not lost
             # over one bad message.
-            await send_error(publisher.connection, error, close=False, metrics=server.metrics)
+            await send_error(publisher.connection, error, close=False, metrics=server.metrics, dialect=publisher.dialect)
         publisher.wake.set()
 
 
@@ -383,7 +398,8 @@ async def _deliver(server: ServerState, publisher: Publisher) -> None:
         else:
             publisher.room.fan_out(message)
         try:
-            await send_within(publisher.connection, encode(message), server.config.send_stall_s, "publisher")
+            for text in publisher.dialect.caption(message):
+                await send_within(publisher.connection, text, server.config.send_stall_s, "publisher")
         except (websockets.ConnectionClosed, Stalled):
             pass  # the publisher left (or was cut off for not reading); the room still gets every caption
 

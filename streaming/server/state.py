@@ -19,6 +19,7 @@ from websockets.asyncio.server import ServerConnection
 from decoder.api import SpeechModel
 from streaming import auth
 from streaming.access import AccessPolicy, ConnectionCounter, auth_required, parse_networks
+from streaming.compat import NATIVE, Dialect
 from streaming.config import ServerConfig
 from streaming.engine import Engine
 from streaming.journal import Journal
@@ -51,6 +52,7 @@ class Publisher:
     # publisher held back while its audio is decoded waits for these.
     progress: asyncio.Event = field(default_factory=asyncio.Event)
     pump_idle: bool = True
+    dialect: Dialect = NATIVE  # what its connection speaks (streaming/compat)
 
     @property
     def log_extra(self) -> dict[str, str]:

@@ -1,0 +1,58 @@
+"""Wire dialects: how one publisher connection speaks, over the same sessions and rooms.
+
+A :class:`Dialect` turns what the server has to say (ready, captions, errors, the close) into
+the connection's text messages, and the client's text messages into FlashCaption's commands.
+The native dialect is protocol v1 (docs/protocol.md); :mod:`streaming.compat.deepgram` speaks
+Deepgram's live API. Rooms, viewers, the journal and ``/metrics`` see every dialect's sessions
+alike: a dialect only changes what this one connection reads and writes. No sockets here.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from streaming.events import Caption, ErrorEvent, Ready, encode
+from streaming.protocol import ClientMessage, ProtocolError, parse_client_message
+
+
+class Dialect(Protocol):
+    def ready(self, ready: Ready) -> list[str]:
+        """The connection's first messages."""
+        ...
+
+    def client_message(self, text: str) -> ClientMessage | None:
+        """A client's text message as a command; None: nothing to do (a keepalive)."""
+        ...
+
+    def caption(self, message: Caption) -> list[str]:
+        """What the publisher is sent for one of its captions."""
+        ...
+
+    def error(self, error: ProtocolError) -> str:
+        ...
+
+    def closing(self, audio_seconds: float) -> list[str]:
+        """The last messages before the server closes a stream that ended normally."""
+        ...
+
+
+class Native:
+    """Protocol v1."""
+
+    def ready(self, ready: Ready) -> list[str]:
+        return [encode(ready)]
+
+    def client_message(self, text: str) -> ClientMessage | None:
+        return parse_client_message(text)
+
+    def caption(self, message: Caption) -> list[str]:
+        return [encode(message)]
+
+    def error(self, error: ProtocolError) -> str:
+        return encode(ErrorEvent(error.code, error.message))
+
+    def closing(self, audio_seconds: float) -> list[str]:
+        return []
+
+
+NATIVE = Native()
