@@ -3,7 +3,8 @@ token steps of concurrent decodes run as one batch.
 
 Each stream's decode runs on a thread of its own (streaming/engine.py). Its model calls take
 turns in the model's :class:`ComputeLane`: at most ``width`` calls run at once, and waiting
-calls go in order of priority: a final's before a partial's. No partial's call starts while a
+calls go in order of priority: a final's before a partial's, and the partial of an utterance
+that has shown no words yet before other partials. No partial's call starts while a
 final is being decoded, so a final shares the machine only with calls already running. Under
 load it is the partials that give way. A thread says what its calls are for with
 :meth:`ComputeLane.request`. (What this buys on a 2-core CPU, and what it does not: README,
@@ -38,7 +39,9 @@ StepT = TypeVar("StepT")
 ResultT = TypeVar("ResultT")
 
 
-URGENT, ROUTINE = 0, 1  # priorities in the lane: a final's calls, and a partial's
+# Priorities in the lane: a final's calls; a partial's whose utterance has shown no words yet;
+# other partials'. Only URGENT calls may take the last place.
+URGENT, EAGER, ROUTINE = 0, 1, 2
 _priority: contextvars.ContextVar[int] = contextvars.ContextVar("priority", default=ROUTINE)
 _waited: contextvars.ContextVar[list[float] | None] = contextvars.ContextVar("waited", default=None)
 _withdrawn: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar("withdrawn", default=None)
@@ -124,12 +127,13 @@ class ComputeLane:
                 self._lock.notify_all()
 
     @contextmanager
-    def request(self, urgent: bool, withdrawn: threading.Event | None = None) -> Iterator[list[float]]:
+    def request(self, urgent: bool, withdrawn: threading.Event | None = None, eager: bool = False) -> Iterator[list[float]]:
         """The calls this thread makes inside serve one request: a final's (``urgent``) or a
-        partial's; once ``withdrawn`` is set, they raise :class:`DecodeWithdrawn`. Yields a
-        one-item list that ends up holding how long they waited."""
+        partial's (``eager``: before other partials); once ``withdrawn`` is set, they raise
+        :class:`DecodeWithdrawn`. Yields a one-item list that ends up holding how long they
+        waited."""
         waited = [0.0]
-        priority, tally = _priority.set(URGENT if urgent else ROUTINE), _waited.set(waited)
+        priority, tally = _priority.set(URGENT if urgent else EAGER if eager else ROUTINE), _waited.set(waited)
         cancel = _withdrawn.set(withdrawn)
         if urgent:
             with self._lock:

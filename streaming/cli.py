@@ -107,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--partial-interval", type=_positive_float, default=defaults.session.partial_interval_s,
-        help="seconds of new audio between partial captions; grows by itself when the machine is busy (default %(default)s)",
+        help="seconds of new audio between partial captions; grows by itself when the machine is busy, "
+             "and past 3.3 s of an utterance to 12%% of its length (default %(default)s)",
     )
     serve.add_argument(
         "--end-silence", type=int, default=None,

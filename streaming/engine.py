@@ -69,8 +69,9 @@ class Decoded:
 
 @dataclass(order=True)
 class _Job:
-    """A queued request: finals (priority 0) before partials (1), each in arrival order; a job
-    without a request (priority 2) tells a worker to stop."""
+    """A queued request: finals (priority 0) before partials of utterances that have shown no
+    words yet (1), then other partials (2), each in arrival order; a job without a request
+    (priority 3) tells a worker to stop."""
 
     priority: int
     order: int
@@ -121,7 +122,7 @@ class Engine:
         """Run one request on the calling thread (``queued_s``: how long it waited for it);
         once ``withdrawn`` is set, its next model call raises DecodeWithdrawn."""
         try:
-            with self.model.lane.request(request.urgent, withdrawn) as waited:
+            with self.model.lane.request(request.urgent, withdrawn, eager=request.first_words) as waited:
                 if self.delay_s:
                     time.sleep(self.delay_s)  # testing aid (--decode-delay): a slower model
                 hypothesis = transcribe(self.model, request.audio, request.prefix, request.draft, request.options)
@@ -155,7 +156,7 @@ class Engine:
         future: asyncio.Future[Hypothesis] = loop.create_future()
         with self._lock:
             self.stats.queued += 1
-        job = _Job(0 if request.urgent else 1, next(self._order), request, future, loop, time.perf_counter())
+        job = _Job(0 if request.urgent else 1 if request.first_words else 2, next(self._order), request, future, loop, time.perf_counter())
         try:
             self._queue.put(job)
             hypothesis = await future
@@ -186,7 +187,7 @@ class Engine:
 
     def close(self) -> None:
         for _ in self._threads:
-            self._queue.put(_Job(2, next(self._order)))
+            self._queue.put(_Job(3, next(self._order)))
         for thread in self._threads:
             thread.join(timeout=30)
 

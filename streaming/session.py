@@ -13,7 +13,8 @@ the same way gives the same requests, whatever the machine.
 
 - Speech is cut into utterances by :mod:`vad.segmenter`.
 - While an utterance is open it is re-decoded every ``partial_interval_s`` of new audio (the
-  interval grows when decodes are slow), never with more than one decode pending.
+  interval grows when decodes are slow, and with the utterance's length), never with more than
+  one decode pending.
 - Words confirmed by :class:`Stabilizer` are forced as the prefix of the next partial decode,
   so a partial's ``stable`` characters never change in later partials; the rest of the
   previous hypothesis goes along as a draft, which the model checks in one pass.
@@ -62,6 +63,10 @@ class SessionConfig:
     # When decodes take longer, the interval grows to this many times the decode time,
     # so a busy machine gets fewer, not later, partials.
     busy_factor: float = 1.5
+    # Each partial reads the whole utterance so far again, so at a fixed interval an utterance's
+    # partials cost compute that grows with the square of its length: the interval is also at
+    # least this share of the utterance (0.4 s up to 3.3 s, 0.6 s at 5 s, 1.2 s at 10 s).
+    partial_interval_share: float = 0.12
     max_partial_interval_s: float = 3.0
     # The previous utterance is decoded in front of the current one when it ended at most
     # context_gap_s before and is at most context_max_s long.
@@ -130,6 +135,9 @@ class DecodeRequest:
     # An early final: the utterance's final if it ends here (see the module notes).
     early_end: int | None = None
     check: Check | None = None  # a check of a final's words: ``audio`` is part of its utterance
+    # A partial of an utterance that has shown no words yet: under load it goes before other
+    # partials, since an utterance's first words are what a viewer waits for longest.
+    first_words: bool = False
 
     @property
     def urgent(self) -> bool:
@@ -434,7 +442,7 @@ class Session:
         # No decode of its own when the speaker pauses: at tail_ms into the pause the early
         # final (above) shows the whole hypothesis, and one 100 ms before it would cost a whole
         # decode and hold the model just as the early final asks for it.
-        if new_audio < self.partial_interval * SAMPLE_RATE:
+        if new_audio < max(self.partial_interval * SAMPLE_RATE, self.config.partial_interval_share * utterance.length):
             return None
         confirmed = utterance.stabilizer.confirmed
         return self._request(
@@ -555,6 +563,7 @@ class Session:
             context_words=len(lead_words),
             speaking=speaking,
             early_end=early_end,
+            first_words=not final and early_end is None and not utterance.shown,
         )
         self._in_flight = (request, utterance)
         return request

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import pytest
 
 from decoder.api import DecodeOptions
-from decoder.batching import ROUTINE, URGENT, ComputeLane, DecodeWithdrawn, StepBatcher
+from decoder.batching import EAGER, ROUTINE, URGENT, ComputeLane, DecodeWithdrawn, StepBatcher
 from streaming.engine import Engine
 from streaming.session import DecodeRequest
 from tests.scripted import ScriptedModel, speak
@@ -37,7 +37,8 @@ def test_waiting_calls_go_in_order_of_urgency_then_arrival():
     order: list[str] = []
     holder = _hold(lane, 0.3)
     threads = []
-    for name, priority in (("partial 1", ROUTINE), ("final 1", URGENT), ("partial 2", ROUTINE), ("final 2", URGENT)):
+    cases = (("partial 1", ROUTINE), ("final 1", URGENT), ("first words", EAGER), ("partial 2", ROUTINE), ("final 2", URGENT))
+    for name, priority in cases:
         def call(name: str = name, priority: int = priority) -> None:
             with lane.turn("call", priority=priority):
                 order.append(name)
@@ -46,8 +47,8 @@ def test_waiting_calls_go_in_order_of_urgency_then_arrival():
         time.sleep(0.03)  # arrive in this order while the lane is held
     for thread in (holder, *threads):
         thread.join(5)
-    assert order == ["final 1", "final 2", "partial 1", "partial 2"]
-    assert lane.stats["call"].calls == 4 and lane.stats["call"].wait_seconds > 0
+    assert order == ["final 1", "final 2", "first words", "partial 1", "partial 2"]
+    assert lane.stats["call"].calls == 5 and lane.stats["call"].wait_seconds > 0
 
 
 def test_partials_never_take_the_last_place():

@@ -338,6 +338,26 @@ def test_a_partial_in_flight_is_withdrawn_for_the_early_final_and_no_word_is_los
     assert texts(run.finals) == ["alpha bravo charlie delta"]
 
 
+def test_partials_of_a_long_utterance_come_at_a_share_of_its_length() -> None:
+    """Each partial reads the utterance again: past 3.3 s, at least 12% of it between two."""
+    audio = speak(script(40))  # about 20 s without a pause
+    run = drive(Session(SessionConfig(partial_interval_s=0.4)), audio, ScriptedModel())
+    partials = [len(r.audio) / SAMPLE_RATE for r in run.requests if not r.urgent and r.check is None]
+    gaps = [(before, after - before) for before, after in zip(partials, partials[1:]) if after > before]
+    assert any(before < 3.0 for before, _ in gaps) and any(before > 10 for before, _ in gaps)
+    for before, gap in gaps:
+        assert gap >= max(0.4, 0.12 * before) - 0.021, (before, gap)  # a frame of slack
+        if before < 3.0:
+            assert gap <= 0.45  # short utterances keep the cadence
+
+
+def test_partials_until_an_utterance_shows_words_say_so() -> None:
+    run = drive(Session(), speak(script(12)), ScriptedModel())
+    partials = [r for r in run.requests if not r.urgent and r.check is None]
+    assert partials[0].first_words and not partials[-1].first_words  # the engine puts them first
+    assert not any(r.first_words for r in run.requests if r.urgent or r.check is not None)
+
+
 def test_slow_decodes_make_partials_rarer_not_later() -> None:
     session = Session(SessionConfig(partial_interval_s=0.4))
     assert session.partial_interval == pytest.approx(0.4)

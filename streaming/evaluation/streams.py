@@ -106,6 +106,11 @@ class StreamResult:
     send_seconds: float = 0.0  # wall time from the first chunk sent to ``end``
     drain_seconds: float = 0.0  # from ``end`` to the server closing the stream (or the wait given up)
     closed: str = ""  # how the stream ended: "closed by the server" when every final is in
+    refused: bool = False  # the server refused the stream (at capacity): nothing was streamed
+
+
+class StreamRefused(RuntimeError):
+    """The server answered the connection with an error instead of ``ready``."""
 
 
 def load_manifest(path: Path, languages: set[str] | None, lead_silence: float = 0.0) -> list[Clip]:
@@ -164,7 +169,7 @@ async def stream_clip(
     async with connect(publish_url(url, **query), max_size=2**22, ping_interval=20 if mode == "live" else None) as ws:
         ready = json.loads(await ws.recv())
         if ready.get("type") != "ready":
-            raise RuntimeError(f"server refused the stream: {ready}")
+            raise StreamRefused(f"server refused the stream: {ready}")
 
         async def receive() -> None:
             async for raw in ws:
@@ -365,7 +370,12 @@ async def run_streams(url: str, clips: list[Clip], streams: int, speed: float | 
         start = stream * len(clips) // streams
         mine = []
         for clip in clips[start:] + clips[:start]:
-            mine.append(await stream_clip(url, clip, stream, speed, room=f"bench-{clip.id[:40]}-{stream}"))
+            try:
+                mine.append(await stream_clip(url, clip, stream, speed, room=f"bench-{clip.id[:40]}-{stream}"))
+            except StreamRefused as refusal:
+                # A new stream on a saturated server is refused by design: counted, and this
+                # publisher goes on with its next recording.
+                mine.append(StreamResult(clip.id, stream, [], [], 0, 0, 0.0, [], errors=[{"message": str(refusal)}], refused=True))
             done += 1
             progress(done, len(clips) * streams, clip.id)
         return mine
