@@ -89,7 +89,15 @@ class EndMessage:
     pass
 
 
-ClientMessage = ConfigMessage | FlushMessage | EndMessage
+@dataclass(frozen=True)
+class AudioMessage:
+    """Audio that came in a text message (a dialect that sends it base64-encoded, as OpenAI's
+    realtime API does): read as a binary frame would be."""
+
+    data: bytes
+
+
+ClientMessage = ConfigMessage | FlushMessage | EndMessage | AudioMessage
 
 
 def split_path(path: str) -> tuple[str, dict[str, str]]:

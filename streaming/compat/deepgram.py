@@ -14,7 +14,7 @@ import re
 import uuid
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import parse_qsl, urlsplit
 
 from decoder.context import ContextError, parse_context
@@ -199,6 +199,8 @@ def _words(text: str, start: float, end: float) -> list[dict[str, Any]]:
 class DeepgramDialect:
     """One ``/v1/listen`` connection: its parameters and what it has been sent."""
 
+    resumable: ClassVar[bool] = False  # their clients cannot resume a session (Dialect.resumable)
+
     params: ListenParams
     model_name: str  # the server's
     request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
@@ -224,6 +226,9 @@ class DeepgramDialect:
         if kind == "CloseStream":
             return EndMessage()
         raise ProtocolError("bad_request", f"unknown message type {str(kind)[:40]!r} (expected KeepAlive, Finalize or CloseStream)")
+
+    def answers(self, applied: bool = True) -> list[str]:
+        return []
 
     def caption(self, message: Caption) -> list[str]:
         final = isinstance(message, Final)

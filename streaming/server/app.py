@@ -15,14 +15,13 @@ import signal
 import ssl
 import time
 from http import HTTPStatus
-from urllib.parse import urlsplit
 
 import websockets
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
 from decoder.api import SpeechModel
-from streaming.compat import NATIVE, Dialect, deepgram
+from streaming.compat import NATIVE, Dialect, routes
 from streaming.config import ServerConfig
 from streaming.protocol import ProtocolError, split_path
 from streaming.server import http, publish, view
@@ -183,19 +182,18 @@ class CaptionServer(ServerState):
         pings = asyncio.create_task(keepalive.run())
         try:
             assert connection.request is not None
-            listen, query = None, dict[str, str]()
-            if urlsplit(connection.request.path).path == deepgram.PATH:  # its query may repeat keyterm
-                listen = deepgram.parse_listen(connection.request.path, deepgram.connection_room(connection.id))
-                dialect = deepgram.DeepgramDialect(listen, self.model.name)
-                route = deepgram.PATH
+            params, query = None, dict[str, str]()
+            route = routes.route_of(connection.request.path)
+            if route in routes.PATHS:  # another service's API; its query may repeat a parameter
+                params, dialect = routes.open_dialect(connection.request.path, connection.id, self.model.name)
             else:
                 route, query = split_path(connection.request.path)
             client = client_of(connection, connection.request.headers, query, self.trusted)
-            kind = {"/v1/publish": "publish", deepgram.PATH: "publish", "/v1/captions": "view"}.get(route, "")
+            kind = "publish" if params is not None else {"/v1/publish": "publish", "/v1/captions": "view"}.get(route, "")
             self.connections.acquire(kind, client.address)
             try:
-                if listen is not None:
-                    await publish.serve_publisher(self, connection, query, client, keepalive, dialect, listen.publish)
+                if params is not None:
+                    await publish.serve_publisher(self, connection, query, client, keepalive, dialect, params)
                 elif kind == "publish":
                     await publish.serve_publisher(self, connection, query, client, keepalive)
                 elif kind == "view":

@@ -12,14 +12,13 @@ import uuid
 from http import HTTPStatus
 from importlib import resources
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request, Response
 
 from decoder.batching import ComputeLane
 from streaming.access import origin_allowed
-from streaming.compat import deepgram
+from streaming.compat import deepgram, openai_realtime, routes
 from streaming.export import CONTENT_TYPES, check, render
 from streaming.metrics import labels
 from streaming.protocol import ProtocolError, split_path
@@ -47,8 +46,8 @@ WEBSOCKET_ROUTES = ("/v1/publish", "/v1/captions")
 
 async def handle(server: ServerState, connection: ServerConnection, request: Request) -> Response | None:
     """The response to an HTTP request; None for a WebSocket upgrade on a WebSocket route."""
-    if urlsplit(request.path).path == deepgram.PATH:
-        return _listen_handshake(server, connection, request)
+    if routes.route_of(request.path) in routes.PATHS:
+        return _compat_handshake(server, connection, request)
     try:
         route, query = split_path(request.path)
     except ProtocolError as error:
@@ -127,29 +126,34 @@ async def _delete_room(server: ServerState, room: str) -> Response:
     return response(HTTPStatus.OK, json.dumps({"room": room, "deleted_finals": deleted}), "application/json")
 
 
-def _listen_handshake(server: ServerState, connection: ServerConnection, request: Request) -> Response | None:
-    """Deepgram's ``/v1/listen`` refuses a bad request before the upgrade, with an HTTP status
-    and a JSON body, as Deepgram does: its clients read the status, not a message after it."""
+def _compat_handshake(server: ServerState, connection: ServerConnection, request: Request) -> Response | None:
+    """Another service's route (streaming/compat) refuses a bad request before the upgrade, with
+    the HTTP status and JSON body that service answers with: its clients read the status, not a
+    message after it."""
     request_id = str(uuid.uuid4())
+    route = routes.route_of(request.path)
     if "upgrade" not in request.headers.get("Connection", "").lower():
-        return response(HTTPStatus.UPGRADE_REQUIRED, f"{deepgram.PATH} is a WebSocket endpoint")
+        return response(HTTPStatus.UPGRADE_REQUIRED, f"{route} is a WebSocket endpoint")
     if not origin_allowed(request.headers.get("Origin"), request.headers.get("Host"), server.config.allow_origins):
         return response(HTTPStatus.FORBIDDEN, "pages from this origin may not connect (the server's --allow-origin)")
     try:
-        listen = deepgram.parse_listen(request.path, deepgram.connection_room(connection.id))
-        query = {"token": listen.publish.token} if listen.publish.token else {}
+        params, _ = routes.open_dialect(request.path, connection.id, server.model.name)
+        query = {"token": params.token} if params.token else {}
         client = client_of(connection, request.headers, query, server.trusted)
         try:
-            server.access.authorize(client.token, listen.publish.room, "publish", client.forwarded)
+            server.access.authorize(client.token, params.room, "publish", client.forwarded)
         except ProtocolError as error:
-            raise deepgram.DeepgramError(error.message, status=401) from None
-    except deepgram.DeepgramError as error:
+            raise _refusal(route, error.message, 401) from None
+        if server.draining or server.engine.overloaded:
+            raise _refusal(route, "the server is at capacity; try again later", 503)
+    except routes.HandshakeError as error:
         server.metrics.errors[error.code] += 1
         return response(HTTPStatus(error.status), error.body(request_id), "application/json")
-    if server.draining or server.engine.overloaded:
-        busy = deepgram.DeepgramError("the server is at capacity; try again later", status=503)
-        return response(HTTPStatus.SERVICE_UNAVAILABLE, busy.body(request_id), "application/json")
     return None
+
+
+def _refusal(route: str, message: str, status: int) -> deepgram.DeepgramError | openai_realtime.OpenAIError:
+    return deepgram.DeepgramError(message, status) if route == deepgram.PATH else openai_realtime.OpenAIError(message, status)
 
 
 def prometheus(server: ServerState) -> str:

@@ -32,7 +32,7 @@ from streaming import protocol
 from streaming.audio import PcmDecoder
 from streaming.compat import NATIVE, Dialect
 from streaming.events import Final, Ready, caption
-from streaming.protocol import EndMessage, FlushMessage, ProtocolError
+from streaming.protocol import AudioMessage, ConfigMessage, EndMessage, FlushMessage, ProtocolError
 from streaming.server.connection import Client, Keepalive, Stalled, send_error, send_within
 from streaming.server.state import Publisher
 from streaming.session import Session
@@ -227,6 +227,9 @@ async def _receive(server: ServerState, publisher: Publisher, pcm: PcmDecoder, k
         except websockets.ConnectionClosedOK:
             return False
         try:
+            command = None if isinstance(message, bytes) else publisher.dialect.client_message(message)
+            if isinstance(command, AudioMessage):
+                message = command.data  # audio that came as text (base64): read as a frame
             if isinstance(message, bytes):
                 samples = pcm.decode(message)
                 session.receive_audio(samples)
@@ -244,7 +247,6 @@ async def _receive(server: ServerState, publisher: Publisher, pcm: PcmDecoder, k
                     with keepalive.hold():
                         await _until_decoded(publisher, server.config.file_backlog_s / 2)
             else:
-                command = publisher.dialect.client_message(message)
                 if command is None:
                     continue  # a keepalive
                 if isinstance(command, EndMessage):
@@ -254,12 +256,15 @@ async def _receive(server: ServerState, publisher: Publisher, pcm: PcmDecoder, k
                     return True
                 if isinstance(command, FlushMessage):
                     session.flush()
-                else:
+                elif isinstance(command, ConfigMessage):
                     session.configure(language=server.settings.language(command.language), context=command.context)
                     await _keep_settings(server, publisher, command.context)
+            for text in publisher.dialect.answers():  # once the message has taken effect
+                await publisher.connection.send(text)
         except Refused:
             raise
         except ProtocolError as error:
+            publisher.dialect.answers(applied=False)  # the message did not take effect
             if error.code == "too_large":
                 raise Refused(error.code, error.message) from None
             # Other mistakes are reported and the stream goes on: captions are not lost
@@ -284,11 +289,12 @@ async def _until_decoded(publisher: Publisher, backlog_s: float) -> None:
 
 async def _after_connection(server: ServerState, publisher: Publisher, pcm: PcmDecoder, ended: bool) -> None:
     """Whatever ended the connection, the utterance in progress is finalised and its final
-    reaches the room. A dropped connection parks the session for resumption."""
+    reaches the room. A dropped connection parks the session for resumption (if its dialect
+    can resume one: other services' clients cannot, so their sessions end)."""
     session = publisher.session
     if not session.ending:
         session.receive_audio(pcm.finish())
-        if ended or server.draining:
+        if ended or server.draining or not publisher.dialect.resumable:
             session.end()
         else:
             session.flush()
