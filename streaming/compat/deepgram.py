@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 from urllib.parse import parse_qsl, urlsplit
 
 from decoder.context import ContextError, parse_context
+from streaming.compat.wire import HandshakeError, read_event
 from streaming.events import Caption, Final, Ready
 from streaming.protocol import (
     MAX_RATE,
@@ -67,12 +68,8 @@ _MAPPED = {"encoding", "sample_rate", "channels", "language", "model", "interim_
 MAX_TERMS = 100
 
 
-class DeepgramError(ProtocolError):
-    """A request Deepgram would refuse, and the HTTP status it would refuse it with."""
-
-    def __init__(self, message: str, status: int = 400):
-        super().__init__("unauthorized" if status == 401 else "bad_request", message)
-        self.status = status
+class DeepgramError(HandshakeError):
+    """A request Deepgram would refuse, as Deepgram refuses it."""
 
     def body(self, request_id: str) -> str:
         code = "INVALID_AUTH" if self.status == 401 else "Bad Request"
@@ -211,13 +208,7 @@ class DeepgramDialect:
         return []  # Deepgram says nothing until it has something
 
     def client_message(self, text: str) -> ClientMessage | None:
-        if len(text.encode("utf-8", errors="replace")) > MAX_TEXT_MESSAGE_BYTES:
-            raise ProtocolError("too_large", f"text messages are limited to {MAX_TEXT_MESSAGE_BYTES} bytes")
-        try:
-            message = json.loads(text)
-        except (json.JSONDecodeError, RecursionError):
-            raise ProtocolError("bad_request", "text message is not a JSON object") from None
-        kind = message.get("type") if isinstance(message, dict) else None
+        kind, _ = read_event(text, MAX_TEXT_MESSAGE_BYTES)
         if kind == "KeepAlive":
             return None
         if kind == "Finalize":

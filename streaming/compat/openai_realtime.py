@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 from urllib.parse import parse_qsl, urlsplit
 
 from decoder.context import ContextError, parse_context
+from streaming.compat.wire import HandshakeError, read_event
 from streaming.events import Caption, Final, Ready
 from streaming.protocol import AudioMessage, ClientMessage, ConfigMessage, FlushMessage, ProtocolError, PublishParams, parse_publish
 
@@ -35,12 +36,8 @@ _LANGUAGE = re.compile(r"[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})?")
 _OWN = {"room", "speaker", "token"}
 
 
-class OpenAIError(ProtocolError):
-    """A request OpenAI's API would refuse, and the HTTP status it would refuse it with."""
-
-    def __init__(self, message: str, status: int = 400):
-        super().__init__("unauthorized" if status == 401 else "bad_request", message)
-        self.status = status
+class OpenAIError(HandshakeError):
+    """A request OpenAI's API would refuse, as it refuses it."""
 
     def body(self, request_id: str) -> str:
         kind = "invalid_api_key" if self.status == 401 else "invalid_request_error"
@@ -118,13 +115,7 @@ class RealtimeDialect:
         return [self._event("transcription_session.updated" if beta else "session.updated", session=self._session(beta))]
 
     def client_message(self, text: str) -> ClientMessage | None:
-        if len(text.encode("utf-8", errors="replace")) > MAX_TEXT_MESSAGE_BYTES:
-            raise ProtocolError("too_large", f"text messages are limited to {MAX_TEXT_MESSAGE_BYTES} bytes (1 s of audio)")
-        try:
-            message = json.loads(text)
-        except (json.JSONDecodeError, RecursionError):
-            raise ProtocolError("bad_request", "text message is not a JSON object") from None
-        kind = message.get("type") if isinstance(message, dict) else None
+        kind, message = read_event(text, MAX_TEXT_MESSAGE_BYTES)
         if kind == "input_audio_buffer.append":
             try:
                 return AudioMessage(base64.b64decode(str(message.get("audio", "")), validate=True))

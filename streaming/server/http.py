@@ -18,7 +18,8 @@ from websockets.http11 import Request, Response
 
 from decoder.batching import ComputeLane
 from streaming.access import origin_allowed
-from streaming.compat import deepgram, openai_realtime, routes
+from streaming.compat import routes
+from streaming.compat.wire import HandshakeError
 from streaming.export import CONTENT_TYPES, check, render
 from streaming.metrics import labels
 from streaming.protocol import ProtocolError, split_path
@@ -143,17 +144,13 @@ def _compat_handshake(server: ServerState, connection: ServerConnection, request
         try:
             server.access.authorize(client.token, params.room, "publish", client.forwarded)
         except ProtocolError as error:
-            raise _refusal(route, error.message, 401) from None
+            raise routes.refusal(route, error.message, 401) from None
         if server.draining or server.engine.overloaded:
-            raise _refusal(route, "the server is at capacity; try again later", 503)
-    except routes.HandshakeError as error:
+            raise routes.refusal(route, "the server is at capacity; try again later", 503)
+    except HandshakeError as error:
         server.metrics.errors[error.code] += 1
         return response(HTTPStatus(error.status), error.body(request_id), "application/json")
     return None
-
-
-def _refusal(route: str, message: str, status: int) -> deepgram.DeepgramError | openai_realtime.OpenAIError:
-    return deepgram.DeepgramError(message, status) if route == deepgram.PATH else openai_realtime.OpenAIError(message, status)
 
 
 def prometheus(server: ServerState) -> str:
