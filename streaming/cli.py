@@ -214,6 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--langs", default="en", help="comma-separated languages to use, empty for all (default %(default)s)")
     bench.add_argument("--streams", type=int, default=1, help="concurrent publishers per recording (default %(default)s)")
     bench.add_argument("--sweep", default=None, help="comma-separated stream counts, e.g. 1,2,4,8: find the largest that meets the latency goal")
+    bench.add_argument("--dialect", choices=("native", "deepgram", "openai"), default="native",
+                       help="publish through protocol v1, Deepgram's /v1/listen or OpenAI's /v1/realtime (docs/compat.md): "
+                            "the same measurements through another service's API (default %(default)s)")
     bench.add_argument("--in-step", action="store_true",
                        help="all streams speak the same recording at the same moment, so that their finals are all asked for at once "
                             "(the worst case); by default each stream goes through the recordings from its own starting point")

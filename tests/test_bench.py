@@ -9,7 +9,7 @@ import numpy as np
 
 from streaming.evaluation.bench import finals_differing, run_bench
 from streaming.evaluation.plot import plot_sweep
-from streaming.evaluation.streams import Clip, _measure, is_extension, speech_frames
+from streaming.evaluation.streams import Clip, ServerProcess, _measure, is_extension, speech_frames
 from tests.conftest import DATA
 
 
@@ -62,6 +62,27 @@ def test_latency_figures_follow_a_slowed_server(tmp_path):
     # The first caption of a slowed server comes after one whole decode at least.
     assert slowed["first_caption_latency"]["min"] >= 0.6
     assert normal["languages"]["en"]["streaming_error_rate"] < 0.1
+
+
+def test_the_bench_measures_through_deepgram_s_and_openai_s_apis_too(tmp_path):
+    """The same recordings through /v1/listen and /v1/realtime: the same finals as protocol v1,
+    and every latency measured (what docs/compat.md's figures come from)."""
+    manifest = tmp_path / "manifest.tsv"
+    manifest.write_text(_only({"en_arctic_a0024", "en_librivox_sns01_0880"}), encoding="utf-8")
+    for clip in ("en_arctic_a0024.wav", "en_librivox_sns01_0880.wav"):
+        (tmp_path / clip).symlink_to(DATA / clip)
+    server = ServerProcess(["--model", "moonshine-base-en"])
+    try:
+        runs = {dialect: run_bench(bench_args(manifest=manifest, url=server.url, dialect=dialect))["runs"][0]
+                for dialect in ("native", "deepgram", "openai")}
+    finally:
+        server.stop()
+    finals = {dialect: sorted((c["clip"], tuple(c["finals"])) for c in run["clips"]) for dialect, run in runs.items()}
+    assert finals["deepgram"] == finals["native"] == finals["openai"] and all(f for _, f in finals["native"])
+    for dialect, run in runs.items():
+        latency = run["summary"]["final_latency"]
+        assert latency is not None and latency["n"] == runs["native"]["summary"]["final_latency"]["n"], dialect
+        assert run["summary"]["errors"] == [] and run["summary"]["first_caption_latency"]["n"] == latency["n"], dialect
 
 
 def test_the_sweep_is_drawn_as_png_and_svg(tmp_path):

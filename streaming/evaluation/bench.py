@@ -216,7 +216,8 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         for streams in counts:
             cpu_before = server.cpu_seconds() if server else None
             calls_before = model_calls(url)
-            results = asyncio.run(run_streams(url, clips, streams, args.speed, in_step=getattr(args, "in_step", False)))
+            results = asyncio.run(run_streams(url, clips, streams, args.speed, in_step=getattr(args, "in_step", False),
+                                              dialect=getattr(args, "dialect", "native")))
             audio_seconds = sum(duration(c) for c in clips) * streams
             run: dict[str, Any] = {"streams": streams, "speed": args.speed, "audio_seconds": audio_seconds}
             run["summary"] = summarize(clips, results)

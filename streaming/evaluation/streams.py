@@ -32,7 +32,8 @@ import numpy as np
 import websockets
 from websockets.asyncio.client import connect
 
-from streaming.client import publish_url, read_wav, to_pcm16
+from streaming.client import read_wav
+from streaming.evaluation.dialects import StreamRefused, bench_client
 from streaming.evaluation.noise import Noise, mix
 from streaming.scoring import normalize
 
@@ -109,8 +110,6 @@ class StreamResult:
     refused: bool = False  # the server refused the stream (at capacity): nothing was streamed
 
 
-class StreamRefused(RuntimeError):
-    """The server answered the connection with an error instead of ``ready``."""
 
 
 def load_manifest(path: Path, languages: set[str] | None, lead_silence: float = 0.0) -> list[Clip]:
@@ -152,28 +151,38 @@ def _words(text: str) -> list[str]:
 
 
 async def stream_clip(
-    url: str, clip: Clip, stream: int, speed: float | None, room: str, context: str | None = None, wait_s: float = 120.0
+    url: str, clip: Clip, stream: int, speed: float | None, room: str, context: str | None = None, wait_s: float = 120.0,
+    dialect: str = "native",
 ) -> StreamResult:
     """Stream ``clip`` (then a tail of silence and ``end``) at ``speed`` (None: as fast as the
     server takes it, as a recording), waiting up to ``wait_s`` after ``end`` for the server to
-    close; measure what came back."""
+    close; measure what came back. ``dialect``: protocol v1, or another service's API that the
+    server speaks (streaming/evaluation/dialects.py)."""
     audio, speech, rate = clip.audio(tail=TAIL_SILENCE_SECONDS)
     step = int(rate * CHUNK_SECONDS)
     sent_at: list[float] = []  # wall time each chunk was sent
     received: list[tuple[float, dict[str, Any]]] = []
     behind = 0.0
+    client = bench_client(dialect)
     mode = "live" if speed == 1.0 else "file"
     query = dict(room=room, sample_rate=rate, speaker=f"bench{stream}", mode=mode, context=context)
     # A recording is read by the server only as fast as it decodes: a keepalive ping would wait
     # behind the audio in the socket, and the client would give up on the server after 40 s.
-    async with connect(publish_url(url, **query), max_size=2**22, ping_interval=20 if mode == "live" else None) as ws:
-        ready = json.loads(await ws.recv())
-        if ready.get("type") != "ready":
-            raise StreamRefused(f"server refused the stream: {ready}")
+    try:
+        ws = await connect(client.url(url, query), max_size=2**22, ping_interval=20 if mode == "live" else None)
+    except websockets.InvalidStatus as refusal:  # another service's API refuses before the upgrade
+        raise StreamRefused(f"server refused the stream: HTTP {refusal.response.status_code}") from None
+    async with ws:
+        if dialect != "deepgram":  # Deepgram says nothing first
+            client.first(json.loads(await ws.recv()))
+        last_message = time.monotonic()
 
         async def receive() -> None:
+            nonlocal last_message
             async for raw in ws:
-                received.append((time.monotonic(), json.loads(raw)))
+                last_message = time.monotonic()
+                for message in client.captions(json.loads(raw)):
+                    received.append((last_message, message))
 
         receiver = asyncio.create_task(receive())
         started = time.monotonic()
@@ -185,12 +194,19 @@ async def stream_clip(
                     await asyncio.sleep(delay)
                 else:
                     behind = max(behind, -delay)
-            await ws.send(to_pcm16(audio[offset : offset + step]))
+            await ws.send(client.audio(audio[offset : offset + step], rate))
             sent_at.append(time.monotonic())
-        await ws.send(json.dumps({"type": "end"}))
+        await ws.send(client.end())
         ended = time.monotonic()
         closed = "closed by the server"
         try:
+            if client.closes_itself:
+                # The server keeps such a stream open: it is over once every utterance begun has
+                # its final and nothing has come for a second.
+                while not (client.settled and time.monotonic() - last_message > 1.0) and not receiver.done() and time.monotonic() - ended < wait_s:
+                    await asyncio.wait({receiver}, timeout=0.05)
+                closed = "closed by the client, every final in" if client.settled else f"stopped waiting after {wait_s:.0f} s"
+                await ws.close()
             await asyncio.wait_for(receiver, timeout=wait_s)
         except TimeoutError:
             closed = f"stopped waiting after {wait_s:.0f} s"
@@ -347,7 +363,9 @@ def progress(done: int, total: int, label: str) -> None:
         sys.stderr.write("\n")
 
 
-async def run_streams(url: str, clips: list[Clip], streams: int, speed: float | None, in_step: bool = False) -> list[StreamResult]:
+async def run_streams(
+    url: str, clips: list[Clip], streams: int, speed: float | None, in_step: bool = False, dialect: str = "native"
+) -> list[StreamResult]:
     """Each of ``streams`` publishers streams every recording once, one after another. They
     start at different places in the list (publisher s at recording s * n / streams), so their
     utterances begin and end at independent moments, as different rooms' speakers do; with
@@ -358,7 +376,7 @@ async def run_streams(url: str, clips: list[Clip], streams: int, speed: float | 
         for number, clip in enumerate(clips):
             progress(number, len(clips), clip.id)
             batch = await asyncio.gather(
-                *(stream_clip(url, clip, s, speed, room=f"bench-{clip.id[:40]}-{s}") for s in range(streams))
+                *(stream_clip(url, clip, s, speed, room=f"bench-{clip.id[:40]}-{s}", dialect=dialect) for s in range(streams))
             )
             results.extend(batch)
         progress(len(clips), len(clips), "done")
@@ -371,7 +389,7 @@ async def run_streams(url: str, clips: list[Clip], streams: int, speed: float | 
         mine = []
         for clip in clips[start:] + clips[:start]:
             try:
-                mine.append(await stream_clip(url, clip, stream, speed, room=f"bench-{clip.id[:40]}-{stream}"))
+                mine.append(await stream_clip(url, clip, stream, speed, room=f"bench-{clip.id[:40]}-{stream}", dialect=dialect))
             except StreamRefused as refusal:
                 # A new stream on a saturated server is refused by design: counted, and this
                 # publisher goes on with its next recording.
