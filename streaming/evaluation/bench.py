@@ -90,13 +90,14 @@ def summarize(clips: list[Clip], all_results: list[StreamResult]) -> dict[str, A
         mine = [r for r in results if by_id[r.clip].language == language]
         streamed = [error_counts(by_id[r.clip].reference, " ".join(r.finals), language) for r in mine]
         # Language identification, per stream: the language most of its finals were given.
-        identified = [bool(r.languages) and max(set(r.languages), key=r.languages.count) == language for r in mine]
+        # (An API that does not say the language, as OpenAI's realtime events do not, is not scored.)
+        identified = [max(set(r.languages), key=r.languages.count) == language for r in mine if r.languages]
         languages[language] = {
             "clips": len({r.clip for r in mine}),
             "units": sum(n for _, n in streamed),  # reference words (characters for zh, ja...)
             "streaming_errors": sum(e for e, _ in streamed),
             "streaming_error_rate": sum(e for e, _ in streamed) / max(1, sum(n for _, n in streamed)),
-            "language_id_share": sum(identified) / max(1, len(identified)),
+            "language_id_share": sum(identified) / len(identified) if identified else None,
         }
     speech = sum(r.speech_seconds for r in results)
     partials = sum(r.partials for r in results)
@@ -143,7 +144,8 @@ def print_report(report: dict[str, Any], out: TextIO = sys.stdout) -> None:
                 line += f"   offline {entry['offline_error_rate']:.4f}"
                 # Few clips: one word is several points, so the counts go along.
                 line += f" ({entry['streaming_errors']} vs {entry['offline_errors']} of {entry['units']})"
-            print(line + f"   language right {entry['language_id_share']:.0%}   ({entry['clips']} clips)", file=out)
+            share = entry["language_id_share"]
+            print(line + f"   language right {'-' if share is None else format(share, '.0%')}   ({entry['clips']} clips)", file=out)
         if run.get("cpu_per_audio_second") is not None:
             print(f"  server CPU s / audio s   {run['cpu_per_audio_second']:.3f}   peak RSS {run['peak_rss_mb']:.0f} MB", file=out)
         print(f"  behind real time (max)   {s['max_behind_real_time_s']:.2f} s   errors {len(s['errors'])}"

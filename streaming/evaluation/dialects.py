@@ -72,8 +72,9 @@ class DeepgramBenchClient(BenchClient):
         if message.get("type") != "Results":
             return []
         final = bool(message.get("is_final"))
-        caption = {"type": "final" if final else "partial", "segment": self.segment, "text": message["channel"]["alternatives"][0]["transcript"],
-                   "start": message["start"], "end": message["start"] + message["duration"]}
+        alternative = message["channel"]["alternatives"][0]
+        caption = {"type": "final" if final else "partial", "segment": self.segment, "text": alternative["transcript"],
+                   "start": message["start"], "end": message["start"] + message["duration"], "language": (alternative.get("languages") or [""])[0]}
         if final:
             caption["seq"] = self.segment + 1
             self.segment += 1

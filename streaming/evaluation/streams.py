@@ -271,7 +271,7 @@ def _measure(
         utterances=utterances,
         errors=errors,
         behind_seconds=behind,
-        languages=[m.get("language", "") for _, m in finals if m["text"]],
+        languages=[m["language"] for _, m in finals if m["text"] and m.get("language")],
         final_messages=[m for _, m in finals],
     )
 
