@@ -142,15 +142,15 @@ class RealtimeDialect:
         else:
             if session.get("type", "transcription") != "transcription":
                 raise ProtocolError("bad_request", "only transcription sessions are served here (session.type transcription)")
-            audio = session.get("audio") or {}
-            audio_in = audio.get("input") or {} if isinstance(audio, dict) else {}
+            audio = _object(session.get("audio"), "audio")
+            audio_in = _object(audio.get("input"), "audio.input")
             audio_format = audio_in.get("format")
             if audio_format is not None and (not isinstance(audio_format, dict) or audio_format.get("type") != "audio/pcm"
                                              or audio_format.get("rate", RATE) != RATE):
                 raise ProtocolError("bad_request", "audio.input.format must be audio/pcm at 24000 Hz")
             transcription = audio_in.get("transcription")
             turn = audio_in.get("turn_detection", {"type": "server_vad"})
-        if turn is None or (isinstance(turn, dict) and turn.get("type") not in ("server_vad", "semantic_vad")):
+        if not isinstance(turn, dict) or turn.get("type") not in ("server_vad", "semantic_vad"):
             raise ProtocolError("bad_request", "turn_detection must be server_vad (or semantic_vad): this server always detects turns itself")
         language, context = None, None
         model, prompt, shown_language = self.transcription_model, self.prompt, self.language
@@ -218,3 +218,12 @@ class RealtimeDialect:
     @staticmethod
     def _event(kind: str, **fields: Any) -> str:
         return json.dumps({"type": kind, "event_id": f"event_{uuid.uuid4().hex[:20]}", **fields}, ensure_ascii=False, separators=(",", ":"))
+
+
+def _object(value: Any, name: str) -> dict[str, Any]:
+    """A field that must be an object when given (absent or null: empty)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ProtocolError("bad_request", f"{name} must be an object")
+    return value
