@@ -368,9 +368,9 @@ async def _decode(server: ServerState, publisher: Publisher, request: DecodeRequ
     """Decode ``request``. A partial is withdrawn (None) as soon as the session has a final to
     decode: under load the partial may take longer than the final itself, and its words would
     be stale or, its utterance being over, dropped."""
-    decoding = asyncio.ensure_future(server.engine.decode(request))
     if request.urgent or request.check is not None:
-        return await decoding
+        return await server.engine.decode(request)
+    decoding = asyncio.ensure_future(server.engine.decode(request))
     session, woken = publisher.session, False
     try:
         while True:
