@@ -60,7 +60,7 @@ def parse_context(value: Any) -> Context | None:
     if isinstance(value, str) and value.lstrip().startswith("{"):
         try:
             value = json.loads(value)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
             raise ContextError("context starts with '{' but is not valid JSON") from None
     if isinstance(value, str):
         _check_size(len(value))

@@ -217,6 +217,8 @@ def parse_client_message(text: str) -> ClientMessage:
         raise ProtocolError("bad_request", f"text message is not valid JSON: {error.msg}") from None
     except RecursionError:  # "[[[[..." within 64 KiB is deeper than the parser goes
         raise ProtocolError("bad_request", "text message is nested too deeply") from None
+    except ValueError:  # an integer of more digits than Python converts
+        raise ProtocolError("bad_request", "text message holds a number too long to read") from None
     if not isinstance(message, dict) or not isinstance(message.get("type"), str):
         raise ProtocolError("bad_request", 'text message must be a JSON object with a "type"')
     kind = message["type"]

@@ -174,3 +174,8 @@ def test_server_applies_query_config_and_room_default_context(server, model, tmp
         assert "Prynne" not in " ".join(m["text"] for m in finals(messages)), "only in its room"
     finally:
         running.stop()
+
+
+def test_a_context_nested_deeper_than_json_reads_is_a_clear_error():
+    with pytest.raises(ContextError, match="not valid JSON"):
+        parse_context('{"text": ' + "[" * 5000)

@@ -65,6 +65,7 @@ def test_the_query_is_read_as_deepgram_documents_it():
     ("encoding=linear16&sample_rate=16000&redact=pci", "redaction"),
     ("encoding=linear16&sample_rate=16000&utterance_end_ms=1000", "needs interim_results=true"),
     ("encoding=linear16&sample_rate=16000&interim_results=true&utterance_end_ms=500", "1000-5000"),
+    ("encoding=linear16&sample_rate=16000&interim_results=true&utterance_end_ms=%C2%B2", "1000-5000"),  # a digit int() refuses
     ("encoding=linear16&sample_rate=16000&interim_results=maybe", "true or false"),
     ("encoding=linear16&sample_rate=16000&colour=blue", "unknown query parameter 'colour'"),
     ("encoding=linear16&sample_rate=16000&room=a%20b", "room"),
@@ -104,6 +105,9 @@ def test_captions_become_results_speech_started_and_utterance_end():
     assert json.loads(dialect.caption(_caption(Partial, 1, "Again", 3.0, 3.5))[0])["type"] == "SpeechStarted"
     quiet = DeepgramDialect(listen("encoding=linear16&sample_rate=16000"), "m")
     assert quiet.caption(_caption(Partial, 0, "Hello", 1.0, 1.6)) == []
+    # Without interim results, SpeechStarted still comes with the utterance's first words.
+    starts = DeepgramDialect(listen("encoding=linear16&sample_rate=16000&vad_events=true"), "m")
+    assert [json.loads(t)["type"] for t in starts.caption(_caption(Partial, 0, "Hello", 1.0, 1.6))] == ["SpeechStarted"]
     assert [json.loads(t)["type"] for t in quiet.caption(_caption(Final, 0, "Hello.", 1.0, 1.7))] == ["Results"]
 
 
@@ -114,8 +118,12 @@ def test_client_messages_keepalive_finalize_and_close_stream():
     answer = json.loads(dialect.caption(_caption(Final, 0, "Cut here.", 0.5, 1.5))[0])
     assert answer["from_finalize"] and answer["is_final"] and not answer["speech_final"]
     assert not json.loads(dialect.caption(_caption(Final, 1, "Next.", 2.0, 2.5))[0])["from_finalize"]
+    # A Finalize with nothing to finalise does not mark the next utterance.
+    dialect.client_message('{"type": "Finalize"}')
+    dialect.caption(_caption(Partial, 2, "Later", 4.0, 4.5))
+    assert not json.loads(dialect.caption(_caption(Final, 2, "Later on.", 4.0, 5.0))[0])["from_finalize"]
     assert isinstance(dialect.client_message('{"type": "CloseStream"}'), EndMessage)
-    for bad in ('{"type": "Configure"}', "[1]", "not json", '{"type": 3}'):
+    for bad in ('{"type": "Configure"}', "[1]", "not json", '{"type": 3}', '{"type": ' + "1" * 5000 + "}"):
         with pytest.raises(ProtocolError):
             dialect.client_message(bad)
     error = json.loads(dialect.error(ProtocolError("bad_request", "no")))
@@ -246,7 +254,11 @@ def test_bad_parameters_and_bad_keys_are_refused_before_the_upgrade(guarded):  #
             pass
     body = json.loads(raw.value.response.body)
     assert raw.value.response.status_code == 401 and body["err_code"] == "INVALID_AUTH" and body["request_id"]
-    # The right token, as Deepgram's key, is let in.
+    # The right token, as Deepgram's key or in the query, is let in.
+    in_query = auth.create_token(guarded.secret, "hall", "publish", 60)
+    with connect(f"{guarded.url}/v1/listen?encoding=linear16&sample_rate=16000&room=hall&token={in_query}") as ws:
+        ws.send(json.dumps({"type": "CloseStream"}))
+        assert json.loads(ws.recv(timeout=10))["type"] == "Metadata"
     token = auth.create_token(guarded.secret, "hall", "publish", 60)
     with _client(guarded.url, key=token).listen.v1.connect(
         model="nova-3", encoding="linear16", sample_rate=16000, request_options={"additional_query_parameters": {"room": "hall"}}

@@ -80,6 +80,13 @@ def test_both_session_shapes_configure_the_session_and_are_answered_in_their_own
     dialect.client_message(json.dumps({"type": "session.update", "session": {"type": "transcription", "audio": {"input": {
         "transcription": {"language": "fr", "prompt": "Bonjour"}}}}}))
     assert dialect.answers(applied=False) == [] and (dialect.language, dialect.prompt) == ("en", "Hester Prynne")
+    cleared = dialect.client_message(json.dumps({"type": "session.update", "session": {"type": "transcription", "audio": {"input": {
+        "transcription": {"prompt": ""}}}}}))
+    assert isinstance(cleared, ConfigMessage) and cleared.context is not None and not cleared.context  # an empty prompt clears it
+    dialect.answers()
+    nested = '{"text": ' + "[" * 5000  # deeper than the JSON parser goes
+    with pytest.raises(ProtocolError):
+        dialect.client_message(json.dumps({"type": "session.update", "session": {"audio": {"input": {"transcription": {"prompt": nested}}}}}))
     samples = pcm16(np.zeros(2400, np.float32))
     audio = dialect.client_message(json.dumps({"type": "input_audio_buffer.append", "audio": base64.b64encode(samples).decode()}))
     assert audio == AudioMessage(samples)

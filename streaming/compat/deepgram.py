@@ -152,7 +152,7 @@ def parse_listen(path: str, default_room: str) -> ListenParams:
     utterance_end = single.get("utterance_end_ms")
     utterance_end_ms = None
     if utterance_end is not None:
-        if not utterance_end.isdigit() or not 1000 <= int(utterance_end) <= 5000:
+        if not re.fullmatch(r"[0-9]{1,5}", utterance_end) or not 1000 <= int(utterance_end) <= 5000:
             raise DeepgramError("utterance_end_ms must be a whole number of milliseconds, 1000-5000")
         utterance_end_ms = int(utterance_end)
     interim = _flag("interim_results", single.get("interim_results", "false"))
@@ -223,12 +223,15 @@ class DeepgramDialect:
 
     def caption(self, message: Caption) -> list[str]:
         final = isinstance(message, Final)
-        if not final and not self.params.interim_results:
-            return []
         out = []
-        if self.params.vad_events and message.segment not in self._started:
-            out.append(_json({"type": "SpeechStarted", "channel": [0], "timestamp": message.start}))
+        if message.segment not in self._started:
+            if not final:
+                self._finalizing = False  # a new utterance: a Finalize before it had nothing to finalise
+            if self.params.vad_events:
+                out.append(_json({"type": "SpeechStarted", "channel": [0], "timestamp": message.start}))
         self._started.add(message.segment)
+        if not final and not self.params.interim_results:
+            return out
         from_finalize = final and self._finalizing
         if final:
             self._finalizing = False

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 from urllib.parse import parse_qsl, urlsplit
 
-from decoder.context import ContextError, parse_context
+from decoder.context import Context, ContextError, parse_context
 from streaming.compat.wire import HandshakeError, read_event
 from streaming.events import Caption, Final, Ready
 from streaming.protocol import AudioMessage, ClientMessage, ConfigMessage, FlushMessage, ProtocolError, PublishParams, parse_publish
@@ -170,7 +170,8 @@ class RealtimeDialect:
             asked_prompt = transcription.get("prompt")
             if asked_prompt is not None:
                 try:
-                    context = parse_context(str(asked_prompt)) if str(asked_prompt).strip() else None
+                    # An empty prompt clears it (None would leave the session's as it was).
+                    context = parse_context(str(asked_prompt)) if str(asked_prompt).strip() else Context()
                 except ContextError as error:
                     raise ProtocolError("too_large" if error.too_large else "bad_request", f"prompt: {error}") from None
                 prompt = str(asked_prompt)

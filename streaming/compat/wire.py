@@ -29,7 +29,7 @@ def read_event(text: str, limit: int) -> tuple[Any, dict[str, Any]]:
         raise ProtocolError("too_large", f"text messages are limited to {limit} bytes")
     try:
         message = json.loads(text)
-    except (json.JSONDecodeError, RecursionError):
+    except (ValueError, RecursionError):  # ValueError: JSON, or an integer too long to convert
         raise ProtocolError("bad_request", "text message is not a JSON object") from None
     if not isinstance(message, dict):
         raise ProtocolError("bad_request", "text message is not a JSON object")

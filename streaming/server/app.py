@@ -186,6 +186,7 @@ class CaptionServer(ServerState):
             route = routes.route_of(connection.request.path)
             if route in routes.PATHS:  # another service's API; its query may repeat a parameter
                 params, dialect = routes.open_dialect(connection.request.path, connection.id, self.model.name)
+                query = {"token": params.token} if params.token else {}  # a token in its query counts, as on /v1/publish
             else:
                 route, query = split_path(connection.request.path)
             client = client_of(connection, connection.request.headers, query, self.trusted)
