@@ -22,7 +22,7 @@ import threading
 import time
 from dataclasses import dataclass, field, replace
 
-from decoder.api import Hypothesis, SpeechModel, transcribe
+from decoder.api import SAMPLE_RATE, Hypothesis, SpeechModel, transcribe
 from decoder.batching import DecodeWithdrawn
 from streaming.session import DecodeRequest
 
@@ -40,17 +40,30 @@ class KindStats:
 
 @dataclass
 class EngineStats:
-    decodes: int = 0
     failures: int = 0
     withdrawn: int = 0  # decodes their callers gave up (partials, for their stream's final)
-    audio_seconds: float = 0.0  # audio decoded (counted once per decode, re-decodes included)
-    compute_seconds: float = 0.0  # decodes' wall time, their waits for the model included
     queued: int = 0  # waiting or running right now
     # Smoothed time requests waited for a worker, and finals also for their turns in the
     # model's lane, when last measured: what admission is judged by.
     wait_seconds: float = 0.0
     wait_measured: float = 0.0  # time.monotonic() of that measurement
+    # Decodes run, by kind; the totals below add them up (read from the event loop while
+    # workers add kinds: the dict's values are copied in one step, under the GIL, first).
     by_kind: dict[str, KindStats] = field(default_factory=dict)
+
+    @property
+    def decodes(self) -> int:
+        return sum(k.decodes for k in tuple(self.by_kind.values()))
+
+    @property
+    def audio_seconds(self) -> float:
+        """Audio decoded (counted once per decode, re-decodes included)."""
+        return sum(k.audio_seconds for k in tuple(self.by_kind.values()))
+
+    @property
+    def compute_seconds(self) -> float:
+        """Decodes' wall time, their waits for the model included."""
+        return sum(k.compute_seconds for k in tuple(self.by_kind.values()))
 
     def recent_wait(self, now: float | None = None, half_life_s: float = 2.0) -> float:
         """The smoothed wait, fading while no request is queued: a server that was saturated
@@ -133,12 +146,9 @@ class Engine:
                 self.stats.failures += 1
             raise
         with self._lock:
-            self.stats.decodes += 1
-            self.stats.audio_seconds += len(request.audio) / 16000
-            self.stats.compute_seconds += hypothesis.compute_seconds
             kind = self.stats.by_kind.setdefault(request.kind, KindStats())
             kind.decodes += 1
-            kind.audio_seconds += len(request.audio) / 16000
+            kind.audio_seconds += len(request.audio) / SAMPLE_RATE
             kind.compute_seconds += hypothesis.compute_seconds
             # More decodes than workers is saturation, whoever waits; in the model's lane,
             # partials wait while finals keep it busy by design, so only finals' turns count.
