@@ -68,6 +68,11 @@ class ServerConfig:
     forget_sessions_every_s: float = 60.0
     # Sessions one client address may leave parked at once; parking one more ends its oldest.
     max_parked_per_address: int = 16
+    # POST /v1/audio/transcriptions: requests served at once, the largest file taken (OpenAI's
+    # own limit, 25 MB), and the longest recording (its audio decoded, whatever the file's size).
+    max_transcriptions: int = 2
+    max_transcription_bytes: int = 25 * 1024 * 1024
+    max_transcription_audio_s: float = 7200.0
     # Transcript exports made at once (each holds its room's transcript in memory meanwhile).
     max_exports: int = 2
     # Names and terms for rooms whose publishers give no context (decoder/context.py).

@@ -60,6 +60,7 @@ class PublishParams:
     token: str | None = None
     resume: str | None = None  # a session id to continue after a dropped connection
     mode: str = "live"  # "file": audio may come faster than real time
+    partials: bool = True  # False: finals only (a recording transcribed as a whole, not watched)
 
     @property
     def bytes_per_second(self) -> int:

@@ -275,11 +275,14 @@ class Session:
         first_segment: int = 0,
         clock_offset_s: float = 0.0,
         last_language: str | None = None,
+        partials: bool = True,
     ):
         """``first_segment``, ``clock_offset_s`` and ``last_language`` continue a session from an
         earlier life (resumed after a server restart): numbering, the audio clock and the language
-        its last final was in go on from there."""
+        its last final was in go on from there. Without ``partials``, only finals are decoded
+        (no partials, no early finals): a recording transcribed as a whole."""
         self.config = config
+        self.partials = partials
         self._clock_offset = clock_offset_s
         self.language = language
         self._last_language = last_language  # the latest utterance language detection fixed
@@ -430,7 +433,7 @@ class Session:
             draft = () if closing.cut or closing.forced else closing.stabilizer.latest
             return self._request(closing, final=True, prefix=closing.forced, draft=draft)
         utterance = self._open
-        if utterance is None:
+        if utterance is None or not self.partials:
             return None
         pending_end = self._segmenter.pending_end
         if pending_end is not None and pending_end != utterance.early_end:

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 from urllib.parse import parse_qsl, urlsplit
 
 from decoder.context import ContextError, parse_context
-from streaming.compat.wire import HandshakeError, read_event
+from streaming.compat.wire import HandshakeError, read_event, spread_words
 from streaming.events import Caption, Final, Ready
 from streaming.protocol import (
     MAX_RATE,
@@ -178,20 +178,6 @@ def parse_listen(path: str, default_room: str) -> ListenParams:
     return ListenParams(publish, model, interim, _flag("vad_events", single.get("vad_events", "false")), utterance_end_ms, tuple(ignored))
 
 
-def _words(text: str, start: float, end: float) -> list[dict[str, Any]]:
-    """The transcript's words, their times spread over the caption's by length: the models
-    served here give no word times (docs/compat.md)."""
-    tokens = text.split()
-    total = sum(len(t) for t in tokens) or 1
-    words, at, span = [], start, max(0.0, end - start)
-    for token in tokens:
-        length = span * len(token) / total
-        bare = re.sub(r"^\W+|\W+$", "", token).lower() or token.lower()
-        words.append({"word": bare, "start": round(at, 3), "end": round(at + length, 3), "confidence": 1.0, "punctuated_word": token})
-        at += length
-    return words
-
-
 @dataclass
 class DeepgramDialect:
     """One ``/v1/listen`` connection: its parameters and what it has been sent."""
@@ -247,7 +233,7 @@ class DeepgramDialect:
             "channel": {"alternatives": [{
                 "transcript": message.text,
                 "confidence": 1.0,
-                "words": _words(message.text, message.start, message.end),
+                "words": spread_words(message.text, message.start, message.end),
                 "languages": [message.language],
             }]},
             "metadata": {

@@ -4,11 +4,12 @@ gives it, and reading a client's JSON event."""
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from streaming.protocol import ProtocolError
 
-_CODES = {401: "unauthorized", 503: "overloaded"}
+_CODES = {401: "unauthorized", 413: "too_large", 429: "overloaded", 503: "overloaded"}
 
 
 class HandshakeError(ProtocolError):
@@ -34,3 +35,17 @@ def read_event(text: str, limit: int) -> tuple[Any, dict[str, Any]]:
     if not isinstance(message, dict):
         raise ProtocolError("bad_request", "text message is not a JSON object")
     return message.get("type"), message
+
+
+def spread_words(text: str, start: float, end: float) -> list[dict[str, Any]]:
+    """The transcript's words, their times spread over the caption's by length: the models
+    served here give no word times (docs/compat.md)."""
+    tokens = text.split()
+    total = sum(len(t) for t in tokens) or 1
+    words, at, span = [], start, max(0.0, end - start)
+    for token in tokens:
+        length = span * len(token) / total
+        bare = re.sub(r"^\W+|\W+$", "", token).lower() or token.lower()
+        words.append({"word": bare, "start": round(at, 3), "end": round(at + length, 3), "confidence": 1.0, "punctuated_word": token})
+        at += length
+    return words

@@ -1,9 +1,10 @@
 """The server's shell: start and stop, and which handler gets a connection.
 
 :class:`CaptionServer` is the shared :class:`~streaming.server.state.ServerState` that listens:
-it hands each request to the module for its path: HTTP to :mod:`streaming.server.http`,
-``/v1/publish`` to :mod:`streaming.server.publish`, ``/v1/captions`` to
-:mod:`streaming.server.view`; and it runs the registry's sweeps in the background.
+it hands each request to the module for its path: HTTP to :mod:`streaming.server.http`
+(requests with a body, through :mod:`streaming.server.front`, to
+:mod:`streaming.server.transcribe`), ``/v1/publish`` to :mod:`streaming.server.publish`,
+``/v1/captions`` to :mod:`streaming.server.view`; and it runs the registry's sweeps in the background.
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
 from decoder.api import SpeechModel
-from streaming.compat import NATIVE, Dialect, routes
+from streaming.compat import NATIVE, Dialect, openai_files, routes
 from streaming.config import ServerConfig
 from streaming.protocol import ProtocolError, split_path
-from streaming.server import http, publish, view
+from streaming.server import http, publish, transcribe, view
 from streaming.server.connection import Keepalive, client_of, response, send_error
+from streaming.server.front import front_connection
 from streaming.server.state import ServerState
 
 log = logging.getLogger(__name__)
@@ -85,6 +87,8 @@ class CaptionServer(ServerState):
             ping_interval=None,  # our own, which knows when the server holds a client back (Keepalive)
             server_header="FlashCaption",
             ssl=tls,
+            # Requests with a body (websockets reads none) are served beside it on the same port.
+            create_connection=front_connection(self, {openai_files.PATH: transcribe.handle}),
         )
         port = next(iter(self._server.sockets)).getsockname()[1]
         log.info("%s", self._what_is_open())

@@ -6,9 +6,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
+from typing import Protocol
 
 import websockets
 from websockets.asyncio.server import ServerConnection
@@ -33,13 +34,34 @@ class Client:
     address: str
 
 
+class Link(Protocol):
+    """What a publisher's session needs of its connection: a WebSocket (websockets'
+    ServerConnection), or a file transcription's stand-in (:mod:`streaming.server.transcribe`)."""
+
+    @property
+    def transport(self) -> asyncio.Transport: ...
+
+    async def recv(self) -> str | bytes: ...
+
+    async def send(self, message: str) -> None: ...
+
+    async def close(self, code: int = 1000, reason: str = "") -> None: ...
+
+    async def ping(self) -> Awaitable[float]: ...
+
+
 def client_of(connection: ServerConnection, headers: Headers, query: Mapping[str, str], trusted: Sequence[Network]) -> Client:
     peer = str(connection.remote_address[0]) if connection.remote_address else ""
+    return client_from(peer, headers, query, trusted)
+
+
+def client_from(peer: str, headers: Headers, query: Mapping[str, str], trusted: Sequence[Network]) -> Client:
+    """The client at address ``peer`` that sent ``headers`` and ``query``."""
     return Client(token_of(query, headers.get("Authorization")), forwarded(headers), client_address(peer, headers, trusted))
 
 
 async def send_error(
-    connection: ServerConnection, error: ProtocolError, close: bool, metrics: Metrics | None = None, dialect: Dialect = NATIVE
+    connection: Link, error: ProtocolError, close: bool, metrics: Metrics | None = None, dialect: Dialect = NATIVE
 ) -> None:
     """Tell the client what went wrong, in its dialect; with ``close``, end the connection with
     the error's code."""
@@ -68,7 +90,7 @@ class Stalled(Exception):
     """The client's socket took nothing for too long; its connection was aborted."""
 
 
-async def send_within(connection: ServerConnection, text: str, seconds: float, what: str) -> None:
+async def send_within(connection: Link, text: str, seconds: float, what: str) -> None:
     """Send, or abort the connection of a client (``what``) whose socket has taken nothing for
     ``seconds``: one that stops reading would otherwise hold its buffers, and whatever waits on
     the send, for ever (the keepalive's ping waits behind them and never times out)."""
@@ -89,7 +111,7 @@ class Keepalive:
     yet. A ping that meets a hold does not count: the client is waiting for the server, not the
     other way round."""
 
-    def __init__(self, connection: ServerConnection, interval: float):
+    def __init__(self, connection: Link, interval: float):
         self.connection = connection
         self.interval = interval
         self._holds = 0

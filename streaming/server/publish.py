@@ -24,7 +24,6 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import websockets
-from websockets.asyncio.server import ServerConnection
 
 from decoder.api import SAMPLE_RATE
 from decoder.context import Context, context_from_json, context_to_json
@@ -33,7 +32,7 @@ from streaming.audio import PcmDecoder
 from streaming.compat import NATIVE, Dialect
 from streaming.events import Final, Ready, caption
 from streaming.protocol import AudioMessage, ConfigMessage, EndMessage, FlushMessage, ProtocolError
-from streaming.server.connection import Client, Keepalive, Stalled, send_error, send_within
+from streaming.server.connection import Client, Keepalive, Link, Stalled, send_error, send_within
 from streaming.server.state import Publisher
 from streaming.session import Session
 
@@ -60,7 +59,7 @@ class Refused(ProtocolError):
 
 async def serve_publisher(
     server: ServerState,
-    connection: ServerConnection,
+    connection: Link,
     query: dict[str, str],
     client: Client,
     keepalive: Keepalive,
@@ -99,7 +98,7 @@ async def serve_publisher(
     await connection.close(1000, "end of stream")
 
 
-async def _start(server: ServerState, params: protocol.PublishParams, connection: ServerConnection, client: Client) -> Publisher:
+async def _start(server: ServerState, params: protocol.PublishParams, connection: Link, client: Client) -> Publisher:
     """A new session."""
     server.access.authorize(client.token, params.room, "publish", client.forwarded)
     room = await server.rooms.get(params.room)
@@ -109,7 +108,9 @@ async def _start(server: ServerState, params: protocol.PublishParams, connection
     if server.engine.overloaded:
         raise ProtocolError("overloaded", "server is at capacity; try again later")
     language = server.settings.session_language(params.room, params.language, params.languages)
-    session = Session(server.config.session, language=language, context=params.context or server.settings.context(params.room))
+    session = Session(
+        server.config.session, language=language, context=params.context or server.settings.context(params.room), partials=params.partials
+    )
     publisher = Publisher(
         id=uuid.uuid4().hex[:12], params=params, session=session, room=room, connection=connection, address=client.address
     )
@@ -119,7 +120,7 @@ async def _start(server: ServerState, params: protocol.PublishParams, connection
 
 
 async def _resume(
-    server: ServerState, params: protocol.PublishParams, query: dict[str, str], connection: ServerConnection, client: Client
+    server: ServerState, params: protocol.PublishParams, query: dict[str, str], connection: Link, client: Client
 ) -> Publisher:
     """A session continued after its connection dropped: parked here, or in the journal. A
     session still live here (its client reconnected before the server saw the old connection
@@ -163,7 +164,7 @@ async def _take_over(server: ServerState, existing: Publisher) -> None:
 
 
 async def _revive(
-    server: ServerState, params: protocol.PublishParams, query: dict[str, str], connection: ServerConnection, client: Client
+    server: ServerState, params: protocol.PublishParams, query: dict[str, str], connection: Link, client: Client
 ) -> Publisher:
     """Resume a session this process never held (the server restarted): its room, speaker,
     segment numbering and audio clock come from its latest final in the journal."""

@@ -14,8 +14,6 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-from websockets.asyncio.server import ServerConnection
-
 from decoder.api import SpeechModel
 from streaming import auth
 from streaming.access import AccessPolicy, ConnectionCounter, auth_required, parse_networks
@@ -27,6 +25,7 @@ from streaming.metrics import Metrics
 from streaming.protocol import PublishParams
 from streaming.room_settings import RoomSettings
 from streaming.rooms import Publishers, Room, Rooms
+from streaming.server.connection import Link
 from streaming.session import Session
 
 log = logging.getLogger(__name__)
@@ -40,7 +39,7 @@ class Publisher:
     params: PublishParams
     session: Session
     room: Room
-    connection: ServerConnection
+    connection: Link
     address: str  # the client's, for the per-address bound on parked sessions
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     pump: asyncio.Task[None] | None = None
@@ -87,6 +86,7 @@ class ServerState:
         self.connection_cap = config.max_connections  # 0: none; the server derives one at start
         self.exports = asyncio.Semaphore(config.max_exports)
         self.viewer_count = 0
+        self.transcriptions = 0  # file transcriptions being served (POST /v1/audio/transcriptions)
         self.draining = False
         self._tasks: set[asyncio.Task[Any]] = set()
 
