@@ -239,6 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "of this file (tests/data/context_terms.json)")
     bench.add_argument("--journal", type=int, default=None, metavar="N",
                        help="instead: time writing N finals to a journal, replaying and exporting them")
+    bench.add_argument("--files", type=_positive_int, default=None, metavar="N",
+                       help="instead: every recording captioned through the file API (POST /v1/audio/transcriptions), N requests "
+                            "at once: audio seconds captioned per second, per request and overall, and error rates")
     bench.add_argument("--long-form", type=_positive_float, default=None, metavar="MINUTES",
                        help="instead: the recordings of one language (--langs) back to back with their edge silences "
                             "trimmed, repeated to MINUTES of continuous speech, streamed as one publisher (--speed): "

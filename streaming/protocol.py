@@ -98,7 +98,12 @@ class AudioMessage:
     data: bytes
 
 
-ClientMessage = ConfigMessage | FlushMessage | EndMessage | AudioMessage
+@dataclass(frozen=True)
+class ClearMessage:
+    """Drop the utterance in progress, uncaptioned (OpenAI's ``input_audio_buffer.clear``)."""
+
+
+ClientMessage = ConfigMessage | FlushMessage | EndMessage | AudioMessage | ClearMessage
 
 
 def split_path(path: str) -> tuple[str, dict[str, str]]:

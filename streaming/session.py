@@ -220,6 +220,7 @@ class _Utterance:
     early_cut: bool = False  # the early final's decode stopped short
     forced: tuple[Word, ...] = ()  # words the final's decode must start with (see _skipped)
     early_language: _Detection | None = None
+    discarded: bool = False  # dropped by discard(): decodes in flight for it are ignored
 
     @property
     def reported_language(self) -> str:
@@ -316,6 +317,19 @@ class Session:
         for event in self._segmenter.flush():
             self._segment_event(event)
 
+    def discard(self) -> None:
+        """Drop the utterance in progress: no final of its words (the client cleared its audio).
+        A partial already shown is withdrawn by an empty final of its segment."""
+        self._segmenter.flush()  # its events are the dropped utterance's
+        utterance, self._open = self._open, None
+        if utterance is None:
+            return
+        utterance.discarded = True
+        utterance.end = utterance.start + utterance.length
+        if utterance.segment is not None:
+            start, end = self._times(utterance, utterance.end)
+            self._events.append(FinalCaption(utterance.segment, "", start, end, utterance.reported_language))
+
     def end(self) -> None:
         """No more audio: finalise everything; :attr:`finished` turns true when done."""
         self.flush()
@@ -343,6 +357,8 @@ class Session:
         found ("tail_covered", "head_extended", ...: the end checked, then "covered",
         "extended" or "unmatched"; see streaming/coverage.py) for the caller to count."""
         request, utterance = self._take_in_flight(request_id)
+        if utterance.discarded:
+            return None
         check = request.check
         if check is not None and check.head:
             checked = head_coverage(check.words, hypothesis.words)
@@ -410,6 +426,8 @@ class Session:
     def receive_failure(self, request_id: int) -> None:
         """The decode failed: a final still goes out with what partials had shown."""
         request, utterance = self._take_in_flight(request_id)
+        if utterance.discarded:
+            return
         if request.check is not None and request.check.head:  # the final goes out unchecked
             self._closing.remove(utterance)
             self._emit_final(utterance, request.check.words, request.check.final_cut)

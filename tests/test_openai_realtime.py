@@ -20,7 +20,7 @@ from websockets.sync.client import connect
 from streaming import auth
 from streaming.compat.openai_realtime import RATE, OpenAIError, RealtimeDialect, parse_realtime
 from streaming.events import Final, Partial, Ready
-from streaming.protocol import AudioMessage, ConfigMessage, FlushMessage, ProtocolError
+from streaming.protocol import AudioMessage, ClearMessage, ConfigMessage, FlushMessage, ProtocolError
 from tests.conftest import CLIPS
 from tests.test_auth import guarded  # noqa: F401  (the fixture: a server that needs tokens)
 from tests.test_server import finals, pcm16, publish
@@ -68,9 +68,8 @@ def test_both_session_shapes_configure_the_session_and_are_answered_in_their_own
         ({"type": "session.update", "session": {"type": "transcription", "audio": {"input": {"format": {"type": "audio/pcm", "rate": 16000}}}}}, "24000"),
         ({"type": "session.update", "session": {"type": "realtime"}}, "only transcription sessions"),
         ({"type": "transcription_session.update", "session": {"input_audio_format": "g711_ulaw"}}, "pcm16"),
-        ({"type": "transcription_session.update", "session": {"turn_detection": None}}, "server_vad"),
+        ({"type": "transcription_session.update", "session": {"turn_detection": {"type": "push_to_talk"}}}, "server_vad"),
         ({"type": "input_audio_buffer.append", "audio": "not base64!"}, "base64"),
-        ({"type": "input_audio_buffer.clear"}, "not supported"),
         ({"type": "response.create"}, "unsupported event type"),
     ):
         with pytest.raises(ProtocolError, match=says):
@@ -91,8 +90,25 @@ def test_both_session_shapes_configure_the_session_and_are_answered_in_their_own
     audio = dialect.client_message(json.dumps({"type": "input_audio_buffer.append", "audio": base64.b64encode(samples).decode()}))
     assert audio == AudioMessage(samples)
     assert isinstance(dialect.client_message('{"type": "input_audio_buffer.commit"}'), FlushMessage)
+    # turn_detection null (commits alone) is taken: the server still ends utterances at pauses.
+    manual = dialect.client_message(json.dumps({"type": "transcription_session.update", "session": {"turn_detection": None}}))
+    assert isinstance(manual, ConfigMessage) and events(dialect.answers())[0]["type"] == "transcription_session.updated"
     error = json.loads(dialect.error(ProtocolError("bad_request", "no")))
     assert error["type"] == "error" and error["error"]["message"] == "no"
+
+
+def test_clear_drops_the_items_begun_and_what_the_session_still_says_of_them():
+    dialect = realtime()
+    dialect.ready(Ready("s", "stage", "m", "en", RATE))
+    begun = events(dialect.caption(Partial("stage", "s", "", 3, "It was the", 6, 0.5, 1.2, "en")))
+    assert begun[0]["type"] == "input_audio_buffer.speech_started"
+    assert isinstance(dialect.client_message('{"type": "input_audio_buffer.clear"}'), ClearMessage)
+    assert [e["type"] for e in events(dialect.answers())] == ["input_audio_buffer.cleared"]
+    assert dialect.caption(Final("stage", "s", "", 3, "", 0.5, 1.4, "en")) == []  # the session's withdrawal of segment 3
+    after = events(dialect.caption(Final("stage", "s", "", 4, "Next.", 2.0, 2.5, "en")))
+    assert after[-1]["type"] == "conversation.item.input_audio_transcription.completed" and after[-1]["transcript"] == "Next."
+    dialect.client_message('{"type": "input_audio_buffer.clear"}')
+    assert dialect.answers(applied=False) == []  # refused (it never is): nothing said
 
 
 def test_an_utterance_is_an_item_whose_stable_text_grows_by_deltas():
@@ -196,8 +212,7 @@ def test_the_beta_interface_and_its_session_shape(server):
         assert connection.recv().type == "transcription_session.updated"
         received = _transcribe(connection, audio, 1)
         connection.send({"type": "input_audio_buffer.clear"})
-        error = connection.recv()
-        assert error.type == "error" and "not supported" in error.error.message  # and the stream goes on
+        assert connection.recv().type == "input_audio_buffer.cleared"  # and the stream goes on
         connection.send({"type": "transcription_session.update", "session": {"input_audio_transcription": {"language": "fr"}}})
         refused = connection.recv()  # English-only model: refused, and not answered as applied
         assert refused.type == "error" and "does not support language 'fr'" in refused.error.message

@@ -152,6 +152,39 @@ def test_end_finalises_the_utterance_in_progress() -> None:
     check_one_final_per_utterance(run, ["alpha bravo charlie"])
 
 
+def test_discard_drops_the_utterance_in_progress_and_withdraws_what_it_showed() -> None:
+    audio = speak("alpha bravo charlie delta", "echo foxtrot")
+    mid_word = int((0.5 + 2 * (WORD_S + GAP_S) + 0.2) * SAMPLE_RATE)  # 0.2 s into "charlie"
+    session, model = Session(), ScriptedModel()
+    run = drive(session, audio[:mid_word], model, end=False)
+    assert run.partials and not run.finals  # the utterance was shown
+    in_flight = None
+    while in_flight is None:  # and a decode of it is under way
+        session.receive_audio(audio[mid_word : mid_word + FRAME])
+        mid_word += FRAME
+        in_flight = session.next_request()
+    session.discard()
+    (withdrawal,) = session.events()
+    assert isinstance(withdrawal, FinalCaption) and withdrawal.text == "" and withdrawal.segment == run.partials[-1].segment
+    session.receive_hypothesis(in_flight.id, transcribe(model, in_flight.audio, in_flight.prefix, in_flight.draft, in_flight.options))
+    assert session.events() == []  # its answer is ignored: the utterance is gone
+    # What follows is captioned as usual (the rest of the cleared utterance's words included:
+    # they were spoken after the clear).
+    rest = drive(session, audio[mid_word:], model)
+    assert texts(rest.finals)[-1] == "echo foxtrot" and "alpha" not in " ".join(texts(rest.finals))
+    assert all(f.segment > withdrawal.segment for f in rest.finals)
+    # Nothing open: nothing to drop.
+    idle = Session()
+    idle.discard()
+    assert idle.events() == [] and idle.idle
+
+
+def test_a_session_without_partials_decodes_finals_only() -> None:
+    run = drive(Session(partials=False), speak(*TEXTS), ScriptedModel())
+    check_one_final_per_utterance(run, TEXTS)
+    assert not run.partials and all(r.urgent for r in run.requests)
+
+
 def test_the_length_cap_cuts_between_words_and_loses_none() -> None:
     long = script(40)  # 16 s of speech without a pause
     config = SessionConfig(vad=VadConfig(max_utterance_s=6.0))

@@ -25,7 +25,7 @@ from urllib.parse import parse_qsl, urlsplit
 from decoder.context import Context, ContextError, parse_context
 from streaming.compat.wire import HandshakeError, read_event
 from streaming.events import Caption, Final, Ready
-from streaming.protocol import AudioMessage, ClientMessage, ConfigMessage, FlushMessage, ProtocolError, PublishParams, parse_publish
+from streaming.protocol import AudioMessage, ClearMessage, ClientMessage, ConfigMessage, FlushMessage, ProtocolError, PublishParams, parse_publish
 
 PATH = "/v1/realtime"
 RATE = 24000  # the only rate the API takes
@@ -100,6 +100,8 @@ class RealtimeDialect:
     _update_asked: tuple[bool, str | None, str, str] | None = None  # beta shape, language, prompt, model
     _items: dict[int, _Item] = field(default_factory=dict)  # by segment
     _previous: str | None = None  # the last committed item
+    _cleared: bool = False  # the last message was input_audio_buffer.clear
+    _dropped: set[int] = field(default_factory=set)  # segments of items cleared
 
     def ready(self, ready: Ready) -> list[str]:
         self.language = ready.language if ready.language != "auto" else None
@@ -108,6 +110,15 @@ class RealtimeDialect:
     def answers(self, applied: bool = True) -> list[str]:
         """The reply to a session update, once the server has ``applied`` it (if it refused it,
         the session stays as it was and the refusal is the reply)."""
+        if self._cleared:
+            self._cleared = False
+            if not applied:
+                return []
+            # The items begun are dropped with their audio: what the session still says of them
+            # (an empty final, withdrawing a partial) is not passed on.
+            self._dropped.update(self._items)
+            self._items.clear()
+            return [self._event("input_audio_buffer.cleared")]
         asked, self._update_asked = self._update_asked, None
         if asked is None or not applied:
             return []
@@ -124,7 +135,8 @@ class RealtimeDialect:
         if kind == "input_audio_buffer.commit":
             return FlushMessage()
         if kind == "input_audio_buffer.clear":
-            raise ProtocolError("bad_request", "input_audio_buffer.clear is not supported: audio already sent is captioned")
+            self._cleared = True
+            return ClearMessage()
         if kind in ("session.update", "transcription_session.update"):
             return self._update(message.get("session"), beta=kind == "transcription_session.update")
         raise ProtocolError("bad_request", f"unsupported event type {str(kind)[:60]!r} (a transcription session takes "
@@ -150,8 +162,10 @@ class RealtimeDialect:
                 raise ProtocolError("bad_request", "audio.input.format must be audio/pcm at 24000 Hz")
             transcription = audio_in.get("transcription")
             turn = audio_in.get("turn_detection", {"type": "server_vad"})
-        if not isinstance(turn, dict) or turn.get("type") not in ("server_vad", "semantic_vad"):
-            raise ProtocolError("bad_request", "turn_detection must be server_vad (or semantic_vad): this server always detects turns itself")
+        # null (turns by commit alone) is taken: the server still ends utterances at pauses, and
+        # a commit ends the one in progress at once, so a client that commits gets every word.
+        if turn is not None and (not isinstance(turn, dict) or turn.get("type") not in ("server_vad", "semantic_vad")):
+            raise ProtocolError("bad_request", "turn_detection must be server_vad, semantic_vad or null")
         language, context = None, None
         model, prompt, shown_language = self.transcription_model, self.prompt, self.language
         if transcription is not None:
@@ -187,6 +201,10 @@ class RealtimeDialect:
                                                              "transcription": transcription, "turn_detection": turn}}}
 
     def caption(self, message: Caption) -> list[str]:
+        if message.segment in self._dropped:
+            if isinstance(message, Final):
+                self._dropped.discard(message.segment)
+            return []
         item = self._items.get(message.segment)
         out = []
         if item is None:

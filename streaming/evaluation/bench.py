@@ -25,6 +25,7 @@ from typing import Any, TextIO
 from websockets.asyncio.client import connect
 
 from streaming.client import http_url, publish_url, to_pcm16
+from streaming.evaluation.files import print_files, run_files
 from streaming.evaluation.longform import print_long_form_report, run_long_form
 from streaming.evaluation.noise import Noise, with_voices
 from streaming.evaluation.streams import (
@@ -126,6 +127,8 @@ def print_report(report: dict[str, Any], out: TextIO = sys.stdout) -> None:
         print_context_report(report["context"], out)
     if "long_form" in report:
         print_long_form_report(report["long_form"], out)
+    if "files" in report:
+        print_files(report, out)
     if "noise" in report:
         print_noise_report(report["noise"], out)
     for run in report["runs"]:
@@ -208,6 +211,17 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         if getattr(args, "noise", None):
             voices = [c.path for c in load_manifest(Path(args.manifest), None)]
             report["noise"] = run_noise(url, clips, args.noise, voices, args.speed, health, server, offline=not args.no_offline)
+            return report
+        if getattr(args, "files", None):
+            cpu_before = server.cpu_seconds() if server else None
+            report["files"] = run_files(url, clips, args.files)
+            if server is not None and cpu_before is not None:
+                report["files"]["cpu_per_audio_second"] = (server.cpu_seconds() - cpu_before) / report["files"]["audio_seconds"]
+                report["files"]["peak_rss_mb"] = server.peak_rss_mb()
+            if not args.no_offline:
+                offline = offline_errors(clips, offline_texts(clips, health["model"], "cpu", health.get("final_beam_size", 1)))
+                for language, (errors, units) in offline.items():
+                    report["files"]["languages"][language]["offline_error_rate"] = errors / max(1, units)
             return report
         if getattr(args, "long_form", None):
             levels = getattr(args, "long_form_levels", "matched")

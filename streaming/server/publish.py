@@ -31,7 +31,7 @@ from streaming import protocol
 from streaming.audio import PcmDecoder
 from streaming.compat import NATIVE, Dialect
 from streaming.events import Final, Ready, caption
-from streaming.protocol import AudioMessage, ConfigMessage, EndMessage, FlushMessage, ProtocolError
+from streaming.protocol import AudioMessage, ClearMessage, ConfigMessage, EndMessage, FlushMessage, ProtocolError
 from streaming.server.connection import Client, Keepalive, Link, Stalled, send_error, send_within
 from streaming.server.state import Publisher
 from streaming.session import Session
@@ -257,6 +257,8 @@ async def _receive(server: ServerState, publisher: Publisher, pcm: PcmDecoder, k
                     return True
                 if isinstance(command, FlushMessage):
                     session.flush()
+                elif isinstance(command, ClearMessage):
+                    session.discard()
                 elif isinstance(command, ConfigMessage):
                     session.configure(language=server.settings.language(command.language), context=command.context)
                     await _keep_settings(server, publisher, command.context)
