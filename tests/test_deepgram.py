@@ -15,14 +15,16 @@ import pytest
 from deepgram import DeepgramClient
 from deepgram.core.api_error import ApiError
 from deepgram.environment import DeepgramClientEnvironment
+from deepgram.listen.v1.types.listen_v1configure import ListenV1Configure
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from decoder.api import SAMPLE_RATE
 from streaming import auth
-from streaming.compat.deepgram import DeepgramDialect, DeepgramError, parse_listen
+from streaming.compat.deepgram import DeepgramDialect, DeepgramError, parse_listen, subprotocol_key
+from streaming.compat.routes import select_subprotocol
 from streaming.events import Final, Partial, Ready
-from streaming.protocol import EndMessage, FlushMessage, ProtocolError
+from streaming.protocol import ConfigMessage, EndMessage, FlushMessage, ProtocolError
 from tests.conftest import CLIPS
 from tests.test_auth import guarded  # noqa: F401  (the fixture: a server that needs tokens)
 from tests.test_server import finals, pcm16, publish
@@ -123,13 +125,46 @@ def test_client_messages_keepalive_finalize_and_close_stream():
     dialect.caption(_caption(Partial, 2, "Later", 4.0, 4.5))
     assert not json.loads(dialect.caption(_caption(Final, 2, "Later on.", 4.0, 5.0))[0])["from_finalize"]
     assert isinstance(dialect.client_message('{"type": "CloseStream"}'), EndMessage)
-    for bad in ('{"type": "Configure"}', "[1]", "not json", '{"type": 3}', '{"type": ' + "1" * 5000 + "}"):
+    for bad in ("[1]", "not json", '{"type": 3}', '{"type": ' + "1" * 5000 + "}"):
         with pytest.raises(ProtocolError):
             dialect.client_message(bad)
     error = json.loads(dialect.error(ProtocolError("bad_request", "no")))
     assert error == {"type": "Error", "variant": "bad_request", "description": "no"}
     (metadata,) = [json.loads(t) for t in dialect.closing(12.5)]
     assert metadata["type"] == "Metadata" and metadata["duration"] == 12.5 and metadata["request_id"] == dialect.request_id
+
+
+def test_configure_replaces_the_keyterms_and_is_answered_either_way():
+    dialect = DeepgramDialect(listen("encoding=linear16&sample_rate=16000&keyterm=Hester"), "m")
+    command = dialect.client_message(json.dumps({"type": "Configure", "keyterms": ["Prynne", " ", "Dimmesdale"], "features": {"numerals": True}}))
+    assert isinstance(command, ConfigMessage) and [t.text for t in command.context.terms] == ["Prynne", "Dimmesdale"]
+    (success,) = [json.loads(t) for t in dialect.answers()]
+    assert success == {"type": "ConfigureSuccess", "request_id": dialect.request_id, "keyterms": ["Prynne", "Dimmesdale"]}
+    cleared = dialect.client_message('{"type": "Configure", "keyterms": []}')
+    assert isinstance(cleared, ConfigMessage) and cleared.context is not None and not cleared.context.terms
+    dialect.answers()
+    kept = dialect.client_message('{"type": "Configure", "features": {"numerals": false}}')
+    assert kept == ConfigMessage() and "keyterms" not in json.loads(dialect.answers()[0])
+    # Refused: answered with ConfigureFailure and its code, and the stream goes on (not too_large).
+    for message, code in (({"type": "Configure", "keyterms": [f"term{i}" for i in range(101)]}, "CONFIGURE_KEYTERM_LIMIT_EXCEEDED"),
+                          ({"type": "Configure", "keyterms": "Prynne"}, "CONFIGURE_INTERNAL_ERROR"),
+                          ({"type": "Configure", "features": {"numerals": "yes"}}, "CONFIGURE_INTERNAL_ERROR")):
+        with pytest.raises(ProtocolError) as refusal:
+            dialect.client_message(json.dumps(message))
+        assert refusal.value.code == "bad_request" and dialect.answers(applied=False) == []
+        failure = json.loads(dialect.error(refusal.value))
+        assert failure["type"] == "ConfigureFailure" and failure["code"] == code and failure["description"]
+    # A Configure the server itself refused after reading it.
+    dialect.client_message('{"type": "Configure", "keyterms": ["x"]}')
+    assert dialect.answers(applied=False) == [] and json.loads(dialect.error(ProtocolError("bad_request", "no")))["type"] == "ConfigureFailure"
+    assert json.loads(dialect.error(ProtocolError("bad_request", "no")))["type"] == "Error"  # the next error is an Error again
+
+
+def test_a_browser_s_key_as_subprotocols_is_read_and_answered():
+    assert subprotocol_key(["token", "KEY"]) == "KEY" and subprotocol_key(["bearer", "KEY"]) == "KEY"
+    assert subprotocol_key(["token"]) is None and subprotocol_key(["chat", "KEY"]) is None
+    assert select_subprotocol("/v1/listen?encoding=linear16", ["token", "KEY"]) == "token"
+    assert select_subprotocol("/v1/publish", ["token", "KEY"]) is None
 
 
 # -- the official client, the real server and model ----------------------------------------------
@@ -259,9 +294,22 @@ def test_bad_parameters_and_bad_keys_are_refused_before_the_upgrade(guarded):  #
     with connect(f"{guarded.url}/v1/listen?encoding=linear16&sample_rate=16000&room=hall&token={in_query}") as ws:
         ws.send(json.dumps({"type": "CloseStream"}))
         assert json.loads(ws.recv(timeout=10))["type"] == "Metadata"
+    # As a browser sends it (Sec-WebSocket-Protocol: token, KEY), answered with "token" as it must be.
+    with connect(f"{guarded.url}/v1/listen?encoding=linear16&sample_rate=16000&room=hall", subprotocols=["token", in_query]) as ws:
+        assert ws.subprotocol == "token"
+        ws.send(json.dumps({"type": "CloseStream"}))
+        assert json.loads(ws.recv(timeout=10))["type"] == "Metadata"
+    with pytest.raises(InvalidStatus) as bad_subprotocol:
+        with connect(f"{guarded.url}/v1/listen?encoding=linear16&sample_rate=16000&room=hall", subprotocols=["token", "not-a-token"]):
+            pass
+    assert bad_subprotocol.value.response.status_code == 401
     token = auth.create_token(guarded.secret, "hall", "publish", 60)
     with _client(guarded.url, key=token).listen.v1.connect(
         model="nova-3", encoding="linear16", sample_rate=16000, request_options={"additional_query_parameters": {"room": "hall"}}
     ) as socket:
+        socket.send_configure(ListenV1Configure(keyterms=["Hester Prynne"]))  # the client's own Configure
+        socket.send_configure(ListenV1Configure(keyterms=[f"term{i}" for i in range(101)]))
         socket.send_close_stream()
-        assert [m.type for m in socket] == ["Metadata"]
+        messages = list(socket)
+    assert [m.type for m in messages] == ["ConfigureSuccess", "ConfigureFailure", "Metadata"]
+    assert messages[0].keyterms == ["Hester Prynne"] and messages[1].code == "CONFIGURE_KEYTERM_LIMIT_EXCEEDED"

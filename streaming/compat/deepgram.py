@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar
 from urllib.parse import parse_qsl, urlsplit
 
-from decoder.context import ContextError, parse_context
+from decoder.context import Context, ContextError, parse_context
 from streaming.compat.wire import HandshakeError, read_event, spread_words
 from streaming.events import Caption, Final, Ready
 from streaming.protocol import (
@@ -25,6 +25,7 @@ from streaming.protocol import (
     MAX_TEXT_MESSAGE_BYTES,
     MIN_RATE,
     ClientMessage,
+    ConfigMessage,
     EndMessage,
     FlushMessage,
     ProtocolError,
@@ -84,6 +85,14 @@ class ListenParams:
     vad_events: bool = False
     utterance_end_ms: int | None = None
     ignored: tuple[str, ...] = ()  # parameters accepted and ignored, for the log
+
+
+def subprotocol_key(offered: list[str]) -> str | None:
+    """The key a browser client sends as WebSocket subprotocols (browsers cannot set headers):
+    ``Sec-WebSocket-Protocol: token, KEY`` (``bearer, KEY`` for a temporary token)."""
+    if len(offered) == 2 and offered[0].lower() in ("token", "bearer") and offered[1]:
+        return offered[1]
+    return None
 
 
 def connection_room(connection_id: uuid.UUID) -> str:
@@ -189,12 +198,15 @@ class DeepgramDialect:
     request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     _started: set[int] = field(default_factory=set)  # segments a SpeechStarted was sent for
     _finalizing: bool = False  # a Finalize came: the next final is its answer
+    # A Configure came and is not yet answered: its keyterms (None: kept as they were).
+    _configuring: tuple[list[str] | None] | None = None
+    _configure_failure: str = "CONFIGURE_INTERNAL_ERROR"  # the code of its refusal, if refused
 
     def ready(self, ready: Ready) -> list[str]:
         return []  # Deepgram says nothing until it has something
 
     def client_message(self, text: str) -> ClientMessage | None:
-        kind, _ = read_event(text, MAX_TEXT_MESSAGE_BYTES)
+        kind, message = read_event(text, MAX_TEXT_MESSAGE_BYTES)
         if kind == "KeepAlive":
             return None
         if kind == "Finalize":
@@ -202,10 +214,46 @@ class DeepgramDialect:
             return FlushMessage()
         if kind == "CloseStream":
             return EndMessage()
-        raise ProtocolError("bad_request", f"unknown message type {str(kind)[:40]!r} (expected KeepAlive, Finalize or CloseStream)")
+        if kind == "Configure":
+            self._configuring = (None,)  # a refusal below is answered as ConfigureFailure (error())
+            self._configure_failure = "CONFIGURE_INTERNAL_ERROR"
+            return self._configure(message)
+        raise ProtocolError("bad_request", f"unknown message type {str(kind)[:40]!r} (expected KeepAlive, Finalize, CloseStream or Configure)")
+
+    def _configure(self, message: dict[str, Any]) -> ConfigMessage:
+        """Keyterms replaced mid-stream (the whole list; [] clears it; absent or null keeps it);
+        ``features`` (formatting switches) are taken and ignored, as their query parameters are."""
+        keyterms, features = message.get("keyterms"), message.get("features")
+        if features is not None and (not isinstance(features, dict) or not all(isinstance(v, bool) for v in features.values())):
+            raise ProtocolError("bad_request", "features must be an object of true or false")
+        if keyterms is None:
+            return ConfigMessage()
+        if not isinstance(keyterms, list) or not all(isinstance(t, str) for t in keyterms):
+            raise ProtocolError("bad_request", "keyterms must be a list of strings")
+        terms = [t.strip() for t in keyterms if t.strip()]
+        # Refused as a bad request, not as too large: that would end the stream, which Deepgram
+        # does not do for a Configure over its limit.
+        if len(terms) > MAX_TERMS:
+            self._configure_failure = "CONFIGURE_KEYTERM_LIMIT_EXCEEDED"
+            raise ProtocolError("bad_request", f"at most {MAX_TERMS} keyterms")
+        try:
+            context = parse_context({"terms": terms}) if terms else Context()
+        except ContextError as error:
+            if error.too_large:
+                self._configure_failure = "CONFIGURE_KEYTERM_LIMIT_EXCEEDED"
+            raise ProtocolError("bad_request", f"keyterms: {error}") from None
+        self._configuring = (terms,)
+        return ConfigMessage(context=context)
 
     def answers(self, applied: bool = True) -> list[str]:
-        return []
+        """A Configure is answered once applied; refused, by :meth:`error`, which follows."""
+        if self._configuring is None or not applied:
+            return []
+        (terms,), self._configuring = self._configuring, None
+        answer: dict[str, Any] = {"type": "ConfigureSuccess", "request_id": self.request_id}
+        if terms is not None:
+            answer["keyterms"] = terms
+        return [_json(answer)]
 
     def caption(self, message: Caption) -> list[str]:
         final = isinstance(message, Final)
@@ -247,6 +295,10 @@ class DeepgramDialect:
         return out
 
     def error(self, error: ProtocolError) -> str:
+        if self._configuring is not None:
+            self._configuring = None
+            return _json({"type": "ConfigureFailure", "request_id": self.request_id, "code": self._configure_failure,
+                          "description": error.message})
         return _json({"type": "Error", "variant": error.code, "description": error.message})
 
     def closing(self, audio_seconds: float) -> list[str]:

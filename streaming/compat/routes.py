@@ -4,7 +4,10 @@ listed."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from urllib.parse import urlsplit
+
+from websockets.datastructures import Headers
 
 from streaming.compat import Dialect, deepgram, openai_realtime
 from streaming.compat.wire import HandshakeError
@@ -28,6 +31,21 @@ def open_dialect(path: str, connection_id: uuid.UUID, model_name: str) -> tuple[
         realtime = openai_realtime.parse_realtime(path, openai_realtime.connection_room(connection_id))
         return realtime.publish, openai_realtime.RealtimeDialect(realtime, model_name)
     raise ValueError(f"{route} is not another service's route")
+
+
+def offered_subprotocols(headers: Headers) -> list[str]:
+    return [p.strip() for value in headers.get_all("Sec-WebSocket-Protocol") for p in value.split(",") if p.strip()]
+
+
+def subprotocol_token(path: str, headers: Headers) -> str | None:
+    """A key sent as WebSocket subprotocols, where the route's service takes one that way."""
+    return deepgram.subprotocol_key(offered_subprotocols(headers)) if route_of(path) == deepgram.PATH else None
+
+
+def select_subprotocol(path: str, offered: Sequence[str]) -> str | None:
+    """The subprotocol to answer a WebSocket handshake with: Deepgram's browser clients send their
+    key as ``token, KEY`` and fail unless ``token`` is answered; every other route takes none."""
+    return offered[0] if route_of(path) == deepgram.PATH and deepgram.subprotocol_key(list(offered)) else None
 
 
 def refusal(path: str, message: str, status: int) -> HandshakeError:

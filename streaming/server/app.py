@@ -15,11 +15,13 @@ import resource
 import signal
 import ssl
 import time
+from collections.abc import Sequence
 from http import HTTPStatus
 
 import websockets
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
+from websockets.typing import Subprotocol
 
 from decoder.api import SpeechModel
 from streaming.compat import NATIVE, Dialect, openai_files, routes
@@ -87,6 +89,7 @@ class CaptionServer(ServerState):
             ping_interval=None,  # our own, which knows when the server holds a client back (Keepalive)
             server_header="FlashCaption",
             ssl=tls,
+            select_subprotocol=self._subprotocol,
             # Requests with a body (websockets reads none) are served beside it on the same port.
             create_connection=front_connection(self, {openai_files.PATH: transcribe.handle}),
         )
@@ -178,6 +181,11 @@ class CaptionServer(ServerState):
             return response(HTTPStatus.SERVICE_UNAVAILABLE, "the server has as many connections as it can hold; retry later")
         return await http.handle(self, connection, request)
 
+    def _subprotocol(self, connection: ServerConnection, offered: Sequence[Subprotocol]) -> Subprotocol | None:
+        assert connection.request is not None
+        chosen = routes.select_subprotocol(connection.request.path, offered)
+        return Subprotocol(chosen) if chosen else None
+
     async def _route(self, connection: ServerConnection) -> None:
         """A WebSocket connection, from handshake to close, on the handler for its path."""
         route, kind, client = "", "", None
@@ -190,7 +198,9 @@ class CaptionServer(ServerState):
             route = routes.route_of(connection.request.path)
             if route in routes.PATHS:  # another service's API; its query may repeat a parameter
                 params, dialect = routes.open_dialect(connection.request.path, connection.id, self.model.name)
-                query = {"token": params.token} if params.token else {}  # a token in its query counts, as on /v1/publish
+                # A token in its query counts, as on /v1/publish; so does a key sent as subprotocols.
+                token = params.token or routes.subprotocol_token(connection.request.path, connection.request.headers)
+                query = {"token": token} if token else {}
             else:
                 route, query = split_path(connection.request.path)
             client = client_of(connection, connection.request.headers, query, self.trusted)

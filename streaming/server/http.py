@@ -139,7 +139,8 @@ def _compat_handshake(server: ServerState, connection: ServerConnection, request
         return response(HTTPStatus.FORBIDDEN, "pages from this origin may not connect (the server's --allow-origin)")
     try:
         params, _ = routes.open_dialect(request.path, connection.id, server.model.name)
-        query = {"token": params.token} if params.token else {}
+        token = params.token or routes.subprotocol_token(request.path, request.headers)
+        query = {"token": token} if token else {}
         client = client_of(connection, request.headers, query, server.trusted)
         try:
             server.access.authorize(client.token, params.room, "publish", client.forwarded)
