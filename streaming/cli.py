@@ -239,6 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "of this file (tests/data/context_terms.json)")
     bench.add_argument("--journal", type=int, default=None, metavar="N",
                        help="instead: time writing N finals to a journal, replaying and exporting them")
+    bench.add_argument("--adapter-cost", action="store_true",
+                       help="instead: what each API's adapter itself costs, in microseconds a caption and a second of audio (no server)")
     bench.add_argument("--files", type=_positive_int, default=None, metavar="N",
                        help="instead: every recording captioned through the file API (POST /v1/audio/transcriptions), N requests "
                             "at once: audio seconds captioned per second, per request and overall, and error rates")
@@ -434,6 +436,12 @@ def _bench(args: argparse.Namespace) -> int:
         from streaming.evaluation.journal_bench import journal_bench
 
         journal_bench(args.journal)
+        return 0
+    if args.adapter_cost:
+        from streaming.evaluation.dialects import adapter_costs
+
+        for name, cost in adapter_costs().items():
+            print(f"{name:<9} {cost['caption_us']:7.1f} us a caption   {cost['audio_second_us']:7.1f} us a second of audio")
         return 0
     if not args.url and not args.manifest.is_file():
         print(f"flashcaption: no manifest at {args.manifest} (use --manifest)", file=sys.stderr)

@@ -8,6 +8,7 @@ import json
 import numpy as np
 
 from streaming.evaluation.bench import finals_differing, run_bench
+from streaming.evaluation.dialects import adapter_costs
 from streaming.evaluation.plot import plot_sweep
 from streaming.evaluation.streams import Clip, ServerProcess, _measure, is_extension, speech_frames
 from tests.conftest import DATA
@@ -83,6 +84,35 @@ def test_the_bench_measures_through_deepgram_s_and_openai_s_apis_too(tmp_path):
         latency = run["summary"]["final_latency"]
         assert latency is not None and latency["n"] == runs["native"]["summary"]["final_latency"]["n"], dialect
         assert run["summary"]["errors"] == [] and run["summary"]["first_caption_latency"]["n"] == latency["n"], dialect
+
+
+def test_the_file_api_bench_scores_what_the_server_transcribed(tmp_path, scripted_server):
+    """--files: every recording once through POST /v1/audio/transcriptions, scored against its
+    reference (here scripted speech, which the scripted model hears exactly)."""
+    import io
+    import wave
+
+    from tests.scripted import speak
+
+    rows = ["id\twav\tlang\treference"]
+    for number, text in enumerate(("alpha bravo charlie", "delta echo", "foxtrot golf hotel india")):
+        out = io.BytesIO()
+        with wave.open(out, "wb") as w:
+            w.setnchannels(1), w.setsampwidth(2), w.setframerate(16000)
+            w.writeframes((speak(text) * 32767).astype("<i2").tobytes())
+        (tmp_path / f"c{number}.wav").write_bytes(out.getvalue())
+        rows.append(f"c{number}\tc{number}.wav\ten\t{text}")
+    (tmp_path / "manifest.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    files = run_bench(bench_args(manifest=tmp_path / "manifest.tsv", url=scripted_server.url, files=2))["files"]
+    assert files["texts"] == {"c0": "alpha bravo charlie", "c1": "delta echo", "c2": "foxtrot golf hotel india"}
+    assert files["languages"]["en"] == {"errors": 0, "units": 9, "error_rate": 0.0}
+    assert files["request_seconds"]["n"] == 3 and files["audio_per_wall_second"] > 0
+
+
+def test_adapter_costs_are_measured_for_every_dialect():
+    costs = adapter_costs(repeat=40)
+    assert set(costs) == {"native", "deepgram", "openai"}
+    assert all(c["caption_us"] > 0 and c["audio_second_us"] > 0 for c in costs.values())
 
 
 def test_the_sweep_is_drawn_as_png_and_svg(tmp_path):

@@ -132,3 +132,46 @@ class OpenAIBenchClient(BenchClient):
 
 def bench_client(dialect: str) -> BenchClient:
     return {"native": BenchClient, "deepgram": DeepgramBenchClient, "openai": OpenAIBenchClient}[dialect]()
+
+
+def adapter_costs(repeat: int = 2000) -> dict[str, dict[str, float]]:
+    """``flashcaption bench --adapter-cost``: what a dialect itself costs the server, in
+    microseconds of one core: writing a caption (an utterance's two partials and its final, per
+    caption), and reading one second of audio as the dialect sends it. Everything else on the
+    way (session, engine, room) is the same for every dialect."""
+    import timeit
+
+    from streaming.audio import PcmDecoder
+    from streaming.compat import NATIVE, Dialect
+    from streaming.compat.deepgram import DeepgramDialect, parse_listen
+    from streaming.compat.openai_realtime import RealtimeDialect, parse_realtime
+    from streaming.events import Final, Partial
+
+    text = "And so, my fellow Americans, ask not what your country can do for you"
+    dialects: dict[str, Dialect] = {
+        "native": NATIVE,
+        "deepgram": DeepgramDialect(parse_listen("/v1/listen?encoding=linear16&sample_rate=16000&interim_results=true", "r"), "m"),
+        "openai": RealtimeDialect(parse_realtime("/v1/realtime?intent=transcription", "r"), "m"),
+    }
+    second: dict[str, str | bytes] = {"native": bytes(32000), "deepgram": bytes(32000),
+              "openai": json.dumps({"type": "input_audio_buffer.append", "audio": base64.b64encode(bytes(48000)).decode()})}
+    rates = {"native": 16000, "deepgram": 16000, "openai": OPENAI_RATE}
+    costs = {}
+    for name, dialect in dialects.items():
+        def utterance(dialect: Dialect = dialect) -> None:
+            for segment in range(3):
+                dialect.caption(Partial("r", "s", "", segment, text[:30], 20, 0.0, 1.0, "en"))
+                dialect.caption(Partial("r", "s", "", segment, text[:50], 40, 0.0, 1.5, "en"))
+                dialect.caption(Final("r", "s", "", segment, text, 0.0, 2.0, "en"))
+
+        pcm = PcmDecoder("pcm_s16le", rates[name])
+
+        def audio(dialect: Dialect = dialect, message: str | bytes = second[name], pcm: PcmDecoder = pcm) -> None:
+            frame = message if isinstance(message, bytes) else dialect.client_message(message).data  # type: ignore[union-attr]
+            pcm.decode(frame)
+
+        costs[name] = {
+            "caption_us": timeit.timeit(utterance, number=repeat) / repeat / 9 * 1e6,
+            "audio_second_us": timeit.timeit(audio, number=repeat // 4) / (repeat // 4) * 1e6,
+        }
+    return costs
