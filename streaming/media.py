@@ -16,8 +16,12 @@ import numpy as np
 
 from decoder.api import SAMPLE_RATE
 
-# FFmpeg's names for the demuxers of the formats taken.
-CONTAINERS = frozenset({"wav", "mp3", "flac", "ogg", "mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm", "mpeg", "aac", "w64"})
+# FFmpeg's demuxers and decoders for the formats taken: FFmpeg is told to use no others (the
+# probe included), and the names are checked again after opening.
+DEMUXERS = "wav,w64,mp3,flac,ogg,mov,matroska,mpeg,aac"
+CONTAINERS = frozenset({"wav", "w64", "mp3", "flac", "ogg", "mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm", "mpeg", "aac"})
+DECODERS = frozenset({"pcm_s16le", "pcm_s24le", "pcm_s32le", "pcm_f32le", "pcm_f64le", "pcm_u8", "pcm_s16be", "pcm_mulaw", "pcm_alaw",
+                      "mp3", "mp3float", "mp2", "mp2float", "flac", "vorbis", "opus", "libopus", "aac", "alac"})
 FORMATS_TAKEN = "wav, mp3, flac, ogg, opus, m4a, mp4, webm, mpeg"
 BLOCK_SAMPLES = SAMPLE_RATE // 2  # what one call yields: half a second
 
@@ -31,7 +35,8 @@ def blocks(data: bytes, max_seconds: float) -> Iterator[np.ndarray]:
     (the last one shorter). Raises MediaError for what is not a readable recording, or once
     more than ``max_seconds`` of audio has been decoded."""
     try:
-        container = av.open(io.BytesIO(data), mode="r", metadata_errors="ignore")
+        container = av.open(io.BytesIO(data), mode="r", metadata_errors="ignore",
+                            options={"format_whitelist": DEMUXERS, "codec_whitelist": ",".join(sorted(DECODERS))})
     except (av.FFmpegError, ValueError, OSError) as error:
         raise MediaError(f"the file is not audio this server reads ({FORMATS_TAKEN}): {error}") from None
     with container:
@@ -40,6 +45,8 @@ def blocks(data: bytes, max_seconds: float) -> Iterator[np.ndarray]:
         if not container.streams.audio:
             raise MediaError("the file has no audio track")
         stream = container.streams.audio[0]
+        if stream.codec_context.name not in DECODERS:
+            raise MediaError(f"audio in {stream.codec_context.name} is not taken; send one of {FORMATS_TAKEN}")
         resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
         pending: list[np.ndarray] = []
         held = decoded = 0
@@ -58,7 +65,9 @@ def blocks(data: bytes, max_seconds: float) -> Iterator[np.ndarray]:
                         pending, held = [joined[BLOCK_SAMPLES:]], len(joined) - BLOCK_SAMPLES
             for out in resampler.resample(None):
                 pending.append(out.to_ndarray().reshape(-1))
-        except av.FFmpegError as error:
+        except MediaError:
+            raise
+        except Exception as error:  # FFmpeg's errors, and PyAV's own on a stream that changes format midway
             raise MediaError(f"the audio could not be decoded: {error}") from None
         rest = np.concatenate(pending) if pending else np.zeros(0, np.int16)
         for at in range(0, len(rest), BLOCK_SAMPLES):

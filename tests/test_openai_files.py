@@ -9,10 +9,12 @@ import contextlib
 import io
 import json
 import socket
+import threading
 import time
 import uuid
 import wave
 from collections.abc import Iterator
+from pathlib import Path
 
 import av
 import httpx
@@ -135,7 +137,7 @@ def test_every_response_format_parses_as_what_it_claims_to_be():
 def test_streamed_events_are_deltas_that_add_up_to_the_text():
     finals = [Final("r", "s", "", 0, "Ask not.", 0, 1, "en"), Final("r", "s", "", 1, "What you can do.", 1, 2, "en")]
     events = [json.loads(stream_delta(f, first=i == 0)[6:]) for i, f in enumerate(finals)]
-    done = json.loads(stream_done(finals, "en", 2.0)[6:])
+    done = json.loads(stream_done(finals, "en")[6:])
     assert [e["type"] for e in events] == ["transcript.text.delta"] * 2 and done["type"] == "transcript.text.done"
     assert "".join(e["delta"] for e in events) == done["text"] == "Ask not. What you can do."
 
@@ -253,7 +255,7 @@ def test_what_the_server_will_not_take_is_refused_before_the_body_or_said_after(
                            b"Transfer-Encoding: chunked\r\n\r\n" + chunk * 3)
     assert answer.startswith(b"HTTP/1.1 413 ")
     # Garbage, another path, a form without its file, not a form at all.
-    assert raw(scripted, b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nab").startswith(b"HTTP/1.1 405 ")
+    assert raw(scripted, b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nab").startswith(b"HTTP/1.1 404 ")
     assert raw(scripted, b"POST /v1/audio/transcriptions HTTP/9.9\r\n\r\n").startswith(b"HTTP/1.1 ")
     body, content_type = multipart({"model": "whisper-1"}, b"")
     body = body.replace(b'name="file"', b'name="audio"')
@@ -335,3 +337,89 @@ def test_the_official_client_gets_the_native_protocol_s_finals_in_every_format(s
     same = set(lossy) & set(" ".join(expected).lower().split())
     assert len(same) >= 0.8 * len(set(" ".join(expected).lower().split()))
 
+
+
+# -- clients that misbehave, and a server that stops ---------------------------------------------
+@pytest.fixture
+def slow(tmp_path: Path) -> Iterator[ServerThread]:
+    """Every decode takes 0.1 s longer: a transcription lasts long enough to be interrupted."""
+    config = ServerConfig(port=0, data_dir=tmp_path, decode_delay_s=0.1, max_connections=4, shutdown_grace_s=5)
+    running = ServerThread(CaptionServer(config, ScriptedModel())).start()
+    yield running
+    running.stop()
+
+
+def test_a_client_that_leaves_before_its_answer_stops_the_work(slow):
+    body, content_type = multipart({"model": "whisper-1"}, wav_bytes(speak(*["alpha bravo charlie"] * 30)))
+    with socket.create_connection(("127.0.0.1", slow.port), timeout=10) as sock:
+        sock.sendall(f"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\n"
+                     f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        time.sleep(0.5)
+    started = time.monotonic()
+    while (slow.server.transcriptions or slow.server.sessions.live) and time.monotonic() - started < 10:
+        time.sleep(0.05)
+    # Thirty utterances at 0.1 s a decode take over 3 s; the work stopped well before.
+    assert slow.server.transcriptions == 0 and not slow.server.sessions.live and time.monotonic() - started < 2
+
+
+def test_a_trickled_head_is_cut_off_and_every_connection_counts_against_the_cap(slow, monkeypatch):
+    monkeypatch.setattr(front, "OPENING_TIMEOUT_S", 1.0)
+    trickling = socket.create_connection(("127.0.0.1", slow.port), timeout=0.2)
+    trickling.sendall(b"POST /v1/audio/transcriptions HTTP/1.1\r\n")
+    started, answer = time.monotonic(), b""
+    while not answer and time.monotonic() - started < 5:
+        trickling.sendall(b"X-Slow: 1\r\n")  # a header every 0.2 s: each read is quick, the head never ends
+        with contextlib.suppress(TimeoutError):
+            answer = trickling.recv(1024)
+    assert answer.startswith(b"HTTP/1.1 408 ") and time.monotonic() - started < 2  # at the head's deadline, not never
+    trickling.close()
+    # Connections that have not said anything yet count: with the cap (4) taken, a request is refused.
+    idle = [socket.create_connection(("127.0.0.1", slow.port), timeout=10) for _ in range(4)]
+    try:
+        time.sleep(0.2)
+        assert raw(slow, b"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n").startswith(b"HTTP/1.1 503 ")
+        with pytest.raises(Exception, match="503"):
+            with connect(f"{slow.url}/v1/captions?room=hall"):
+                pass
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+def test_bad_audio_and_duplicate_headers_are_bad_requests_not_errors(scripted):
+    mp3 = bytearray(encoded(speak("alpha bravo", "charlie"), "mp3", "libmp3lame", 44100))
+    rng = np.random.default_rng(7)
+    for _ in range(6):  # damaged in the middle: decoded as far as it goes, or refused; never a 500
+        damaged = bytearray(mp3)
+        at = int(rng.integers(len(damaged) // 4, len(damaged)))
+        damaged[at : at + 64] = rng.integers(0, 256, 64, dtype=np.uint8).tobytes()
+        body, content_type = multipart({"model": "whisper-1"}, bytes(damaged))
+        answer = raw(scripted, f"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\n"
+                               f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        assert answer.split(b" ", 2)[1] in (b"200", b"400"), answer[:200]
+    answer = raw(scripted, b"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=a\r\n"
+                           b"Content-Type: text/plain\r\nContent-Length: 0\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 400 ") and b"more than once" in answer
+
+
+def test_a_server_stopping_mid_transcription_answers_503(tmp_path):
+    config = ServerConfig(port=0, data_dir=tmp_path, decode_delay_s=0.1, shutdown_grace_s=5)
+    running = ServerThread(CaptionServer(config, ScriptedModel())).start()
+    answers: list[BaseException | object] = []
+
+    def transcribe() -> None:
+        try:
+            answers.append(client(running.url).audio.transcriptions.create(
+                model="whisper-1", file=("a.wav", wav_bytes(speak(*["alpha bravo charlie"] * 30)))))
+        except BaseException as error:  # noqa: BLE001 (what the client raised is the result)
+            answers.append(error)
+
+    worker = threading.Thread(target=transcribe)
+    worker.start()
+    deadline = time.monotonic() + 10
+    while not running.server.sessions.live and time.monotonic() < deadline:
+        time.sleep(0.02)
+    running.stop()
+    worker.join(30)
+    (answer,) = answers
+    assert isinstance(answer, openai.InternalServerError) and answer.status_code == 503 and "shutting down" in str(answer)

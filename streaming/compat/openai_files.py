@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
@@ -206,12 +207,16 @@ def render(request: FileRequest, finals: Sequence[Final], asked_language: str, d
 
 
 def _segment(number: int, final: Final) -> dict[str, Any]:
-    # Whisper's per-segment decoding figures are not what these models give: null, said so
-    # in docs/compat.md, rather than numbers that would look measured.
+    # The official client types Whisper's per-segment figures as numbers: the compression ratio
+    # is computed as Whisper does; the log-probability and no-speech probability are not what
+    # these models give, so 0.0 (the server's voice detector took it for speech), said so in
+    # docs/compat.md.
+    text = " " + final.text.strip()
+    data = text.encode("utf-8")
     return {
-        "id": number, "seek": int(final.start * 100), "start": final.start, "end": final.end, "text": " " + final.text.strip(),
-        "tokens": [], "temperature": 0.0, "avg_logprob": None, "compression_ratio": None, "no_speech_prob": None,
-        "seq": final.seq,
+        "id": number, "seek": int(final.start * 100), "start": final.start, "end": final.end, "text": text,
+        "tokens": [], "temperature": 0.0, "avg_logprob": 0.0, "compression_ratio": round(len(data) / len(zlib.compress(data)), 3),
+        "no_speech_prob": 0.0, "seq": final.seq,
     }
 
 
@@ -221,10 +226,11 @@ def stream_delta(final: Final, first: bool) -> bytes:
     return _sse({"type": "transcript.text.delta", "delta": text if first or final.language in CHARACTER_LANGUAGES else " " + text})
 
 
-def stream_done(finals: Sequence[Final], asked_language: str, duration: float) -> bytes:
+def stream_done(finals: Sequence[Final], asked_language: str) -> bytes:
     """A streamed transcription's last event: the whole text."""
     text = _joined([f.text for f in finals], _language(finals, asked_language))
-    return _sse({"type": "transcript.text.done", "text": text, "usage": {"type": "duration", "seconds": round(duration, 3)}})
+    # No usage: the client reads this event's usage as tokens, which there are none of.
+    return _sse({"type": "transcript.text.done", "text": text})
 
 
 def stream_error(message: str) -> bytes:

@@ -115,6 +115,10 @@ class CaptionServer(ServerState):
             _, pending = await asyncio.wait(pumps, timeout=self.config.shutdown_grace_s)
             if pending:
                 log.warning("shutdown: %d sessions did not finish in time", len(pending))
+        if self.exchanges:  # requests with a body: a transcription answers once its session ended
+            _, pending = await asyncio.wait(set(self.exchanges), timeout=self.config.shutdown_grace_s)
+            for task in pending:
+                task.cancel()
         if self._server is not None:
             for connection in list(self._server.connections):
                 await connection.close(1001, "server shutting down")
@@ -174,7 +178,9 @@ class CaptionServer(ServerState):
     # -- routing -----------------------------------------------------------------------------
     async def _http(self, connection: ServerConnection, request: Request) -> Response | None:
         """Every request first: HTTP routes are answered here; None lets a WebSocket upgrade on."""
-        if self.connection_cap and self._server is not None and len(self._server.all_connections) >= self.connection_cap:
+        # Every open connection counts, this one included: WebSockets, requests with a body, and
+        # connections that have not said what they are yet (server/front.py counts them all).
+        if self.connection_cap and self.sockets > self.connection_cap:
             # Answered at once, and the socket let go soon after even if the client keeps it
             # open: refusals must not use up the files that the cap keeps for the others.
             asyncio.get_running_loop().call_later(REFUSED_LINGER_S, connection.transport.abort)

@@ -9,7 +9,9 @@ nothing had looked. One port, one TLS setup, one connection cap for both.
 Bounds: the request line within :data:`OPENING_TIMEOUT_S` (as websockets' own handshake), a
 head of at most :data:`MAX_HEAD_BYTES`, a body of at most the handler's limit, coming at least
 every :data:`BODY_IDLE_S`; at most one read of the socket is held unparsed (reading pauses until
-the handler takes it). Every answer closes the connection.
+the handler takes it), the whole body at :data:`MIN_BODY_BYTES_PER_S`; an answer the client
+stops reading is given up after ``send_stall_s``. Every answer closes the connection. Each
+connection counts against the server's connection cap from its accept (``ServerState.sockets``).
 """
 
 from __future__ import annotations
@@ -23,17 +25,22 @@ from typing import TYPE_CHECKING, ClassVar
 
 import h11
 from websockets.asyncio.server import ServerConnection
-from websockets.datastructures import Headers
+from websockets.datastructures import Headers, MultipleValuesError
+
+from streaming.server.connection import Stalled
 
 if TYPE_CHECKING:
     from streaming.server.state import ServerState
 
 log = logging.getLogger(__name__)
 
-OPENING_TIMEOUT_S = 10.0
+OPENING_TIMEOUT_S = 10.0  # the whole head, from the connection's start
 MAX_HEAD_BYTES = 16 * 1024
 MAX_REQUEST_LINE = 8 * 1024
 BODY_IDLE_S = 30.0
+# The whole body must come at this rate at least (past BODY_IDLE_S of grace): a client that
+# trickles it would otherwise hold its place, and a transcription slot, for ever.
+MIN_BODY_BYTES_PER_S = 32 * 1024
 # After an answer to a request whose body was not read to its end (refused), what the client
 # still sends is read and dropped for this long before the socket is closed: closed with data
 # unread, the kernel resets the connection, and the client may lose the answer with it.
@@ -106,8 +113,14 @@ class _Exchange:
         self.writable = asyncio.Event()
         self.writable.set()
         self.lost = asyncio.Event()
-        self.discarding = False
-        self.task = asyncio.get_running_loop().create_task(self._serve(), name="request with a body")
+        self.discarding = False  # the request is read: what else comes is dropped
+        self.body_done = False
+        self.declared: int | None = None  # the request's Content-Length
+        loop = asyncio.get_running_loop()
+        self.head_deadline = loop.time() + OPENING_TIMEOUT_S
+        self.task = loop.create_task(self._serve(), name="request with a body")
+        state.exchanges.add(self.task)
+        self.task.add_done_callback(state.exchanges.discard)
 
     # -- from the protocol -------------------------------------------------------------------
     def feed(self, data: bytes) -> None:
@@ -127,7 +140,10 @@ class _Exchange:
         self.writable.set()
 
     # -- reading ------------------------------------------------------------------------------
-    async def _next_event(self, idle_s: float) -> h11.Event:
+    async def _next_event(self, idle_s: float, deadline: float) -> h11.Event:
+        """The next h11 event, waiting at most ``idle_s`` for more bytes and never past
+        ``deadline`` (the loop's clock)."""
+        loop = asyncio.get_running_loop()
         while True:
             event = self.http.next_event()
             if event is not h11.NEED_DATA:
@@ -137,23 +153,31 @@ class _Exchange:
                 raise BodyError(HTTPStatus.BAD_REQUEST, "the client closed the connection")
             self.readable.clear()
             self.transport.resume_reading()
+            wait = min(idle_s, deadline - loop.time())
             try:
-                await asyncio.wait_for(self.readable.wait(), idle_s)
+                if wait <= 0:
+                    raise TimeoutError
+                await asyncio.wait_for(self.readable.wait(), wait)
             except TimeoutError:
-                raise BodyError(HTTPStatus.REQUEST_TIMEOUT, f"the request stopped coming for {idle_s:g} s") from None
+                raise BodyError(HTTPStatus.REQUEST_TIMEOUT, "the request came too slowly") from None
 
     async def read_body(self, limit: int) -> bytes:
         if self.http.they_are_waiting_for_100_continue:
             self._send(h11.InformationalResponse(status_code=100, headers=[]))
         chunks, size = [], 0
+        deadline = asyncio.get_running_loop().time() + BODY_IDLE_S + min(self.declared or limit, limit) / MIN_BODY_BYTES_PER_S
         while True:
-            event = await self._next_event(BODY_IDLE_S)
+            event = await self._next_event(BODY_IDLE_S, deadline)
             if isinstance(event, h11.Data):
                 size += len(event.data)
                 if size > limit:
                     raise BodyError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"the request body is larger than this server takes ({limit} bytes)")
                 chunks.append(event.data)
             elif isinstance(event, h11.EndOfMessage):
+                # From here on, what the client sends is dropped, and its leaving is noticed
+                # (reading stays on): an answer nobody waits for is not worked on.
+                self.body_done = self.discarding = True
+                self.transport.resume_reading()
                 return b"".join(chunks)
             elif isinstance(event, h11.ConnectionClosed):
                 raise BodyError(HTTPStatus.BAD_REQUEST, "the client closed the connection before the end of its request")
@@ -162,15 +186,19 @@ class _Exchange:
     async def _serve(self) -> None:
         try:
             answer = await self._answer()
+        except MultipleValuesError as error:
+            answer = _plain(HTTPStatus.BAD_REQUEST, f"header given more than once: {error}")
         except Exception:
             log.exception("internal error on a request with a body")
-            answer = Answer(HTTPStatus.INTERNAL_SERVER_ERROR, b"internal server error\n", "text/plain; charset=utf-8")
+            answer = _plain(HTTPStatus.INTERNAL_SERVER_ERROR, "internal server error")
         try:
             await self._respond(answer)
-            if self.http.their_state is not h11.DONE and not self.lost.is_set():
+            if not self.body_done and not self.lost.is_set():
                 await self._linger()
-        except (ConnectionError, h11.LocalProtocolError):
+        except (ConnectionError, h11.LocalProtocolError, Stalled):
             pass
+        except Exception:
+            log.exception("internal error answering a request with a body")
         finally:
             self.transport.close()
 
@@ -186,20 +214,24 @@ class _Exchange:
             self.transport.abort()
 
     async def _answer(self) -> Answer:
+        cap = self.state.connection_cap
+        if cap and self.state.sockets > cap:
+            return _plain(HTTPStatus.SERVICE_UNAVAILABLE, "the server has as many connections as it can hold; retry later")
         try:
-            head = await self._next_event(OPENING_TIMEOUT_S)
+            head = await self._next_event(OPENING_TIMEOUT_S, self.head_deadline)
         except h11.RemoteProtocolError as error:
             return _plain(HTTPStatus(error.error_status_hint), f"bad request: {error}")
         except BodyError as error:
             return _plain(error.status, error.message)
         assert isinstance(head, h11.Request)
+        self.declared = next((int(value) for name, value in head.headers if name == b"content-length"), None)
         path = head.target.decode("ascii", errors="replace")
         headers = Headers([(name.decode("latin-1"), value.decode("latin-1")) for name, value in head.headers.raw_items()])
         peer = self.transport.get_extra_info("peername")
         request = BodyRequest(self, head.method.decode("ascii", errors="replace"), path, headers, str(peer[0]) if peer else "")
         handler = self.routes.get(path.split("?", 1)[0])
         if handler is None:
-            return _plain(HTTPStatus.METHOD_NOT_ALLOWED, f"{request.method} is not supported here")
+            return _plain(HTTPStatus.NOT_FOUND, f"nothing takes {request.method} at {path.split('?', 1)[0][:200]}")
         try:
             return await handler(self.state, request)
         except h11.RemoteProtocolError as error:
@@ -228,11 +260,22 @@ class _Exchange:
                     if self.lost.is_set():
                         break
                     self._send(h11.Data(data=chunk))
-                    await self.writable.wait()
+                    await self._drained()
             finally:
                 await answer.body.aclose()  # a client that left ends the stream's work now
         if whole or not self.lost.is_set():
             self._send(h11.EndOfMessage())
+            await self._drained()
+
+    async def _drained(self) -> None:
+        """Wait until the socket takes what was written; a client that takes nothing for
+        ``send_stall_s`` is cut off (Stalled), as WebSocket clients are."""
+        try:
+            await asyncio.wait_for(self.writable.wait(), self.state.config.send_stall_s)
+        except TimeoutError:
+            log.info("closing a client that stopped reading its answer for %g s", self.state.config.send_stall_s)
+            self.transport.abort()
+            raise Stalled from None
 
 
 def _plain(status: HTTPStatus, message: str) -> Answer:
@@ -247,6 +290,7 @@ class FrontConnection(ServerConnection):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
+        self.server_state.sockets += 1  # counted against the connection cap until connection_lost
         self._front_transport = transport
         self._head = bytearray()
         self._websocket = False
@@ -278,10 +322,12 @@ class FrontConnection(ServerConnection):
             return super().eof_received()
         if self._exchange is not None:
             self._exchange.feed(b"")
-            return True  # keep the transport open to answer
+            # Kept open to answer a client that half-closed (TLS cannot half-close: it closes).
+            return self._front_transport.get_extra_info("sslcontext") is None
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.server_state.sockets -= 1
         self._opening.cancel()
         if self._websocket:
             super().connection_lost(exc)

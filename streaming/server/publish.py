@@ -227,6 +227,8 @@ async def _receive(server: ServerState, publisher: Publisher, pcm: PcmDecoder, k
             raise Refused("bad_request", f"no audio or message for {idle_timeout:g} s") from None
         except websockets.ConnectionClosedOK:
             return False
+        if session.ending:  # ended meanwhile by the server's shutdown: nothing more is taken
+            return False
         try:
             command = None if isinstance(message, bytes) else publisher.dialect.client_message(message)
             if isinstance(command, AudioMessage):

@@ -87,6 +87,8 @@ class ServerState:
         self.exports = asyncio.Semaphore(config.max_exports)
         self.viewer_count = 0
         self.transcriptions = 0  # file transcriptions being served (POST /v1/audio/transcriptions)
+        self.sockets = 0  # connections open, every kind, from accept to close (server/front.py)
+        self.exchanges: set[asyncio.Task[None]] = set()  # requests with a body being served (server/front.py)
         self.draining = False
         self._tasks: set[asyncio.Task[Any]] = set()
 

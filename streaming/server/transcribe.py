@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import websockets
 from python_multipart.multipart import MultipartParser, parse_options_header
+from websockets.datastructures import MultipleValuesError
 
 from decoder.api import SAMPLE_RATE
 from streaming import media
@@ -67,6 +68,8 @@ class FileLink:
         except media.MediaError as error:
             self.error = error  # part of the file decoded, the rest not: said, not hidden
             raise websockets.ConnectionClosedOK(None, None) from None
+        if self._request.gone or self._server.draining:  # while the block was being decoded
+            raise websockets.ConnectionClosedOK(None, None)
         if block is None:
             self._ended = True
             return _END
@@ -87,6 +90,8 @@ async def handle(server: ServerState, request: BodyRequest) -> Answer:
     request_id = f"req_{uuid.uuid4().hex[:24]}"
     try:
         return await _transcribe(server, request)
+    except MultipleValuesError as error:
+        return Answer(HTTPStatus.BAD_REQUEST, OpenAIError(f"header given more than once: {error}").body(request_id).encode("utf-8"))
     except OpenAIError as error:
         server.metrics.errors[error.code] += 1
         return Answer(error.status, error.body(request_id).encode("utf-8"))
@@ -215,11 +220,14 @@ class _Run:
                 except OpenAIError as error:
                     yield stream_error(error.message)  # headers went out with 200: the error is the last event
                     return
-                yield stream_done(self.dialect.finals, self.dialect.language, self.duration)
+                except Exception:
+                    log.exception("streamed transcription failed")
+                    yield stream_error("internal server error")
+                    return
+                yield stream_done(self.dialect.finals, self.dialect.language)
             finally:
-                if not running.done():
-                    with contextlib.suppress(Exception):
-                        await running  # the client left: the session ends with what it heard
+                with contextlib.suppress(Exception):
+                    await running  # the client left: the session ends with what it heard (its error is ours to take)
         finally:
             self.server.transcriptions -= 1
 
