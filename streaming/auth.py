@@ -1,7 +1,7 @@
 """Signed access tokens: which room, which role, until when.
 
 A token is ``base64url(payload).base64url(HMAC-SHA256(secret, payload))`` where the payload is
-compact JSON ``{"room": R or "*", "role": "publish"|"view"|"admin", "exp": unix time}``. The
+compact JSON ``{"room": R or "*", "role": "publish"|"view"|"edit"|"admin", "exp": unix time}``. The
 standard library does the cryptography; no token is ever logged.
 """
 
@@ -18,9 +18,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-ROLES = ("view", "publish", "admin")
-# What each role may do: an admin may do anything, a publisher may also watch its room.
-ALLOWED = {"view": {"view"}, "publish": {"view", "publish"}, "admin": {"view", "publish", "admin"}}
+ROLES = ("view", "publish", "edit", "admin")
+# What each role may do: an admin may do anything, a publisher may also watch its room, an
+# editor (a captioner correcting finals) watches and corrects.
+ALLOWED = {"view": {"view"}, "publish": {"view", "publish"}, "edit": {"view", "edit"}, "admin": {"view", "publish", "edit", "admin"}}
 
 
 class Unauthorized(Exception):

@@ -283,6 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", choices=("srt", "vtt", "json", "txt"), default="srt", help="output format (default %(default)s)")
     export.add_argument("--clock", choices=("wall", "session"), default="wall",
                         help="cue times from the event's wall clock, or from the session's audio clock (default %(default)s)")
+    export.add_argument("--revisions", action="store_true",
+                        help="with --format json: every correction of every final (who, when, before, after)")
     export.add_argument("--url", default=DEFAULT_URL, help="server (default %(default)s)")
     export.add_argument("--data-dir", type=Path, default=None, help="read the journal in this directory instead of asking a server")
     export.add_argument("-o", "--output", type=Path, default=None, help="write here instead of standard output")
@@ -294,7 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
     token_commands = token.add_subparsers(dest="token_command", required=True, metavar="ACTION", help="create: make a token")
     create = token_commands.add_parser("create", help="make a token", description="Make a signed token for a room and role.")
     create.add_argument("--room", required=True, help="room the token is for, or * for every room")
-    create.add_argument("--role", required=True, choices=("publish", "view", "admin"), help="what the token allows")
+    create.add_argument("--role", required=True, choices=("publish", "view", "edit", "admin"),
+                        help="what the token allows (edit: correct the room's finals, /editor)")
     create.add_argument("--ttl", default="2h", help="how long it is valid: 90, 15m, 2h, 7d (default %(default)s)")
     create.add_argument("--data-dir", type=Path, default=defaults.data_dir, help="the server's data directory, where its secret is (default %(default)s)")
     create.add_argument("--secret-file", type=Path, default=None, help="the server's --secret-file, if it uses one")
@@ -493,6 +496,9 @@ def _token(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    if args.revisions and args.format != "json":
+        print("flashcaption: --revisions takes --format json", file=sys.stderr)
+        return 2
     import urllib.error
     import urllib.parse
     import urllib.request
@@ -506,13 +512,14 @@ def _export(args: argparse.Namespace) -> int:
             print(f"flashcaption: no journal at {path}", file=sys.stderr)
             return 1
         journal = Journal(path)
-        text = render(journal.finals(args.room), args.format, args.clock)
+        revisions = journal.revisions(args.room) if args.format == "json" else None
+        text = render(journal.finals(args.room), args.format, args.clock, revisions, args.revisions)
         journal.close()
     else:
         from streaming.client import http_url
 
         base = http_url(args.url)
-        query = urllib.parse.urlencode({"format": args.format, "clock": args.clock})
+        query = urllib.parse.urlencode({"format": args.format, "clock": args.clock, "revisions": int(args.revisions)})
         request = urllib.request.Request(f"{base}/v1/rooms/{urllib.parse.quote(args.room)}/transcript?{query}")
         if args.token:
             request.add_header("Authorization", f"Bearer {args.token}")

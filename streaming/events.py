@@ -53,15 +53,43 @@ class Final:
     language: str
     seq: int | None = None  # given by the room when it is journaled
     wall_start: float | None = None  # Unix time of ``start``
+    revision: int = 0  # how often an editor has corrected it (0: as captioned)
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Final:
-        """A journal row (see :mod:`streaming.journal`) as the final it was."""
+        """A journal row (see :mod:`streaming.journal`) as the final it is now (its latest revision)."""
         return cls(
             room=row["room"], session=row["session"], speaker=row["speaker"], segment=row["segment"], text=row["text"],
             start=row["start"], end=row["end"], language=row["language"], seq=row["seq"],
-            wall_start=round(row["wall_start"], 3),
+            wall_start=round(row["wall_start"], 3), revision=row.get("revision", 0),
         )
+
+
+@dataclass(frozen=True)
+class Correction:
+    """An editor's new text (and speaker) for a final, revision ``revision`` of it."""
+
+    room: str
+    seq: int
+    text: str
+    speaker: str
+    revision: int
+    editor: str
+    at: float  # Unix time it was made
+
+    @classmethod
+    def from_row(cls, room: str, row: Mapping[str, Any]) -> Correction:
+        return cls(room, row["seq"], row["text"], row["speaker"], row["revision"], row["editor"], round(row["at"], 3))
+
+
+@dataclass(frozen=True)
+class CorrectionRefused:
+    """A correction the server did not make, told to the editor who sent it."""
+
+    seq: int | None  # None: the message was not a correction one could read
+    code: str
+    message: str
+    revision: int | None = None  # the final's revision now, when it was corrected meanwhile
 
 
 @dataclass(frozen=True)
@@ -70,7 +98,7 @@ class ErrorEvent:
     message: str
 
 
-Event = Ready | Partial | Final | ErrorEvent
+Event = Ready | Partial | Final | ErrorEvent | Correction | CorrectionRefused
 Caption = Partial | Final
 
 
@@ -95,6 +123,14 @@ def to_wire(event: Event) -> dict[str, Any]:
         return message
     if isinstance(event, ErrorEvent):
         return {"type": "error", "code": event.code, "message": event.message}
+    if isinstance(event, Correction):
+        return {"type": "correction", "room": event.room, "seq": event.seq, "text": event.text, "speaker": event.speaker,
+                "revision": event.revision, "editor": event.editor, "at": event.at}
+    if isinstance(event, CorrectionRefused):
+        refused: dict[str, Any] = {"type": "correction_refused", "seq": event.seq, "code": event.code, "message": event.message}
+        if event.revision is not None:
+            refused["revision"] = event.revision
+        return refused
     message = {
         "type": "partial" if isinstance(event, Partial) else "final",
         "room": event.room,
@@ -111,6 +147,8 @@ def to_wire(event: Event) -> dict[str, Any]:
             message["seq"] = event.seq
         if event.wall_start is not None:
             message["wall_start"] = event.wall_start
+        if event.revision:
+            message["revision"] = event.revision
     return message
 
 

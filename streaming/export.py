@@ -1,4 +1,6 @@
-"""A room's transcript as SRT, WebVTT, JSON or plain text, from journal rows.
+"""A room's transcript as SRT, WebVTT, JSON or plain text, from journal rows: each final at its
+latest revision (an editor's correction, if any); JSON adds the room's post-edit rate, and on
+request every correction.
 
 Cue times are on the event's wall clock (each session's start plus its audio clock), counted
 from the room's first caption, or on the session clock (``clock="session"``, for a recording
@@ -12,6 +14,8 @@ import json
 import textwrap
 from collections.abc import Iterable
 from typing import Any
+
+from streaming.scoring import edit_distance, units
 
 FORMATS = ("srt", "vtt", "json", "txt")
 MAX_LINE = 42
@@ -92,8 +96,44 @@ def to_vtt(rows: list[dict[str, Any]], clock: str = "wall") -> str:
     return "\n".join(blocks)
 
 
-def to_json(rows: list[dict[str, Any]], clock: str = "wall") -> str:
-    return json.dumps({"finals": rows}, ensure_ascii=False, indent=1)
+def to_json(rows: list[dict[str, Any]], clock: str = "wall", revisions: list[dict[str, Any]] | None = None, history: bool = False) -> str:
+    """The finals (their latest revision), the room's post-edit rate, and with ``history`` each
+    final's corrections (who, when, before, after)."""
+    document: dict[str, Any] = {"finals": rows}
+    if revisions is not None:
+        document["post_edit"] = post_edit(rows, revisions)
+        if history:
+            by_seq: dict[int, list[dict[str, Any]]] = {}
+            for revision in revisions:
+                by_seq.setdefault(revision["seq"], []).append({k: v for k, v in revision.items() if k != "seq"})
+            document["finals"] = [{**row, "revisions": by_seq.get(row["seq"], [])} for row in rows]
+    return json.dumps(document, ensure_ascii=False, indent=1)
+
+
+def post_edit(rows: list[dict[str, Any]], revisions: list[dict[str, Any]]) -> dict[str, Any]:
+    """How much editors changed: per 100 words captioned (characters in Chinese and Japanese), the
+    words that differ between each final as captioned and as it stands (word edit distance)."""
+    captioned: dict[int, str] = {}
+    for revision in revisions:
+        captioned.setdefault(revision["seq"], revision["before_text"])  # the first correction's before: the machine's text
+    by_language: dict[str, dict[str, int]] = {}
+    for row in rows:
+        language = row["language"]
+        original = units(captioned.get(row["seq"], row["text"]), language)
+        entry = by_language.setdefault(language, {"words": 0, "words_edited": 0})
+        entry["words"] += len(original)
+        if row["seq"] in captioned:
+            entry["words_edited"] += edit_distance(original, units(row["text"], language))
+
+    def rate(entry: dict[str, int]) -> float:
+        return round(100 * entry["words_edited"] / entry["words"], 2) if entry["words"] else 0.0
+
+    words, edited = sum(e["words"] for e in by_language.values()), sum(e["words_edited"] for e in by_language.values())
+    return {
+        "words": words, "words_edited": edited, "per_100_words": rate({"words": words, "words_edited": edited}),
+        "corrections": len(revisions), "corrected_finals": len(captioned),
+        "by_language": {language: {**entry, "per_100_words": rate(entry)} for language, entry in sorted(by_language.items())},
+    }
 
 
 def to_txt(rows: list[dict[str, Any]], clock: str = "wall") -> str:
@@ -113,6 +153,11 @@ def check(format: str, clock: str) -> None:
         raise ValueError("clock must be wall or session")
 
 
-def render(rows: list[dict[str, Any]], format: str, clock: str = "wall") -> str:
+def render(rows: list[dict[str, Any]], format: str, clock: str = "wall", revisions: list[dict[str, Any]] | None = None,
+           history: bool = False) -> str:
+    """The finals in ``format`` (each at its latest revision); JSON also carries the post-edit
+    rate from ``revisions`` and, with ``history``, every final's corrections."""
     check(format, clock)
-    return {"srt": to_srt, "vtt": to_vtt, "json": to_json, "txt": to_txt}[format](rows, clock)
+    if format == "json":
+        return to_json(rows, clock, revisions, history)
+    return {"srt": to_srt, "vtt": to_vtt, "txt": to_txt}[format](rows, clock)

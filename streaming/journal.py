@@ -28,6 +28,7 @@ CREATE TABLE IF NOT EXISTS finals (
     wall_start REAL NOT NULL,     -- Unix time: the session's start + start
     wall_end REAL NOT NULL,
     written REAL NOT NULL,        -- Unix time the final was journaled
+    revision INTEGER NOT NULL DEFAULT 0,  -- corrections made (text and speaker are the latest)
     PRIMARY KEY (room, seq)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS finals_by_time ON finals (written);
@@ -45,6 +46,19 @@ CREATE TABLE IF NOT EXISTS sessions (
     context TEXT,                 -- the publisher's own context as JSON; NULL: the room's
     started REAL NOT NULL
 ) WITHOUT ROWID;
+-- Every correction of a final: who made it, when, and the text and speaker before and after.
+CREATE TABLE IF NOT EXISTS revisions (
+    room TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    revision INTEGER NOT NULL,    -- 1 for the first correction
+    editor TEXT NOT NULL,
+    at REAL NOT NULL,             -- Unix time
+    text TEXT NOT NULL,
+    speaker TEXT NOT NULL,
+    before_text TEXT NOT NULL,
+    before_speaker TEXT NOT NULL,
+    PRIMARY KEY (room, seq, revision)
+) WITHOUT ROWID;
 -- The last seq of every room, kept when retention deletes old finals, so seq never restarts.
 CREATE TABLE IF NOT EXISTS rooms (
     room TEXT PRIMARY KEY,
@@ -52,7 +66,16 @@ CREATE TABLE IF NOT EXISTS rooms (
 ) WITHOUT ROWID;
 """
 
-_FIELDS = ("room", "seq", "session", "speaker", "segment", "text", "language", "start", "end", "wall_start", "wall_end", "written")
+_FIELDS = ("room", "seq", "session", "speaker", "segment", "text", "language", "start", "end", "wall_start", "wall_end", "written", "revision")
+_REVISION_FIELDS = ("seq", "revision", "editor", "at", "text", "speaker", "before_text", "before_speaker")
+
+
+class Conflict(Exception):
+    """A correction made on a revision that is no longer the latest."""
+
+    def __init__(self, revision: int, editor: str):
+        super().__init__(f"corrected meanwhile (revision {revision}{' by ' + editor if editor else ''}): reload it and correct again")
+        self.revision = revision
 
 
 class Journal:
@@ -64,6 +87,10 @@ class Journal:
         self._db.execute("PRAGMA journal_mode=WAL")
         # FULL: each final is on disk when append() returns, not just in the OS cache.
         self._db.execute("PRAGMA synchronous=FULL")
+        if self._db.execute("SELECT 1 FROM sqlite_master WHERE name = 'finals'").fetchone():
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(finals)")}
+            if "revision" not in columns:  # a journal from before corrections
+                self._db.execute("ALTER TABLE finals ADD COLUMN revision INTEGER NOT NULL DEFAULT 0")
         self._db.executescript(_SCHEMA)
         # Long reads (a backlog, an export) use a connection of their own: in WAL mode they
         # see a consistent snapshot and never wait for, or hold back, a final being written.
@@ -78,7 +105,7 @@ class Journal:
     def append(self, final: dict[str, Any], wall_start: float, wall_end: float) -> None:
         row = (
             final["room"], final["seq"], final["session"], final["speaker"], final["segment"], final["text"],
-            final["language"], final["start"], final["end"], wall_start, wall_end, time.time(),
+            final["language"], final["start"], final["end"], wall_start, wall_end, time.time(), 0,
         )
         with self._lock, self._db:
             self._db.execute("BEGIN")
@@ -102,6 +129,48 @@ class Journal:
         with self._read_lock:
             rows = self._reader.execute(query, params).fetchall()
         return [dict(zip(_FIELDS, row)) for row in rows]
+
+    def correct(self, room: str, seq: int, text: str, speaker: str | None, editor: str, base: int) -> dict[str, Any]:
+        """Make revision ``base + 1`` of a final (synced before it returns): its text, and its
+        speaker unless None. Raises KeyError if the room has no such final, Conflict if ``base``
+        is not its latest revision. Returns the revision's row, and the final's language."""
+        with self._lock, self._db:
+            self._db.execute("BEGIN")
+            row = self._db.execute("SELECT text, speaker, revision, language FROM finals WHERE room = ? AND seq = ?", (room, seq)).fetchone()
+            if row is None:
+                raise KeyError(seq)
+            before_text, before_speaker, revision, language = row
+            if revision != base:
+                last = self._db.execute("SELECT editor FROM revisions WHERE room = ? AND seq = ? AND revision = ?", (room, seq, revision)).fetchone()
+                raise Conflict(revision, last[0] if last else "")
+            speaker = before_speaker if speaker is None else speaker
+            revised = (seq, revision + 1, editor, time.time(), text, speaker, before_text, before_speaker)
+            self._db.execute("UPDATE finals SET text = ?, speaker = ?, revision = ? WHERE room = ? AND seq = ?",
+                             (text, speaker, revision + 1, room, seq))
+            self._db.execute(f"INSERT INTO revisions (room, {', '.join(_REVISION_FIELDS)}) VALUES (?{', ?' * len(_REVISION_FIELDS)})",
+                             (room, *revised))
+        return {**dict(zip(_REVISION_FIELDS, revised)), "language": language}
+
+    def revisions(self, room: str, since: int = 0, upto: int | None = None) -> list[dict[str, Any]]:
+        """Every correction of the room's finals with since < seq (<= upto), by seq then revision."""
+        query = f"SELECT {', '.join(_REVISION_FIELDS)} FROM revisions WHERE room = ? AND seq > ?"
+        params: tuple[Any, ...] = (room, since)
+        if upto is not None:
+            query += " AND seq <= ?"
+            params += (upto,)
+        with self._read_lock:
+            rows = self._reader.execute(query + " ORDER BY seq, revision", params).fetchall()
+        return [dict(zip(_REVISION_FIELDS, row)) for row in rows]
+
+    def corrected(self, room: str, since: int, upto: int) -> list[dict[str, Any]]:
+        """The latest revision of each corrected final with since < seq <= upto (what a viewer
+        that resumes may be showing an older text of)."""
+        query = (f"SELECT {', '.join('r.' + f for f in _REVISION_FIELDS)} FROM finals f JOIN revisions r"
+                 " ON r.room = f.room AND r.seq = f.seq AND r.revision = f.revision"
+                 " WHERE f.room = ? AND f.seq > ? AND f.seq <= ? AND f.revision > 0 ORDER BY f.seq")
+        with self._read_lock:
+            rows = self._reader.execute(query, (room, since, upto)).fetchall()
+        return [dict(zip(_REVISION_FIELDS, row)) for row in rows]
 
     def keep_session(self, session: str, room: str, language: str, context: str | None) -> None:
         """Record (or, after ``configure``, update) what a session asked for; a ``context`` of
@@ -141,6 +210,10 @@ class Journal:
         sessions that started before it and have no final left; seq numbering stays."""
         with self._lock, self._db:
             self._db.execute("BEGIN")
+            self._db.execute(
+                "DELETE FROM revisions WHERE EXISTS (SELECT 1 FROM finals f WHERE f.room = revisions.room AND f.seq = revisions.seq"
+                " AND f.written < ?)", (cutoff,)
+            )
             deleted = self._db.execute("DELETE FROM finals WHERE written < ?", (cutoff,)).rowcount
             self._db.execute(
                 "DELETE FROM sessions WHERE started < ? AND session NOT IN (SELECT session FROM finals)", (cutoff,)
@@ -171,6 +244,7 @@ class Journal:
         with self._lock, self._db:
             self._db.execute("BEGIN")
             deleted = self._db.execute("DELETE FROM finals WHERE room = ?", (room,)).rowcount
+            self._db.execute("DELETE FROM revisions WHERE room = ?", (room,))
             self._db.execute("DELETE FROM rooms WHERE room = ?", (room,))
             self._db.execute("DELETE FROM sessions WHERE room = ?", (room,))
         return deleted
@@ -188,4 +262,5 @@ def as_caption(row: dict[str, Any]) -> dict[str, Any]:
         "type": "final", "room": row["room"], "session": row["session"], "speaker": row["speaker"],
         "segment": row["segment"], "text": row["text"], "start": row["start"], "end": row["end"],
         "language": row["language"], "seq": row["seq"], "wall_start": round(row["wall_start"], 3),
+        **({"revision": row["revision"]} if row.get("revision") else {}),
     }

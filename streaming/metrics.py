@@ -44,7 +44,11 @@ class Metrics:
         self.final_checks: Counter[str] = Counter()  # checks of a final's tail or head, by what they found
         self.rejected_finals: Counter[str] = Counter()  # final decodes whose words were not taken for speech, by guard
         self.final_latency = Histogram()  # end of an utterance's audio -> its final sent
-
+        # Post-edit rate: words captioned, and words editors changed (word edit distance of each
+        # correction, before to after), by language.
+        self.words_captioned: Counter[str] = Counter()
+        self.words_edited: Counter[str] = Counter()
+        self.corrections: Counter[str] = Counter()
     def render(
         self,
         gauges: dict[str, tuple[str, float]],
@@ -81,6 +85,14 @@ class Metrics:
                "Decodes of finals (and early finals) whose words a guard did not take for speech (noise, music), by guard: "
                "no speech, unsure, looping text, no words, copies context, unsure start.",
                lambda: [f'flashcaption_final_decodes_rejected_total{{guard="{g}"}} {n}' for g, n in sorted(self.rejected_finals.items())])
+        metric("flashcaption_words_captioned_total", "counter", "Words (characters in Chinese and Japanese) in finals, by language.",
+               lambda: [f'flashcaption_words_captioned_total{{language="{k}"}} {n}' for k, n in sorted(self.words_captioned.items())])
+        metric("flashcaption_words_edited_total", "counter",
+               "Words editors changed in finals (word edit distance of each correction), by language: "
+               "per 100 words captioned, the post-edit rate.",
+               lambda: [f'flashcaption_words_edited_total{{language="{k}"}} {n}' for k, n in sorted(self.words_edited.items())])
+        metric("flashcaption_corrections_total", "counter", "Corrections of finals made by editors, by language.",
+               lambda: [f'flashcaption_corrections_total{{language="{k}"}} {n}' for k, n in sorted(self.corrections.items())])
         metric("flashcaption_final_latency_seconds", "histogram",
                "From the end of an utterance's audio (on arrival) to its final being sent.",
                lambda: self.final_latency.lines("flashcaption_final_latency_seconds"))

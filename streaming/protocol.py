@@ -72,6 +72,19 @@ class ViewParams:
     room: str = "default"
     since: int | None = None
     token: str | None = None
+    editor: str = ""  # who corrections sent on this connection are by (a captioner's name)
+
+
+@dataclass(frozen=True)
+class CorrectMessage:
+    """A viewer with an ``edit`` token corrects a final: its new text and speaker (None: the
+    speaker stays), made on revision ``base`` of it (a correction made on an older one is
+    refused: someone else corrected it meanwhile)."""
+
+    seq: int
+    text: str
+    speaker: str | None
+    base: int
 
 
 @dataclass(frozen=True)
@@ -145,7 +158,8 @@ def _context(value: Any) -> Context | None:
 
 _PUBLISH_KEYS = {"room", "speaker", "language", "languages", "sample_rate", "encoding", "context", "token", "resume", "mode"}
 _SESSION_ID = re.compile(r"[0-9a-f]{12}")
-_VIEW_KEYS = {"room", "since", "token"}
+_VIEW_KEYS = {"room", "since", "token", "editor"}
+MAX_CORRECTION_TEXT = 2000  # characters of a corrected final
 
 
 def _unknown(query: Mapping[str, str], known: set[str]) -> None:
@@ -165,11 +179,7 @@ def parse_publish(query: Mapping[str, str]) -> PublishParams:
     encoding = query.get("encoding", "pcm_s16le")
     if encoding not in ENCODINGS:
         raise ProtocolError("bad_request", f"encoding must be one of {', '.join(ENCODINGS)}, not {encoding!r}")
-    speaker = query.get("speaker", "")
-    if len(speaker) > MAX_SPEAKER or not all(_printable(c) for c in speaker):
-        raise ProtocolError(
-            "bad_request", f"speaker must be at most {MAX_SPEAKER} printable characters (no control, format or line-separator characters)"
-        )
+    speaker = _speaker(query.get("speaker", ""), "speaker")
     mode = query.get("mode", "live")
     if mode not in ("live", "file"):
         raise ProtocolError("bad_request", f"mode must be live or file, not {mode!r}")
@@ -194,7 +204,29 @@ def parse_view(query: Mapping[str, str]) -> ViewParams:
     _unknown(query, _VIEW_KEYS)
     since_text = query.get("since")
     since = None if since_text is None else _whole("since", since_text, 0, MAX_SEQ, "a seq")
-    return ViewParams(room=_room(query.get("room")), since=since, token=query.get("token"))
+    return ViewParams(room=_room(query.get("room")), since=since, token=query.get("token"), editor=_speaker(query.get("editor", ""), "editor"))
+
+
+def parse_view_message(text: str) -> CorrectMessage:
+    """A viewer's text message: a correction (docs/protocol.md), or ``bad_request``."""
+    if len(text) > 4 * MAX_CORRECTION_TEXT + 1024:
+        raise ProtocolError("bad_request", "a correction is at most a few kilobytes")
+    try:
+        message = json.loads(text)
+    except (ValueError, RecursionError):
+        raise ProtocolError("bad_request", "text message is not a JSON object") from None
+    if not isinstance(message, dict) or message.get("type") != "correct":
+        raise ProtocolError("bad_request", 'viewers send only corrections: {"type": "correct", "seq": N, "text": ..., "base": REVISION}')
+    seq, base, new_text, speaker = message.get("seq"), message.get("base", 0), message.get("text"), message.get("speaker")
+    if not isinstance(seq, int) or isinstance(seq, bool) or not 1 <= seq <= MAX_SEQ:
+        raise ProtocolError("bad_request", "seq must be the seq of a final")
+    if not isinstance(base, int) or isinstance(base, bool) or not 0 <= base <= MAX_SEQ:
+        raise ProtocolError("bad_request", "base must be the revision the correction was made on (0: the final as captioned)")
+    if not isinstance(new_text, str) or len(new_text) > MAX_CORRECTION_TEXT or not all(_printable(c) for c in new_text):
+        raise ProtocolError("bad_request", f"text must be at most {MAX_CORRECTION_TEXT} printable characters on one line")
+    if speaker is not None and not isinstance(speaker, str):
+        raise ProtocolError("bad_request", "speaker must be a string")
+    return CorrectMessage(seq, " ".join(new_text.split()), None if speaker is None else _speaker(speaker, "speaker"), base)
 
 
 def _whole(name: str, text: str, low: int, high: int, what: str) -> int:
@@ -206,6 +238,14 @@ def _whole(name: str, text: str, low: int, high: int, what: str) -> int:
     if not low <= value <= high:
         raise ProtocolError("bad_request", f"{name} must be {low}-{high}, not {text[:20]}")
     return value
+
+
+def _speaker(name: str, field: str) -> str:
+    if len(name) > MAX_SPEAKER or not all(_printable(c) for c in name):
+        raise ProtocolError(
+            "bad_request", f"{field} must be at most {MAX_SPEAKER} printable characters (no control, format or line-separator characters)"
+        )
+    return name
 
 
 def _printable(char: str) -> bool:

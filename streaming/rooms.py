@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, Generic, Protocol, TypeVar
 
-from streaming.events import Caption, Final, encode, to_wire
+from streaming.events import Caption, Correction, Final, encode, to_wire
 from streaming.journal import Journal
 from streaming.protocol import ProtocolError
 
@@ -87,7 +87,7 @@ class Room:
     def occupied(self) -> bool:
         return bool(self.viewers or self.publishers or self.parked)
 
-    def fan_out(self, message: Caption) -> None:
+    def fan_out(self, message: Caption | Correction) -> None:
         if not self.viewers:
             return
         text = encode(message)  # once for all viewers
@@ -159,6 +159,25 @@ class Rooms:
         """The next page of finals after ``since`` up to ``upto``, read off the event loop."""
         rows = await self._reading(self.journal.finals, name, since, page, upto)
         return [Final.from_row(row) for row in rows]
+
+    async def correct(self, name: str, seq: int, text: str, speaker: str | None, editor: str, base: int) -> tuple[Correction, dict[str, Any]]:
+        """An editor's correction of a final: journaled (synced), then sent to every viewer, in
+        order with the room's finals. Raises KeyError (no such final) or journal.Conflict.
+        Returns it, and its journal row (the text before it, the final's language)."""
+        room = await self.get(name)
+        async with room.lock:
+            row = await self._in_journal(self.journal.correct, name, seq, text, speaker, editor, base)
+            correction = Correction.from_row(name, row)
+            room.fan_out(correction)
+        return correction, row
+
+    async def corrected(self, name: str, since: int, upto: int) -> list[Correction]:
+        """The latest revision of each corrected final with since < seq <= upto."""
+        return [Correction.from_row(name, row) for row in await self._reading(self.journal.corrected, name, since, upto)]
+
+    async def revisions(self, name: str) -> list[dict[str, Any]]:
+        """Every correction in the room, by seq then revision."""
+        return await self._reading(self.journal.revisions, name)
 
     def leave_viewer(self, name: str, viewer: Viewer) -> None:
         room = self._rooms.get(name)

@@ -114,8 +114,15 @@ async def _transcript(server: ServerState, room: str, query: dict[str, str]) -> 
         answer = response(HTTPStatus.SERVICE_UNAVAILABLE, "other exports are being made; retry in a few seconds")
         answer.headers["Retry-After"] = "5"
         return answer
+    history = query.get("revisions", "0")
+    if history not in ("0", "1"):
+        return response(HTTPStatus.BAD_REQUEST, "revisions must be 0 or 1 (1: JSON with every correction)")
+    if history == "1" and format != "json":
+        return response(HTTPStatus.BAD_REQUEST, "revisions=1 takes format=json")
     async with server.exports:
-        body = await asyncio.to_thread(render, await server.rooms.transcript(room), format, clock)
+        rows = await server.rooms.transcript(room)
+        revisions = await server.rooms.revisions(room) if format == "json" else None
+        body = await asyncio.to_thread(render, rows, format, clock, revisions, history == "1")
     return response(HTTPStatus.OK, body, CONTENT_TYPES[format])
 
 

@@ -32,6 +32,7 @@ from streaming.audio import PcmDecoder
 from streaming.compat import NATIVE, Dialect
 from streaming.events import Final, Ready, caption
 from streaming.protocol import AudioMessage, ClearMessage, ConfigMessage, EndMessage, FlushMessage, ProtocolError
+from streaming.scoring import units
 from streaming.server.connection import Client, Keepalive, Link, Stalled, send_error, send_within
 from streaming.server.state import Publisher
 from streaming.session import Session
@@ -406,6 +407,7 @@ async def _deliver(server: ServerState, publisher: Publisher) -> None:
             audio_end = publisher.started_wall + event.end
             message = await server.rooms.publish_final(publisher.room, message, publisher.started_wall + event.start, audio_end)
             server.metrics.final_latency.observe(max(0.0, time.time() - audio_end))
+            server.metrics.words_captioned[message.language] += len(units(message.text, message.language))
         else:
             publisher.room.fan_out(message)
         try:

@@ -1,25 +1,40 @@
-"""``/v1/captions``: one viewer's connection. It gets ``ready``, the finals it missed (``since``,
-read from the journal a page at a time as its socket drains), then the room's captions as
-they come, through its bounded queue in the room registry. What one viewer holds is bounded
-whatever the room's history: a page of backlog, its queue (events and bytes), the socket's
-buffers; a viewer that stops reading is closed after ``send_stall_s`` seconds."""
+"""``/v1/captions``: one viewer's connection. It gets ``ready``, the latest revision of finals it
+may be showing an older text of (corrected before ``since``), the finals it missed (``since``,
+read from the journal a page at a time as its socket drains), then the room's captions and
+corrections as they come, through its bounded queue in the room registry. What one viewer holds
+is bounded whatever the room's history: a page of backlog, its queue (events and bytes), the
+socket's buffers; a viewer that stops reading is closed after ``send_stall_s`` seconds.
+
+A viewer whose token allows ``edit`` (a captioner on ``/editor``) may send corrections; each is
+journaled and sent to every viewer of the room, or refused to its sender alone
+(``correction_refused``), at most :data:`CORRECTIONS_PER_S` a second."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
+from collections import deque
 from typing import TYPE_CHECKING
 
 import websockets
 from websockets.asyncio.server import ServerConnection
 
 from streaming import protocol
-from streaming.events import Ready, encode
+from streaming.events import CorrectionRefused, Ready, encode
+from streaming.journal import Conflict
+from streaming.protocol import ProtocolError
 from streaming.rooms import Viewer
+from streaming.scoring import edit_distance, units
 from streaming.server.connection import Client, Stalled, send_within
 
 log = logging.getLogger(__name__)
+
+# A resuming viewer is sent the latest revision of finals corrected up to this many before its
+# ``since``: the lines it may still be showing.
+RESUME_CORRECTIONS = 1000
+CORRECTIONS_PER_S = 5  # per connection, over any 2 s
 
 if TYPE_CHECKING:
     from streaming.server.state import ServerState
@@ -41,7 +56,7 @@ async def serve_viewer(server: ServerState, connection: ServerConnection, query:
         ready = Ready(uuid.uuid4().hex[:12], params.room, server.model.name, server.settings.default_language, seq=joined.last_seq)
         await send_within(connection, encode(ready), server.config.send_stall_s, "viewer")
         sender = asyncio.create_task(_send_all(server, connection, viewer, params.room, params.since, joined.last_seq))
-        receiver = asyncio.create_task(_ignore_incoming(connection))
+        receiver = asyncio.create_task(_receive(server, connection, params, client))
         done, pending = await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
         for task in pending:
             task.cancel()
@@ -57,6 +72,9 @@ async def serve_viewer(server: ServerState, connection: ServerConnection, query:
 async def _send_all(server: ServerState, connection: ServerConnection, viewer: Viewer, room: str, since: int | None, upto: int) -> None:
     """The finals the viewer missed, a page at a time as its socket takes them, then what the
     room sends it live (queued meanwhile)."""
+    if since is not None and since > 0:
+        for correction in await server.rooms.corrected(room, max(0, min(since, upto) - RESUME_CORRECTIONS), min(since, upto)):
+            await send_within(connection, encode(correction), server.config.send_stall_s, "viewer")
     while since is not None and since < upto:
         page = await server.rooms.backlog(room, since, upto)
         if not page:
@@ -68,7 +86,41 @@ async def _send_all(server: ServerState, connection: ServerConnection, viewer: V
         await send_within(connection, await viewer.next(), server.config.send_stall_s, "viewer")
 
 
-async def _ignore_incoming(connection: ServerConnection) -> None:
-    """Viewers send nothing we act on; reading notices when they go away."""
-    async for _ in connection:
-        pass
+async def _receive(server: ServerState, connection: ServerConnection, params: protocol.ViewParams, client: Client) -> None:
+    """What a viewer sends: corrections, from an editor; reading also notices when it goes away."""
+    recent: deque[float] = deque()
+    async for message in connection:
+        if isinstance(message, bytes):
+            continue
+        seq = None
+        try:
+            command = protocol.parse_view_message(message)
+            seq = command.seq
+            server.access.authorize(client.token, params.room, "edit", client.forwarded)
+            now = time.monotonic()
+            while recent and now - recent[0] > 2.0:
+                recent.popleft()
+            if len(recent) >= 2 * CORRECTIONS_PER_S:
+                raise ProtocolError("overloaded", f"at most {CORRECTIONS_PER_S} corrections a second")
+            recent.append(now)
+            await _correct(server, params, command)
+        except ProtocolError as error:
+            await _refuse(server, connection, CorrectionRefused(seq, error.code, error.message))
+        except Conflict as conflict:
+            await _refuse(server, connection, CorrectionRefused(seq, "conflict", f"final {seq} was {conflict}", conflict.revision))
+        except KeyError:
+            await _refuse(server, connection, CorrectionRefused(seq, "bad_request", f"room {params.room} has no final {seq}"))
+
+
+async def _correct(server: ServerState, params: protocol.ViewParams, command: protocol.CorrectMessage) -> None:
+    correction, row = await server.rooms.correct(params.room, command.seq, command.text, command.speaker, params.editor, command.base)
+    language = row["language"]
+    server.metrics.corrections[language] += 1
+    server.metrics.words_edited[language] += edit_distance(units(row["before_text"], language), units(row["text"], language))
+    log.info("final %d corrected (revision %d) by %s", command.seq, correction.revision, params.editor or "an editor",
+             extra={"room": params.room})
+
+
+async def _refuse(server: ServerState, connection: ServerConnection, refusal: CorrectionRefused) -> None:
+    server.metrics.errors[refusal.code if refusal.code in protocol.CLOSE_CODES else "bad_request"] += 1
+    await send_within(connection, encode(refusal), server.config.send_stall_s, "viewer")

@@ -1,0 +1,220 @@
+"""A human in the loop: editors' corrections of finals, as logic (the journal, the message), over a
+real server with the scripted model (every viewer sees them, a resuming one too, only an edit
+token may make them, exports carry the latest revision and the history, the post-edit rate), and
+kill -9 of a server with the real model after a correction was acknowledged."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import sqlite3
+import subprocess
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import srt
+from websockets.sync.client import ClientConnection, connect
+
+from streaming import auth
+from streaming.export import post_edit
+from streaming.journal import Conflict, Journal
+from streaming.protocol import CorrectMessage, ProtocolError, parse_view_message
+from tests.conftest import CLIPS
+from tests.scripted import speak
+from tests.test_auth import guarded  # noqa: F401  (the fixture: a server that needs tokens)
+from tests.test_cli import flashcaption, free_port
+from tests.test_server import finals, publish, receive_until
+
+SR = 16000
+
+
+def final_row(room: str, seq: int, text: str, language: str = "en") -> dict:
+    return {"room": room, "seq": seq, "session": "s", "speaker": "Anna", "segment": seq - 1, "text": text, "language": language,
+            "start": float(seq), "end": seq + 0.9}
+
+
+# -- logic ---------------------------------------------------------------------------------------
+def test_the_journal_keeps_every_revision_and_the_latest_is_the_final(tmp_path):
+    journal = Journal(tmp_path / "journal.sqlite3")
+    for seq, text in enumerate(("Hester Prin walked.", "The scarlet letter."), 1):
+        journal.append(final_row("hall", seq, text), 100.0 + seq, 100.9 + seq)
+    first = journal.correct("hall", 1, "Hester Prynne walked.", None, "Ed", base=0)
+    assert (first["revision"], first["before_text"], first["speaker"], first["language"]) == (1, "Hester Prin walked.", "Anna", "en")
+    with pytest.raises(Conflict, match="revision 1 by Ed"):
+        journal.correct("hall", 1, "Hester Prynne walks.", None, "Flo", base=0)  # made on the text Ed replaced
+    second = journal.correct("hall", 1, "Hester Prynne walked on.", "Narrator", "Flo", base=1)
+    assert second["revision"] == 2 and second["before_text"] == "Hester Prynne walked." and second["before_speaker"] == "Anna"
+    with pytest.raises(KeyError):
+        journal.correct("hall", 9, "x", None, "Ed", base=0)
+    rows = journal.finals("hall")
+    assert [(r["text"], r["speaker"], r["revision"]) for r in rows] == [("Hester Prynne walked on.", "Narrator", 2),
+                                                                          ("The scarlet letter.", "Anna", 0)]
+    assert [(r["seq"], r["revision"], r["editor"]) for r in journal.revisions("hall")] == [(1, 1, "Ed"), (1, 2, "Flo")]
+    assert [(r["seq"], r["revision"], r["text"]) for r in journal.corrected("hall", 0, 2)] == [(1, 2, "Hester Prynne walked on.")]
+    assert journal.corrected("hall", 1, 2) == []
+    journal.delete_room("hall")
+    assert journal.revisions("hall") == [] and journal.finals("hall") == []
+    journal.close()
+
+
+def test_a_journal_from_before_corrections_is_brought_up_to_date(tmp_path):
+    path = tmp_path / "journal.sqlite3"
+    old = sqlite3.connect(path)
+    old.executescript(
+        "CREATE TABLE finals (room TEXT NOT NULL, seq INTEGER NOT NULL, session TEXT NOT NULL, speaker TEXT NOT NULL,"
+        " segment INTEGER NOT NULL, text TEXT NOT NULL, language TEXT NOT NULL, start REAL NOT NULL, end REAL NOT NULL,"
+        " wall_start REAL NOT NULL, wall_end REAL NOT NULL, written REAL NOT NULL, PRIMARY KEY (room, seq)) WITHOUT ROWID;"
+        "INSERT INTO finals VALUES ('hall', 1, 's', '', 0, 'Old text.', 'en', 0, 1, 100, 101, 100);"
+    )
+    old.commit()
+    old.close()
+    journal = Journal(path)
+    assert journal.finals("hall")[0]["revision"] == 0
+    assert journal.correct("hall", 1, "New text.", None, "Ed", 0)["revision"] == 1
+    journal.close()
+
+
+def test_a_correction_message_is_read_or_refused():
+    assert parse_view_message('{"type": "correct", "seq": 3, "text": "  Hester   Prynne ", "base": 1}') == CorrectMessage(3, "Hester Prynne", None, 1)
+    assert parse_view_message('{"type": "correct", "seq": 3, "text": "x", "speaker": "Anna"}').speaker == "Anna"
+    for bad in ('{"type": "correct", "seq": 0, "text": "x"}', '{"type": "correct", "seq": true, "text": "x"}',
+                '{"type": "correct", "seq": 1, "text": 5}', '{"type": "correct", "seq": 1, "text": "a\\nb"}',
+                '{"type": "correct", "seq": 1, "text": "' + "x" * 2001 + '"}', '{"type": "correct", "seq": 1, "text": "x", "base": -1}',
+                '{"type": "correct", "seq": 1, "text": "x", "speaker": "a\\u0000"}', '{"type": "shout"}', "[1]", "not json"):
+        with pytest.raises(ProtocolError) as refusal:
+            parse_view_message(bad)
+        assert refusal.value.code == "bad_request"
+
+
+def test_the_post_edit_rate_counts_words_changed_against_the_machine_s_text():
+    rows = [final_row("r", 1, "Hester Prynne walked on."), final_row("r", 2, "The scarlet letter."), final_row("r", 3, "你好世界", "zh")]
+    revisions = [{"seq": 1, "before_text": "Hester Prin walked.", "revision": 1}, {"seq": 1, "before_text": "Hester Prynne walked.", "revision": 2}]
+    rate = post_edit(rows, revisions)
+    # "Hester Prin walked." -> "Hester Prynne walked on.": one word changed, one added, over 3 + 3 English words.
+    assert rate["by_language"]["en"] == {"words": 6, "words_edited": 2, "per_100_words": 33.33}
+    assert rate["by_language"]["zh"]["words"] == 4 and rate["corrections"] == 2 and rate["corrected_finals"] == 1
+
+
+# -- over a real server (scripted model) ---------------------------------------------------------
+def _token(server, role: str, room: str = "hall") -> str:
+    return auth.create_token(server.secret, room, role, 600)
+
+
+@contextlib.contextmanager
+def _viewer(server, room: str, role: str = "view", editor: str = "") -> Iterator[ClientConnection]:
+    query = f"room={room}&token={_token(server, role, room)}" + (f"&editor={editor}" if editor else "")
+    with connect(f"{server.url}/v1/captions?{query}") as viewer:
+        assert json.loads(viewer.recv(timeout=10))["type"] == "ready"
+        yield viewer
+
+
+def test_a_correction_reaches_every_viewer_and_a_resuming_one(guarded, caplog):  # noqa: F811
+    room = f"hall-{uuid.uuid4().hex[:6]}"
+    stack = contextlib.ExitStack()
+    watching = [stack.enter_context(_viewer(guarded, room)) for _ in range(2)]
+    editor = stack.enter_context(_viewer(guarded, room, "edit", editor="Ed"))
+    messages, code = publish(guarded.url, speak("alpha bravo", "charlie delta", "echo"), f"room={room}&token={_token(guarded, 'publish', room)}")
+    published = finals(messages)
+    assert code == 1000 and [f["text"] for f in published] == ["alpha bravo", "charlie delta", "echo"]
+    for viewer in [*watching, editor]:
+        receive_until(viewer, lambda m: m.get("seq") == 3, timeout=10)
+    editor.send(json.dumps({"type": "correct", "seq": 2, "text": "Charlie Delta!", "speaker": "Anna", "base": 0}))
+    for viewer in [*watching, editor]:
+        (correction,) = [m for m in receive_until(viewer, lambda m: m["type"] == "correction", timeout=10)]
+        assert {k: correction[k] for k in ("seq", "text", "speaker", "revision", "editor")} == {
+            "seq": 2, "text": "Charlie Delta!", "speaker": "Anna", "revision": 1, "editor": "Ed"}
+        assert abs(correction["at"] - time.time()) < 5
+    # Made on the revision someone else replaced: refused to its sender alone, with the revision now.
+    editor.send(json.dumps({"type": "correct", "seq": 2, "text": "charlie delta", "base": 0}))
+    refused = json.loads(editor.recv(timeout=10))
+    assert refused["type"] == "correction_refused" and refused["code"] == "conflict" and refused["revision"] == 1
+    editor.send(json.dumps({"type": "correct", "seq": 99, "text": "x", "base": 0}))
+    assert "no final 99" in json.loads(editor.recv(timeout=10))["message"]
+    # A view token cannot edit: refused and logged, and the viewer stays connected.
+    with caplog.at_level(logging.WARNING):
+        watching[0].send(json.dumps({"type": "correct", "seq": 1, "text": "hijacked", "base": 0}))
+        refused = json.loads(watching[0].recv(timeout=10))
+    assert refused["type"] == "correction_refused" and refused["code"] == "unauthorized" and "cannot edit" in refused["message"]
+    assert any("refused to edit" in r.getMessage() for r in caplog.records)
+    # An editor who floods is slowed down, not served without bound.
+    for _ in range(12):
+        editor.send(json.dumps({"type": "correct", "seq": 3, "text": "echo", "base": 99}))
+    answers = [json.loads(editor.recv(timeout=10)) for _ in range(12)]
+    assert any(a["code"] == "overloaded" for a in answers)
+    stack.close()
+    # A viewer that resumes after seq 3 gets the latest revision of what it may be showing...
+    with connect(f"{guarded.url}/v1/captions?room={room}&since=3&token={_token(guarded, 'view', room)}") as late:
+        json.loads(late.recv(timeout=10))
+        correction = json.loads(late.recv(timeout=10))
+        assert correction["type"] == "correction" and correction["seq"] == 2 and correction["text"] == "Charlie Delta!"
+    # ... and one that replays from the start gets the final as it stands now.
+    with connect(f"{guarded.url}/v1/captions?room={room}&since=0&token={_token(guarded, 'view', room)}") as replay:
+        json.loads(replay.recv(timeout=10))
+        replayed = [json.loads(replay.recv(timeout=10)) for _ in range(3)]
+    assert [(f["text"], f["speaker"], f.get("revision", 0)) for f in replayed] == [
+        ("alpha bravo", "", 0), ("Charlie Delta!", "Anna", 1), ("echo", "", 0)]
+
+
+def test_exports_carry_the_latest_revision_the_history_and_the_post_edit_rate(guarded):  # noqa: F811
+    room = f"export-{uuid.uuid4().hex[:6]}"
+    publish(guarded.url, speak("alpha bravo charlie", "delta"), f"room={room}&token={_token(guarded, 'publish', room)}")
+    with _viewer(guarded, room, "edit", editor="Ed") as editor:
+        editor.send(json.dumps({"type": "correct", "seq": 1, "text": "alpha bravo charles", "base": 0}))
+        receive_until(editor, lambda m: m["type"] == "correction", timeout=10)
+        editor.send(json.dumps({"type": "correct", "seq": 1, "text": "Alpha Bravo Charles", "base": 1}))
+        receive_until(editor, lambda m: m["type"] == "correction", timeout=10)
+    base = f"{guarded.url.replace('ws://', 'http://')}/v1/rooms/{room}/transcript"
+    headers = {"Authorization": f"Bearer {_token(guarded, 'view', room)}"}
+
+    def get(query: str) -> str:
+        return urllib.request.urlopen(urllib.request.Request(f"{base}?{query}", headers=headers), timeout=10).read().decode()
+
+    assert [c.content for c in srt.parse(get("format=srt"))] == ["Alpha Bravo Charles", "delta"]
+    document = json.loads(get("format=json"))
+    assert document["finals"][0]["text"] == "Alpha Bravo Charles" and document["finals"][0]["revision"] == 2
+    assert document["post_edit"]["words"] == 4 and document["post_edit"]["words_edited"] == 1  # charlie -> charles (case aside)
+    history = json.loads(get("format=json&revisions=1"))["finals"]
+    assert [(r["revision"], r["before_text"], r["text"], r["editor"]) for r in history[0]["revisions"]] == [
+        (1, "alpha bravo charlie", "alpha bravo charles", "Ed"), (2, "alpha bravo charles", "Alpha Bravo Charles", "Ed")]
+    assert history[1]["revisions"] == []
+    metrics = urllib.request.urlopen(urllib.request.Request(
+        guarded.url.replace("ws://", "http://") + "/metrics", headers={"Authorization": f"Bearer {_token(guarded, 'admin', '*')}"}), timeout=10).read().decode()
+    assert 'flashcaption_corrections_total{language="en"}' in metrics and 'flashcaption_words_edited_total{language="en"}' in metrics
+
+
+# -- kill -9 after a correction was acknowledged (real model) -------------------------------------
+@pytest.mark.slow
+def test_kill_9_loses_no_acknowledged_correction(tmp_path):
+    port, data = free_port(), tmp_path / "data"
+    command = flashcaption("serve", "--port", str(port), "--device", "cpu", "--data-dir", str(data))
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(600):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.2)
+        url = f"ws://127.0.0.1:{port}"
+        messages, _ = publish(url, CLIPS["en_jfk_inaugural"].audio, "room=keynote&speaker=JFK")
+        first = finals(messages)[0]
+        with connect(f"{url}/v1/captions?room=keynote&editor=Ed") as editor:
+            json.loads(editor.recv(timeout=10))
+            editor.send(json.dumps({"type": "correct", "seq": first["seq"], "text": "And so, my fellow Americans:", "base": 0}))
+            acknowledged = receive_until(editor, lambda m: m["type"] == "correction", timeout=10)[-1]
+        os.kill(process.pid, signal.SIGKILL)  # at once, after the correction reached its editor
+        process.wait(10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    exported = json.loads(subprocess.run(flashcaption("export", "--room", "keynote", "--format", "json", "--revisions", "--data-dir", str(data)),
+                                         capture_output=True, text=True, check=True).stdout)
+    kept = exported["finals"][0]
+    assert kept["text"] == acknowledged["text"] and kept["revision"] == 1
+    assert [(r["editor"], r["before_text"]) for r in kept["revisions"]] == [("Ed", first["text"])]
