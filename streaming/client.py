@@ -94,6 +94,13 @@ class CaptionPrinter:
             self._partial_shown = False
             if message["text"]:
                 print(label + message["text"], file=self.out, flush=True)
+        elif kind == "correction":
+            if self.live and self._partial_shown:
+                self.out.write("\r\x1b[2K")
+            self._partial_shown = False
+            who = f" by {message['editor']}" if message.get("editor") else ""
+            label = f"{message.get('speaker')}: " if self.show_speaker and message.get("speaker") else ""
+            print(f"[#{message['seq']} corrected{who}] {label}{message['text']}", file=self.out, flush=True)
         elif kind == "error":
             print(f"error ({message.get('code')}): {message.get('message')}", file=sys.stderr, flush=True)
 

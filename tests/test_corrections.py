@@ -218,3 +218,15 @@ def test_kill_9_loses_no_acknowledged_correction(tmp_path):
     kept = exported["finals"][0]
     assert kept["text"] == acknowledged["text"] and kept["revision"] == 1
     assert [(r["editor"], r["before_text"]) for r in kept["revisions"]] == [("Ed", first["text"])]
+
+
+def test_watch_prints_a_correction_as_a_line_of_its_own():
+    import io
+
+    from streaming.client import CaptionPrinter
+
+    out = io.StringIO()
+    printer = CaptionPrinter(out, show_speaker=True)
+    printer({"type": "final", "seq": 7, "text": "Hester Prin walked.", "speaker": "Anna", "session": "s"})
+    printer({"type": "correction", "seq": 7, "text": "Hester Prynne walked.", "speaker": "Anna", "revision": 1, "editor": "Ed"})
+    assert out.getvalue().splitlines() == ["Anna: Hester Prin walked.", "[#7 corrected by Ed] Anna: Hester Prynne walked."]

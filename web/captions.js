@@ -31,9 +31,10 @@ const FATAL_CODES = new Set(["unauthorized", "bad_request"]);
  * "waiting" (a retry is scheduled; detail.retryIn in seconds) and "refused" (detail.message).
  */
 export class CaptionFeed {
-  constructor({ room, token, since = null, onEvent, onState = () => {} }) {
+  constructor({ room, token, since = null, editor = null, onEvent, onState = () => {} }) {
     this.room = room;
     this.token = token;
+    this.editor = editor; // an editor's name: corrections sent with send() are by them
     this.lastSeq = since; // null: live captions only until the first ready tells us the room's seq
     this.onEvent = onEvent;
     this.onState = onState;
@@ -48,6 +49,13 @@ export class CaptionFeed {
     this._connect();
   }
 
+  /** Send a message (an editor's correction); false if the connection is not open. */
+  send(message) {
+    if (!this.socket || this.socket.readyState !== WebSocket.OPEN) return false;
+    this.socket.send(JSON.stringify(message));
+    return true;
+  }
+
   stop() {
     this.stopped = true;
     clearTimeout(this.timer);
@@ -57,7 +65,7 @@ export class CaptionFeed {
   _connect() {
     this.onState("connecting", {});
     const socket = new WebSocket(
-      socketUrl("/v1/captions", { room: this.room, since: this.lastSeq, token: this.token }),
+      socketUrl("/v1/captions", { room: this.room, since: this.lastSeq, token: this.token, editor: this.editor }),
     );
     this.socket = socket;
     let refused = null;
@@ -79,7 +87,8 @@ export class CaptionFeed {
         if (this.lastSeq !== null && event.seq <= this.lastSeq) return;
         this.lastSeq = event.seq;
         this.onEvent(event);
-      } else if (event.type === "partial") {
+      } else if (event.type === "partial" || event.type === "correction" || event.type === "correction_refused") {
+        // A correction names its final by seq; showing it again is harmless (revisions only go up).
         this.onEvent(event);
       }
     };
@@ -125,6 +134,8 @@ export class CaptionBoard {
       }
       return true;
     }
+    if (event.type === "correction") return this._correct(event);
+    if (event.type === "correction_refused") return false;
     const key = `${event.session}/${event.segment}`;
     if (!this.sessions.has(event.session)) {
       this.sessions.set(event.session, event.speaker || `Speaker ${this.sessions.size + 1}`);
@@ -148,27 +159,44 @@ export class CaptionBoard {
       }
       element.classList.toggle("partial", event.type === "partial");
       element.classList.toggle("final", event.type === "final");
-      if (event.type === "final") element.dataset.seq = event.seq;
+      if (event.type === "final") {
+        element.dataset.seq = event.seq;
+        element.dataset.revision = event.revision || 0;
+      }
       if (event.language) element.lang = event.language;
       const stable = event.type === "final" ? event.text.length : Math.min(event.stable || 0, event.text.length);
-      element.replaceChildren();
-      const label = this._label(event.session);
-      if (label) {
-        const speaker = document.createElement("span");
-        speaker.className = "speaker";
-        speaker.textContent = `${label}: `;
-        element.append(speaker);
-      }
-      const settled = document.createElement("span");
-      settled.className = "settled";
-      settled.textContent = event.text.slice(0, stable);
-      const tentative = document.createElement("span");
-      tentative.className = "tentative";
-      tentative.textContent = event.text.slice(stable);
-      element.append(settled, tentative);
+      this._fill(element, event.text, stable);
       this._prune();
     });
     return true;
+  }
+
+  /** An editor's correction: the line of its final, if still shown, takes the new text in place. */
+  _correct(event) {
+    const element = this.stack.querySelector(`.line.final[data-seq="${event.seq}"]`);
+    if (!element || Number(element.dataset.revision || 0) >= event.revision) return false;
+    element.dataset.revision = event.revision;
+    if (event.speaker) element.dataset.speaker = event.speaker;
+    this._animate(() => this._fill(element, event.text, event.text.length));
+    return true;
+  }
+
+  _fill(element, text, stable) {
+    element.replaceChildren();
+    const label = element.dataset.speaker && this._label(element.dataset.session) ? element.dataset.speaker : this._label(element.dataset.session);
+    if (label) {
+      const speaker = document.createElement("span");
+      speaker.className = "speaker";
+      speaker.textContent = `${label}: `;
+      element.append(speaker);
+    }
+    const settled = document.createElement("span");
+    settled.className = "settled";
+    settled.textContent = text.slice(0, stable);
+    const tentative = document.createElement("span");
+    tentative.className = "tentative";
+    tentative.textContent = text.slice(stable);
+    element.append(settled, tentative);
   }
 
   clear() {

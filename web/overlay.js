@@ -54,10 +54,14 @@ const hideAfter = number(params.hide_after, 0.5, 3600);
 let hideTimer = null;
 
 // What the page has shown, for anyone checking it (the browser tests do): seqs in order.
-window.flashcaption = { finals: [], state: "connecting" };
+window.flashcaption = { finals: [], corrections: [], state: "connecting" };
 
 function shown(event) {
   if (!board.show(event) || event.type === "reset") return;
+  if (event.type === "correction") {
+    window.flashcaption.corrections.push([event.seq, event.revision]);
+    return; // a line changed in place: nothing new was said
+  }
   if (event.type === "final" && event.text) {
     window.flashcaption.finals.push(event.seq);
     if (window.flashcaption.finals.length > 5000) window.flashcaption.finals.splice(0, 1000);

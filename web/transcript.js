@@ -65,7 +65,28 @@ function entry(event) {
   return item;
 }
 
+/** An editor's correction: the final's entry takes the new text (and speaker), marked as corrected. */
+function correct(event) {
+  const item = entries.querySelector(`li[data-seq="${event.seq}"]`);
+  if (!item || Number(item.dataset.revision || 0) >= event.revision) return;
+  item.dataset.revision = event.revision;
+  item.dataset.text = event.text;
+  item.dataset.speaker = event.speaker || "";
+  let speaker = item.querySelector(".speaker");
+  if (event.speaker && !speaker) {
+    speaker = document.createElement("span");
+    speaker.className = "speaker";
+    item.querySelector(".text").before(speaker);
+  }
+  if (speaker) speaker.textContent = event.speaker ? `${event.speaker}:` : "";
+  item.classList.add("corrected");
+  item.title = `Corrected${event.editor ? ` by ${event.editor}` : ""} at ${clock.format(new Date(1000 * event.at))}`;
+  render(item);
+}
+
 function show(event) {
+  if (event.type === "correction") return correct(event);
+  if (event.type === "correction_refused") return;
   const nearBottom = innerHeight + scrollY >= document.body.scrollHeight - 80;
   if (event.type === "reset") {
     for (const item of partials.values()) item.remove();
@@ -89,6 +110,8 @@ function show(event) {
     }
     const final = entry(event);
     final.dataset.seq = event.seq;
+    final.dataset.revision = event.revision || 0;
+    if (event.revision) final.classList.add("corrected");
     if (item) item.replaceWith(final);
     else entries.append(final);
     item = final;

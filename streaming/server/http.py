@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # Pages and the files they load, all from the `web` package: no build step, nothing external.
-PAGES = {"/": "index.html", "/overlay": "overlay.html", "/capture": "capture.html", "/transcript": "transcript.html"}
+PAGES = {"/": "index.html", "/overlay": "overlay.html", "/capture": "capture.html", "/transcript": "transcript.html", "/editor": "editor.html"}
 STATIC_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8"}
 _STATIC = re.compile(r"/static/([a-z0-9-]{1,40}\.(?:js|css))")
 # Pages run only their own scripts and talk only to this server.
