@@ -178,6 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--room-languages", action="append", default=[], metavar="ROOM=CODES",
                        help="with language detection, the languages a room's speakers use, e.g. keynote=en,zh or '*=en,es' "
                             "for every room; a publisher's own language= or languages= wins (repeatable)")
+    serve.add_argument("--review-delay", action="append", default=[], metavar="ROOM=SECONDS",
+                       help="an editor reviews the room's finals before air: its audience (overlays, transcript pages, watch) gets "
+                            "each final this long after it is made, and no partials; editors (/editor) get them at once. "
+                            "e.g. stage=4s, or '*=4s' for every room (repeatable)")
     serve.add_argument("--decode-delay", type=float, default=0.0,
                        help="testing aid: add this many seconds to every decode, to see how clients and the bench react to a slow server")
 
@@ -346,6 +350,7 @@ def _server_config(args: argparse.Namespace) -> ServerConfig:
     return ServerConfig(
         room_contexts=room_contexts,
         room_languages=parse_room_languages(args.room_languages),
+        room_review_delays=parse_review_delays(args.review_delay),
         host=args.host,
         port=args.port,
         model=args.model,
@@ -379,6 +384,20 @@ def _server_config(args: argparse.Namespace) -> ServerConfig:
         log_level=args.log_level,
         log_json=args.log_json,
     )
+
+
+def parse_review_delays(values: list[str]) -> dict[str, float]:
+    """``--review-delay stage=4s`` options as {room: seconds}; ValueError if malformed."""
+    rooms: dict[str, float] = {}
+    for value in values:
+        match = re.fullmatch(r"\s*([A-Za-z0-9_*-]{1,64})\s*=\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s)?\s*", value)
+        if not match:
+            raise ValueError(f"--review-delay {value!r}: expected ROOM=SECONDS, e.g. stage=4s or stage=500ms")
+        seconds = float(match.group(2)) / (1000 if match.group(3) == "ms" else 1)
+        if not 0 <= seconds <= 60:
+            raise ValueError(f"--review-delay {value!r}: at most 60 s")
+        rooms[match.group(1)] = seconds
+    return rooms
 
 
 def parse_room_languages(values: list[str]) -> dict[str, tuple[str, ...]]:

@@ -80,6 +80,9 @@ class ServerConfig:
     # Languages to detect among in a room ("*": every room) for publishers that name none:
     # detection on short audio is unreliable, and an event knows its languages.
     room_languages: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # Rooms whose finals an editor reviews before air ("*": every room): seconds the audience
+    # waits for each final (editors get it at once; the audience gets no partials).
+    room_review_delays: dict[str, float] = field(default_factory=dict)
     decode_delay_s: float = 0.0  # testing aid: every decode takes this much longer
     log_level: str = field(default_factory=lambda: os.environ.get("FLASHCAPTION_LOG_LEVEL", "info"))
     log_json: bool = False

@@ -1,6 +1,7 @@
 """What a session in a room decodes with when its publisher does not say: the operator's
 per-room languages (``--room-languages``) and context (``--context-file``), checked against
-the model. Pure decisions, no I/O.
+the model; and how long a room's audience waits for finals while editors review them
+(``--review-delay``). Pure decisions, no I/O.
 """
 
 from __future__ import annotations
@@ -25,11 +26,13 @@ class RoomSettings:
         model_languages: tuple[str, ...],
         room_languages: dict[str, tuple[str, ...]] | None = None,
         room_contexts: dict[str, Context] | None = None,
+        room_review_delays: dict[str, float] | None = None,
     ):
         self.model_name = model_name
         self.supported = model_languages
         self.room_languages = room_languages or {}
         self.room_contexts = room_contexts or {}
+        self.room_review_delays = room_review_delays or {}
         for room, codes in self.room_languages.items():
             missing = [code for code in codes if code not in model_languages]
             if missing:
@@ -47,6 +50,10 @@ class RoomSettings:
     def context(self, room: str) -> Context | None:
         """The room's default context, for publishers that give none."""
         return _for_room(self.room_contexts, room)
+
+    def review_delay(self, room: str) -> float:
+        """Seconds the room's audience gets finals after editors (``--review-delay``); 0: at once."""
+        return _for_room(self.room_review_delays, room) or 0.0
 
     def language(self, requested: str | None, candidates: tuple[str, ...] = ()) -> str | None:
         """What a session asks the model for: a language it can do, "auto", or candidates to

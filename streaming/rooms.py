@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -80,20 +81,60 @@ class Room:
     parked: int = 0  # sessions whose publisher dropped, resumable for a while
     # Held while a final is numbered, journaled and fanned out, so finals go out in seq order.
     # A viewer joins in one step with no await (see Rooms.join_viewer): it is sent the journal
-    # up to next_seq - 1 and the queue from there, none twice or never.
+    # up to next_seq - 1 (released_seq, in a room under review) and the queue from there, none
+    # twice or never.
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # Review delay: the audience (viewers) gets each final this long after it was made, and no
+    # partials, so that editors (who get everything at once) can correct it before air.
+    review_delay_s: float = 0.0
+    editors: set[Viewer] = field(default_factory=set)
+    released_seq: int = -1  # the last final the audience has been given (-1: next_seq - 1)
+    _held: collections.deque[tuple[float, Final]] = field(default_factory=collections.deque)
+    _releasing: asyncio.Task[None] | None = None
+
+    def __post_init__(self) -> None:
+        if self.released_seq < 0:
+            self.released_seq = self.next_seq - 1
 
     @property
     def occupied(self) -> bool:
-        return bool(self.viewers or self.publishers or self.parked)
+        return bool(self.viewers or self.editors or self.publishers or self.parked)
 
     def fan_out(self, message: Caption | Correction) -> None:
-        if not self.viewers:
-            return
-        text = encode(message)  # once for all viewers
-        for viewer in list(self.viewers):
+        if self.editors:
+            self._offer(self.editors, encode(message))
+        if not self.review_delay_s:
+            if isinstance(message, Final) and message.seq is not None:
+                self.released_seq = message.seq
+            self._offer(self.viewers, encode(message))
+        elif isinstance(message, Final):
+            self._held.append((time.monotonic() + self.review_delay_s, message))
+            if self._releasing is None or self._releasing.done():
+                self._releasing = asyncio.get_running_loop().create_task(self._release(), name=f"review delay of room {self.name}")
+        elif isinstance(message, Correction):
+            for index, (due, held) in enumerate(self._held):
+                if held.seq == message.seq:  # corrected before air: the audience gets the corrected final
+                    self._held[index] = (due, replace(held, text=message.text, speaker=message.speaker, revision=message.revision))
+                    return
+            self._offer(self.viewers, encode(message))
+        # A partial in a room under review reaches editors only: the audience sees finals.
+
+    async def _release(self) -> None:
+        """Give the audience each held final at its time, in order."""
+        while self._held:
+            due, final = self._held[0]
+            if (wait := due - time.monotonic()) > 0:
+                await asyncio.sleep(wait)
+                continue
+            self._held.popleft()
+            assert final.seq is not None
+            self.released_seq = final.seq
+            self._offer(self.viewers, encode(final))
+
+    def _offer(self, viewers: set[Viewer], text: str) -> None:
+        for viewer in list(viewers):
             if not viewer.offer(text):
-                self.viewers.discard(viewer)
+                viewers.discard(viewer)
                 log.warning("dropped a viewer whose queue was full", extra={"room": self.name})
 
 
@@ -101,8 +142,12 @@ class Rooms:
     """All rooms. At most ``max_rooms`` are kept in memory: past that, the least recently used
     room with no one in it is forgotten (its finals stay in the journal)."""
 
-    def __init__(self, journal: Journal, viewer_queue: int = 512, max_rooms: int = 10_000, viewer_bytes: int = 1 << 20):
+    def __init__(
+        self, journal: Journal, viewer_queue: int = 512, max_rooms: int = 10_000, viewer_bytes: int = 1 << 20,
+        review_delay: Callable[[str], float] = lambda room: 0.0,
+    ):
         self.journal = journal
+        self.review_delay = review_delay  # a room's review delay in seconds (RoomSettings.review_delay)
         self.viewer_queue = viewer_queue
         self.viewer_bytes = viewer_bytes
         self.max_rooms = max_rooms
@@ -121,7 +166,7 @@ class Rooms:
     async def get(self, name: str) -> Room:
         room = self._rooms.pop(name, None)
         if room is None:
-            room = Room(name, next_seq=await self._in_journal(self.journal.last_seq, name) + 1)
+            room = Room(name, next_seq=await self._in_journal(self.journal.last_seq, name) + 1, review_delay_s=self.review_delay(name))
             room = self._rooms.pop(name, room)  # another task may have made it meanwhile
             if len(self._rooms) >= self.max_rooms:
                 empty = next((r for r in self._rooms.values() if not r.occupied), None)
@@ -143,17 +188,22 @@ class Rooms:
             room.fan_out(message)
         return message
 
-    async def join_viewer(self, name: str, limit: int = 0) -> Joined:
+    async def join_viewer(self, name: str, limit: int = 0, editor: bool = False) -> Joined:
         """Register a viewer (``overloaded`` if the room has ``limit`` already; 0: no limit).
         Finals up to the returned ``last_seq`` are the journal's to give (:meth:`backlog`),
-        later ones come through the viewer's queue."""
+        later ones come through the viewer's queue. An ``editor`` gets everything at once; other
+        viewers of a room under review get finals after its delay (``last_seq`` is the last one
+        released to them)."""
         room = await self.get(name)
         # Checked and taken in one step (no await between): a burst cannot overshoot the limit.
-        if limit and len(room.viewers) >= limit:
+        if limit and len(room.viewers) + len(room.editors) >= limit:
             raise ProtocolError("overloaded", f"room {name} has the most viewers allowed ({limit})")
         viewer = Viewer(self.viewer_queue, self.viewer_bytes)
+        if editor:
+            room.editors.add(viewer)
+            return Joined(viewer, room.next_seq - 1)
         room.viewers.add(viewer)
-        return Joined(viewer, room.next_seq - 1)
+        return Joined(viewer, room.released_seq)
 
     async def backlog(self, name: str, since: int, upto: int, page: int = BACKLOG_PAGE) -> list[Final]:
         """The next page of finals after ``since`` up to ``upto``, read off the event loop."""
@@ -183,6 +233,7 @@ class Rooms:
         room = self._rooms.get(name)
         if room is not None:
             room.viewers.discard(viewer)
+            room.editors.discard(viewer)
 
     async def transcript(self, name: str) -> list[dict[str, Any]]:
         return await self._reading(self.journal.finals, name, 0)

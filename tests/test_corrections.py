@@ -230,3 +230,61 @@ def test_watch_prints_a_correction_as_a_line_of_its_own():
     printer({"type": "final", "seq": 7, "text": "Hester Prin walked.", "speaker": "Anna", "session": "s"})
     printer({"type": "correction", "seq": 7, "text": "Hester Prynne walked.", "speaker": "Anna", "revision": 1, "editor": "Ed"})
     assert out.getvalue().splitlines() == ["Anna: Hester Prin walked.", "[#7 corrected by Ed] Anna: Hester Prynne walked."]
+
+
+# -- review delay --------------------------------------------------------------------------------
+def test_a_room_under_review_gives_its_audience_finals_after_the_delay_and_editors_at_once(tmp_path):
+    import threading
+
+    from streaming.config import ServerConfig
+    from streaming.server import CaptionServer
+    from tests.conftest import ServerThread
+    from tests.scripted import ScriptedModel
+
+    delay = 1.0
+    running = ServerThread(CaptionServer(ServerConfig(port=0, data_dir=tmp_path, room_review_delays={"stage": delay}), ScriptedModel())).start()
+    arrivals: dict[str, list[tuple[float, dict]]] = {"audience": [], "editor": []}
+    try:
+        with connect(f"{running.url}/v1/captions?room=stage") as audience, connect(f"{running.url}/v1/captions?room=stage&editor=Ed") as editor:
+            for client in (audience, editor):
+                json.loads(client.recv(timeout=10))
+
+            def listen(name: str, client) -> None:
+                with contextlib.suppress(Exception):
+                    while True:
+                        message = json.loads(client.recv(timeout=6))
+                        arrivals[name].append((time.monotonic(), message))
+
+            listeners = [threading.Thread(target=listen, args=(name, client)) for name, client in (("audience", audience), ("editor", editor))]
+            for listener in listeners:
+                listener.start()
+            messages, _ = publish(running.url, speak("alpha bravo", "charlie", "delta echo foxtrot", "golf"), "room=stage", pace=0.02)
+            time.sleep(0.3)
+            # Corrected while held back: the audience gets the corrected final, not the original.
+            last = finals(messages)[-1]
+            editor.send(json.dumps({"type": "correct", "seq": last["seq"], "text": "Golf!", "base": 0}))
+            for listener in listeners:
+                listener.join(20)
+        with connect(f"{running.url}/v1/captions?room=stage&since=0") as late:  # and from the journal, all of them
+            json.loads(late.recv(timeout=10))
+            replayed = [json.loads(late.recv(timeout=10)) for _ in range(4)]
+    finally:
+        running.stop()
+    heard = {name: [(t, m) for t, m in got if m["type"] == "final"] for name, got in arrivals.items()}
+    assert [m["seq"] for _, m in heard["audience"]] == [m["seq"] for _, m in heard["editor"]] == [1, 2, 3, 4]  # in order, none lost
+    assert not [m for _, m in arrivals["audience"] if m["type"] in ("partial", "correction")]  # no partials for the audience
+    assert [m for _, m in arrivals["editor"] if m["type"] == "partial"]  # editors see them
+    waits = [a - e for (a, _), (e, _) in zip(heard["audience"], heard["editor"])]
+    print("review delay measured (s):", [round(w, 3) for w in waits])
+    assert all(abs(wait - delay) < 0.1 for wait in waits), waits  # each final, the delay later
+    assert heard["audience"][-1][1]["text"] == "Golf!" and heard["audience"][-1][1]["revision"] == 1
+    assert replayed[-1]["text"] == "Golf!"
+
+
+def test_review_delays_are_read_from_the_command_line():
+    from streaming.cli import parse_review_delays
+
+    assert parse_review_delays(["stage=4s", "lobby=500ms", "*=2"]) == {"stage": 4.0, "lobby": 0.5, "*": 2.0}
+    for bad in ("stage", "stage=4h", "stage=61s", "a b=1"):
+        with pytest.raises(ValueError):
+            parse_review_delays([bad])

@@ -64,7 +64,7 @@ class ServerState:
     def __init__(self, config: ServerConfig, model: SpeechModel):
         self.config = config
         self.model = model
-        self.settings = RoomSettings(model.name, model.languages, config.room_languages, config.room_contexts)
+        self.settings = RoomSettings(model.name, model.languages, config.room_languages, config.room_contexts, config.room_review_delays)
         self.engine = Engine(
             model,
             workers=config.workers,
@@ -72,7 +72,10 @@ class ServerState:
             delay_s=config.decode_delay_s,
             max_wait_s=config.max_decode_wait_s,
         )
-        self.rooms = Rooms(Journal(config.data_dir / "journal.sqlite3"), config.viewer_queue, viewer_bytes=config.viewer_queue_bytes)
+        self.rooms = Rooms(
+            Journal(config.data_dir / "journal.sqlite3"), config.viewer_queue, viewer_bytes=config.viewer_queue_bytes,
+            review_delay=self.settings.review_delay,
+        )
         self.sessions: Publishers[Publisher] = Publishers(config.max_parked_per_address)
         self.metrics = Metrics()
         required = auth_required(config.auth, config.host)

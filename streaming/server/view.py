@@ -43,7 +43,9 @@ if TYPE_CHECKING:
 async def serve_viewer(server: ServerState, connection: ServerConnection, query: dict[str, str], client: Client) -> None:
     params = protocol.parse_view(query)
     server.access.authorize(client.token, params.room, "view", client.forwarded)
-    joined = await server.rooms.join_viewer(params.room, server.config.max_viewers_per_room)
+    # An editor (named, and allowed to edit) sees finals at once in a room under review.
+    editor = bool(params.editor) and server.access.allows(client.token, params.room, "edit", client.forwarded)
+    joined = await server.rooms.join_viewer(params.room, server.config.max_viewers_per_room, editor=editor)
     viewer = joined.viewer
 
     def drop() -> None:
