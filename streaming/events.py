@@ -98,7 +98,16 @@ class ErrorEvent:
     message: str
 
 
-Event = Ready | Partial | Final | ErrorEvent | Correction | CorrectionRefused
+@dataclass(frozen=True)
+class RoomTerms:
+    """For editors: the terms added to the room's context, and terms their corrections suggest."""
+
+    room: str
+    terms: tuple[str, ...]
+    suggested: tuple[str, ...]
+
+
+Event = Ready | Partial | Final | ErrorEvent | Correction | CorrectionRefused | RoomTerms
 Caption = Partial | Final
 
 
@@ -126,6 +135,8 @@ def to_wire(event: Event) -> dict[str, Any]:
     if isinstance(event, Correction):
         return {"type": "correction", "room": event.room, "seq": event.seq, "text": event.text, "speaker": event.speaker,
                 "revision": event.revision, "editor": event.editor, "at": event.at}
+    if isinstance(event, RoomTerms):
+        return {"type": "terms", "room": event.room, "terms": list(event.terms), "suggested": list(event.suggested)}
     if isinstance(event, CorrectionRefused):
         refused: dict[str, Any] = {"type": "correction_refused", "seq": event.seq, "code": event.code, "message": event.message}
         if event.revision is not None:

@@ -59,6 +59,14 @@ CREATE TABLE IF NOT EXISTS revisions (
     before_speaker TEXT NOT NULL,
     PRIMARY KEY (room, seq, revision)
 ) WITHOUT ROWID;
+-- Terms editors added to a room's context (learned from their corrections).
+CREATE TABLE IF NOT EXISTS room_terms (
+    room TEXT NOT NULL,
+    term TEXT NOT NULL,
+    editor TEXT NOT NULL,
+    at REAL NOT NULL,
+    PRIMARY KEY (room, term)
+) WITHOUT ROWID;
 -- The last seq of every room, kept when retention deletes old finals, so seq never restarts.
 CREATE TABLE IF NOT EXISTS rooms (
     room TEXT PRIMARY KEY,
@@ -172,6 +180,27 @@ class Journal:
             rows = self._reader.execute(query, (room, since, upto)).fetchall()
         return [dict(zip(_REVISION_FIELDS, row)) for row in rows]
 
+    def add_room_term(self, room: str, term: str, editor: str) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR IGNORE INTO room_terms (room, term, editor, at) VALUES (?, ?, ?, ?)", (room, term, editor, time.time()))
+
+    def room_terms(self) -> dict[str, list[str]]:
+        """Every room's learned terms, in the order they were added."""
+        with self._lock:
+            rows = self._db.execute("SELECT room, term FROM room_terms ORDER BY at").fetchall()
+        terms: dict[str, list[str]] = {}
+        for room, term in rows:
+            terms.setdefault(room, []).append(term)
+        return terms
+
+    def recent_revisions(self, room: str, limit: int) -> list[dict[str, Any]]:
+        """The room's latest ``limit`` corrections."""
+        with self._read_lock:
+            rows = self._reader.execute(
+                f"SELECT {', '.join(_REVISION_FIELDS)} FROM revisions WHERE room = ? ORDER BY at DESC LIMIT ?", (room, limit)
+            ).fetchall()
+        return [dict(zip(_REVISION_FIELDS, row)) for row in rows]
+
     def keep_session(self, session: str, room: str, language: str, context: str | None) -> None:
         """Record (or, after ``configure``, update) what a session asked for; a ``context`` of
         None keeps the one recorded."""
@@ -245,6 +274,7 @@ class Journal:
             self._db.execute("BEGIN")
             deleted = self._db.execute("DELETE FROM finals WHERE room = ?", (room,)).rowcount
             self._db.execute("DELETE FROM revisions WHERE room = ?", (room,))
+            self._db.execute("DELETE FROM room_terms WHERE room = ?", (room,))
             self._db.execute("DELETE FROM rooms WHERE room = ?", (room,))
             self._db.execute("DELETE FROM sessions WHERE room = ?", (room,))
         return deleted

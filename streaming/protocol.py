@@ -88,6 +88,13 @@ class CorrectMessage:
 
 
 @dataclass(frozen=True)
+class AddTermMessage:
+    """An editor adds a term to the room's context (it biases later decoding)."""
+
+    term: str
+
+
+@dataclass(frozen=True)
 class ConfigMessage:
     language: str | None = None
     context: Context | None = None
@@ -207,16 +214,22 @@ def parse_view(query: Mapping[str, str]) -> ViewParams:
     return ViewParams(room=_room(query.get("room")), since=since, token=query.get("token"), editor=_speaker(query.get("editor", ""), "editor"))
 
 
-def parse_view_message(text: str) -> CorrectMessage:
-    """A viewer's text message: a correction (docs/protocol.md), or ``bad_request``."""
+def parse_view_message(text: str) -> CorrectMessage | AddTermMessage:
+    """A viewer's text message: a correction or a term for the room (docs/protocol.md), or ``bad_request``."""
     if len(text) > 4 * MAX_CORRECTION_TEXT + 1024:
         raise ProtocolError("bad_request", "a correction is at most a few kilobytes")
     try:
         message = json.loads(text)
     except (ValueError, RecursionError):
         raise ProtocolError("bad_request", "text message is not a JSON object") from None
+    if isinstance(message, dict) and message.get("type") == "add_term":
+        term = message.get("term")
+        if not isinstance(term, str) or not term.strip() or not all(_printable(c) for c in term):
+            raise ProtocolError("bad_request", "term must be printable text")
+        return AddTermMessage(" ".join(term.split()))
     if not isinstance(message, dict) or message.get("type") != "correct":
-        raise ProtocolError("bad_request", 'viewers send only corrections: {"type": "correct", "seq": N, "text": ..., "base": REVISION}')
+        raise ProtocolError("bad_request", 'viewers send only corrections ({"type": "correct", "seq": N, "text": ..., "base": REVISION}) '
+                                           'and terms ({"type": "add_term", "term": ...})')
     seq, base, new_text, speaker = message.get("seq"), message.get("base", 0), message.get("text"), message.get("speaker")
     if not isinstance(seq, int) or isinstance(seq, bool) or not 1 <= seq <= MAX_SEQ:
         raise ProtocolError("bad_request", "seq must be the seq of a final")

@@ -6,9 +6,10 @@ the model; and how long a room's audience waits for finals while editors review 
 
 from __future__ import annotations
 
-from typing import TypeVar
+import difflib
+from typing import Any, TypeVar
 
-from decoder.context import Context
+from decoder.context import MAX_TERM_WORDS, MAX_TERMS, Context, ContextError, Term, parse_context
 from streaming.protocol import ProtocolError
 
 T = TypeVar("T")
@@ -33,6 +34,7 @@ class RoomSettings:
         self.room_languages = room_languages or {}
         self.room_contexts = room_contexts or {}
         self.room_review_delays = room_review_delays or {}
+        self.learned: dict[str, tuple[str, ...]] = {}  # terms editors added to a room's context
         for room, codes in self.room_languages.items():
             missing = [code for code in codes if code not in model_languages]
             if missing:
@@ -48,8 +50,33 @@ class RoomSettings:
         return _for_room(self.room_languages, room) or ()
 
     def context(self, room: str) -> Context | None:
-        """The room's default context, for publishers that give none."""
-        return _for_room(self.room_contexts, room)
+        """The room's default context, for publishers that give none: the operator's, with the
+        terms editors added."""
+        base = _for_room(self.room_contexts, room)
+        learned = self.learned.get(room, ())
+        if not learned:
+            return base
+        known = {t.text.lower() for t in base.terms} if base else set()
+        added = tuple(Term(t) for t in learned if t.lower() not in known)
+        return Context(text=base.text if base else "", terms=(base.terms if base else ()) + added)
+
+    def learn(self, room: str, term: str) -> str:
+        """Add an editor's term to the room's context; returns it as kept (``bad_request``
+        for a term that is no term, ``too_large`` past the context's limits)."""
+        try:
+            checked = parse_context({"terms": [term]})
+        except ContextError as error:
+            raise ProtocolError("bad_request", f"term: {error}") from None
+        if checked is None or not checked.terms:
+            raise ProtocolError("bad_request", "term is empty")
+        text = checked.terms[0].text
+        current = self.context(room)
+        if current is not None and text.lower() in {t.text.lower() for t in current.terms}:
+            return text
+        if current is not None and len(current.terms) >= MAX_TERMS:
+            raise ProtocolError("too_large", f"room {room} has {MAX_TERMS} context terms already")
+        self.learned[room] = (*self.learned.get(room, ()), text)
+        return text
 
     def review_delay(self, room: str) -> float:
         """Seconds the room's audience gets finals after editors (``--review-delay``); 0: at once."""
@@ -75,3 +102,37 @@ class RoomSettings:
     def session_language(self, room: str, requested: str | None, candidates: tuple[str, ...] = ()) -> str:
         """A new session's language: what its publisher asked for, else the room's, else the default."""
         return self.language(requested, candidates or self.languages(room)) or self.default_language
+
+
+def suggested_terms(revisions: list[dict[str, Any]], known: set[str], least: int = 2, most: int = 10) -> list[str]:
+    """Terms editors keep writing in: the runs of words corrections put in a final's text (what
+    they replaced or inserted; a name with its capitalised neighbours), found in at least
+    ``least`` corrections and not ``known`` already; the most frequent first."""
+    counts: dict[str, int] = {}
+    shown: dict[str, str] = {}
+    for revision in revisions:
+        before = [_bare(w) for w in revision["before_text"].split()]
+        after = revision["text"].split()
+        matcher = difflib.SequenceMatcher(a=[w.lower() for w in before], b=[_bare(w).lower() for w in after], autojunk=False)
+        seen = set()
+        for kind, _, _, start, end in matcher.get_opcodes():
+            if kind not in ("replace", "insert") or end - start > MAX_TERM_WORDS:
+                continue
+            if any(_bare(w)[:1].isupper() for w in after[start:end]):
+                # A name: the capitalised words around it that were already right belong to it.
+                while start > 0 and _bare(after[start - 1])[:1].isupper() and end - start < MAX_TERM_WORDS:
+                    start -= 1
+                while end < len(after) and _bare(after[end])[:1].isupper() and end - start < MAX_TERM_WORDS:
+                    end += 1
+            phrase = " ".join(_bare(w) for w in after[start:end]).strip()
+            key = phrase.lower()
+            if phrase and key not in known and key not in seen:
+                seen.add(key)
+                counts[key] = counts.get(key, 0) + 1
+                shown.setdefault(key, phrase)
+    ranked = sorted((key for key, n in counts.items() if n >= least), key=lambda key: -counts[key])
+    return [shown[key] for key in ranked[:most]]
+
+
+def _bare(word: str) -> str:
+    return word.strip(".,;:!?\"'()[]")

@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, Generic, Protocol, TypeVar
 
-from streaming.events import Caption, Correction, Final, encode, to_wire
+from streaming.events import Caption, Correction, Final, RoomTerms, encode, to_wire
 from streaming.journal import Journal
 from streaming.protocol import ProtocolError
 
@@ -102,11 +102,11 @@ class Room:
 
     def fan_out(self, message: Caption | Correction) -> None:
         if self.editors:
-            self._offer(self.editors, encode(message))
+            self.offer(self.editors, encode(message))
         if not self.review_delay_s:
             if isinstance(message, Final) and message.seq is not None:
                 self.released_seq = message.seq
-            self._offer(self.viewers, encode(message))
+            self.offer(self.viewers, encode(message))
         elif isinstance(message, Final):
             self._held.append((time.monotonic() + self.review_delay_s, message))
             if self._releasing is None or self._releasing.done():
@@ -116,7 +116,7 @@ class Room:
                 if held.seq == message.seq:  # corrected before air: the audience gets the corrected final
                     self._held[index] = (due, replace(held, text=message.text, speaker=message.speaker, revision=message.revision))
                     return
-            self._offer(self.viewers, encode(message))
+            self.offer(self.viewers, encode(message))
         # A partial in a room under review reaches editors only: the audience sees finals.
 
     async def _release(self) -> None:
@@ -129,9 +129,9 @@ class Room:
             self._held.popleft()
             assert final.seq is not None
             self.released_seq = final.seq
-            self._offer(self.viewers, encode(final))
+            self.offer(self.viewers, encode(final))
 
-    def _offer(self, viewers: set[Viewer], text: str) -> None:
+    def offer(self, viewers: set[Viewer], text: str) -> None:
         for viewer in list(viewers):
             if not viewer.offer(text):
                 viewers.discard(viewer)
@@ -224,6 +224,18 @@ class Rooms:
     async def corrected(self, name: str, since: int, upto: int) -> list[Correction]:
         """The latest revision of each corrected final with since < seq <= upto."""
         return [Correction.from_row(name, row) for row in await self._reading(self.journal.corrected, name, since, upto)]
+
+    async def recent_revisions(self, name: str, limit: int = 500) -> list[dict[str, Any]]:
+        return await self._reading(self.journal.recent_revisions, name, limit)
+
+    async def add_term(self, name: str, term: str, editor: str) -> None:
+        await self._in_journal(self.journal.add_room_term, name, term, editor)
+
+    def to_editors(self, name: str, event: RoomTerms) -> None:
+        """An event for the room's editors alone."""
+        room = self._rooms.get(name)
+        if room is not None and room.editors:
+            room.offer(room.editors, encode(event))
 
     async def revisions(self, name: str) -> list[dict[str, Any]]:
         """Every correction in the room, by seq then revision."""

@@ -34,6 +34,13 @@ from tests.test_server import finals, publish, receive_until
 SR = 16000
 
 
+def reply(ws) -> dict:
+    """The next message that is not the editors' terms event (sent after each correction)."""
+    while (message := json.loads(ws.recv(timeout=10)))["type"] == "terms":
+        pass
+    return message
+
+
 def final_row(room: str, seq: int, text: str, language: str = "en") -> dict:
     return {"room": room, "seq": seq, "session": "s", "speaker": "Anna", "segment": seq - 1, "text": text, "language": language,
             "start": float(seq), "end": seq + 0.9}
@@ -132,10 +139,10 @@ def test_a_correction_reaches_every_viewer_and_a_resuming_one(guarded, caplog): 
         assert abs(correction["at"] - time.time()) < 5
     # Made on the revision someone else replaced: refused to its sender alone, with the revision now.
     editor.send(json.dumps({"type": "correct", "seq": 2, "text": "charlie delta", "base": 0}))
-    refused = json.loads(editor.recv(timeout=10))
+    refused = reply(editor)
     assert refused["type"] == "correction_refused" and refused["code"] == "conflict" and refused["revision"] == 1
     editor.send(json.dumps({"type": "correct", "seq": 99, "text": "x", "base": 0}))
-    assert "no final 99" in json.loads(editor.recv(timeout=10))["message"]
+    assert "no final 99" in reply(editor)["message"]
     # A view token cannot edit: refused and logged, and the viewer stays connected.
     with caplog.at_level(logging.WARNING):
         watching[0].send(json.dumps({"type": "correct", "seq": 1, "text": "hijacked", "base": 0}))
@@ -145,7 +152,7 @@ def test_a_correction_reaches_every_viewer_and_a_resuming_one(guarded, caplog): 
     # An editor who floods is slowed down, not served without bound.
     for _ in range(12):
         editor.send(json.dumps({"type": "correct", "seq": 3, "text": "echo", "base": 99}))
-    answers = [json.loads(editor.recv(timeout=10)) for _ in range(12)]
+    answers = [reply(editor) for _ in range(12)]
     assert any(a["code"] == "overloaded" for a in answers)
     stack.close()
     # A viewer that resumes after seq 3 gets the latest revision of what it may be showing...
@@ -288,3 +295,49 @@ def test_review_delays_are_read_from_the_command_line():
     for bad in ("stage", "stage=4h", "stage=61s", "a b=1"):
         with pytest.raises(ValueError):
             parse_review_delays([bad])
+
+
+# -- learning from corrections -------------------------------------------------------------------
+def test_terms_corrections_put_in_more_than_once_are_suggested():
+    from streaming.room_settings import suggested_terms
+
+    revisions = [{"before_text": "Esther Prin walked.", "text": "Hester Prynne walked."},
+                 {"before_text": "and then hester prin said", "text": "and then Hester Prynne said"},
+                 {"before_text": "The letter.", "text": "The scarlet letter."}]
+    assert suggested_terms(revisions, known=set()) == ["Hester Prynne"]
+    assert suggested_terms(revisions, known={"hester prynne"}) == []
+    assert suggested_terms(revisions, known=set(), least=1) == ["Hester Prynne", "scarlet"]
+
+
+def test_an_editor_adds_a_term_that_live_sessions_and_later_ones_decode_with(tmp_path):
+    from streaming.config import ServerConfig
+    from streaming.server import CaptionServer
+    from tests.conftest import ServerThread
+    from tests.scripted import ScriptedModel
+
+    running = ServerThread(CaptionServer(ServerConfig(port=0, data_dir=tmp_path), ScriptedModel())).start()
+    try:
+        publish(running.url, speak("alpha bravo", "charlie"), "room=hall")
+        with connect(f"{running.url}/v1/captions?room=hall&editor=Ed") as editor, connect(f"{running.url}/v1/publish?room=hall") as speaker:
+            json.loads(editor.recv(timeout=10))
+            json.loads(speaker.recv(timeout=10))
+            assert receive_until(editor, lambda m: m["type"] == "terms", timeout=10)[-1]["suggested"] == []
+            editor.send(json.dumps({"type": "correct", "seq": 1, "text": "Hester Prynne bravo", "base": 0}))
+            editor.send(json.dumps({"type": "correct", "seq": 2, "text": "Hester Prynne.", "base": 0}))
+            terms = [m for m in receive_until(editor, lambda m: m["type"] == "terms" and m["suggested"], timeout=10) if m["type"] == "terms"]
+            assert terms[-1] == {"type": "terms", "room": "hall", "terms": [], "suggested": ["Hester Prynne"]}
+            editor.send(json.dumps({"type": "add_term", "term": " Hester  Prynne "}))
+            terms = receive_until(editor, lambda m: m["type"] == "terms" and m["terms"], timeout=10)[-1]
+            assert terms == {"type": "terms", "room": "hall", "terms": ["Hester Prynne"], "suggested": []}
+            (live,) = running.server.sessions.live.values()  # the publisher still speaking
+            assert [t.text for t in live.session.context.terms] == ["Hester Prynne"]
+            editor.send(json.dumps({"type": "add_term", "term": "x" * 61}))
+            assert reply(editor)["code"] == "bad_request"  # no term: too long
+    finally:
+        running.stop()
+    again = ServerThread(CaptionServer(ServerConfig(port=0, data_dir=tmp_path), ScriptedModel())).start()
+    try:
+        assert [t.text for t in again.server.settings.context("hall").terms] == ["Hester Prynne"]  # kept in the journal
+        assert again.server.settings.context("lobby") is None
+    finally:
+        again.stop()

@@ -122,3 +122,26 @@ def test_an_editor_page_with_a_view_token_is_refused(guarded, context, caplog): 
     assert refused["code"] == "unauthorized" and "cannot edit" in refused["message"]
     assert "Not corrected" in editor.inner_text("#status")
     assert any("refused to edit" in r.getMessage() for r in caplog.records)
+
+
+def test_a_term_corrected_twice_is_suggested_and_added_in_one_action(guarded, context):  # noqa: F811
+    room = f"terms-{uuid.uuid4().hex[:6]}"
+    publish(guarded.url, speak("alpha bravo", "charlie"), f"room={room}&token={auth.create_token(guarded.secret, room, 'publish', 60)}")
+    editor = context.new_page()
+    editor.goto(f"http://127.0.0.1:{guarded.port}/editor?room={room}&editor=Ed&token={auth.create_token(guarded.secret, room, 'edit', 60)}")
+    wait_for(editor, "window.flashcaption.finals.length === 2", 10)
+    editor.keyboard.press("Enter")  # edit the first; Tab saves it and edits the next
+    editor.keyboard.type("Hester Prynne bravo")  # the same name, corrected in twice
+    editor.keyboard.press("Tab")
+    editor.keyboard.type("Hester Prynne.")
+    editor.keyboard.press("Enter")
+    wait_for(editor, "window.flashcaption.suggested.includes('Hester Prynne')", 10)
+    editor.click("#suggestions button")  # one action
+    wait_for(editor, "window.flashcaption.terms.includes('Hester Prynne')", 10)
+    assert editor.evaluate("window.flashcaption.suggested") == []
+    editor.keyboard.press("t")  # or typed in
+    editor.keyboard.type("Chillingworth")
+    editor.keyboard.press("Enter")
+    wait_for(editor, "window.flashcaption.terms.length === 2", 10)
+    assert [t.text for t in guarded.server.settings.context(room).terms] == ["Hester Prynne", "Chillingworth"]
+    assert "Hester Prynne" in editor.inner_text("#term-list")

@@ -87,7 +87,7 @@ export class CaptionFeed {
         if (this.lastSeq !== null && event.seq <= this.lastSeq) return;
         this.lastSeq = event.seq;
         this.onEvent(event);
-      } else if (event.type === "partial" || event.type === "correction" || event.type === "correction_refused") {
+      } else if (["partial", "correction", "correction_refused", "terms"].includes(event.type)) {
         // A correction names its final by seq; showing it again is harmless (revisions only go up).
         this.onEvent(event);
       }
@@ -135,7 +135,7 @@ export class CaptionBoard {
       return true;
     }
     if (event.type === "correction") return this._correct(event);
-    if (event.type === "correction_refused") return false;
+    if (event.type === "correction_refused" || event.type === "terms") return false;
     const key = `${event.session}/${event.segment}`;
     if (!this.sessions.has(event.session)) {
       this.sessions.set(event.session, event.speaker || `Speaker ${this.sessions.size + 1}`);

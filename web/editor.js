@@ -17,7 +17,7 @@ nameInput.value = params.editor || localStorage.getItem("flashcaption-editor") |
 $("room-name").textContent = room;
 
 // What the page has done, for anyone checking it (the browser tests do).
-window.flashcaption = { finals: [], corrections: [], refused: [], state: "connecting" };
+window.flashcaption = { finals: [], corrections: [], refused: [], terms: [], suggested: [], state: "connecting" };
 
 function status(text, problem = false) {
   $("status").textContent = text;
@@ -145,8 +145,51 @@ function refused(event) {
   status(`Not corrected${event.seq !== null ? ` (#${event.seq})` : ""}: ${event.message}`, true);
 }
 
+/** The room's terms, and the ones its corrections suggest (a button each: one action adds it). */
+function showTerms(event) {
+  window.flashcaption.terms = event.terms;
+  window.flashcaption.suggested = event.suggested;
+  $("term-list").replaceChildren(...event.terms.map((term) => {
+    const chip = document.createElement("span");
+    chip.className = "term";
+    chip.textContent = term;
+    return chip;
+  }));
+  $("suggestions").replaceChildren(...event.suggested.map((term) => {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.textContent = `+ ${term}`;
+    button.title = "Corrected more than once: add it to the room's context";
+    button.addEventListener("click", () => addTerm(term));
+    return button;
+  }));
+}
+
+function addTerm(term) {
+  if (term.trim() && !feed.send({ type: "add_term", term: term.trim() })) status("Not connected: the term was not added.", true);
+}
+
+const termInput = $("term-input");
+termInput.addEventListener("keydown", (key) => {
+  key.stopPropagation();
+  if (key.key === "Enter") {
+    key.preventDefault();
+    addTerm(termInput.value);
+  }
+  if (key.key === "Enter" || key.key === "Escape") {
+    termInput.value = "";
+    termInput.hidden = true;
+  }
+});
+
 document.addEventListener("keydown", (key) => {
-  if (editing || key.target === nameInput || key.altKey || key.ctrlKey || key.metaKey) return;
+  if (editing || key.target === nameInput || key.target === termInput || key.altKey || key.ctrlKey || key.metaKey) return;
+  if (key.key === "t" || key.key === "T") {
+    key.preventDefault();
+    termInput.hidden = false;
+    termInput.focus();
+    return;
+  }
   const moves = { ArrowDown: 1, j: 1, ArrowUp: -1, k: -1 };
   if (key.key in moves) {
     key.preventDefault();
@@ -189,6 +232,8 @@ const feed = new CaptionFeed({
       corrected(event);
     } else if (event.type === "correction_refused") {
       refused(event);
+    } else if (event.type === "terms") {
+      showTerms(event);
     }
   },
   onState: (state, detail) => {

@@ -86,7 +86,7 @@ function correct(event) {
 
 function show(event) {
   if (event.type === "correction") return correct(event);
-  if (event.type === "correction_refused") return;
+  if (event.type === "correction_refused" || event.type === "terms") return;
   const nearBottom = innerHeight + scrollY >= document.body.scrollHeight - 80;
   if (event.type === "reset") {
     for (const item of partials.values()) item.remove();

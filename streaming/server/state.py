@@ -76,6 +76,8 @@ class ServerState:
             Journal(config.data_dir / "journal.sqlite3"), config.viewer_queue, viewer_bytes=config.viewer_queue_bytes,
             review_delay=self.settings.review_delay,
         )
+        # Terms editors added to rooms' contexts (read once: a few rows).
+        self.settings.learned = {room: tuple(terms) for room, terms in self.rooms.journal.room_terms().items()}
         self.sessions: Publishers[Publisher] = Publishers(config.max_parked_per_address)
         self.metrics = Metrics()
         required = auth_required(config.auth, config.host)

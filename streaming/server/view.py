@@ -21,10 +21,12 @@ from typing import TYPE_CHECKING
 import websockets
 from websockets.asyncio.server import ServerConnection
 
+from decoder.context import Context
 from streaming import protocol
-from streaming.events import CorrectionRefused, Ready, encode
+from streaming.events import CorrectionRefused, Ready, RoomTerms, encode
 from streaming.journal import Conflict
 from streaming.protocol import ProtocolError
+from streaming.room_settings import suggested_terms
 from streaming.rooms import Viewer
 from streaming.scoring import edit_distance, units
 from streaming.server.connection import Client, Stalled, send_within
@@ -57,6 +59,8 @@ async def serve_viewer(server: ServerState, connection: ServerConnection, query:
     try:
         ready = Ready(uuid.uuid4().hex[:12], params.room, server.model.name, server.settings.default_language, seq=joined.last_seq)
         await send_within(connection, encode(ready), server.config.send_stall_s, "viewer")
+        if editor:
+            await send_terms(server, params.room, viewer)  # queued: it follows the backlog
         sender = asyncio.create_task(_send_all(server, connection, viewer, params.room, params.since, joined.last_seq))
         receiver = asyncio.create_task(_receive(server, connection, params, client))
         done, pending = await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
@@ -97,7 +101,7 @@ async def _receive(server: ServerState, connection: ServerConnection, params: pr
         seq = None
         try:
             command = protocol.parse_view_message(message)
-            seq = command.seq
+            seq = command.seq if isinstance(command, protocol.CorrectMessage) else None
             server.access.authorize(client.token, params.room, "edit", client.forwarded)
             now = time.monotonic()
             while recent and now - recent[0] > 2.0:
@@ -105,13 +109,41 @@ async def _receive(server: ServerState, connection: ServerConnection, params: pr
             if len(recent) >= 2 * CORRECTIONS_PER_S:
                 raise ProtocolError("overloaded", f"at most {CORRECTIONS_PER_S} corrections a second")
             recent.append(now)
-            await _correct(server, params, command)
+            if isinstance(command, protocol.CorrectMessage):
+                await _correct(server, params, command)
+            else:
+                await _add_term(server, params, command.term)
+            await send_terms(server, params.room)  # what corrections suggest may have changed
         except ProtocolError as error:
             await _refuse(server, connection, CorrectionRefused(seq, error.code, error.message))
         except Conflict as conflict:
             await _refuse(server, connection, CorrectionRefused(seq, "conflict", f"final {seq} was {conflict}", conflict.revision))
         except KeyError:
             await _refuse(server, connection, CorrectionRefused(seq, "bad_request", f"room {params.room} has no final {seq}"))
+
+
+async def _add_term(server: ServerState, params: protocol.ViewParams, term: str) -> None:
+    """An editor's term joins the room's context: kept in the journal, and used by every live
+    session in the room that decodes with the room's context (not one of its own) from its next
+    decode on."""
+    kept = server.settings.learn(params.room, term)
+    await server.rooms.add_term(params.room, kept, params.editor)
+    context = server.settings.context(params.room)
+    for publisher in server.sessions.live.values():
+        if publisher.room.name == params.room and publisher.params.context is None:
+            publisher.session.configure(context=context)
+    log.info("term added to the room's context by %s", params.editor or "an editor", extra={"room": params.room})
+
+
+async def send_terms(server: ServerState, room: str, viewer: Viewer | None = None) -> None:
+    """The room's learned terms and the terms its corrections suggest, to its editors (or one)."""
+    known = {t.text.lower() for t in (server.settings.context(room) or Context()).terms}
+    suggested = suggested_terms(await server.rooms.recent_revisions(room), known)
+    event = RoomTerms(room, server.settings.learned.get(room, ()), tuple(suggested))
+    if viewer is not None:
+        viewer.offer(encode(event))
+    else:
+        server.rooms.to_editors(room, event)
 
 
 async def _correct(server: ServerState, params: protocol.ViewParams, command: protocol.CorrectMessage) -> None:
