@@ -6,6 +6,7 @@ import argparse
 import json
 
 import numpy as np
+import pytest
 
 from streaming.evaluation.bench import finals_differing, run_bench
 from streaming.evaluation.dialects import adapter_costs
@@ -238,3 +239,16 @@ def test_chinese_is_scored_in_one_script():
     assert error_counts("在短短几周内美军解放了德国", "在短短幾週內美軍解放了法國", "zh") == (1, 13)
     assert error_counts("美國", "美国", "yue") == (0, 2)
     assert error_counts("Deutschland", "deutschland", "de") == (0, 1)
+
+
+def test_the_post_edit_rate_counts_words_to_change_per_100_captioned():
+    from pathlib import Path
+
+    from streaming.evaluation.bench import summarize
+    from streaming.evaluation.streams import StreamResult
+
+    clips = [Clip("a", "en", "Hester Prynne walked out of the prison door", Path("a.wav"))]
+    captioned = StreamResult("a", 0, ["Esther Prin walked out", "of the prison door today"], [1, 2], 0, 0, 4.0, [])
+    entry = summarize(clips, [captioned])["languages"]["en"]
+    # Two words replaced and one added, over nine words captioned.
+    assert entry["streaming_errors"] == 3 and entry["post_edit_per_100_words"] == pytest.approx(100 * 3 / 9)

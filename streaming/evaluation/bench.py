@@ -44,7 +44,7 @@ from streaming.evaluation.streams import (
     stream_clip,
 )
 from streaming.nonspeech import NON_SPEECH
-from streaming.scoring import CHARACTER_LANGUAGES, error_counts, normalize
+from streaming.scoring import CHARACTER_LANGUAGES, error_counts, normalize, units
 
 
 def offline_decoder(model_name: str, device: str, beam_size: int = 1, tail: float = 0.0) -> Callable[[Clip], str]:
@@ -93,12 +93,16 @@ def summarize(clips: list[Clip], all_results: list[StreamResult]) -> dict[str, A
         # Language identification, per stream: the language most of its finals were given.
         # (An API that does not say the language, as OpenAI's realtime events do not, is not scored.)
         identified = [max(set(r.languages), key=r.languages.count) == language for r in mine if r.languages]
+        captioned = sum(len(units(" ".join(r.finals), language)) for r in mine)
         languages[language] = {
             "clips": len({r.clip for r in mine}),
             "units": sum(n for _, n in streamed),  # reference words (characters for zh, ja...)
             "streaming_errors": sum(e for e, _ in streamed),
             "streaming_error_rate": sum(e for e, _ in streamed) / max(1, sum(n for _, n in streamed)),
             "language_id_share": sum(identified) / len(identified) if identified else None,
+            # With the references as what an editor would have made of the captions: words to
+            # change per 100 words captioned (the editor issue's post-edit rate; normalised words).
+            "post_edit_per_100_words": 100 * sum(e for e, _ in streamed) / max(1, captioned),
         }
     speech = sum(r.speech_seconds for r in results)
     partials = sum(r.partials for r in results)
@@ -149,6 +153,8 @@ def print_report(report: dict[str, Any], out: TextIO = sys.stdout) -> None:
                 line += f" ({entry['streaming_errors']} vs {entry['offline_errors']} of {entry['units']})"
             share = entry["language_id_share"]
             print(line + f"   language right {'-' if share is None else format(share, '.0%')}   ({entry['clips']} clips)", file=out)
+            print(f"  {language} post-edit rate        {entry['post_edit_per_100_words']:.2f} words to change per 100 captioned "
+                  "(the references taken as the corrected transcripts)", file=out)
         if run.get("cpu_per_audio_second") is not None:
             print(f"  server CPU s / audio s   {run['cpu_per_audio_second']:.3f}   peak RSS {run['peak_rss_mb']:.0f} MB", file=out)
         print(f"  behind real time (max)   {s['max_behind_real_time_s']:.2f} s   errors {len(s['errors'])}"
