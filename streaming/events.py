@@ -26,6 +26,7 @@ class Ready:
     language: str
     sample_rate: int | None = None  # publishers: the rate their audio is read at
     seq: int | None = None  # viewers: the room's last seq when they joined
+    mapped_from: str | None = None  # publishers: the language asked for, when the model captions it as ``language``
 
 
 @dataclass(frozen=True)
@@ -129,6 +130,8 @@ def to_wire(event: Event) -> dict[str, Any]:
             message["sample_rate"] = event.sample_rate
         if event.seq is not None:
             message["seq"] = event.seq
+        if event.mapped_from is not None:
+            message["mapped_from"] = event.mapped_from
         return message
     if isinstance(event, ErrorEvent):
         return {"type": "error", "code": event.code, "message": event.message}

@@ -85,7 +85,9 @@ async def serve_publisher(
     )
     ended = False
     try:
-        ready = Ready(publisher.id, publisher.room.name, server.model.name, publisher.session.language, params.sample_rate)
+        asked = params.language if params.language not in (None, "auto") else None
+        mapped = asked if asked is not None and asked != server.settings.nearest(asked) else None
+        ready = Ready(publisher.id, publisher.room.name, server.model.name, publisher.session.language, params.sample_rate, mapped_from=mapped)
         for text in dialect.ready(ready):
             await connection.send(text)
         ended = await _receive(server, publisher, pcm, keepalive)
