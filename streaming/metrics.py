@@ -26,13 +26,16 @@ class Histogram:
         self.sum += value
         self.count += 1
 
-    def lines(self, name: str) -> list[str]:
+    def lines(self, name: str, label: str = "") -> list[str]:
+        """The histogram's samples; ``label``: labels every sample carries (``language="en"``)."""
         out, running = [], 0
+        extra = f"{label}," if label else ""
         for bound, count in zip(self.buckets, self.counts):
             running += count
-            out.append(f'{name}_bucket{{le="{bound}"}} {running}')
-        out.append(f'{name}_bucket{{le="+Inf"}} {self.count}')
-        out += [f"{name}_sum {self.sum:.6f}", f"{name}_count {self.count}"]
+            out.append(f'{name}_bucket{{{extra}le="{bound}"}} {running}')
+        out.append(f'{name}_bucket{{{extra}le="+Inf"}} {self.count}')
+        tail = f"{{{label}}}" if label else ""
+        out += [f"{name}_sum{tail} {self.sum:.6f}", f"{name}_count{tail} {self.count}"]
         return out
 
 
@@ -44,6 +47,9 @@ class Metrics:
         self.final_checks: Counter[str] = Counter()  # checks of a final's tail or head, by what they found
         self.rejected_finals: Counter[str] = Counter()  # final decodes whose words were not taken for speech, by guard
         self.final_latency = Histogram()  # end of an utterance's audio -> its final sent
+        self.final_latency_by_language: dict[str, Histogram] = {}  # the same, by the final's language
+        self.finals: Counter[str] = Counter()  # by language
+        self.model = ""  # the model's name, a label on what is counted by language
         # Post-edit rate: words captioned, and words editors changed (word edit distance of each
         # correction, before to after), by language.
         self.words_captioned: Counter[str] = Counter()
@@ -85,14 +91,21 @@ class Metrics:
                "Decodes of finals (and early finals) whose words a guard did not take for speech (noise, music), by guard: "
                "no speech, unsure, looping text, no words, copies context, unsure start.",
                lambda: [f'flashcaption_final_decodes_rejected_total{{guard="{g}"}} {n}' for g, n in sorted(self.rejected_finals.items())])
-        metric("flashcaption_words_captioned_total", "counter", "Words (characters in Chinese and Japanese) in finals, by language.",
-               lambda: [f'flashcaption_words_captioned_total{{language="{k}"}} {n}' for k, n in sorted(self.words_captioned.items())])
+        def by_language(name: str, counts: Counter[str]) -> Callable[[], list[str]]:
+            return lambda: [f"{name}{{{labels(language=k, model=self.model)}}} {n}" for k, n in sorted(counts.items())]
+
+        metric("flashcaption_finals_total", "counter", "Finals sent, by language and model.", by_language("flashcaption_finals_total", self.finals))
+        metric("flashcaption_words_captioned_total", "counter", "Words (characters in Chinese and Japanese) in finals, by language and model.",
+               by_language("flashcaption_words_captioned_total", self.words_captioned))
         metric("flashcaption_words_edited_total", "counter",
-               "Words editors changed in finals (word edit distance of each correction), by language: "
-               "per 100 words captioned, the post-edit rate.",
-               lambda: [f'flashcaption_words_edited_total{{language="{k}"}} {n}' for k, n in sorted(self.words_edited.items())])
-        metric("flashcaption_corrections_total", "counter", "Corrections of finals made by editors, by language.",
-               lambda: [f'flashcaption_corrections_total{{language="{k}"}} {n}' for k, n in sorted(self.corrections.items())])
+               "Words editors changed in finals (word edit distance of each correction), by language and model: "
+               "per 100 words captioned, the post-edit rate.", by_language("flashcaption_words_edited_total", self.words_edited))
+        metric("flashcaption_corrections_total", "counter", "Corrections of finals made by editors, by language and model.",
+               by_language("flashcaption_corrections_total", self.corrections))
+        metric("flashcaption_final_latency_by_language_seconds", "histogram",
+               "From the end of an utterance's audio (on arrival) to its final being sent, by language and model.",
+               lambda: [line for k, h in sorted(self.final_latency_by_language.items())
+                        for line in h.lines("flashcaption_final_latency_by_language_seconds", labels(language=k, model=self.model))])
         metric("flashcaption_final_latency_seconds", "histogram",
                "From the end of an utterance's audio (on arrival) to its final being sent.",
                lambda: self.final_latency.lines("flashcaption_final_latency_seconds"))

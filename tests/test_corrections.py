@@ -192,7 +192,10 @@ def test_exports_carry_the_latest_revision_the_history_and_the_post_edit_rate(gu
     assert history[1]["revisions"] == []
     metrics = urllib.request.urlopen(urllib.request.Request(
         guarded.url.replace("ws://", "http://") + "/metrics", headers={"Authorization": f"Bearer {_token(guarded, 'admin', '*')}"}), timeout=10).read().decode()
-    assert 'flashcaption_corrections_total{language="en"}' in metrics and 'flashcaption_words_edited_total{language="en"}' in metrics
+    labels = 'language="en",model="scripted-en"'
+    for name in ("flashcaption_corrections_total", "flashcaption_words_edited_total", "flashcaption_finals_total", "flashcaption_words_captioned_total"):
+        assert f"{name}{{{labels}}} " in metrics, name
+    assert f'flashcaption_final_latency_by_language_seconds_count{{{labels}}} ' in metrics
 
 
 # -- kill -9 after a correction was acknowledged (real model) -------------------------------------

@@ -31,6 +31,7 @@ from streaming import protocol
 from streaming.audio import PcmDecoder
 from streaming.compat import NATIVE, Dialect
 from streaming.events import Final, Ready, caption
+from streaming.metrics import Histogram
 from streaming.protocol import AudioMessage, ClearMessage, ConfigMessage, EndMessage, FlushMessage, ProtocolError
 from streaming.scoring import units
 from streaming.server.connection import Client, Keepalive, Link, Stalled, send_error, send_within
@@ -408,8 +409,13 @@ async def _deliver(server: ServerState, publisher: Publisher) -> None:
         if isinstance(message, Final):
             audio_end = publisher.started_wall + event.end
             message = await server.rooms.publish_final(publisher.room, message, publisher.started_wall + event.start, audio_end)
-            server.metrics.final_latency.observe(max(0.0, time.time() - audio_end))
-            server.metrics.words_captioned[message.language] += len(units(message.text, message.language))
+            latency = max(0.0, time.time() - audio_end)
+            server.metrics.final_latency.observe(latency)
+            if message.text:
+                language = message.language
+                server.metrics.finals[language] += 1
+                server.metrics.words_captioned[language] += len(units(message.text, language))
+                server.metrics.final_latency_by_language.setdefault(language, Histogram()).observe(latency)
         else:
             publisher.room.fan_out(message)
         try:

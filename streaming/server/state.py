@@ -80,6 +80,7 @@ class ServerState:
         self.settings.learned = {room: tuple(terms) for room, terms in self.rooms.journal.room_terms().items()}
         self.sessions: Publishers[Publisher] = Publishers(config.max_parked_per_address)
         self.metrics = Metrics()
+        self.metrics.model = model.name
         required = auth_required(config.auth, config.host)
         # auto on loopback: open to this machine, but not to what a reverse proxy forwards, and
         # deleting a room takes an admin token unless access control is off in so many words.
