@@ -279,6 +279,21 @@ def build_parser() -> argparse.ArgumentParser:
                       "drop and resume, or stop reading for a while")
     soak.add_argument("--json", type=Path, default=None, help="write the report to this file")
 
+    comparing = commands.add_parser(
+        "compare", help="two models on your own recordings, side by side: an HTML report and JSON",
+        description="Stream every recording in a folder (or a manifest TSV) to each model's own server, and decode it whole "
+        "offline; report error rates per language (against NAME.txt references beside the recordings, or how much the two "
+        "disagree), final latency, partial stability, compute and memory, and the recordings each does worst on.",
+    )
+    comparing.add_argument("source", type=Path, help="a folder of recordings (NAME.txt: its reference; NAME.lang: its language) or a manifest TSV")
+    comparing.add_argument("--a", required=True, choices=sorted(MODELS), help="the first model (install one from a folder with flashcaption install --from)")
+    comparing.add_argument("--b", required=True, choices=sorted(MODELS), help="the second model")
+    comparing.add_argument("--language", default=None, help="the language of recordings that name none (default: undetermined)")
+    comparing.add_argument("--speed", type=_speed, default=None, help="1 is real time; max (the default) as fast as each server takes it")
+    comparing.add_argument("--no-streaming", action="store_true", help="offline decoding only (no latency figures)")
+    comparing.add_argument("--device", default="cpu", help="device for both models (default %(default)s)")
+    comparing.add_argument("-o", "--output", type=Path, default=Path("compare.html"), help="the HTML report (default %(default)s)")
+    comparing.add_argument("--json", type=Path, default=None, help="the same numbers as JSON")
     export = commands.add_parser(
         "export", help="write a room's transcript as SRT, WebVTT, JSON or text",
         description="Fetch a room's transcript from the server (or read it from a data directory) as subtitles or text.",
@@ -514,6 +529,22 @@ def _token(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare(args: argparse.Namespace) -> int:
+    from streaming.evaluation.compare import compare, print_summary, write
+    from streaming.logs import setup_logging
+
+    setup_logging("warning")
+    try:
+        report = compare(args.a, args.b, args.source, args.speed, args.language, args.device, streaming=not args.no_streaming)
+    except (ValueError, OSError) as error:
+        print(f"flashcaption compare: {error}", file=sys.stderr)
+        return 1
+    write(report, args.output, args.json)
+    print_summary(report)
+    print(f"report: {args.output}" + (f", numbers: {args.json}" if args.json else ""))
+    return 0
+
+
 def _export(args: argparse.Namespace) -> int:
     if args.revisions and args.format != "json":
         print("flashcaption: --revisions takes --format json", file=sys.stderr)
@@ -585,6 +616,8 @@ def main(argv: list[str] | None = None) -> int:
         return _bench(args)
     if args.command == "export":
         return _export(args)
+    if args.command == "compare":
+        return _compare(args)
     if args.command == "soak":
         return _soak(args)
     if args.command == "token":
