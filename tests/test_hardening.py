@@ -82,7 +82,8 @@ def seed(data_dir: Path, room: str, count: int, speaker: str = "Ada") -> None:
     now = time.time()
     with db:
         db.executemany(
-            "INSERT INTO finals VALUES (?, ?, 's', ?, ?, ?, 'en', ?, ?, ?, ?, ?)",
+            "INSERT INTO finals (room, seq, session, speaker, segment, text, language, start, end, wall_start, wall_end, written)"
+            " VALUES (?, ?, 's', ?, ?, ?, 'en', ?, ?, ?, ?, ?)",
             ((room, seq, speaker, seq, text, seq * 3.0, seq * 3.0 + 2.5, now + seq * 3.0, now + seq * 3.0 + 2.5, now) for seq in range(1, count + 1)),
         )
         db.execute("INSERT INTO rooms VALUES (?, ?)", (room, count))
