@@ -11,6 +11,7 @@ split into several cues, its time shared out by length.
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 from collections.abc import Iterable
 from typing import Any
@@ -44,7 +45,7 @@ def _pieces(text: str) -> list[str]:
 def _cue_safe(text: str) -> str:
     """Text that cannot end a cue or start a timing line inside one: no line breaks of its own
     and no timing arrow (speaker names and captions are a client's words)."""
-    return " ".join(text.split()).replace("-->", "->")
+    return re.sub(r"-+>", "->", " ".join(text.split()))
 
 
 def cues(rows: list[dict[str, Any]], clock: str = "wall") -> Iterable[tuple[float, float, str, str]]:

@@ -201,6 +201,12 @@ class Journal:
             ).fetchall()
         return [dict(zip(_REVISION_FIELDS, row)) for row in rows]
 
+    def written_since(self, room: str, since: float) -> list[dict[str, Any]]:
+        """The room's finals journaled after ``since`` (Unix time), in seq order."""
+        with self._lock:
+            rows = self._db.execute(f"SELECT {', '.join(_FIELDS)} FROM finals WHERE room = ? AND written > ? ORDER BY seq", (room, since)).fetchall()
+        return [dict(zip(_FIELDS, row)) for row in rows]
+
     def keep_session(self, session: str, room: str, language: str, context: str | None) -> None:
         """Record (or, after ``configure``, update) what a session asked for; a ``context`` of
         None keeps the one recorded."""

@@ -21,8 +21,9 @@ NEAREST = {"yue": "zh", "nb": "no", "nn": "no", "fil": "tl", "iw": "he", "in": "
 
 
 def _for_room(settings: dict[str, T], room: str) -> T | None:
-    """An operator's per-room setting: the room's own, else the one for every room ("*")."""
-    return settings.get(room) or settings.get("*")
+    """An operator's per-room setting: the room's own (0 and empty included), else the one for
+    every room ("*")."""
+    return settings[room] if room in settings else settings.get("*")
 
 
 class RoomSettings:
@@ -82,6 +83,10 @@ class RoomSettings:
             raise ProtocolError("too_large", f"room {room} has {MAX_TERMS} context terms already")
         self.learned[room] = (*self.learned.get(room, ()), text)
         return text
+
+    def forget(self, room: str) -> None:
+        """A deleted room's learned terms go with it."""
+        self.learned.pop(room, None)
 
     def review_delay(self, room: str) -> float:
         """Seconds the room's audience gets finals after editors (``--review-delay``); 0: at once."""

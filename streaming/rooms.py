@@ -98,7 +98,17 @@ class Room:
 
     @property
     def occupied(self) -> bool:
-        return bool(self.viewers or self.editors or self.publishers or self.parked)
+        return bool(self.viewers or self.editors or self.publishers or self.parked or self._held)
+
+    def hold(self, finals: list[tuple[float, Final]]) -> None:
+        """Finals made before this room object (the server restarted, or the room was forgotten
+        while empty) whose review delay has not passed: released at their time, as if held all along."""
+        if not finals:
+            return
+        assert finals[0][1].seq is not None
+        self.released_seq = min(self.released_seq, finals[0][1].seq - 1)
+        self._held.extend(finals)
+        self._releasing = asyncio.get_running_loop().create_task(self._release(), name=f"review delay of room {self.name}")
 
     def fan_out(self, message: Caption | Correction) -> None:
         if self.editors:
@@ -152,6 +162,7 @@ class Rooms:
         self.viewer_bytes = viewer_bytes
         self.max_rooms = max_rooms
         self._rooms: dict[str, Room] = {}  # in order of last use
+        self._edits: dict[str, collections.deque[float]] = {}  # recent corrections' times, by room
         # Writes (finals first) on one thread; reads that can be long (backlogs, exports) on
         # another, on the journal's read connection, so they never hold a final back.
         self._journal_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
@@ -166,7 +177,12 @@ class Rooms:
     async def get(self, name: str) -> Room:
         room = self._rooms.pop(name, None)
         if room is None:
-            room = Room(name, next_seq=await self._in_journal(self.journal.last_seq, name) + 1, review_delay_s=self.review_delay(name))
+            delay = self.review_delay(name)
+            room = Room(name, next_seq=await self._in_journal(self.journal.last_seq, name) + 1, review_delay_s=delay)
+            if delay:
+                now = time.time()
+                recent = await self._in_journal(self.journal.written_since, name, now - delay)
+                room.hold([(time.monotonic() + row["written"] + delay - now, Final.from_row(row)) for row in recent])
             room = self._rooms.pop(name, room)  # another task may have made it meanwhile
             if len(self._rooms) >= self.max_rooms:
                 empty = next((r for r in self._rooms.values() if not r.occupied), None)
@@ -231,6 +247,18 @@ class Rooms:
     async def add_term(self, name: str, term: str, editor: str) -> None:
         await self._in_journal(self.journal.add_room_term, name, term, editor)
 
+    def may_edit(self, name: str, now: float, per_second: int = 20) -> bool:
+        """Count one correction (or term) for the room; False past ``per_second`` over 2 s."""
+        edits = self._edits.setdefault(name, collections.deque())
+        while edits and now - edits[0] > 2.0:
+            edits.popleft()
+        if len(edits) >= 2 * per_second:
+            return False
+        edits.append(now)
+        if len(self._edits) > self.max_rooms:
+            self._edits = {k: v for k, v in self._edits.items() if v and now - v[-1] <= 2.0}
+        return True
+
     def to_editors(self, name: str, event: RoomTerms) -> None:
         """An event for the room's editors alone."""
         room = self._rooms.get(name)
@@ -247,8 +275,8 @@ class Rooms:
             room.viewers.discard(viewer)
             room.editors.discard(viewer)
 
-    async def transcript(self, name: str) -> list[dict[str, Any]]:
-        return await self._reading(self.journal.finals, name, 0)
+    async def transcript(self, name: str, upto: int | None = None) -> list[dict[str, Any]]:
+        return await self._reading(self.journal.finals, name, 0, None, upto)
 
     async def delete(self, name: str) -> int | None:
         """Delete a room and its transcript; None if someone is in it (or may resume)."""

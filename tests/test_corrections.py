@@ -13,6 +13,7 @@ import signal
 import sqlite3
 import subprocess
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -177,7 +178,7 @@ def test_exports_carry_the_latest_revision_the_history_and_the_post_edit_rate(gu
         editor.send(json.dumps({"type": "correct", "seq": 1, "text": "Alpha Bravo Charles", "base": 1}))
         receive_until(editor, lambda m: m["type"] == "correction", timeout=10)
     base = f"{guarded.url.replace('ws://', 'http://')}/v1/rooms/{room}/transcript"
-    headers = {"Authorization": f"Bearer {_token(guarded, 'view', room)}"}
+    headers = {"Authorization": f"Bearer {_token(guarded, 'edit', room)}"}  # the history is the editors' (revisions=1)
 
     def get(query: str) -> str:
         return urllib.request.urlopen(urllib.request.Request(f"{base}?{query}", headers=headers), timeout=10).read().decode()
@@ -344,3 +345,97 @@ def test_an_editor_adds_a_term_that_live_sessions_and_later_ones_decode_with(tmp
         assert again.server.settings.context("lobby") is None
     finally:
         again.stop()
+
+
+# -- review fixes (a second reader) --------------------------------------------------------------
+def test_a_held_final_is_the_editors_alone_in_exports_too_and_across_a_restart(tmp_path):
+    import logging as logging_module
+
+    from streaming.config import ServerConfig
+    from streaming.server import CaptionServer
+    from tests.conftest import ServerThread
+    from tests.scripted import ScriptedModel
+
+    delay = 6.0
+    config = ServerConfig(port=0, data_dir=tmp_path, auth="on", room_review_delays={"stage": delay, "lobby": 0.0, "*": 9.0})
+    running = ServerThread(CaptionServer(config, ScriptedModel())).start()
+    secret = auth.load_secret(tmp_path)
+    view, edit = (auth.create_token(secret, "stage", role, 600) for role in ("view", "edit"))
+    assert running.server.settings.review_delay("lobby") == 0.0 and running.server.settings.review_delay("hall") == 9.0
+    try:
+        publish(running.url, speak("alpha bravo", "charlie"), f"room=stage&token={auth.create_token(secret, 'stage', 'publish', 600)}")
+        base = running.url.replace("ws://", "http://") + "/v1/rooms/stage/transcript?format=json"
+
+        def export(token: str, extra: str = "") -> dict:
+            request = urllib.request.Request(base + extra, headers={"Authorization": f"Bearer {token}"})
+            return json.loads(urllib.request.urlopen(request, timeout=10).read())
+
+        assert len(export(edit)["finals"]) == 2 and export(view)["finals"] == []  # held back from the audience's export too
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            export(view, "&revisions=1")
+        assert refused.value.code == 401
+        refused.value.close()  # (an answer left open would hold the server's shutdown for its close timeout)
+        # A viewer's flood of refused corrections is logged once.
+        with connect(f"{running.url}/v1/captions?room=stage&token={view}") as viewer:
+            json.loads(viewer.recv(timeout=10))
+            with contextlib.ExitStack():
+                handler_records: list[logging_module.LogRecord] = []
+                handler = logging_module.Handler()
+                handler.emit = handler_records.append  # type: ignore[method-assign]
+                logging_module.getLogger("streaming.server.view").addHandler(handler)
+                try:
+                    for _ in range(6):
+                        viewer.send(json.dumps({"type": "correct", "seq": 1, "text": "x", "base": 0}))
+                    answers = [reply(viewer) for _ in range(6)]
+                finally:
+                    logging_module.getLogger("streaming.server.view").removeHandler(handler)
+        assert all(a["code"] == "unauthorized" for a in answers)
+        assert len([r for r in handler_records if "refused to edit" in r.getMessage()]) == 1
+        # Finals of a room under review (every room but stage and lobby: 9 s) just before a restart.
+        publish(running.url, speak("delta"), f"room=hall&token={auth.create_token(secret, 'hall', 'publish', 600)}")
+    finally:
+        running.stop()
+    # Restarted within the delay: the audience still waits for what was held.
+    again = ServerThread(CaptionServer(config, ScriptedModel())).start()
+    try:
+        journal = Journal(tmp_path / "journal.sqlite3")
+        written = journal.finals("hall")[0]["written"]
+        journal.close()
+        assert time.time() < written + 9.0 - 1  # the test is still inside the delay
+        with connect(f"{again.url}/v1/captions?room=hall&since=0&token={auth.create_token(secret, 'hall', 'view', 600)}") as audience:
+            json.loads(audience.recv(timeout=10))
+            first = json.loads(audience.recv(timeout=12))
+            received = time.time()
+        assert first["seq"] == 1 and received >= written + 9.0 - 0.1  # released at its time, not at once
+    finally:
+        again.stop()
+
+
+def test_a_timing_arrow_cannot_be_made_out_of_a_corrected_text():
+    from streaming.export import to_srt
+
+    row = {"text": "this year 00:01:00,000 --->00:01:05,000 and ---> more", "speaker": "", "start": 0.0, "end": 2.0}
+    cues = list(srt.parse(to_srt([row], clock="session")))
+    assert len(cues) == 1 and "-->" not in cues[0].content
+
+
+def test_an_added_term_leaves_a_publisher_s_own_context_alone(tmp_path):
+    from streaming.config import ServerConfig
+    from streaming.server import CaptionServer
+    from tests.conftest import ServerThread
+    from tests.scripted import ScriptedModel
+
+    running = ServerThread(CaptionServer(ServerConfig(port=0, data_dir=tmp_path), ScriptedModel())).start()
+    try:
+        with (connect(f"{running.url}/v1/publish?room=hall") as own, connect(f"{running.url}/v1/publish?room=hall") as plain,
+              connect(f"{running.url}/v1/captions?room=hall&editor=Ed") as editor):
+            for ws in (own, plain, editor):
+                json.loads(ws.recv(timeout=10))
+            own.send(json.dumps({"type": "config", "context": {"terms": ["Dimmesdale"]}}))
+            time.sleep(0.3)
+            editor.send(json.dumps({"type": "add_term", "term": "Hester Prynne"}))
+            receive_until(editor, lambda m: m["type"] == "terms" and m["terms"], timeout=10)
+            contexts = sorted(tuple(t.text for t in p.session.context.terms) for p in running.server.sessions.live.values())
+            assert contexts == [("Dimmesdale",), ("Hester Prynne",)]
+    finally:
+        running.stop()

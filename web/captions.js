@@ -176,6 +176,12 @@ export class CaptionBoard {
     const element = this.stack.querySelector(`.line.final[data-seq="${event.seq}"]`);
     if (!element || Number(element.dataset.revision || 0) >= event.revision) return false;
     element.dataset.revision = event.revision;
+    if (!event.text) {
+      // Blanked by an editor (a line the model made up): it goes.
+      this._animate(() => element.remove());
+      for (const [key, line] of this.blocks) if (line === element) this.blocks.delete(key);
+      return true;
+    }
     if (event.speaker) element.dataset.speaker = event.speaker;
     this._animate(() => this._fill(element, event.text, event.text.length));
     return true;

@@ -33,7 +33,7 @@ function fill(row) {
 }
 
 function addFinal(event) {
-  if (!event.text || rows.has(event.seq)) return;
+  if (rows.has(event.seq) || (!event.text && !event.revision)) return; // an empty final as captioned: nothing was said
   const nearBottom = innerHeight + scrollY >= document.body.scrollHeight - 80;
   const item = document.createElement("li");
   item.dataset.seq = event.seq;
@@ -80,10 +80,13 @@ function edit(field) {
   input.maxLength = field === "text" ? 2000 : 64;
   input.setAttribute("aria-label", field === "text" ? `Text of final ${selected}` : `Speaker of final ${selected}`);
   cell.replaceChildren(input);
-  editing = { seq: selected, field, input };
+  // The revision and text edited: a correction made meanwhile by someone else makes this one a
+  // conflict (refused by the server), rather than silently replacing theirs.
+  editing = { seq: selected, field, input, base: row.revision, original: input.value };
   input.focus();
   input.select();
   input.addEventListener("keydown", (key) => {
+    if (key.isComposing || key.keyCode === 229) return; // an input method's own Enter: confirming a candidate
     // The page's own keys (Enter: edit) must not see the keys that end this edit.
     if (["Enter", "Escape", "Tab"].includes(key.key)) key.stopPropagation();
     if (key.key === "Enter") {
@@ -108,16 +111,16 @@ function edit(field) {
 
 /** Close the open edit; with save, send the correction if anything changed. */
 function finish(save) {
-  const { seq, field, input } = editing;
+  const { seq, field, input, base, original } = editing;
   editing = null;
   const row = rows.get(seq);
   const value = input.value.trim().replace(/\s+/g, " ");
   fill(row);
-  const changed = field === "text" ? value && value !== row.text : value !== row.speaker;
-  if (!save || !changed) return;
+  // An empty text is a correction too: a line the model made up is blanked.
+  if (!save || value === original) return;
   const editor = nameInput.value.trim();
   localStorage.setItem("flashcaption-editor", editor);
-  const correction = { type: "correct", seq, base: row.revision, text: field === "text" ? value : row.text };
+  const correction = { type: "correct", seq, base, text: field === "text" ? value : row.text };
   if (field === "speaker") correction.speaker = value;
   if (!feed.send(correction)) {
     status("Not connected: the correction was not sent. It will not be kept; make it again once connected.", true);
@@ -172,6 +175,7 @@ function addTerm(term) {
 const termInput = $("term-input");
 termInput.addEventListener("keydown", (key) => {
   key.stopPropagation();
+  if (key.isComposing || key.keyCode === 229) return;
   if (key.key === "Enter") {
     key.preventDefault();
     addTerm(termInput.value);
@@ -183,7 +187,8 @@ termInput.addEventListener("keydown", (key) => {
 });
 
 document.addEventListener("keydown", (key) => {
-  if (editing || key.target === nameInput || key.target === termInput || key.altKey || key.ctrlKey || key.metaKey) return;
+  if (editing || key.isComposing || key.altKey || key.ctrlKey || key.metaKey) return;
+  if (["INPUT", "BUTTON", "A"].includes(key.target.tagName)) return; // their own keys (Enter on a suggestion adds it)
   if (key.key === "t" || key.key === "T") {
     key.preventDefault();
     termInput.hidden = false;

@@ -80,6 +80,7 @@ function correct(event) {
   }
   if (speaker) speaker.textContent = event.speaker ? `${event.speaker}:` : "";
   item.classList.add("corrected");
+  item.classList.toggle("blanked", !event.text); // blanked by an editor: hidden
   item.title = `Corrected${event.editor ? ` by ${event.editor}` : ""} at ${clock.format(new Date(1000 * event.at))}`;
   render(item);
 }
@@ -104,7 +105,7 @@ function show(event) {
     }
   } else {
     partials.delete(key);
-    if (!event.text) {
+    if (!event.text && !event.revision) {
       if (item) item.remove();
       return;
     }
@@ -112,6 +113,7 @@ function show(event) {
     final.dataset.seq = event.seq;
     final.dataset.revision = event.revision || 0;
     if (event.revision) final.classList.add("corrected");
+    if (!event.text) final.classList.add("blanked");
     if (item) item.replaceWith(final);
     else entries.append(final);
     item = final;

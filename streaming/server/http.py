@@ -23,7 +23,7 @@ from streaming.compat.wire import HandshakeError
 from streaming.export import CONTENT_TYPES, check, render
 from streaming.metrics import labels
 from streaming.protocol import ProtocolError, split_path
-from streaming.server.connection import client_of, response
+from streaming.server.connection import Client, client_of, response
 
 if TYPE_CHECKING:
     from streaming.engine import Engine
@@ -59,7 +59,7 @@ async def handle(server: ServerState, connection: ServerConnection, request: Req
     try:
         if transcript:
             server.access.authorize(client.token, transcript.group(1), "view", client.forwarded)
-            return await _transcript(server, transcript.group(1), query)
+            return await _transcript(server, transcript.group(1), query, client)
         if room and request.method == "DELETE":
             server.access.authorize(client.token, room.group(1), "delete", client.forwarded)
             return await _delete_room(server, room.group(1))
@@ -102,7 +102,7 @@ async def handle(server: ServerState, connection: ServerConnection, request: Req
     return response(HTTPStatus.NOT_FOUND, "not found")
 
 
-async def _transcript(server: ServerState, room: str, query: dict[str, str]) -> Response:
+async def _transcript(server: ServerState, room: str, query: dict[str, str], client: Client) -> Response:
     """A room's transcript, read and rendered off the event loop; at most ``max_exports`` at
     once (each holds its room's whole transcript while it is made), others are told to retry."""
     format, clock = query.get("format", "json"), query.get("clock", "wall")
@@ -119,8 +119,14 @@ async def _transcript(server: ServerState, room: str, query: dict[str, str]) -> 
         return response(HTTPStatus.BAD_REQUEST, "revisions must be 0 or 1 (1: JSON with every correction)")
     if history == "1" and format != "json":
         return response(HTTPStatus.BAD_REQUEST, "revisions=1 takes format=json")
+    # Who may see a room as its editors do: finals still held back for review, and what the
+    # text was before each correction, are theirs alone.
+    editor = server.access.allows(client.token, room, "edit", client.forwarded)
+    if history == "1" and not editor:
+        return response(HTTPStatus.UNAUTHORIZED, "revisions=1 needs a token that may edit the room (role edit or admin)")
+    upto = None if editor else (await server.rooms.get(room)).released_seq
     async with server.exports:
-        rows = await server.rooms.transcript(room)
+        rows = await server.rooms.transcript(room, upto)
         revisions = await server.rooms.revisions(room) if format == "json" else None
         body = await asyncio.to_thread(render, rows, format, clock, revisions, history == "1")
     return response(HTTPStatus.OK, body, CONTENT_TYPES[format])
@@ -130,6 +136,7 @@ async def _delete_room(server: ServerState, room: str) -> Response:
     deleted = await server.rooms.delete(room)
     if deleted is None:
         return response(HTTPStatus.CONFLICT, f"room {room} has publishers or viewers connected")
+    server.settings.forget(room)
     log.info("room deleted with %d finals", deleted, extra={"room": room})
     return response(HTTPStatus.OK, json.dumps({"room": room, "deleted_finals": deleted}), "application/json")
 

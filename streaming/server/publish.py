@@ -118,6 +118,7 @@ async def _start(server: ServerState, params: protocol.PublishParams, connection
     publisher = Publisher(
         id=uuid.uuid4().hex[:12], params=params, session=session, room=room, connection=connection, address=client.address
     )
+    publisher.own_context = params.context is not None
     server.sessions.join(publisher)
     await _keep_settings(server, publisher, params.context)
     return publisher
@@ -206,6 +207,7 @@ async def _revive(
         address=client.address,
     )
     publisher.started_wall = time.time() - last["end"]
+    publisher.own_context = own_context is not None
     server.sessions.join(publisher)
     await _keep_settings(server, publisher, own_context)
     return publisher
@@ -267,6 +269,8 @@ async def _receive(server: ServerState, publisher: Publisher, pcm: PcmDecoder, k
                     session.discard()
                 elif isinstance(command, ConfigMessage):
                     session.configure(language=server.settings.language(command.language), context=command.context)
+                    if command.context is not None:
+                        publisher.own_context = True
                     await _keep_settings(server, publisher, command.context)
             for text in publisher.dialect.answers():  # once the message has taken effect
                 await publisher.connection.send(text)

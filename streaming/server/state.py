@@ -52,6 +52,7 @@ class Publisher:
     progress: asyncio.Event = field(default_factory=asyncio.Event)
     pump_idle: bool = True
     dialect: Dialect = NATIVE  # what its connection speaks (streaming/compat)
+    own_context: bool = False  # its publisher gave a context: terms editors add to the room's do not replace it
 
     @property
     def log_extra(self) -> dict[str, str]:

@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 # ``since``: the lines it may still be showing.
 RESUME_CORRECTIONS = 1000
 CORRECTIONS_PER_S = 5  # per connection, over any 2 s
+ROOM_EDITS_PER_S = 20  # per room, whoever sends them
+SUGGESTED_FROM = 200  # the latest corrections that suggest terms
 
 if TYPE_CHECKING:
     from streaming.server.state import ServerState
@@ -93,22 +95,32 @@ async def _send_all(server: ServerState, connection: ServerConnection, viewer: V
 
 
 async def _receive(server: ServerState, connection: ServerConnection, params: protocol.ViewParams, client: Client) -> None:
-    """What a viewer sends: corrections, from an editor; reading also notices when it goes away."""
+    """What a viewer sends: corrections and terms, from an editor; reading also notices when it
+    goes away. Every message counts against the connection's rate, read or refused, and a
+    refusal for the token is logged once per connection."""
     recent: deque[float] = deque()
+    logged = False
     async for message in connection:
         if isinstance(message, bytes):
             continue
         seq = None
         try:
-            command = protocol.parse_view_message(message)
-            seq = command.seq if isinstance(command, protocol.CorrectMessage) else None
-            server.access.authorize(client.token, params.room, "edit", client.forwarded)
             now = time.monotonic()
             while recent and now - recent[0] > 2.0:
                 recent.popleft()
             if len(recent) >= 2 * CORRECTIONS_PER_S:
                 raise ProtocolError("overloaded", f"at most {CORRECTIONS_PER_S} corrections a second")
             recent.append(now)
+            command = protocol.parse_view_message(message)
+            seq = command.seq if isinstance(command, protocol.CorrectMessage) else None
+            refusal = server.access.refusal(client.token, params.room, "edit", client.forwarded)
+            if refusal is not None:
+                if not logged:
+                    log.warning("refused to edit: %s", refusal, extra={"room": params.room})  # never the token
+                    logged = True
+                raise ProtocolError("unauthorized", refusal)
+            if not server.rooms.may_edit(params.room, now, ROOM_EDITS_PER_S):
+                raise ProtocolError("overloaded", f"room {params.room} takes at most {ROOM_EDITS_PER_S} corrections a second")
             if isinstance(command, protocol.CorrectMessage):
                 await _correct(server, params, command)
             else:
@@ -130,7 +142,7 @@ async def _add_term(server: ServerState, params: protocol.ViewParams, term: str)
     await server.rooms.add_term(params.room, kept, params.editor)
     context = server.settings.context(params.room)
     for publisher in server.sessions.live.values():
-        if publisher.room.name == params.room and publisher.params.context is None:
+        if publisher.room.name == params.room and not publisher.own_context:
             publisher.session.configure(context=context)
     log.info("term added to the room's context by %s", params.editor or "an editor", extra={"room": params.room})
 
@@ -138,7 +150,8 @@ async def _add_term(server: ServerState, params: protocol.ViewParams, term: str)
 async def send_terms(server: ServerState, room: str, viewer: Viewer | None = None) -> None:
     """The room's learned terms and the terms its corrections suggest, to its editors (or one)."""
     known = {t.text.lower() for t in (server.settings.context(room) or Context()).terms}
-    suggested = suggested_terms(await server.rooms.recent_revisions(room), known)
+    revisions = await server.rooms.recent_revisions(room, SUGGESTED_FROM)
+    suggested = await asyncio.to_thread(suggested_terms, revisions, known)
     event = RoomTerms(room, server.settings.learned.get(room, ()), tuple(suggested))
     if viewer is not None:
         viewer.offer(encode(event))
@@ -150,7 +163,9 @@ async def _correct(server: ServerState, params: protocol.ViewParams, command: pr
     correction, row = await server.rooms.correct(params.room, command.seq, command.text, command.speaker, params.editor, command.base)
     language = row["language"]
     server.metrics.corrections[language] += 1
-    server.metrics.words_edited[language] += edit_distance(units(row["before_text"], language), units(row["text"], language))
+    # Off the event loop: 2,000 characters of Chinese are a million-cell alignment.
+    server.metrics.words_edited[language] += await asyncio.to_thread(
+        lambda: edit_distance(units(row["before_text"], language), units(row["text"], language)))
     log.info("final %d corrected (revision %d) by %s", command.seq, correction.revision, params.editor or "an editor",
              extra={"room": params.room})
 
