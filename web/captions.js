@@ -187,9 +187,15 @@ export class CaptionBoard {
     return true;
   }
 
+  /** The label a line shows: an editor's speaker for it, else its session's (when labels show). */
+  _lineLabel(element) {
+    const label = this._label(element.dataset.session);
+    return label && element.dataset.speaker ? element.dataset.speaker : label;
+  }
+
   _fill(element, text, stable) {
     element.replaceChildren();
-    const label = element.dataset.speaker && this._label(element.dataset.session) ? element.dataset.speaker : this._label(element.dataset.session);
+    const label = this._lineLabel(element);
     if (label) {
       const speaker = document.createElement("span");
       speaker.className = "speaker";
@@ -218,7 +224,7 @@ export class CaptionBoard {
 
   _relabel() {
     for (const element of this.stack.querySelectorAll(".line")) {
-      const label = this._label(element.dataset.session);
+      const label = this._lineLabel(element);
       let speaker = element.querySelector(".speaker");
       if (label && !speaker) {
         speaker = document.createElement("span");
