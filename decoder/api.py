@@ -70,13 +70,15 @@ class DecodeOptions:
     heard in, kept unless the audio rules it out (short audio is easily taken for a language it
     is not). ``context`` (names, jargon) biases the decoding towards its terms; its text never
     appears in the result unless it was spoken. ``beam_size`` above 1 asks for a beam search
-    instead of greedy decoding (the draft is then not used)."""
+    instead of greedy decoding (the draft is then not used). ``task`` "translate" asks a model
+    that can (multilingual Whisper) for the speech in English instead of in its own language."""
 
     language: str | None = None
     candidates: tuple[str, ...] = ()
     likely_language: str | None = None
     context: Context | None = None
     beam_size: int = 1
+    task: str = "transcribe"
 
     @classmethod
     def asking(

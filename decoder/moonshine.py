@@ -398,6 +398,8 @@ class MoonshineModel:
     def decode(
         self, features: MoonshineFeatures, prefix: Sequence[Word] = (), draft: Sequence[Word] = (), options: DecodeOptions = DecodeOptions()
     ) -> Hypothesis:
+        if options.task != "transcribe":
+            raise ValueError(f"{self.name} transcribes English speech; it does not {options.task}")
         if options.beam_size > 1:
             raise ValueError(f"Moonshine decodes greedily (beam_size 1), not with a beam of {options.beam_size}; its beam search serves context terms only")
         if options.language not in (None, "en") or (options.candidates and "en" not in options.candidates):

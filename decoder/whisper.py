@@ -156,6 +156,7 @@ class WhisperTokenizer:
         self.eot = self._special("<|endoftext|>")
         self.sot = self._special("<|startoftranscript|>")
         self.transcribe = self._special("<|transcribe|>")
+        self.translate = self._special("<|translate|>")
         self.prev = self._special("<|startofprev|>")
         self.no_speech = self._tokenizer.token_to_id("<|nospeech|>") or self._special("<|nocaptions|>")
         self.no_timestamps = self._special("<|notimestamps|>")
@@ -346,6 +347,8 @@ class WhisperModel:
             raise ValueError(f"beam_size must be 1 (greedy) or more (a beam search), not {options.beam_size}")
         if options.language is not None and options.language not in self.tokenizer.languages:
             raise ValueError(f"{self.name} does not know language {options.language!r}")
+        if options.task not in ("transcribe", "translate") or (options.task == "translate" and not self.multilingual):
+            raise ValueError(f"{self.name} does not {options.task} (multilingual Whisper models translate speech into English)")
         started = time.perf_counter()
         language = options.language
         if language is None:
@@ -354,7 +357,7 @@ class WhisperModel:
         start = [*self._prompt(context), self.tokenizer.sot]
         if self.multilingual:
             start.append(self.tokenizer.languages[language])
-        start += [self.tokenizer.transcribe, self.tokenizer.no_timestamps]
+        start += [self.tokenizer.translate if options.task == "translate" else self.tokenizer.transcribe, self.tokenizer.no_timestamps]
         forced = [t for w in prefix for t in w.tokens]
         budget = self.limits.budget(features.duration)
         proposed = [t for w in draft for t in w.tokens]

@@ -484,3 +484,19 @@ def test_a_language_the_model_half_knows_is_captioned_as_its_nearest_and_said_so
     # On this clip Whisper base reads Cantonese as Chinese at 28% CER offline (the clip whole).
     print(f"Cantonese as zh: CER {errors / characters:.1%} ({errors}/{characters}): {text}")
     assert errors / characters < 0.5
+
+
+def test_whisper_translates_speech_into_english_when_asked(whisper):
+    """Groundwork for live translation (the translation issue): the same audio, task translate."""
+    audio = CLIPS["es_fleurs_test_000"].audio
+    spoken = transcribe(whisper, audio, options=DecodeOptions(beam_size=5)).text
+    english = transcribe(whisper, audio, options=DecodeOptions(task="translate", beam_size=5)).text
+    assert {"viajeros", "clima"} <= set(normalize(spoken)) and not {"viajeros", "clima", "que"} & set(normalize(english))
+    assert {"travelers", "climate", "the"} <= set(normalize(english))
+    with pytest.raises(ValueError, match="does not summarise"):
+        transcribe(whisper, audio, options=DecodeOptions(task="summarise"))
+
+
+def test_english_only_models_do_not_translate(model):
+    with pytest.raises(ValueError, match="does not translate"):
+        transcribe(model, CLIPS["en_arctic_a0024"].audio, options=DecodeOptions(task="translate"))
