@@ -124,7 +124,7 @@ async def _transcript(server: ServerState, room: str, query: dict[str, str], cli
     editor = server.access.allows(client.token, room, "edit", client.forwarded)
     if history == "1" and not editor:
         return response(HTTPStatus.UNAUTHORIZED, "revisions=1 needs a token that may edit the room (role edit or admin)")
-    upto = None if editor else (await server.rooms.get(room)).released_seq
+    upto = None if editor or not server.settings.review_delay(room) else (await server.rooms.get(room)).released_seq
     async with server.exports:
         rows = await server.rooms.transcript(room, upto)
         revisions = await server.rooms.revisions(room) if format == "json" else None
