@@ -241,8 +241,9 @@ class Journal:
         return dict(zip(_FIELDS, row)) if row else None
 
     def delete_older_than(self, cutoff: float) -> int:
-        """Retention: drop finals journaled before ``cutoff`` (Unix time), and the settings of
-        sessions that started before it and have no final left; seq numbering stays."""
+        """Retention: drop finals journaled before ``cutoff`` (Unix time) with their corrections,
+        terms editors added before it, and the settings of sessions that started before it and
+        have no final left; seq numbering stays."""
         with self._lock, self._db:
             self._db.execute("BEGIN")
             self._db.execute(
@@ -250,6 +251,7 @@ class Journal:
                 " AND f.written < ?)", (cutoff,)
             )
             deleted = self._db.execute("DELETE FROM finals WHERE written < ?", (cutoff,)).rowcount
+            self._db.execute("DELETE FROM room_terms WHERE at < ?", (cutoff,))  # editors' names go with the rest
             self._db.execute(
                 "DELETE FROM sessions WHERE started < ? AND session NOT IN (SELECT session FROM finals)", (cutoff,)
             )

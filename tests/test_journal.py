@@ -201,7 +201,10 @@ def test_retention_keeps_seq_and_rooms_can_be_deleted(scripted_server, tmp_path)
     final = {"room": "r", "session": "s", "speaker": "", "segment": 0, "text": "hello", "language": "en", "start": 0.0, "end": 1.0}
     journal.append({**final, "seq": 1}, 0.0, 1.0)
     journal.append({**final, "seq": 2}, 0.0, 1.0)
+    journal.correct("r", 1, "hello there", None, "Ed", 0)
+    journal.add_room_term("r", "Hester Prynne", "Ed")
     assert journal.delete_older_than(time.time() + 1) == 2 and journal.finals("r") == []
+    assert journal.revisions("r") == [] and journal.room_terms() == {}  # corrections and editors' terms go too
     assert journal.last_seq("r") == 2  # retention never lets seq start again
     assert journal.delete_room("r") == 0 and journal.last_seq("r") == 0
     journal.close()
