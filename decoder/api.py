@@ -124,6 +124,7 @@ class SpeechModel(Protocol[FeaturesT]):
     name: str
     languages: tuple[str, ...]
     lane: ComputeLane  # where its calls take turns; its statistics are the model's compute
+    translates: bool  # takes DecodeOptions(task="translate"): speech into English text
 
     def encode(self, audio: np.ndarray) -> FeaturesT:
         """Run the acoustic encoder on mono float32 audio at 16 kHz."""

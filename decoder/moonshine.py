@@ -190,6 +190,7 @@ class MoonshineModel:
         limits: DecodeLimits | None = None,
     ):
         self.name = name
+        self.translates = False  # English speech to English text only
         self.encoder, self.device = create_session(encoder_path, runtime)
         self.decoder, _ = create_session(decoder_path, runtime)
         self.tokenizer = MoonshineTokenizer(tokenizer_path)

@@ -242,6 +242,7 @@ class WhisperModel:
         self.min_window_s = 0.0
         self.languages = tuple(self.tokenizer.languages)
         self.multilingual = len(self.languages) > 1
+        self.translates = self.multilingual
         self.eot = self.tokenizer.eot
         vocab = int(config.get("n_vocab", len(self.tokenizer.token_bytes)))
         self._suppress = np.zeros(vocab, dtype=np.float32)

@@ -182,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="an editor reviews the room's finals before air: its audience (overlays, transcript pages, watch) gets "
                             "each final this long after it is made, and no partials; editors (/editor) get them at once. "
                             "e.g. stage=4s, or '*=4s' for every room (repeatable)")
+    serve.add_argument("--room-translate", action="append", default=[], metavar="ROOM=LANGUAGE",
+                       help="translate the room's finals too, e.g. stage=en or '*=en' (multilingual Whisper models; repeatable)")
     serve.add_argument("--decode-delay", type=float, default=0.0,
                        help="testing aid: add this many seconds to every decode, to see how clients and the bench react to a slow server")
 
@@ -366,6 +368,7 @@ def _server_config(args: argparse.Namespace) -> ServerConfig:
         room_contexts=room_contexts,
         room_languages=parse_room_languages(args.room_languages),
         room_review_delays=parse_review_delays(args.review_delay),
+        room_translations=parse_room_translations(args.room_translate),
         host=args.host,
         port=args.port,
         model=args.model,
@@ -399,6 +402,17 @@ def _server_config(args: argparse.Namespace) -> ServerConfig:
         log_level=args.log_level,
         log_json=args.log_json,
     )
+
+
+def parse_room_translations(values: list[str]) -> dict[str, str]:
+    """``--room-translate stage=en`` options as {room: language}; ValueError if malformed."""
+    rooms: dict[str, str] = {}
+    for value in values:
+        room, _, language = value.partition("=")
+        if not re.fullmatch(r"[A-Za-z0-9_*-]{1,64}", room.strip()) or language.strip() != "en":
+            raise ValueError(f"--room-translate {value!r}: expected ROOM=en (speech is translated into English)")
+        rooms[room.strip()] = "en"
+    return rooms
 
 
 def parse_review_delays(values: list[str]) -> dict[str, float]:

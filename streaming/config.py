@@ -83,6 +83,10 @@ class ServerConfig:
     # Rooms whose finals an editor reviews before air ("*": every room): seconds the audience
     # waits for each final (editors get it at once; the audience gets no partials).
     room_review_delays: dict[str, float] = field(default_factory=dict)
+    # Rooms whose finals are also translated ("*": every room): the target language ("en").
+    room_translations: dict[str, str] = field(default_factory=dict)
+    # Finals of one session waiting for their translation; past it, the oldest is not translated.
+    max_pending_translations: int = 16
     decode_delay_s: float = 0.0  # testing aid: every decode takes this much longer
     log_level: str = field(default_factory=lambda: os.environ.get("FLASHCAPTION_LOG_LEVEL", "info"))
     log_json: bool = False

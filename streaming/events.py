@@ -100,6 +100,16 @@ class ErrorEvent:
 
 
 @dataclass(frozen=True)
+class Translation:
+    """A final's text in another language (``language``), sent after the final itself."""
+
+    room: str
+    seq: int
+    language: str
+    text: str
+
+
+@dataclass(frozen=True)
 class RoomTerms:
     """For editors: the terms added to the room's context, and terms their corrections suggest."""
 
@@ -108,7 +118,7 @@ class RoomTerms:
     suggested: tuple[str, ...]
 
 
-Event = Ready | Partial | Final | ErrorEvent | Correction | CorrectionRefused | RoomTerms
+Event = Ready | Partial | Final | ErrorEvent | Correction | CorrectionRefused | RoomTerms | Translation
 Caption = Partial | Final
 
 
@@ -138,6 +148,8 @@ def to_wire(event: Event) -> dict[str, Any]:
     if isinstance(event, Correction):
         return {"type": "correction", "room": event.room, "seq": event.seq, "text": event.text, "speaker": event.speaker,
                 "revision": event.revision, "editor": event.editor, "at": event.at}
+    if isinstance(event, Translation):
+        return {"type": "translation", "room": event.room, "seq": event.seq, "language": event.language, "text": event.text}
     if isinstance(event, RoomTerms):
         return {"type": "terms", "room": event.room, "terms": list(event.terms), "suggested": list(event.suggested)}
     if isinstance(event, CorrectionRefused):

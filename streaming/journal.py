@@ -59,6 +59,14 @@ CREATE TABLE IF NOT EXISTS revisions (
     before_speaker TEXT NOT NULL,
     PRIMARY KEY (room, seq, revision)
 ) WITHOUT ROWID;
+-- Finals' translations (each final's text in another language), made after the final.
+CREATE TABLE IF NOT EXISTS translations (
+    room TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    language TEXT NOT NULL,
+    text TEXT NOT NULL,
+    PRIMARY KEY (room, seq, language)
+) WITHOUT ROWID;
 -- Terms editors added to a room's context (learned from their corrections).
 CREATE TABLE IF NOT EXISTS room_terms (
     room TEXT NOT NULL,
@@ -180,6 +188,21 @@ class Journal:
             rows = self._reader.execute(query, (room, since, upto)).fetchall()
         return [dict(zip(_REVISION_FIELDS, row)) for row in rows]
 
+    def add_translation(self, room: str, seq: int, language: str, text: str) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO translations (room, seq, language, text) VALUES (?, ?, ?, ?)", (room, seq, language, text))
+
+    def translations(self, room: str, since: int = 0, upto: int | None = None) -> list[dict[str, Any]]:
+        """The room's translations of finals with since < seq (<= upto), by seq."""
+        query = "SELECT seq, language, text FROM translations WHERE room = ? AND seq > ?"
+        params: tuple[Any, ...] = (room, since)
+        if upto is not None:
+            query += " AND seq <= ?"
+            params += (upto,)
+        with self._read_lock:
+            rows = self._reader.execute(query + " ORDER BY seq, language", params).fetchall()
+        return [{"seq": seq, "language": language, "text": text} for seq, language, text in rows]
+
     def add_room_term(self, room: str, term: str, editor: str) -> None:
         with self._lock:
             self._db.execute("INSERT OR IGNORE INTO room_terms (room, term, editor, at) VALUES (?, ?, ?, ?)", (room, term, editor, time.time()))
@@ -250,6 +273,10 @@ class Journal:
                 "DELETE FROM revisions WHERE EXISTS (SELECT 1 FROM finals f WHERE f.room = revisions.room AND f.seq = revisions.seq"
                 " AND f.written < ?)", (cutoff,)
             )
+            self._db.execute(
+                "DELETE FROM translations WHERE EXISTS (SELECT 1 FROM finals f WHERE f.room = translations.room"
+                " AND f.seq = translations.seq AND f.written < ?)", (cutoff,)
+            )
             deleted = self._db.execute("DELETE FROM finals WHERE written < ?", (cutoff,)).rowcount
             self._db.execute("DELETE FROM room_terms WHERE at < ?", (cutoff,))  # editors' names go with the rest
             self._db.execute(
@@ -283,6 +310,7 @@ class Journal:
             deleted = self._db.execute("DELETE FROM finals WHERE room = ?", (room,)).rowcount
             self._db.execute("DELETE FROM revisions WHERE room = ?", (room,))
             self._db.execute("DELETE FROM room_terms WHERE room = ?", (room,))
+            self._db.execute("DELETE FROM translations WHERE room = ?", (room,))
             self._db.execute("DELETE FROM rooms WHERE room = ?", (room,))
             self._db.execute("DELETE FROM sessions WHERE room = ?", (room,))
         return deleted

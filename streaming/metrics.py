@@ -50,6 +50,9 @@ class Metrics:
         self.final_latency_by_language: dict[str, Histogram] = {}  # the same, by the final's language
         self.finals: Counter[str] = Counter()  # by language
         self.model = ""  # the model's name, a label on what is counted by language
+        self.translation_delay = Histogram()  # a final sent -> its translation sent
+        self.translations_skipped = 0  # finals not translated: too many were waiting
+        self.translations_failed = 0
         # Post-edit rate: words captioned, and words editors changed (word edit distance of each
         # correction, before to after), by language.
         self.words_captioned: Counter[str] = Counter()
@@ -106,6 +109,12 @@ class Metrics:
                "From the end of an utterance's audio (on arrival) to its final being sent, by language and model.",
                lambda: [line for k, h in sorted(self.final_latency_by_language.items())
                         for line in h.lines("flashcaption_final_latency_by_language_seconds", labels(language=k, model=self.model))])
+        metric("flashcaption_translation_delay_seconds", "histogram", "From a final being sent to its translation being sent.",
+               lambda: self.translation_delay.lines("flashcaption_translation_delay_seconds"))
+        metric("flashcaption_translations_skipped_total", "counter", "Finals not translated: too many of their session's were waiting.",
+               lambda: [f"flashcaption_translations_skipped_total {self.translations_skipped}"])
+        metric("flashcaption_translations_failed_total", "counter", "Translations whose decode raised.",
+               lambda: [f"flashcaption_translations_failed_total {self.translations_failed}"])
         metric("flashcaption_final_latency_seconds", "histogram",
                "From the end of an utterance's audio (on arrival) to its final being sent.",
                lambda: self.final_latency.lines("flashcaption_final_latency_seconds"))

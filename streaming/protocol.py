@@ -61,6 +61,7 @@ class PublishParams:
     resume: str | None = None  # a session id to continue after a dropped connection
     mode: str = "live"  # "file": audio may come faster than real time
     partials: bool = True  # False: finals only (a recording transcribed as a whole, not watched)
+    translate: str | None = None  # "en": each final is also translated into English
 
     @property
     def bytes_per_second(self) -> int:
@@ -163,7 +164,8 @@ def _context(value: Any) -> Context | None:
         raise ProtocolError("too_large" if error.too_large else "bad_request", str(error)) from None
 
 
-_PUBLISH_KEYS = {"room", "speaker", "language", "languages", "sample_rate", "encoding", "context", "token", "resume", "mode"}
+_PUBLISH_KEYS = {"room", "speaker", "language", "languages", "sample_rate", "encoding", "context", "token", "resume", "mode", "translate"}
+TRANSLATION_TARGETS = ("en",)  # what the served models translate into (Whisper: English)
 _SESSION_ID = re.compile(r"[0-9a-f]{12}")
 _VIEW_KEYS = {"room", "since", "token", "editor"}
 MAX_CORRECTION_TEXT = 2000  # characters of a corrected final
@@ -190,6 +192,9 @@ def parse_publish(query: Mapping[str, str]) -> PublishParams:
     mode = query.get("mode", "live")
     if mode not in ("live", "file"):
         raise ProtocolError("bad_request", f"mode must be live or file, not {mode!r}")
+    translate = query.get("translate")
+    if translate is not None and translate not in TRANSLATION_TARGETS:
+        raise ProtocolError("bad_request", f"translate takes {', '.join(TRANSLATION_TARGETS)} (speech is translated into English), not {translate[:20]!r}")
     resume = query.get("resume")
     if resume is not None and not _SESSION_ID.fullmatch(resume):
         raise ProtocolError("bad_request", "resume must be a session id from a ready message")
@@ -204,6 +209,7 @@ def parse_publish(query: Mapping[str, str]) -> PublishParams:
         token=query.get("token"),
         resume=resume,
         mode=mode,
+        translate=translate,
     )
 
 

@@ -34,12 +34,18 @@ class RoomSettings:
         room_languages: dict[str, tuple[str, ...]] | None = None,
         room_contexts: dict[str, Context] | None = None,
         room_review_delays: dict[str, float] | None = None,
+        room_translations: dict[str, str] | None = None,
+        translates: bool = False,
     ):
         self.model_name = model_name
         self.supported = model_languages
         self.room_languages = room_languages or {}
         self.room_contexts = room_contexts or {}
         self.room_review_delays = room_review_delays or {}
+        self.room_translations = room_translations or {}
+        self.translates = translates  # the model translates speech (multilingual Whisper)
+        if self.room_translations and not translates:
+            raise ValueError(f"--room-translate: model {model_name} does not translate (serve a multilingual Whisper model)")
         self.learned: dict[str, tuple[str, ...]] = {}  # terms editors added to a room's context
         for room, codes in self.room_languages.items():
             missing = [code for code in codes if code not in model_languages]
@@ -87,6 +93,14 @@ class RoomSettings:
     def forget(self, room: str) -> None:
         """A deleted room's learned terms go with it."""
         self.learned.pop(room, None)
+
+    def translation(self, room: str, asked: str | None) -> str | None:
+        """The language a new session's finals are translated into: what its publisher asked for,
+        else the room's; ``bad_request`` if the model cannot translate."""
+        target = asked or _for_room(self.room_translations, room)
+        if target and not self.translates:
+            raise ProtocolError("bad_request", f"model {self.model_name} transcribes only: it cannot translate (translate= needs a multilingual Whisper model)")
+        return target or None
 
     def review_delay(self, room: str) -> float:
         """Seconds the room's audience gets finals after editors (``--review-delay``); 0: at once."""

@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, Generic, Protocol, TypeVar
 
-from streaming.events import Caption, Correction, Final, RoomTerms, encode, to_wire
+from streaming.events import Caption, Correction, Final, RoomTerms, Translation, encode, to_wire
 from streaming.journal import Journal
 from streaming.protocol import ProtocolError
 
@@ -90,6 +90,7 @@ class Room:
     editors: set[Viewer] = field(default_factory=set)
     released_seq: int = -1  # the last final the audience has been given (-1: next_seq - 1)
     _held: collections.deque[tuple[float, Final]] = field(default_factory=collections.deque)
+    _held_translations: dict[int, list[Translation]] = field(default_factory=dict)  # by the held final's seq
     _releasing: asyncio.Task[None] | None = None
 
     def __post_init__(self) -> None:
@@ -110,7 +111,7 @@ class Room:
         self._held.extend(finals)
         self._releasing = asyncio.get_running_loop().create_task(self._release(), name=f"review delay of room {self.name}")
 
-    def fan_out(self, message: Caption | Correction) -> None:
+    def fan_out(self, message: Caption | Correction | Translation) -> None:
         if self.editors:
             self.offer(self.editors, encode(message))
         if not self.review_delay_s:
@@ -121,6 +122,11 @@ class Room:
             self._held.append((time.monotonic() + self.review_delay_s, message))
             if self._releasing is None or self._releasing.done():
                 self._releasing = asyncio.get_running_loop().create_task(self._release(), name=f"review delay of room {self.name}")
+        elif isinstance(message, Translation):
+            if any(held.seq == message.seq for _, held in self._held):  # follows its final to the audience
+                self._held_translations.setdefault(message.seq, []).append(message)
+            else:
+                self.offer(self.viewers, encode(message))
         elif isinstance(message, Correction):
             for index, (due, held) in enumerate(self._held):
                 if held.seq == message.seq:  # corrected before air: the audience gets the corrected final
@@ -140,6 +146,8 @@ class Room:
             assert final.seq is not None
             self.released_seq = final.seq
             self.offer(self.viewers, encode(final))
+            for translation in self._held_translations.pop(final.seq, []):
+                self.offer(self.viewers, encode(translation))
 
     def offer(self, viewers: set[Viewer], text: str) -> None:
         for viewer in list(viewers):
@@ -236,6 +244,22 @@ class Rooms:
             correction = Correction.from_row(name, row)
             room.fan_out(correction)
         return correction, row
+
+    async def publish_translation(self, room: Room, translation: Translation) -> None:
+        """A final's translation: journaled, then sent to the room (after its final)."""
+        async with room.lock:
+            try:
+                await self._in_journal(self.journal.add_translation, room.name, translation.seq, translation.language, translation.text)
+            except Exception:
+                log.exception("could not journal the translation of final %d", translation.seq, extra={"room": room.name})
+            room.fan_out(translation)
+
+    async def translations(self, name: str, since: int, upto: int) -> dict[int, list[Translation]]:
+        """The translations of finals with since < seq <= upto, by seq."""
+        found: dict[int, list[Translation]] = {}
+        for row in await self._reading(self.journal.translations, name, since, upto):
+            found.setdefault(row["seq"], []).append(Translation(name, row["seq"], row["language"], row["text"]))
+        return found
 
     async def corrected(self, name: str, since: int, upto: int) -> list[Correction]:
         """The latest revision of each corrected final with since < seq <= upto."""

@@ -147,6 +147,8 @@ class DecodeRequest:
     @property
     def kind(self) -> str:
         """What it is for, as /metrics counts decodes."""
+        if self.options.task == "translate":
+            return "translation"
         if self.check is not None:
             return "head check" if self.check.head else "tail check"
         return "final" if self.final else "early final" if self.early_end is not None else "partial"
@@ -169,6 +171,8 @@ class FinalCaption:
     start: float
     end: float
     language: str
+    # The utterance's audio, in a session that translates its finals (see Session.translate).
+    audio: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
 CaptionEvent = PartialCaption | FinalCaption
@@ -277,6 +281,7 @@ class Session:
         clock_offset_s: float = 0.0,
         last_language: str | None = None,
         partials: bool = True,
+        translate: bool = False,
     ):
         """``first_segment``, ``clock_offset_s`` and ``last_language`` continue a session from an
         earlier life (resumed after a server restart): numbering, the audio clock and the language
@@ -284,6 +289,7 @@ class Session:
         (no partials, no early finals): a recording transcribed as a whole."""
         self.config = config
         self.partials = partials
+        self.translate = translate  # finals carry their audio, to be translated
         self._clock_offset = clock_offset_s
         self.language = language
         self._last_language = last_language  # the latest utterance language detection fixed
@@ -731,7 +737,8 @@ class Session:
             utterance.segment = self._next_segment
             self._next_segment += 1
         start, end = self._times(utterance, utterance.end)
-        self._events.append(FinalCaption(utterance.segment, text, start, end, utterance.reported_language))
+        self._events.append(FinalCaption(utterance.segment, text, start, end, utterance.reported_language,
+                                         audio if self.translate and text else None))
 
     def _emit_dropped(self, utterance: _Utterance, words: tuple[Word, ...], tail: int) -> None:
         """Sends, as a final of its own, words an utterance's final dropped (found in its last

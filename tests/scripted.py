@@ -166,6 +166,8 @@ class ScriptedModel:
     decodes: list[Decode] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     compute_s: float = 0.0  # each encode holds the model's lane this long, as a slow model would
+    # Takes task "translate": it "translates" by writing the words it hears in capitals.
+    translates: bool = False
     lane: ComputeLane = field(default_factory=ComputeLane, repr=False)
 
     def encode(self, audio: np.ndarray) -> Features:
@@ -179,6 +181,8 @@ class ScriptedModel:
     ) -> Hypothesis:
         if options.language is not None and options.language not in self.languages:
             raise ValueError(f"{self.name} does not support language {options.language!r}")
+        if options.task == "translate" and not self.translates:
+            raise ValueError(f"{self.name} does not translate")
         if self.fails is not None and self.fails(features.words):
             raise RuntimeError(f"scripted failure on {' '.join(features.words)!r}")
         words = tuple(prefix) + tuple(word(w) for w in features.words[len(prefix) :])
@@ -188,6 +192,8 @@ class ScriptedModel:
         stops = self.stops_after is not None and len(words) > self.stops_after and features.duration > self.stops_over_s
         if stops and (options.beam_size > 1 or not self.stops_in_beam):
             words, cut = words[: self.stops_after], self.stop_reason
+        if options.task == "translate":
+            words = tuple(Word(w.text.upper(), w.tokens) for w in words)
         with self._lock:
             self.decodes.append(Decode(features.duration, tuple(w.text.strip() for w in prefix), options, tuple(w.text.strip() for w in words)))
         return Hypothesis(words=words, language=options.language or self.languages[0], cut=cut)

@@ -23,25 +23,25 @@ import uuid
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+import numpy as np
 import websockets
 
-from decoder.api import SAMPLE_RATE
+from decoder.api import SAMPLE_RATE, DecodeOptions
 from decoder.context import Context, context_from_json, context_to_json
 from streaming import protocol
 from streaming.audio import PcmDecoder
 from streaming.compat import NATIVE, Dialect
-from streaming.events import Final, Ready, caption
+from streaming.events import Final, Ready, Translation, caption, encode
 from streaming.metrics import Histogram
 from streaming.protocol import AudioMessage, ClearMessage, ConfigMessage, EndMessage, FlushMessage, ProtocolError
 from streaming.scoring import units
 from streaming.server.connection import Client, Keepalive, Link, Stalled, send_error, send_within
 from streaming.server.state import Publisher
-from streaming.session import Session
+from streaming.session import DecodeRequest, Session
 
 if TYPE_CHECKING:
     from streaming.engine import Decoded
     from streaming.server.state import ServerState
-    from streaming.session import DecodeRequest
 
 log = logging.getLogger(__name__)
 
@@ -112,13 +112,16 @@ async def _start(server: ServerState, params: protocol.PublishParams, connection
     if server.engine.overloaded:
         raise ProtocolError("overloaded", "server is at capacity; try again later")
     language = server.settings.session_language(params.room, params.language, params.languages)
+    translate = server.settings.translation(params.room, params.translate)
     session = Session(
-        server.config.session, language=language, context=params.context or server.settings.context(params.room), partials=params.partials
+        server.config.session, language=language, context=params.context or server.settings.context(params.room), partials=params.partials,
+        translate=translate is not None,
     )
     publisher = Publisher(
         id=uuid.uuid4().hex[:12], params=params, session=session, room=room, connection=connection, address=client.address
     )
     publisher.own_context = params.context is not None
+    publisher.translate = translate
     server.sessions.join(publisher)
     await _keep_settings(server, publisher, params.context)
     return publisher
@@ -190,6 +193,7 @@ async def _revive(
         # The server came back with a model that lacks the language: its default, said so.
         log.warning("resumed session asked for %s, which model %s lacks", asked, server.model.name)
         language = server.settings.default_language
+    translate = server.settings.translation(last["room"], params.translate)
     session = Session(
         server.config.session,
         language=language,
@@ -197,6 +201,7 @@ async def _revive(
         first_segment=last["segment"] + 1,
         clock_offset_s=last["end"],
         last_language=last["language"],
+        translate=translate is not None,
     )
     publisher = Publisher(
         id=params.resume,
@@ -208,6 +213,7 @@ async def _revive(
     )
     publisher.started_wall = time.time() - last["end"]
     publisher.own_context = own_context is not None
+    publisher.translate = translate
     server.sessions.join(publisher)
     await _keep_settings(server, publisher, own_context)
     return publisher
@@ -420,6 +426,9 @@ async def _deliver(server: ServerState, publisher: Publisher) -> None:
                 server.metrics.finals[language] += 1
                 server.metrics.words_captioned[language] += len(units(message.text, language))
                 server.metrics.final_latency_by_language.setdefault(language, Histogram()).observe(latency)
+                audio = getattr(event, "audio", None)  # a final's, in a session that translates
+                if publisher.translate and audio is not None:
+                    _queue_translation(server, publisher, message, audio)
         else:
             publisher.room.fan_out(message)
         try:
@@ -427,6 +436,48 @@ async def _deliver(server: ServerState, publisher: Publisher) -> None:
                 await send_within(publisher.connection, text, server.config.send_stall_s, "publisher")
         except (websockets.ConnectionClosed, Stalled):
             pass  # the publisher left (or was cut off for not reading); the room still gets every caption
+
+
+def _queue_translation(server: ServerState, publisher: Publisher, final: Final, audio: np.ndarray) -> None:
+    """A final to translate, after the ones before it; past ``max_pending_translations`` the
+    oldest waiting is given up (counted and logged): translations never hold finals back."""
+    queue = publisher.translations
+    if queue.qsize() >= server.config.max_pending_translations:
+        skipped, _, _ = queue.get_nowait()
+        server.metrics.translations_skipped += 1
+        log.warning("translation of final %s skipped: %d finals were waiting for theirs", skipped.seq, queue.qsize() + 1,
+                    extra=publisher.log_extra)
+    queue.put_nowait((final, audio, time.monotonic()))
+    if publisher.translator is None or publisher.translator.done():
+        publisher.translator = server.spawn(_translate(server, publisher), "translate finals")
+
+
+async def _translate(server: ServerState, publisher: Publisher) -> None:
+    """Translate the session's waiting finals, one at a time, in order. Each is a decode below
+    every final (the engine runs finals first), so a translation never delays the next final."""
+    assert publisher.translate is not None
+    while not publisher.translations.empty():
+        final, audio, queued = publisher.translations.get_nowait()
+        assert final.seq is not None
+        request = DecodeRequest(
+            id=-final.seq, segment_key=-1, audio=audio, prefix=(), draft=(), final=False,
+            options=DecodeOptions(language=final.language if final.language in server.model.languages else None, task="translate",
+                                  beam_size=server.config.session.final_beam_size),
+        )
+        try:
+            decoded = await server.engine.decode(request)
+        except Exception:
+            log.exception("translation of final %d failed", final.seq, extra=publisher.log_extra)
+            server.metrics.translations_failed += 1
+            continue
+        translation = Translation(publisher.room.name, final.seq, publisher.translate, decoded.hypothesis.text.strip())
+        await server.rooms.publish_translation(publisher.room, translation)
+        server.metrics.translation_delay.observe(time.monotonic() - queued)
+        if publisher.dialect is NATIVE:  # a native publisher (flashcaption file --lang) sees its translations too
+            try:
+                await send_within(publisher.connection, encode(translation), server.config.send_stall_s, "publisher")
+            except (websockets.ConnectionClosed, Stalled):
+                pass
 
 
 async def end_parked(server: ServerState, publisher: Publisher, reason: str) -> None:

@@ -14,12 +14,15 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from decoder.api import SpeechModel
 from streaming import auth
 from streaming.access import AccessPolicy, ConnectionCounter, auth_required, parse_networks
 from streaming.compat import NATIVE, Dialect
 from streaming.config import ServerConfig
 from streaming.engine import Engine
+from streaming.events import Final
 from streaming.journal import Journal
 from streaming.metrics import Metrics
 from streaming.protocol import PublishParams
@@ -53,6 +56,10 @@ class Publisher:
     pump_idle: bool = True
     dialect: Dialect = NATIVE  # what its connection speaks (streaming/compat)
     own_context: bool = False  # its publisher gave a context: terms editors add to the room's do not replace it
+    translate: str | None = None  # finals are also translated into this language
+    # Finals waiting for their translation, and the task translating them (publish._translate).
+    translations: asyncio.Queue[tuple[Final, np.ndarray, float]] = field(default_factory=asyncio.Queue)
+    translator: asyncio.Task[None] | None = None
 
     @property
     def log_extra(self) -> dict[str, str]:
@@ -65,7 +72,10 @@ class ServerState:
     def __init__(self, config: ServerConfig, model: SpeechModel):
         self.config = config
         self.model = model
-        self.settings = RoomSettings(model.name, model.languages, config.room_languages, config.room_contexts, config.room_review_delays)
+        self.settings = RoomSettings(
+            model.name, model.languages, config.room_languages, config.room_contexts, config.room_review_delays, config.room_translations,
+            translates=getattr(model, "translates", False),
+        )
         self.engine = Engine(
             model,
             workers=config.workers,

@@ -87,8 +87,11 @@ async def _send_all(server: ServerState, connection: ServerConnection, viewer: V
         page = await server.rooms.backlog(room, since, upto)
         if not page:
             break  # the rest was deleted (retention, or the room was deleted)
+        translated = await server.rooms.translations(room, since, page[-1].seq or since)
         for final in page:
             await send_within(connection, encode(final), server.config.send_stall_s, "viewer")
+            for translation in translated.get(final.seq or 0, []):  # each after its final, as live
+                await send_within(connection, encode(translation), server.config.send_stall_s, "viewer")
         since = page[-1].seq
     while True:
         await send_within(connection, await viewer.next(), server.config.send_stall_s, "viewer")

@@ -1,0 +1,97 @@
+"""Live translation: each final of a session that asks for it (translate=en, or the room's
+setting) is decoded again with the translate task, after its final and never before the next
+one; viewers get a translation event after each final, live and from the journal. Logic with the
+scripted model (which "translates" into capitals); real Whisper on real Spanish, Portuguese and
+Chinese speech."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from websockets.sync.client import connect
+
+from streaming.config import ServerConfig
+from streaming.room_settings import RoomSettings
+from streaming.server import CaptionServer
+from tests.conftest import CLIPS, ServerThread
+from tests.scripted import ScriptedModel, speak
+from tests.test_server import finals, publish, receive_until
+
+
+def watch_until(viewer, count: int, timeout: float = 30) -> list[dict]:
+    """Messages until ``count`` translations have come."""
+    got: list[dict] = []
+    receive = lambda m: got.append(m) or sum(x["type"] == "translation" for x in got) >= count  # noqa: E731
+    receive_until(viewer, receive, timeout)
+    return got
+
+
+def test_each_final_is_followed_by_its_translation_live_and_from_the_journal(tmp_path):
+    running = ServerThread(CaptionServer(ServerConfig(port=0, data_dir=tmp_path), ScriptedModel(translates=True))).start()
+    try:
+        with connect(f"{running.url}/v1/captions?room=hall") as viewer:
+            json.loads(viewer.recv(timeout=10))
+            messages, code = publish(running.url, speak("alpha bravo", "charlie", "delta echo"), "room=hall&translate=en")
+            got = watch_until(viewer, 3)
+        own = [m for m in messages if m["type"] == "translation"]  # the publisher gets them too
+        events = [(m["type"], m["seq"]) for m in got if m["type"] in ("final", "translation")]
+        # Each translation after its final (the next final may come before it: it does not wait).
+        assert code == 1000 and all(events.index(("final", s)) < events.index(("translation", s)) for s in (1, 2, 3))
+        assert [m["text"] for m in got if m["type"] == "translation"] == ["ALPHA BRAVO", "CHARLIE", "DELTA ECHO"]
+        assert all(m["language"] == "en" and m["room"] == "hall" for m in got if m["type"] == "translation")
+        assert sorted(m["seq"] for m in own) == [1, 2, 3]
+        with connect(f"{running.url}/v1/captions?room=hall&since=0") as late:
+            json.loads(late.recv(timeout=10))
+            replayed = [json.loads(late.recv(timeout=10)) for _ in range(6)]
+        assert [(m["type"], m["seq"]) for m in replayed] == [("final", 1), ("translation", 1), ("final", 2), ("translation", 2),
+                                                              ("final", 3), ("translation", 3)]
+        # Without translate=, no translation.
+        messages, _ = publish(running.url, speak("foxtrot"), "room=hall")
+        assert not [m for m in messages if m["type"] == "translation"] and [f["text"] for f in finals(messages)] == ["foxtrot"]
+    finally:
+        running.stop()
+
+
+def test_a_model_that_cannot_translate_refuses_clearly(tmp_path):
+    running = ServerThread(CaptionServer(ServerConfig(port=0, data_dir=tmp_path), ScriptedModel())).start()
+    try:
+        with connect(f"{running.url}/v1/publish?room=hall&translate=en") as ws:
+            refused = json.loads(ws.recv(timeout=10))
+        assert refused["type"] == "error" and refused["code"] == "bad_request" and "cannot translate" in refused["message"]
+        with connect(f"{running.url}/v1/publish?room=hall&translate=fr") as ws:
+            assert "translate takes en" in json.loads(ws.recv(timeout=10))["message"]
+    finally:
+        running.stop()
+    with pytest.raises(ValueError, match="does not translate"):
+        RoomSettings("moonshine-base-en", ("en",), room_translations={"stage": "en"})
+    assert RoomSettings("whisper-base", ("en", "de"), room_translations={"*": "en"}, translates=True).translation("any", None) == "en"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("clip_id, expected", [("es_fleurs_test_000", {"travelers", "climate"}), ("pt_fleurs_test_000", {"according"}),
+                                               ("zh_fleurs_test_000", {"not", "this"})])
+def test_whisper_translates_live_speech_into_english(whisper_server, clip_id, expected):
+    from streaming.scoring import normalize
+
+    room = f"translate-{clip_id}"
+    with connect(f"{whisper_server.url}/v1/captions?room={room}") as viewer:
+        json.loads(viewer.recv(timeout=10))
+        messages, code = publish(whisper_server.url, CLIPS[clip_id].audio, f"room={room}&translate=en")
+        count = len(finals(messages))
+        got = watch_until(viewer, count, timeout=120)
+    translations = [m for m in got if m["type"] == "translation"]
+    assert code == 1000 and count >= 1 and sorted(t["seq"] for t in translations) == sorted(f["seq"] for f in finals(messages))
+    english = set(normalize(" ".join(t["text"] for t in translations)))
+    print(clip_id, [t["text"] for t in translations])
+    assert expected <= english
+
+
+@pytest.fixture(scope="module")
+def whisper_server(tmp_path_factory):
+    from decoder.models import load_model
+    from decoder.runtime import RuntimeOptions
+
+    running = ServerThread(CaptionServer(ServerConfig(port=0, data_dir=tmp_path_factory.mktemp("whisper")), load_model("whisper-base", RuntimeOptions())))
+    yield running.start()
+    running.stop()
