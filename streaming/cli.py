@@ -197,6 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--context-file", default=None, help="read --context from this file (text or JSON)")
         sub.add_argument("--json", action="store_true", help="print every event as a JSON line")
         sub.add_argument("--token", default=os.environ.get("FLASHCAPTION_TOKEN"), help="access token (env FLASHCAPTION_TOKEN)")
+        sub.add_argument("--lang", choices=("original", "en", "both"), default="original",
+                         help="en or both: ask for English translations (multilingual Whisper) and print them instead of, or "
+                              "under, the captions (default %(default)s)")
 
     file = commands.add_parser("file", help="stream a WAV file and print its captions",
                                description="Stream a WAV recording to the server as if spoken live, and print the captions as they arrive.")
@@ -304,6 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", choices=("srt", "vtt", "json", "txt"), default="srt", help="output format (default %(default)s)")
     export.add_argument("--clock", choices=("wall", "session"), default="wall",
                         help="cue times from the event's wall clock, or from the session's audio clock (default %(default)s)")
+    export.add_argument("--lang", choices=("original", "en"), default="original",
+                        help="en: the finals' English translations in their place, timed as the finals (live translation)")
     export.add_argument("--revisions", action="store_true",
                         help="with --format json: every correction of every final (who, when, before, after)")
     export.add_argument("--url", default=DEFAULT_URL, help="server (default %(default)s)")
@@ -341,6 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--room", default="default", help="room to watch (default %(default)s)")
     watch.add_argument("--since", type=int, default=None, help="first replay the room's finals after this seq")
     watch.add_argument("--json", action="store_true", help="print every event as a JSON line")
+    watch.add_argument("--lang", choices=("original", "en", "both"), default="original",
+                       help="print the room's English translations instead of, or under, its captions (default %(default)s)")
     watch.add_argument("--token", default=os.environ.get("FLASHCAPTION_TOKEN"), help="access token (env FLASHCAPTION_TOKEN)")
     return parser
 
@@ -568,7 +575,7 @@ def _export(args: argparse.Namespace) -> int:
     import urllib.request
 
     if args.data_dir is not None:
-        from streaming.export import render
+        from streaming.export import render, translated
         from streaming.journal import Journal
 
         path = args.data_dir / "journal.sqlite3"
@@ -576,14 +583,15 @@ def _export(args: argparse.Namespace) -> int:
             print(f"flashcaption: no journal at {path}", file=sys.stderr)
             return 1
         journal = Journal(path)
-        revisions = journal.revisions(args.room) if args.format == "json" else None
-        text = render(journal.finals(args.room), args.format, args.clock, revisions, args.revisions)
+        revisions = journal.revisions(args.room) if args.format == "json" and args.lang == "original" else None
+        rows = translated(journal.finals(args.room), journal.translations(args.room), args.lang)
+        text = render(rows, args.format, args.clock, revisions, args.revisions)
         journal.close()
     else:
         from streaming.client import http_url
 
         base = http_url(args.url)
-        query = urllib.parse.urlencode({"format": args.format, "clock": args.clock, "revisions": int(args.revisions)})
+        query = urllib.parse.urlencode({"format": args.format, "clock": args.clock, "revisions": int(args.revisions), "lang": args.lang})
         request = urllib.request.Request(f"{base}/v1/rooms/{urllib.parse.quote(args.room)}/transcript?{query}")
         if args.token:
             request.add_header("Authorization", f"Bearer {args.token}")
@@ -642,15 +650,16 @@ def main(argv: list[str] | None = None) -> int:
     from streaming.client import CaptionPrinter, stream_file, stream_microphone, watch_room
 
     if args.command == "watch":
-        printer = CaptionPrinter(json_lines=args.json, show_speaker=True)
+        printer = CaptionPrinter(json_lines=args.json, show_speaker=True, lang=args.lang)
         return _run_client(watch_room(args.url, args.room, printer, since=args.since, token=args.token))
-    printer = CaptionPrinter(json_lines=args.json)
+    printer = CaptionPrinter(json_lines=args.json, lang=args.lang)
     try:
         context = _client_context(args)
     except ValueError as error:
         print(f"flashcaption {args.command}: {error}", file=sys.stderr)
         return 2
-    params = dict(room=args.room, speaker=args.speaker, language=args.language, context=context, token=args.token)
+    params = dict(room=args.room, speaker=args.speaker, language=args.language, context=context, token=args.token,
+                  translate="en" if args.lang != "original" else None)
     if args.command == "file":
         if not args.path.is_file():
             print(f"flashcaption: no such file: {args.path}", file=sys.stderr)

@@ -71,8 +71,9 @@ class CaptionPrinter:
     """Shows captions as a person reads them: on a terminal the partial is redrawn in place
     and each final stays; elsewhere (a pipe) one line per final, or JSON lines with --json."""
 
-    def __init__(self, out: TextIO = sys.stdout, json_lines: bool = False, show_speaker: bool = False):
+    def __init__(self, out: TextIO = sys.stdout, json_lines: bool = False, show_speaker: bool = False, lang: str = "original"):
         self.out = out
+        self.lang = lang  # "original", "en" (each final's translation instead) or "both"
         self.json_lines = json_lines
         self.show_speaker = show_speaker
         self.live = out.isatty() and not json_lines
@@ -92,8 +93,11 @@ class CaptionPrinter:
             if self.live and self._partial_shown:
                 self.out.write("\r\x1b[2K")
             self._partial_shown = False
-            if message["text"]:
+            if message["text"] and self.lang != "en":
                 print(label + message["text"], file=self.out, flush=True)
+        elif kind == "translation" and self.lang != "original":
+            if message["text"]:
+                print(("  → " if self.lang == "both" else label) + message["text"], file=self.out, flush=True)
         elif kind == "correction":
             if self.live and self._partial_shown:
                 self.out.write("\r\x1b[2K")

@@ -154,6 +154,18 @@ def check(format: str, clock: str) -> None:
         raise ValueError("clock must be wall or session")
 
 
+def translated(rows: list[dict[str, Any]], translations: list[dict[str, Any]], lang: str) -> list[dict[str, Any]]:
+    """The rows in ``lang``: ``original`` as they are (JSON carries each row's translations
+    beside its text), or each final's translation in its place, timed as the final (a final
+    with none yet is left out)."""
+    by_seq: dict[int, dict[str, str]] = {}
+    for translation in translations:
+        by_seq.setdefault(translation["seq"], {})[translation["language"]] = translation["text"]
+    if lang == "original":
+        return [{**row, "translations": by_seq[row["seq"]]} if row["seq"] in by_seq else row for row in rows]
+    return [{**row, "text": by_seq[row["seq"]][lang], "language": lang} for row in rows if lang in by_seq.get(row["seq"], {})]
+
+
 def render(rows: list[dict[str, Any]], format: str, clock: str = "wall", revisions: list[dict[str, Any]] | None = None,
            history: bool = False) -> str:
     """The finals in ``format`` (each at its latest revision); JSON also carries the post-edit

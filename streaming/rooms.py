@@ -254,6 +254,9 @@ class Rooms:
                 log.exception("could not journal the translation of final %d", translation.seq, extra={"room": room.name})
             room.fan_out(translation)
 
+    async def all_translations(self, name: str, upto: int | None = None) -> list[dict[str, Any]]:
+        return await self._reading(self.journal.translations, name, 0, upto)
+
     async def translations(self, name: str, since: int, upto: int) -> dict[int, list[Translation]]:
         """The translations of finals with since < seq <= upto, by seq."""
         found: dict[int, list[Translation]] = {}

@@ -17,6 +17,7 @@ from streaming.server import CaptionServer
 from tests.conftest import CLIPS, ServerThread
 from tests.scripted import ScriptedModel, speak
 from tests.test_server import finals, publish, receive_until
+from tests.test_web import browser, context, playwright  # noqa: F401  (fixtures)
 
 
 def watch_until(viewer, count: int, timeout: float = 30) -> list[dict]:
@@ -95,3 +96,62 @@ def whisper_server(tmp_path_factory):
     running = ServerThread(CaptionServer(ServerConfig(port=0, data_dir=tmp_path_factory.mktemp("whisper")), load_model("whisper-base", RuntimeOptions())))
     yield running.start()
     running.stop()
+
+
+def test_exports_per_language_parse_and_are_timed_as_the_original(tmp_path):
+    import io
+    import urllib.request
+
+    import srt
+    import webvtt
+
+    from streaming.client import CaptionPrinter
+
+    running = ServerThread(CaptionServer(ServerConfig(port=0, data_dir=tmp_path), ScriptedModel(translates=True))).start()
+    try:
+        messages, _ = publish(running.url, speak("alpha bravo", "charlie"), "room=hall&translate=en")
+        base = running.url.replace("ws://", "http://") + "/v1/rooms/hall/transcript"
+
+        def get(query: str) -> str:
+            return urllib.request.urlopen(f"{base}?{query}", timeout=10).read().decode()
+
+        original, english = list(srt.parse(get("format=srt"))), list(srt.parse(get("format=srt&lang=en")))
+        assert [c.content for c in original] == ["alpha bravo", "charlie"] and [c.content for c in english] == ["ALPHA BRAVO", "CHARLIE"]
+        assert [(c.start, c.end) for c in original] == [(c.start, c.end) for c in english]
+        assert [c.text for c in webvtt.from_buffer(io.StringIO(get("format=vtt&lang=en")))] == ["ALPHA BRAVO", "CHARLIE"]
+        rows = json.loads(get("format=json"))["finals"]
+        assert [r["translations"] for r in rows] == [{"en": "ALPHA BRAVO"}, {"en": "CHARLIE"}]
+        with pytest.raises(urllib.error.HTTPError):
+            get("format=srt&lang=fr")
+    finally:
+        running.stop()
+    out = io.StringIO()
+    printer = CaptionPrinter(out, lang="both")
+    for message in messages:
+        printer(message)
+    assert out.getvalue().splitlines() == ["alpha bravo", "  → ALPHA BRAVO", "charlie", "  → CHARLIE"]
+
+
+@pytest.mark.slow
+def test_the_overlay_shows_both_lines_and_the_transcript_both_columns(whisper_server, context):  # noqa: F811
+    from tests.test_web import screenshot, wait_for
+
+    room = "translated-overlay"
+    base = f"http://127.0.0.1:{whisper_server.port}"
+    overlay, english, transcript = context.new_page(), context.new_page(), context.new_page()
+    overlay.goto(f"{base}/overlay?room={room}&lang=both&lines=4&page_bg=1d2330&tcolor=ffd34d")
+    english.goto(f"{base}/overlay?room={room}&lang=en&lines=4")
+    transcript.goto(f"{base}/transcript?room={room}")
+    for page in (overlay, english):
+        wait_for(page, "window.flashcaption.state === 'live'", 10)
+    publish(whisper_server.url, CLIPS["es_fleurs_test_000"].audio, f"room={room}&translate=en")
+    for page in (overlay, english):
+        wait_for(page, "window.flashcaption.translations.length >= 1", 60)
+    both = overlay.inner_text("#stack")
+    assert "viajeros" in both and "travel" in both.lower()  # the original above, its translation under it
+    color = overlay.eval_on_selector(".line .translation", "e => getComputedStyle(e).color")
+    assert color == "rgb(255, 211, 77)"
+    assert "viajeros" not in english.inner_text("#stack") and "travel" in english.inner_text("#stack").lower()
+    wait_for(transcript, "document.querySelector('#entries .translation') !== null", 30)
+    assert transcript.evaluate("document.body.classList.contains('translated')")
+    screenshot(overlay, "overlay-translation-both")

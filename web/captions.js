@@ -87,7 +87,7 @@ export class CaptionFeed {
         if (this.lastSeq !== null && event.seq <= this.lastSeq) return;
         this.lastSeq = event.seq;
         this.onEvent(event);
-      } else if (["partial", "correction", "correction_refused", "terms"].includes(event.type)) {
+      } else if (["partial", "correction", "correction_refused", "terms", "translation"].includes(event.type)) {
         // A correction names its final by seq; showing it again is harmless (revisions only go up).
         this.onEvent(event);
       }
@@ -115,9 +115,13 @@ export class CaptionFeed {
  * when the stack grows, the old lines glide up instead of snapping.
  */
 export class CaptionBoard {
-  constructor(stack, { keep = 12, speakers = "auto" } = {}) {
+  constructor(stack, { keep = 12, speakers = "auto", lang = "original" } = {}) {
     this.stack = stack;
     this.keep = keep;
+    // "original": the captions as spoken; "en": each final's English translation in its place
+    // (the original, dimmed, until it comes; no partials); "both": the translation under it.
+    this.lang = lang;
+    this.translations = new Map(); // seq -> translation text, for a line drawn after it came
     this.speakers = speakers; // "auto": label only when the room has several publishers
     this.blocks = new Map(); // "session/segment" -> element
     this.sessions = new Map(); // session id -> label shown for it
@@ -135,6 +139,8 @@ export class CaptionBoard {
       return true;
     }
     if (event.type === "correction") return this._correct(event);
+    if (event.type === "translation") return this._translate(event);
+    if (event.type === "partial" && this.lang === "en") return false; // the audience reads the translations
     if (event.type === "correction_refused" || event.type === "terms") return false;
     const key = `${event.session}/${event.segment}`;
     if (!this.sessions.has(event.session)) {
@@ -171,6 +177,17 @@ export class CaptionBoard {
     return true;
   }
 
+  /** A final's translation: shown in its line, or kept for it (it may come first from a resume). */
+  _translate(event) {
+    if (this.lang === "original" || !event.text) return false;
+    this.translations.set(event.seq, event.text);
+    if (this.translations.size > 200) this.translations.delete(this.translations.keys().next().value);
+    const element = this.stack.querySelector(`.line.final[data-seq="${event.seq}"]`);
+    if (!element) return false;
+    this._animate(() => this._fill(element, element.dataset.text || "", (element.dataset.text || "").length));
+    return true;
+  }
+
   /** An editor's correction: the line of its final, if still shown, takes the new text in place. */
   _correct(event) {
     const element = this.stack.querySelector(`.line.final[data-seq="${event.seq}"]`);
@@ -194,6 +211,15 @@ export class CaptionBoard {
   }
 
   _fill(element, text, stable) {
+    element.dataset.text = text;
+    const translated = element.classList.contains("final") ? this.translations.get(Number(element.dataset.seq)) : undefined;
+    if (this.lang === "en" && element.classList.contains("final")) {
+      element.classList.toggle("awaiting", translated === undefined);
+      if (translated !== undefined) {
+        text = translated;
+        stable = translated.length;
+      }
+    }
     element.replaceChildren();
     const label = this._lineLabel(element);
     if (label) {
@@ -209,6 +235,13 @@ export class CaptionBoard {
     tentative.className = "tentative";
     tentative.textContent = text.slice(stable);
     element.append(settled, tentative);
+    if (this.lang === "both" && translated !== undefined) {
+      const line = document.createElement("span");
+      line.className = "translation";
+      line.lang = "en";
+      line.textContent = translated;
+      element.append(line);
+    }
   }
 
   clear() {

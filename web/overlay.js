@@ -32,6 +32,7 @@ const styles = [
   ["bg", "--box", colour(params.bg)],
   ["page_bg", "--page", colour(params.page_bg)],
   ["lines", "--lines", number(params.lines, 1, 10)],
+  ["tcolor", "--tcolor", colour(params.tcolor)],
   ["max_width", "--max-width", length(params.max_width, "vw")],
   ["align", "--align", ["center", "left", "right", "start", "end"].includes(params.align) ? params.align : null],
   ["margin", "--edge", length(params.margin, "vh")],
@@ -49,15 +50,21 @@ if (params.lang) document.documentElement.lang = params.lang;
 
 const stack = document.getElementById("stack");
 const spoken = document.getElementById("spoken");
-const board = new CaptionBoard(stack, { speakers: params.speakers || "auto" });
+const lang = ["original", "en", "both"].includes(params.lang) ? params.lang : "original";
+if (params.lang !== undefined && lang !== params.lang) console.warn(`overlay: ignored lang=${params.lang} (original, en or both)`);
+const board = new CaptionBoard(stack, { speakers: params.speakers || "auto", lang });
 const hideAfter = number(params.hide_after, 0.5, 3600);
 let hideTimer = null;
 
 // What the page has shown, for anyone checking it (the browser tests do): seqs in order.
-window.flashcaption = { finals: [], corrections: [], state: "connecting" };
+window.flashcaption = { finals: [], corrections: [], translations: [], state: "connecting" };
 
 function shown(event) {
   if (!board.show(event) || event.type === "reset") return;
+  if (event.type === "translation") {
+    window.flashcaption.translations.push(event.seq);
+    return;
+  }
   if (event.type === "correction") {
     window.flashcaption.corrections.push([event.seq, event.revision]);
     return; // a line changed in place: nothing new was said

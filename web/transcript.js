@@ -85,7 +85,23 @@ function correct(event) {
   render(item);
 }
 
+/** A final's translation, in the column beside it (the page grows the column when one comes). */
+function translate(event) {
+  const item = entries.querySelector(`li[data-seq="${event.seq}"]`);
+  if (!item || !event.text) return;
+  let cell = item.querySelector(".translation");
+  if (!cell) {
+    cell = document.createElement("div");
+    cell.className = "translation";
+    cell.lang = event.language;
+    item.append(cell);
+  }
+  cell.textContent = event.text;
+  document.body.classList.add("translated");
+}
+
 function show(event) {
+  if (event.type === "translation") return translate(event);
   if (event.type === "correction") return correct(event);
   if (event.type === "correction_refused" || event.type === "terms") return;
   const nearBottom = innerHeight + scrollY >= document.body.scrollHeight - 80;

@@ -20,9 +20,9 @@ from decoder.batching import ComputeLane
 from streaming.access import origin_allowed
 from streaming.compat import routes
 from streaming.compat.wire import HandshakeError
-from streaming.export import CONTENT_TYPES, check, render
+from streaming.export import CONTENT_TYPES, check, render, translated
 from streaming.metrics import labels
-from streaming.protocol import ProtocolError, split_path
+from streaming.protocol import TRANSLATION_TARGETS, ProtocolError, split_path
 from streaming.server.connection import Client, client_of, response
 
 if TYPE_CHECKING:
@@ -125,9 +125,12 @@ async def _transcript(server: ServerState, room: str, query: dict[str, str], cli
     if history == "1" and not editor:
         return response(HTTPStatus.UNAUTHORIZED, "revisions=1 needs a token that may edit the room (role edit or admin)")
     upto = None if editor or not server.settings.review_delay(room) else (await server.rooms.get(room)).released_seq
+    lang = query.get("lang", "original")
+    if lang not in ("original", *TRANSLATION_TARGETS):
+        return response(HTTPStatus.BAD_REQUEST, f"lang must be original or {', '.join(TRANSLATION_TARGETS)}")
     async with server.exports:
-        rows = await server.rooms.transcript(room, upto)
-        revisions = await server.rooms.revisions(room) if format == "json" else None
+        rows = translated(await server.rooms.transcript(room, upto), await server.rooms.all_translations(room, upto), lang)
+        revisions = await server.rooms.revisions(room) if format == "json" and lang == "original" else None
         body = await asyncio.to_thread(render, rows, format, clock, revisions, history == "1")
     return response(HTTPStatus.OK, body, CONTENT_TYPES[format])
 

@@ -53,6 +53,8 @@ TAKE_OVER_WAIT_S = 2.0
 # 16-bit audio). Without a bound, autotuning lets megabytes of a held-back recording wait
 # there, all of which would still be read and captioned after the client hangs up.
 RECEIVE_BUFFER_BYTES = 256 * 1024
+# How long a stream that ended waits for its last finals' translations before it closes.
+TRANSLATIONS_AT_CLOSE_S = 30.0
 
 
 class Refused(ProtocolError):
@@ -97,6 +99,9 @@ async def serve_publisher(
         raise
     finally:
         await _after_connection(server, publisher, pcm, ended)
+    if publisher.translator is not None and not publisher.translator.done():
+        # The stream's last translations are the publisher's too: they come before the close.
+        await asyncio.wait({publisher.translator}, timeout=TRANSLATIONS_AT_CLOSE_S)
     for text in dialect.closing(publisher.session.received_seconds):
         await connection.send(text)
     await connection.close(1000, "end of stream")
