@@ -248,6 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "of this file (tests/data/context_terms.json)")
     bench.add_argument("--journal", type=int, default=None, metavar="N",
                        help="instead: time writing N finals to a journal, replaying and exporting them")
+    bench.add_argument("--translate", action="store_true",
+                       help="instead: live translation into English (a multilingual Whisper server, e.g. --model whisper-base "
+                            "--langs de,es,fr,ja,pt,zh): delay after each final, and chrF where the manifest has an english column")
     bench.add_argument("--adapter-cost", action="store_true",
                        help="instead: what each API's adapter itself costs, in microseconds a caption and a second of audio (no server)")
     bench.add_argument("--files", type=_positive_int, default=None, metavar="N",

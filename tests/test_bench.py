@@ -252,3 +252,31 @@ def test_the_post_edit_rate_counts_words_to_change_per_100_captioned():
     entry = summarize(clips, [captioned])["languages"]["en"]
     # Two words replaced and one added, over nine words captioned.
     assert entry["streaming_errors"] == 3 and entry["post_edit_per_100_words"] == pytest.approx(100 * 3 / 9)
+
+
+def test_the_translation_bench_measures_delay_and_scores_chrf_where_there_is_a_reference(tmp_path):
+    import io
+    import wave
+
+    from streaming.config import ServerConfig
+    from streaming.server import CaptionServer
+    from tests.conftest import ServerThread
+    from tests.scripted import ScriptedModel, speak
+
+    rows = ["id\twav\tlang\treference\tenglish"]
+    for number, (text, english) in enumerate((("alpha bravo", "ALPHA BRAVO"), ("charlie delta", ""))):
+        out = io.BytesIO()
+        with wave.open(out, "wb") as w:
+            w.setnchannels(1), w.setsampwidth(2), w.setframerate(16000)
+            w.writeframes((speak(text) * 32767).astype("<i2").tobytes())
+        (tmp_path / f"c{number}.wav").write_bytes(out.getvalue())
+        rows.append(f"c{number}\tc{number}.wav\ten\t{text}\t{english}")
+    (tmp_path / "manifest.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    running = ServerThread(CaptionServer(ServerConfig(port=0, data_dir=tmp_path / "data"), ScriptedModel(translates=True))).start()
+    try:
+        report = run_bench(bench_args(manifest=tmp_path / "manifest.tsv", url=running.url, translate=True, speed=None))["translation"]
+    finally:
+        running.stop()
+    entry = report["languages"]["en"]
+    assert entry["finals"] == entry["translated"] == 2 and entry["delay"]["n"] == 2 and entry["delay"]["min"] >= 0
+    assert entry["scored_recordings"] == 1 and entry["chrf"] == pytest.approx(100.0)  # the scripted model "translates" exactly

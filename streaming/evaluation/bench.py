@@ -43,6 +43,7 @@ from streaming.evaluation.streams import (
     stats,
     stream_clip,
 )
+from streaming.evaluation.translation import print_translation, run_translation
 from streaming.nonspeech import NON_SPEECH
 from streaming.scoring import CHARACTER_LANGUAGES, error_counts, normalize, units
 
@@ -133,6 +134,8 @@ def print_report(report: dict[str, Any], out: TextIO = sys.stdout) -> None:
         print_long_form_report(report["long_form"], out)
     if "files" in report:
         print_files(report, out)
+    if "translation" in report:
+        print_translation(report, out)
     if "noise" in report:
         print_noise_report(report["noise"], out)
     for run in report["runs"]:
@@ -217,6 +220,9 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         if getattr(args, "noise", None):
             voices = [c.path for c in load_manifest(Path(args.manifest), None)]
             report["noise"] = run_noise(url, clips, args.noise, voices, args.speed, health, server, offline=not args.no_offline)
+            return report
+        if getattr(args, "translate", False):
+            report["translation"] = run_translation(url, clips, args.speed)
             return report
         if getattr(args, "files", None):
             cpu_before = server.cpu_seconds() if server else None

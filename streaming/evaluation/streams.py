@@ -59,6 +59,7 @@ class Clip:
     reference: str
     path: Path
     lead_silence: float = 0.0  # seconds of silence streamed (and decoded offline) before the recording
+    english: str = ""  # the recording's English reference translation, where the manifest has one (column english)
     noise: Noise | None = None  # mixed into everything streamed (and decoded offline)
 
     def audio(self, tail: float = 0.0) -> tuple[np.ndarray, np.ndarray, int]:
@@ -108,6 +109,8 @@ class StreamResult:
     drain_seconds: float = 0.0  # from ``end`` to the server closing the stream (or the wait given up)
     closed: str = ""  # how the stream ended: "closed by the server" when every final is in
     refused: bool = False  # the server refused the stream (at capacity): nothing was streamed
+    # With translate=en: (text of the final, its translation, seconds from the final to it) per final translated.
+    translations: list[tuple[str, str, float]] = field(default_factory=list)
 
 
 
@@ -116,7 +119,7 @@ def load_manifest(path: Path, languages: set[str] | None, lead_silence: float = 
     with open(path, encoding="utf-8") as f:
         rows = list(csv.DictReader(f, delimiter="\t"))
     return [
-        Clip(r["id"], r["lang"], r["reference"], path.parent / r["wav"], lead_silence)
+        Clip(r["id"], r["lang"], r["reference"], path.parent / r["wav"], lead_silence, english=r.get("english") or "")
         for r in rows
         if not languages or r["lang"] in languages
     ]
@@ -152,7 +155,7 @@ def _words(text: str) -> list[str]:
 
 async def stream_clip(
     url: str, clip: Clip, stream: int, speed: float | None, room: str, context: str | None = None, wait_s: float = 120.0,
-    dialect: str = "native",
+    dialect: str = "native", translate: str | None = None,
 ) -> StreamResult:
     """Stream ``clip`` (then a tail of silence and ``end``) at ``speed`` (None: as fast as the
     server takes it, as a recording), waiting up to ``wait_s`` after ``end`` for the server to
@@ -165,7 +168,7 @@ async def stream_clip(
     behind = 0.0
     client = bench_client(dialect)
     mode = "live" if speed == 1.0 else "file"
-    query = dict(room=room, sample_rate=rate, speaker=f"bench{stream}", mode=mode, context=context)
+    query = dict(room=room, sample_rate=rate, speaker=f"bench{stream}", mode=mode, context=context, translate=translate)
     # A recording is read by the server only as fast as it decodes: a keepalive ping would wait
     # behind the audio in the socket, and the client would give up on the server after 40 s.
     try:
@@ -233,6 +236,7 @@ def _measure(
 
     errors = [m for _, m in received if m["type"] == "error"]
     finals = [(t, m) for t, m in received if m["type"] == "final"]
+    final_by_seq = {m["seq"]: (t, m) for t, m in finals if "seq" in m}
     partials = [(t, m) for t, m in received if m["type"] == "partial"]
     rewrites = 0
     previous: dict[int, str] = {}  # the latest partial text by segment
@@ -273,6 +277,8 @@ def _measure(
         behind_seconds=behind,
         languages=[m["language"] for _, m in finals if m["text"] and m.get("language")],
         final_messages=[m for _, m in finals],
+        translations=[(final_by_seq[m["seq"]][1]["text"], m["text"], t - final_by_seq[m["seq"]][0])
+                      for t, m in received if m["type"] == "translation" and m.get("seq") in final_by_seq],
     )
 
 
