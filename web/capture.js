@@ -124,6 +124,7 @@ function connect() {
     context: session ? "" : $("context").value.trim(),
     token: params.token,
     resume: session,
+    translate: params.translate, // translate=en on this page's URL: its finals in English too
   };
   if (session) delete query.speaker; // a resumed session keeps its speaker
   setState(session ? "Reconnecting…" : "Connecting…");
