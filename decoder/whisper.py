@@ -393,11 +393,14 @@ class WhisperModel:
         self, found: Decoded, start: list[int], forced: list[int], seconds: float, context: Context | None
     ) -> tuple[float, float, str | None]:
         """A reading's no-speech probability, its mean log-probability per token, and why the
-        guards drop it (None: they keep it)."""
+        guards drop it (None: they keep it). A translation (its task token in ``start``) is of
+        audio already taken for speech: only the guards against loops and wordless text apply."""
         no_speech = float(np.exp(found.first_call[start.index(self.tokenizer.sot), self.tokenizer.no_speech]))
         average = float(np.mean(found.scores)) if found.scores else 0.0
         text = self.tokenizer.text(found.tokens)
-        rejected = _rejected(self.tokenizer.text(forced + found.tokens), text, average, no_speech, bool(forced), seconds, context) if found.tokens else None
+        translating = self.tokenizer.translate in start
+        rejected = (_rejected(self.tokenizer.text(forced + found.tokens), text, average, no_speech, bool(forced), seconds, context, translating)
+                    if found.tokens else None)
         return no_speech, average, rejected
 
 
@@ -440,14 +443,14 @@ def _plain_words(text: str) -> list[str]:
 
 
 def _rejected(
-    text: str, chosen: str, average: float, no_speech: float, forced: bool, seconds: float, context: Context | None
+    text: str, chosen: str, average: float, no_speech: float, forced: bool, seconds: float, context: Context | None, translating: bool = False
 ) -> str | None:
     """Why words are not taken for speech, or None. Whisper's rules: the model itself says there
     was no speech, or the text loops; and on music it writes "..." or "♪": no words, no caption.
     This is what keeps "Thanks for watching!" off silent stretches."""
-    if no_speech > NO_SPEECH_THRESHOLD and average < LOGPROB_THRESHOLD:
+    if not translating and no_speech > NO_SPEECH_THRESHOLD and average < LOGPROB_THRESHOLD:
         return "no speech"
-    if not forced and average < (UNSURE_LOGPROB_LONG if seconds >= LONG_AUDIO_S else UNSURE_LOGPROB):
+    if not translating and not forced and average < (UNSURE_LOGPROB_LONG if seconds >= LONG_AUDIO_S else UNSURE_LOGPROB):
         return "unsure"
     if _compression_ratio(text) > COMPRESSION_RATIO_THRESHOLD:
         return "looping text"

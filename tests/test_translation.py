@@ -69,10 +69,14 @@ def test_a_model_that_cannot_translate_refuses_clearly(tmp_path):
     assert RoomSettings("whisper-base", ("en", "de"), room_translations={"*": "en"}, translates=True).translation("any", None) == "en"
 
 
+ENGLISH_WORDS = {"the", "a", "an", "is", "are", "was", "of", "to", "in", "and", "it", "this", "that", "you", "i", "we", "he", "they", "be"}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("clip_id, expected", [("es_fleurs_test_000", {"travelers", "climate"}), ("pt_fleurs_test_000", {"according"}),
-                                               ("zh_fleurs_test_000", {"not", "this"})])
-def test_whisper_translates_live_speech_into_english(whisper_server, clip_id, expected):
+@pytest.mark.parametrize("clip_id", ["de_fleurs_test_001", "es_fleurs_test_000", "fr_fleurs_test_000", "ja_fleurs_test_000",
+                                     "zh_fleurs_test_000", "pt_fleurs_test_000"])
+def test_whisper_translates_live_speech_into_english(whisper_server, clip_id):
+    """The shared recordings' languages: a translation for every final, each after its final, in English."""
     from streaming.scoring import normalize
 
     room = f"translate-{clip_id}"
@@ -81,11 +85,16 @@ def test_whisper_translates_live_speech_into_english(whisper_server, clip_id, ex
         messages, code = publish(whisper_server.url, CLIPS[clip_id].audio, f"room={room}&translate=en")
         count = len(finals(messages))
         got = watch_until(viewer, count, timeout=120)
+    events = [(m["type"], m["seq"]) for m in got if m["type"] in ("final", "translation")]
     translations = [m for m in got if m["type"] == "translation"]
-    assert code == 1000 and count >= 1 and sorted(t["seq"] for t in translations) == sorted(f["seq"] for f in finals(messages))
-    english = set(normalize(" ".join(t["text"] for t in translations)))
     print(clip_id, [t["text"] for t in translations])
-    assert expected <= english
+    assert code == 1000 and count >= 1 and sorted(t["seq"] for t in translations) == sorted(f["seq"] for f in finals(messages))
+    assert all(events.index(("final", t["seq"])) < events.index(("translation", t["seq"])) for t in translations)
+    for translation in translations:
+        text = translation["text"]
+        # English, not the spoken language: Whisper base may leave a word untranslated ("This is not a告别").
+        assert text and sum(c.isascii() for c in text) >= 0.8 * len(text), text
+        assert ENGLISH_WORDS & set(normalize(text)), text
 
 
 @pytest.fixture(scope="module")
