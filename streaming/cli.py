@@ -419,9 +419,9 @@ def parse_room_translations(values: list[str]) -> dict[str, str]:
     rooms: dict[str, str] = {}
     for value in values:
         room, _, language = value.partition("=")
-        if not re.fullmatch(r"[A-Za-z0-9_*-]{1,64}", room.strip()) or language.strip() != "en":
-            raise ValueError(f"--room-translate {value!r}: expected ROOM=en (speech is translated into English)")
-        rooms[room.strip()] = "en"
+        if not re.fullmatch(r"[A-Za-z0-9_*-]{1,64}", room.strip()) or not re.fullmatch(r"[a-z]{2,3}", language.strip()):
+            raise ValueError(f"--room-translate {value!r}: expected ROOM=LANGUAGE, e.g. stage=en")
+        rooms[room.strip()] = language.strip()
     return rooms
 
 

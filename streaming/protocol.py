@@ -165,7 +165,6 @@ def _context(value: Any) -> Context | None:
 
 
 _PUBLISH_KEYS = {"room", "speaker", "language", "languages", "sample_rate", "encoding", "context", "token", "resume", "mode", "translate"}
-TRANSLATION_TARGETS = ("en",)  # what the served models translate into (Whisper: English)
 _SESSION_ID = re.compile(r"[0-9a-f]{12}")
 _VIEW_KEYS = {"room", "since", "token", "editor"}
 MAX_CORRECTION_TEXT = 2000  # characters of a corrected final
@@ -193,8 +192,9 @@ def parse_publish(query: Mapping[str, str]) -> PublishParams:
     if mode not in ("live", "file"):
         raise ProtocolError("bad_request", f"mode must be live or file, not {mode!r}")
     translate = query.get("translate")
-    if translate is not None and translate not in TRANSLATION_TARGETS:
-        raise ProtocolError("bad_request", f"translate takes {', '.join(TRANSLATION_TARGETS)} (speech is translated into English), not {translate[:20]!r}")
+    if translate is not None and not re.fullmatch(r"[a-z]{2,3}", translate):
+        # Which targets the server can do is its room settings' to say (RoomSettings.translation).
+        raise ProtocolError("bad_request", f"translate must be a language code such as en, not {translate[:20]!r}")
     resume = query.get("resume")
     if resume is not None and not _SESSION_ID.fullmatch(resume):
         raise ProtocolError("bad_request", "resume must be a session id from a ready message")

@@ -35,7 +35,7 @@ class RoomSettings:
         room_contexts: dict[str, Context] | None = None,
         room_review_delays: dict[str, float] | None = None,
         room_translations: dict[str, str] | None = None,
-        translates: bool = False,
+        translation_targets: tuple[str, ...] = (),
     ):
         self.model_name = model_name
         self.supported = model_languages
@@ -43,9 +43,11 @@ class RoomSettings:
         self.room_contexts = room_contexts or {}
         self.room_review_delays = room_review_delays or {}
         self.room_translations = room_translations or {}
-        self.translates = translates  # the model translates speech (multilingual Whisper)
-        if self.room_translations and not translates:
-            raise ValueError(f"--room-translate: model {model_name} does not translate (serve a multilingual Whisper model)")
+        self.translation_targets = translation_targets  # what finals can be translated into here
+        for room, target in self.room_translations.items():
+            if target not in translation_targets:
+                raise ValueError(f"--room-translate {room}={target}: nothing here translates into {target} "
+                                 f"(multilingual Whisper models translate into en)")
         self.learned: dict[str, tuple[str, ...]] = {}  # terms editors added to a room's context
         for room, codes in self.room_languages.items():
             missing = [code for code in codes if code not in model_languages]
@@ -98,8 +100,11 @@ class RoomSettings:
         """The language a new session's finals are translated into: what its publisher asked for,
         else the room's; ``bad_request`` if the model cannot translate."""
         target = asked or _for_room(self.room_translations, room)
-        if target and not self.translates:
-            raise ProtocolError("bad_request", f"model {self.model_name} transcribes only: it cannot translate (translate= needs a multilingual Whisper model)")
+        if target and target not in self.translation_targets:
+            if not self.translation_targets:
+                raise ProtocolError("bad_request",
+                                    f"model {self.model_name} transcribes only: it cannot translate (translate= needs a multilingual Whisper model)")
+            raise ProtocolError("bad_request", f"finals are translated into {', '.join(self.translation_targets)} here, not {target}")
         return target or None
 
     def review_delay(self, room: str) -> float:

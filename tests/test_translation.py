@@ -61,12 +61,15 @@ def test_a_model_that_cannot_translate_refuses_clearly(tmp_path):
             refused = json.loads(ws.recv(timeout=10))
         assert refused["type"] == "error" and refused["code"] == "bad_request" and "cannot translate" in refused["message"]
         with connect(f"{running.url}/v1/publish?room=hall&translate=fr") as ws:
-            assert "translate takes en" in json.loads(ws.recv(timeout=10))["message"]
+            assert "cannot translate" in json.loads(ws.recv(timeout=10))["message"]
     finally:
         running.stop()
-    with pytest.raises(ValueError, match="does not translate"):
+    with pytest.raises(ValueError, match="nothing here translates into en"):
         RoomSettings("moonshine-base-en", ("en",), room_translations={"stage": "en"})
-    assert RoomSettings("whisper-base", ("en", "de"), room_translations={"*": "en"}, translates=True).translation("any", None) == "en"
+    whisper = RoomSettings("whisper-base", ("en", "de"), room_translations={"*": "en"}, translation_targets=("en",))
+    assert whisper.translation("any", None) == "en"
+    with pytest.raises(Exception, match="translated into en here, not fr"):
+        whisper.translation("any", "fr")
 
 
 ENGLISH_WORDS = {"the", "a", "an", "is", "are", "was", "of", "to", "in", "and", "it", "this", "that", "you", "i", "we", "he", "they", "be"}
@@ -164,3 +167,25 @@ def test_the_overlay_shows_both_lines_and_the_transcript_both_columns(whisper_se
     wait_for(transcript, "document.querySelector('#entries .translation') !== null", 30)
     assert transcript.evaluate("document.body.classList.contains('translated')")
     screenshot(overlay, "overlay-translation-both")
+
+
+def test_a_text_translator_serves_the_targets_the_speech_model_cannot():
+    import asyncio
+    import concurrent.futures
+
+    from streaming.events import Final
+    from streaming.translation import SpeechTranslator, TextTranslation, translators
+
+    class Reverser:  # a stand-in machine-translation model (pure logic: the interface, not a model)
+        targets = ("fr", "en")
+
+        def translate(self, text: str, source: str, target: str) -> str:
+            return f"{target}:{text[::-1]}"
+
+    speaking = ScriptedModel(translates=True)
+    chosen = translators(engine=None, model=speaking, text=[Reverser()])  # type: ignore[arg-type]
+    assert isinstance(chosen["fr"], TextTranslation) and isinstance(chosen["en"], SpeechTranslator)  # the speech model first for en
+    assert set(translators(engine=None, model=ScriptedModel())) == set()  # type: ignore[arg-type]
+    final = Final("r", "s", "", 0, "bonjour", 0.0, 1.0, "fr", seq=1)
+    with concurrent.futures.ThreadPoolExecutor(1) as thread:  # a loop of its own (the browser's may run in this one)
+        assert thread.submit(asyncio.run, chosen["fr"].translate(final, None, "fr")).result() == "fr:ruojnob"  # type: ignore[arg-type]

@@ -22,7 +22,7 @@ from streaming.compat import routes
 from streaming.compat.wire import HandshakeError
 from streaming.export import CONTENT_TYPES, check, render, translated
 from streaming.metrics import labels
-from streaming.protocol import TRANSLATION_TARGETS, ProtocolError, split_path
+from streaming.protocol import ProtocolError, split_path
 from streaming.server.connection import Client, client_of, response
 
 if TYPE_CHECKING:
@@ -126,8 +126,9 @@ async def _transcript(server: ServerState, room: str, query: dict[str, str], cli
         return response(HTTPStatus.UNAUTHORIZED, "revisions=1 needs a token that may edit the room (role edit or admin)")
     upto = None if editor or not server.settings.review_delay(room) else (await server.rooms.get(room)).released_seq
     lang = query.get("lang", "original")
-    if lang not in ("original", *TRANSLATION_TARGETS):
-        return response(HTTPStatus.BAD_REQUEST, f"lang must be original or {', '.join(TRANSLATION_TARGETS)}")
+    if lang not in ("original", *server.settings.translation_targets):
+        targets = ", ".join(server.settings.translation_targets) or "none"
+        return response(HTTPStatus.BAD_REQUEST, f"lang must be original or a language finals are translated into here ({targets})")
     async with server.exports:
         rows = translated(await server.rooms.transcript(room, upto), await server.rooms.all_translations(room, upto), lang)
         revisions = await server.rooms.revisions(room) if format == "json" and lang == "original" else None

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import websockets
 
-from decoder.api import SAMPLE_RATE, DecodeOptions
+from decoder.api import SAMPLE_RATE
 from decoder.context import Context, context_from_json, context_to_json
 from streaming import protocol
 from streaming.audio import PcmDecoder
@@ -37,11 +37,12 @@ from streaming.protocol import AudioMessage, ClearMessage, ConfigMessage, EndMes
 from streaming.scoring import units
 from streaming.server.connection import Client, Keepalive, Link, Stalled, send_error, send_within
 from streaming.server.state import Publisher
-from streaming.session import DecodeRequest, Session
+from streaming.session import Session
 
 if TYPE_CHECKING:
     from streaming.engine import Decoded
     from streaming.server.state import ServerState
+    from streaming.session import DecodeRequest
 
 log = logging.getLogger(__name__)
 
@@ -458,24 +459,19 @@ def _queue_translation(server: ServerState, publisher: Publisher, final: Final, 
 
 
 async def _translate(server: ServerState, publisher: Publisher) -> None:
-    """Translate the session's waiting finals, one at a time, in order. Each is a decode below
-    every final (the engine runs finals first), so a translation never delays the next final."""
+    """Translate the session's waiting finals, one at a time, in order (streaming/translation.py;
+    the speech model's translation is a decode below every final: it never delays the next one)."""
     assert publisher.translate is not None
     while not publisher.translations.empty():
         final, audio, queued = publisher.translations.get_nowait()
         assert final.seq is not None
-        request = DecodeRequest(
-            id=-final.seq, segment_key=-1, audio=audio, prefix=(), draft=(), final=False,
-            options=DecodeOptions(language=final.language if final.language in server.model.languages else None, task="translate",
-                                  beam_size=server.config.session.final_beam_size),
-        )
         try:
-            decoded = await server.engine.decode(request)
+            text = await server.translators[publisher.translate].translate(final, audio, publisher.translate)
         except Exception:
             log.exception("translation of final %d failed", final.seq, extra=publisher.log_extra)
             server.metrics.translations_failed += 1
             continue
-        translation = Translation(publisher.room.name, final.seq, publisher.translate, decoded.hypothesis.text.strip())
+        translation = Translation(publisher.room.name, final.seq, publisher.translate, text)
         await server.rooms.publish_translation(publisher.room, translation)
         server.metrics.translation_delay.observe(time.monotonic() - queued)
         if publisher.dialect is NATIVE:  # a native publisher (flashcaption file --lang) sees its translations too

@@ -30,6 +30,7 @@ from streaming.room_settings import RoomSettings
 from streaming.rooms import Publishers, Room, Rooms
 from streaming.server.connection import Link
 from streaming.session import Session
+from streaming.translation import translators
 
 log = logging.getLogger(__name__)
 
@@ -72,16 +73,18 @@ class ServerState:
     def __init__(self, config: ServerConfig, model: SpeechModel):
         self.config = config
         self.model = model
-        self.settings = RoomSettings(
-            model.name, model.languages, config.room_languages, config.room_contexts, config.room_review_delays, config.room_translations,
-            translates=getattr(model, "translates", False),
-        )
         self.engine = Engine(
             model,
             workers=config.workers,
             max_queued=config.max_queued_decodes,
             delay_s=config.decode_delay_s,
             max_wait_s=config.max_decode_wait_s,
+        )
+        # What each target language is translated by (streaming/translation.py).
+        self.translators = translators(self.engine, model, config.session.final_beam_size)
+        self.settings = RoomSettings(
+            model.name, model.languages, config.room_languages, config.room_contexts, config.room_review_delays, config.room_translations,
+            translation_targets=tuple(self.translators),
         )
         self.rooms = Rooms(
             Journal(config.data_dir / "journal.sqlite3"), config.viewer_queue, viewer_bytes=config.viewer_queue_bytes,
