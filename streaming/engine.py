@@ -191,9 +191,13 @@ class Engine:
             try:
                 result = self.decode_blocking(request, time.perf_counter() - job.queued_at, job.withdrawn)
             except Exception as error:  # reported to the awaiting session (unless withdrawn: then no one awaits)
-                loop.call_soon_threadsafe(_settle, future, None, error)
+                settle: tuple[Hypothesis | None, BaseException | None] = (None, error)
             else:
-                loop.call_soon_threadsafe(_settle, future, result, None)
+                settle = (result, None)
+            try:
+                loop.call_soon_threadsafe(_settle, future, *settle)
+            except RuntimeError:
+                pass  # the caller's event loop has closed: nobody waits for the answer, and the worker goes on
 
     def close(self) -> None:
         for _ in self._threads:
