@@ -100,7 +100,7 @@ async def serve_publisher(
         raise
     finally:
         await _after_connection(server, publisher, pcm, ended)
-    if publisher.translator is not None and not publisher.translator.done():
+    if ended and publisher.translator is not None and not publisher.translator.done():
         # The stream's last translations are the publisher's too: they come before the close.
         await asyncio.wait({publisher.translator}, timeout=TRANSLATIONS_AT_CLOSE_S)
     for text in dialect.closing(publisher.session.received_seconds):
