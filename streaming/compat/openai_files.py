@@ -12,7 +12,6 @@ docs/compat.md. No sockets here.
 from __future__ import annotations
 
 import json
-import re
 import uuid
 import zlib
 from collections.abc import Mapping, Sequence
@@ -20,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 from decoder.context import ContextError, parse_context
-from streaming.compat.openai_realtime import OpenAIError
+from streaming.compat.openai_realtime import LANGUAGE_CODE, MODEL_NAME, OpenAIError
 from streaming.compat.wire import spread_words
 from streaming.events import Caption, Final, Ready
 from streaming.export import to_srt, to_vtt
@@ -36,8 +35,6 @@ CONTENT_TYPES = {
     "srt": "text/plain; charset=utf-8",  # as OpenAI answers them
     "vtt": "text/plain; charset=utf-8",
 }
-_MODEL = re.compile(r"(whisper-1|gpt-[A-Za-z0-9.-]{1,60}|[a-z0-9.-]{1,60}transcribe[a-z0-9.-]{0,40})")
-_LANGUAGE = re.compile(r"[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})?")
 # Fields taken and used; fields taken and ignored (harmless: docs/compat.md says why).
 _USED = {"file", "model", "language", "prompt", "response_format", "timestamp_granularities[]", "stream"}
 _IGNORED = {"temperature", "chunking_strategy", "include[]"}
@@ -85,7 +82,7 @@ def parse_form(fields: Mapping[str, Sequence[str]], query: Mapping[str, str], de
     model = one("model")
     if not model:
         raise OpenAIError("you must provide a model parameter")
-    if not _MODEL.fullmatch(model):
+    if not MODEL_NAME.fullmatch(model):
         raise OpenAIError(f"model {model[:40]!r} is not an OpenAI transcription model name")
     response_format = one("response_format") or "json"
     if response_format not in RESPONSE_FORMATS:
@@ -114,7 +111,7 @@ def parse_form(fields: Mapping[str, Sequence[str]], query: Mapping[str, str], de
             native[name] = query[name]
     language = one("language")
     if language:
-        if not _LANGUAGE.fullmatch(language):
+        if not LANGUAGE_CODE.fullmatch(language):
             raise OpenAIError("language must be an ISO-639-1 code such as en")
         native["language"] = language.split("-")[0].lower()
     try:

@@ -31,8 +31,10 @@ PATH = "/v1/realtime"
 RATE = 24000  # the only rate the API takes
 # One message holds at most 1 s of audio (as on /v1/publish): base64 of 48,000 bytes and the JSON around it.
 MAX_TEXT_MESSAGE_BYTES = 72 * 1024
-_MODEL = re.compile(r"(whisper-1|gpt-[A-Za-z0-9.-]{1,60}|[a-z0-9.-]{1,60}transcribe[a-z0-9.-]{0,40})")
-_LANGUAGE = re.compile(r"[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})?")
+# OpenAI's transcription model names (each is served by this server's model), and language codes
+# as its APIs take them; shared with the file API (openai_files.py).
+MODEL_NAME = re.compile(r"(whisper-1|gpt-[A-Za-z0-9.-]{1,60}|[a-z0-9.-]{1,60}transcribe[a-z0-9.-]{0,40})")
+LANGUAGE_CODE = re.compile(r"[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})?")
 _OWN = {"room", "speaker", "token"}
 
 
@@ -71,7 +73,7 @@ def parse_realtime(path: str, default_room: str) -> RealtimeParams:
     if query.get("intent") != "transcription":
         raise OpenAIError("only transcription sessions are served here: connect with intent=transcription")
     model = query.get("model")
-    if model is not None and not _MODEL.fullmatch(model):
+    if model is not None and not MODEL_NAME.fullmatch(model):
         raise OpenAIError(f"model {model[:40]!r} is not an OpenAI transcription model name")
     native = {"room": default_room, **{k: query[k] for k in _OWN if k in query}, "sample_rate": str(RATE), "encoding": "pcm_s16le", "mode": "file"}
     try:
@@ -173,12 +175,12 @@ class RealtimeDialect:
                 raise ProtocolError("bad_request", "transcription must be an object")
             asked_model = transcription.get("model")
             if asked_model is not None:
-                if not isinstance(asked_model, str) or not _MODEL.fullmatch(asked_model):
+                if not isinstance(asked_model, str) or not MODEL_NAME.fullmatch(asked_model):
                     raise ProtocolError("bad_request", f"model {str(asked_model)[:40]!r} is not an OpenAI transcription model name")
                 model = asked_model
             asked = transcription.get("language")
             if asked is not None:
-                if not isinstance(asked, str) or not _LANGUAGE.fullmatch(asked):
+                if not isinstance(asked, str) or not LANGUAGE_CODE.fullmatch(asked):
                     raise ProtocolError("bad_request", "language must be an ISO-639-1 code such as en")
                 language = shown_language = asked.split("-")[0].lower()
             asked_prompt = transcription.get("prompt")
