@@ -16,7 +16,7 @@ import textwrap
 from collections.abc import Iterable
 from typing import Any
 
-from streaming.scoring import edit_distance, units
+from streaming.scoring import error_counts
 
 FORMATS = ("srt", "vtt", "json", "txt")
 MAX_LINE = 42
@@ -120,11 +120,11 @@ def post_edit(rows: list[dict[str, Any]], revisions: list[dict[str, Any]]) -> di
     by_language: dict[str, dict[str, int]] = {}
     for row in rows:
         language = row["language"]
-        original = units(captioned.get(row["seq"], row["text"]), language)
+        # Scored as the bench scores: the words changed from the text as captioned, and its length.
+        edited, words = error_counts(captioned.get(row["seq"], row["text"]), row["text"], language)
         entry = by_language.setdefault(language, {"words": 0, "words_edited": 0})
-        entry["words"] += len(original)
-        if row["seq"] in captioned:
-            entry["words_edited"] += edit_distance(original, units(row["text"], language))
+        entry["words"] += words
+        entry["words_edited"] += edited
 
     def rate(entry: dict[str, int]) -> float:
         return round(100 * entry["words_edited"] / entry["words"], 2) if entry["words"] else 0.0

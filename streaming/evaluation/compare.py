@@ -32,7 +32,7 @@ import numpy as np
 from streaming import media
 from streaming.evaluation.bench import summarize
 from streaming.evaluation.streams import Clip, ServerProcess, format_stats, machine, progress, stream_clip
-from streaming.scoring import CHARACTER_LANGUAGES, edit_distance, error_counts, units
+from streaming.scoring import CHARACTER_LANGUAGES, error_counts
 
 AUDIO_SUFFIXES = {".wav", ".mp3", ".flac", ".ogg", ".opus", ".m4a", ".mp4", ".webm", ".mpeg"}
 UNKNOWN = "und"  # a recording whose language nobody said
@@ -151,13 +151,12 @@ def disagreement(recordings: list[Recording], a: dict[str, str], b: dict[str, st
     units against A's, per unit of A's)."""
     found: dict[str, dict[str, Any]] = {}
     for recording in recordings:
-        a_units, b_units = units(a[recording.id], recording.language), units(b[recording.id], recording.language)
+        distance, count = error_counts(a[recording.id], b[recording.id], recording.language)  # B scored against A
         entry = found.setdefault(recording.language, {"recordings": 0, "differing": 0, "differences": 0, "units": 0})
-        distance = edit_distance(a_units, b_units)
         entry["recordings"] += 1
         entry["differing"] += distance > 0
         entry["differences"] += distance
-        entry["units"] += len(a_units)
+        entry["units"] += count
     for entry in found.values():
         entry["rate"] = entry["differences"] / max(1, entry["units"])
     return found
@@ -266,9 +265,8 @@ def render_html(report: dict[str, Any]) -> str:
     worst = []
     for label, side_key in (("A", "a_errors"), ("B", "b_errors")):
         def badness(r: dict[str, Any], side_key: str = side_key) -> float:
-            if r[side_key] is not None:
-                return r[side_key][0] / max(1, r[side_key][1])
-            return edit_distance(units(r["a"], r["language"]), units(r["b"], r["language"])) / max(1, len(units(r["a"], r["language"])))
+            errors, count = r[side_key] if r[side_key] is not None else error_counts(r["a"], r["b"], r["language"])
+            return errors / max(1, count)
 
         chosen = sorted(report["recordings"], key=badness, reverse=True)[:WORST]
         items = []

@@ -28,7 +28,7 @@ from streaming.journal import Conflict
 from streaming.protocol import ProtocolError
 from streaming.room_settings import suggested_terms
 from streaming.rooms import Viewer
-from streaming.scoring import edit_distance, units
+from streaming.scoring import error_counts
 from streaming.server.connection import Client, Stalled, send_within
 
 log = logging.getLogger(__name__)
@@ -168,7 +168,7 @@ async def _correct(server: ServerState, params: protocol.ViewParams, command: pr
     server.metrics.corrections[language] += 1
     # Off the event loop: 2,000 characters of Chinese are a million-cell alignment.
     server.metrics.words_edited[language] += await asyncio.to_thread(
-        lambda: edit_distance(units(row["before_text"], language), units(row["text"], language)))
+        lambda: error_counts(row["before_text"], row["text"], language)[0])
     log.info("final %d corrected (revision %d) by %s", command.seq, correction.revision, params.editor or "an editor",
              extra={"room": params.room})
 
