@@ -207,13 +207,13 @@ class Journal:
         with self._lock:
             self._db.execute("INSERT OR IGNORE INTO room_terms (room, term, editor, at) VALUES (?, ?, ?, ?)", (room, term, editor, time.time()))
 
-    def room_terms(self) -> dict[str, list[str]]:
+    def room_terms(self) -> dict[str, tuple[str, ...]]:
         """Every room's learned terms, in the order they were added."""
         with self._lock:
             rows = self._db.execute("SELECT room, term FROM room_terms ORDER BY at").fetchall()
-        terms: dict[str, list[str]] = {}
+        terms: dict[str, tuple[str, ...]] = {}
         for room, term in rows:
-            terms.setdefault(room, []).append(term)
+            terms[room] = (*terms.get(room, ()), term)
         return terms
 
     def recent_revisions(self, room: str, limit: int) -> list[dict[str, Any]]:

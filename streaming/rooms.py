@@ -332,7 +332,7 @@ class Rooms:
     async def expire(self, cutoff: float) -> int:
         return await self._in_journal(self.journal.delete_older_than, cutoff)
 
-    async def room_terms(self) -> dict[str, list[str]]:
+    async def room_terms(self) -> dict[str, tuple[str, ...]]:
         return await self._in_journal(self.journal.room_terms)
 
     async def forget_sessions(self, cutoff: float, live: Iterable[str]) -> int:

@@ -87,23 +87,23 @@ def test_the_bench_measures_through_deepgram_s_and_openai_s_apis_too(tmp_path):
         assert run["summary"]["errors"] == [] and run["summary"]["first_caption_latency"]["n"] == latency["n"], dialect
 
 
+def scripted_manifest(folder, texts: list[str], english: list[str] | None = None) -> None:
+    """``folder``/manifest.tsv: each text as scripted speech (``c0.wav``...), its reference, and
+    with ``english`` an english column."""
+    from tests.scripted import speak
+    from tests.test_openai_files import wav_bytes
+
+    rows = ["id\twav\tlang\treference" + ("\tenglish" if english is not None else "")]
+    for number, text in enumerate(texts):
+        (folder / f"c{number}.wav").write_bytes(wav_bytes(speak(text)))
+        rows.append(f"c{number}\tc{number}.wav\ten\t{text}" + (f"\t{english[number]}" if english is not None else ""))
+    (folder / "manifest.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+
+
 def test_the_file_api_bench_scores_what_the_server_transcribed(tmp_path, scripted_server):
     """--files: every recording once through POST /v1/audio/transcriptions, scored against its
     reference (here scripted speech, which the scripted model hears exactly)."""
-    import io
-    import wave
-
-    from tests.scripted import speak
-
-    rows = ["id\twav\tlang\treference"]
-    for number, text in enumerate(("alpha bravo charlie", "delta echo", "foxtrot golf hotel india")):
-        out = io.BytesIO()
-        with wave.open(out, "wb") as w:
-            w.setnchannels(1), w.setsampwidth(2), w.setframerate(16000)
-            w.writeframes((speak(text) * 32767).astype("<i2").tobytes())
-        (tmp_path / f"c{number}.wav").write_bytes(out.getvalue())
-        rows.append(f"c{number}\tc{number}.wav\ten\t{text}")
-    (tmp_path / "manifest.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    scripted_manifest(tmp_path, ["alpha bravo charlie", "delta echo", "foxtrot golf hotel india"])
     files = run_bench(bench_args(manifest=tmp_path / "manifest.tsv", url=scripted_server.url, files=2))["files"]
     assert files["texts"] == {"c0": "alpha bravo charlie", "c1": "delta echo", "c2": "foxtrot golf hotel india"}
     assert files["languages"]["en"] == {"errors": 0, "units": 9, "error_rate": 0.0}
@@ -255,23 +255,12 @@ def test_the_post_edit_rate_counts_words_to_change_per_100_captioned():
 
 
 def test_the_translation_bench_measures_delay_and_scores_chrf_where_there_is_a_reference(tmp_path):
-    import io
-    import wave
-
     from streaming.config import ServerConfig
     from streaming.server import CaptionServer
     from tests.conftest import ServerThread
-    from tests.scripted import ScriptedModel, speak
+    from tests.scripted import ScriptedModel
 
-    rows = ["id\twav\tlang\treference\tenglish"]
-    for number, (text, english) in enumerate((("alpha bravo", "ALPHA BRAVO"), ("charlie delta", ""))):
-        out = io.BytesIO()
-        with wave.open(out, "wb") as w:
-            w.setnchannels(1), w.setsampwidth(2), w.setframerate(16000)
-            w.writeframes((speak(text) * 32767).astype("<i2").tobytes())
-        (tmp_path / f"c{number}.wav").write_bytes(out.getvalue())
-        rows.append(f"c{number}\tc{number}.wav\ten\t{text}\t{english}")
-    (tmp_path / "manifest.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    scripted_manifest(tmp_path, ["alpha bravo", "charlie delta"], english=["ALPHA BRAVO", ""])
     running = ServerThread(CaptionServer(ServerConfig(port=0, data_dir=tmp_path / "data"), ScriptedModel(translates=True))).start()
     try:
         report = run_bench(bench_args(manifest=tmp_path / "manifest.tsv", url=running.url, translate=True, speed=None))["translation"]

@@ -171,7 +171,7 @@ class CaptionServer(ServerState):
         while True:
             cutoff = time.time() - self.config.retain_days * 86400
             deleted = await self.rooms.expire(cutoff)
-            self.settings.learned = {room: tuple(terms) for room, terms in (await self.rooms.room_terms()).items()}
+            self.settings.learned = await self.rooms.room_terms()
             if deleted:
                 log.info("retention: deleted %d finals older than %g days", deleted, self.config.retain_days)
             await asyncio.sleep(3600)

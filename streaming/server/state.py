@@ -91,7 +91,7 @@ class ServerState:
             review_delay=self.settings.review_delay,
         )
         # Terms editors added to rooms' contexts (read once: a few rows).
-        self.settings.learned = {room: tuple(terms) for room, terms in self.rooms.journal.room_terms().items()}
+        self.settings.learned = self.rooms.journal.room_terms()
         self.sessions: Publishers[Publisher] = Publishers(config.max_parked_per_address)
         self.metrics = Metrics()
         self.metrics.model = model.name

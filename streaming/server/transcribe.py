@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import uuid
@@ -144,7 +145,7 @@ async def _transcribe(server: ServerState, request: BodyRequest) -> Answer:
             raise OpenAIError(str(error)) from None
         if first is None:
             raise OpenAIError("the file holds no audio")
-        run = _Run(server, request, client, asked, _chain(first, blocks))
+        run = _Run(server, request, client, asked, itertools.chain([first], blocks))
         if asked.stream:
             release = False  # the stream releases its place when it ends
             return Answer(HTTPStatus.OK, run.events(), "text/event-stream")
@@ -154,11 +155,6 @@ async def _transcribe(server: ServerState, request: BodyRequest) -> Answer:
     finally:
         if release:
             server.transcriptions -= 1
-
-
-def _chain(first: np.ndarray, rest: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
-    yield first
-    yield from rest
 
 
 class _Run:
