@@ -48,9 +48,12 @@ from streaming.nonspeech import NON_SPEECH
 from streaming.scoring import CHARACTER_LANGUAGES, error_counts, normalize, units
 
 
-def offline_decoder(model_name: str, device: str, beam_size: int = 1, tail: float = 0.0) -> Callable[[Clip], str]:
+def offline_decoder(
+    model_name: str, device: str, beam_size: int = 1, tail: float = 0.0, clip_language: bool = False
+) -> Callable[[Clip], str]:
     """A function that decodes a whole clip in one go (the model loaded once), with the beam
-    the server's finals use, and ``tail`` seconds of what follows it in a stream."""
+    the server's finals use, and ``tail`` seconds of what follows it in a stream; with
+    ``clip_language``, in the clip's language where the model knows it (else it detects)."""
     import soxr
 
     from decoder.api import DecodeOptions, transcribe
@@ -63,7 +66,8 @@ def offline_decoder(model_name: str, device: str, beam_size: int = 1, tail: floa
         audio, _, rate = clip.audio(tail=tail)
         if rate != 16000:
             audio = soxr.resample(audio, rate, 16000)
-        return transcribe(model, audio, options=DecodeOptions(beam_size=beam_size)).text
+        asked = clip.language if clip_language and clip.language in model.languages else None
+        return transcribe(model, audio, options=DecodeOptions.asking(asked, beam_size=beam_size)).text
 
     return decode
 

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from streaming import media
-from streaming.evaluation.bench import summarize
+from streaming.evaluation.bench import offline_decoder, summarize
 from streaming.evaluation.streams import Clip, ServerProcess, format_stats, machine, progress, stream_clip
 from streaming.scoring import CHARACTER_LANGUAGES, error_counts
 
@@ -110,24 +110,10 @@ def run_side(model: str, recordings: list[Recording], speed: float | None, devic
         side["streaming"]["languages"] = _scored(recordings, {r.clip: " ".join(r.finals) for r in results})
         side["texts"] = {r.clip: " ".join(r.finals) for r in results}
         side["final_latencies"] = [u.final_latency for r in results for u in r.utterances if u.final_latency is not None]
-    side["offline_texts"] = _offline(model, recordings, device)
+    decode = offline_decoder(model, device, clip_language=True)
+    side["offline_texts"] = {recording.id: decode(clip) for recording, clip in zip(recordings, clips)}
     side["offline"] = {"languages": _scored(recordings, side["offline_texts"])}
     return side
-
-
-def _offline(model_name: str, recordings: list[Recording], device: str) -> dict[str, str]:
-    from decoder.api import DecodeOptions, transcribe
-    from decoder.models import load_model
-    from decoder.runtime import RuntimeOptions
-    from streaming.client import read_wav
-
-    model = load_model(model_name, RuntimeOptions(device=device))
-    texts = {}
-    for recording in recordings:
-        audio, _ = read_wav(recording.wav)
-        asked = recording.language if recording.language in model.languages else None
-        texts[recording.id] = transcribe(model, audio, options=DecodeOptions.asking(asked)).text
-    return texts
 
 
 def _scored(recordings: list[Recording], texts: dict[str, str]) -> dict[str, dict[str, Any]]:
