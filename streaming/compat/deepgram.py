@@ -198,8 +198,9 @@ class DeepgramDialect:
     request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     _started: set[int] = field(default_factory=set)  # segments a SpeechStarted was sent for
     _finalizing: bool = False  # a Finalize came: the next final is its answer
-    # A Configure came and is not yet answered: its keyterms (None: kept as they were).
-    _configuring: tuple[list[str] | None] | None = None
+    # A Configure came and is not yet answered (a refusal of it is answered by error()).
+    _configuring: bool = False
+    _keyterms: list[str] | None = None  # what it replaced the keyterms with (None: kept them)
     _configure_failure: str = "CONFIGURE_INTERNAL_ERROR"  # the code of its refusal, if refused
 
     def ready(self, ready: Ready) -> list[str]:
@@ -215,7 +216,7 @@ class DeepgramDialect:
         if kind == "CloseStream":
             return EndMessage()
         if kind == "Configure":
-            self._configuring = (None,)  # a refusal below is answered as ConfigureFailure (error())
+            self._configuring, self._keyterms = True, None  # a refusal below is answered as ConfigureFailure (error())
             self._configure_failure = "CONFIGURE_INTERNAL_ERROR"
             return self._configure(message)
         raise ProtocolError("bad_request", f"unknown message type {str(kind)[:40]!r} (expected KeepAlive, Finalize, CloseStream or Configure)")
@@ -242,14 +243,14 @@ class DeepgramDialect:
             if error.too_large:
                 self._configure_failure = "CONFIGURE_KEYTERM_LIMIT_EXCEEDED"
             raise ProtocolError("bad_request", f"keyterms: {error}") from None
-        self._configuring = (terms,)
+        self._keyterms = terms
         return ConfigMessage(context=context)
 
     def answers(self, applied: bool = True) -> list[str]:
         """A Configure is answered once applied; refused, by :meth:`error`, which follows."""
-        if self._configuring is None or not applied:
+        if not self._configuring or not applied:
             return []
-        (terms,), self._configuring = self._configuring, None
+        terms, self._configuring = self._keyterms, False
         answer: dict[str, Any] = {"type": "ConfigureSuccess", "request_id": self.request_id}
         if terms is not None:
             answer["keyterms"] = terms
@@ -295,8 +296,8 @@ class DeepgramDialect:
         return out
 
     def error(self, error: ProtocolError) -> str:
-        if self._configuring is not None:
-            self._configuring = None
+        if self._configuring:
+            self._configuring = False
             return _json({"type": "ConfigureFailure", "request_id": self.request_id, "code": self._configure_failure,
                           "description": error.message})
         return _json({"type": "Error", "variant": error.code, "description": error.message})
