@@ -133,18 +133,25 @@ class Journal:
 
     def finals(self, room: str, since: int = 0, limit: int | None = None, upto: int | None = None) -> list[dict[str, Any]]:
         """A room's finals with since < seq (<= upto), in order, at most ``limit``, as journal rows."""
-        query = f"SELECT {', '.join(_FIELDS)} FROM finals WHERE room = ? AND seq > ?"
+        return self._seq_range("finals", _FIELDS, room, since, upto, "seq", limit)
+
+    def _seq_range(
+        self, table: str, fields: tuple[str, ...], room: str, since: int, upto: int | None, order: str, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        """A table's rows of ``room`` with since < seq (<= upto), by ``order``, at most ``limit``,
+        read on the reading connection."""
+        query = f"SELECT {', '.join(fields)} FROM {table} WHERE room = ? AND seq > ?"
         params: tuple[Any, ...] = (room, since)
         if upto is not None:
             query += " AND seq <= ?"
             params += (upto,)
-        query += " ORDER BY seq"
+        query += f" ORDER BY {order}"
         if limit is not None:
             query += " LIMIT ?"
             params += (limit,)
         with self._read_lock:
             rows = self._reader.execute(query, params).fetchall()
-        return [dict(zip(_FIELDS, row)) for row in rows]
+        return [dict(zip(fields, row)) for row in rows]
 
     def correct(self, room: str, seq: int, text: str, speaker: str | None, editor: str, base: int) -> dict[str, Any]:
         """Make revision ``base + 1`` of a final (synced before it returns): its text, and its
@@ -169,14 +176,7 @@ class Journal:
 
     def revisions(self, room: str, since: int = 0, upto: int | None = None) -> list[dict[str, Any]]:
         """Every correction of the room's finals with since < seq (<= upto), by seq then revision."""
-        query = f"SELECT {', '.join(_REVISION_FIELDS)} FROM revisions WHERE room = ? AND seq > ?"
-        params: tuple[Any, ...] = (room, since)
-        if upto is not None:
-            query += " AND seq <= ?"
-            params += (upto,)
-        with self._read_lock:
-            rows = self._reader.execute(query + " ORDER BY seq, revision", params).fetchall()
-        return [dict(zip(_REVISION_FIELDS, row)) for row in rows]
+        return self._seq_range("revisions", _REVISION_FIELDS, room, since, upto, "seq, revision")
 
     def corrected(self, room: str, since: int, upto: int) -> list[dict[str, Any]]:
         """The latest revision of each corrected final with since < seq <= upto (what a viewer
@@ -194,14 +194,7 @@ class Journal:
 
     def translations(self, room: str, since: int = 0, upto: int | None = None) -> list[dict[str, Any]]:
         """The room's translations of finals with since < seq (<= upto), by seq."""
-        query = "SELECT seq, language, text FROM translations WHERE room = ? AND seq > ?"
-        params: tuple[Any, ...] = (room, since)
-        if upto is not None:
-            query += " AND seq <= ?"
-            params += (upto,)
-        with self._read_lock:
-            rows = self._reader.execute(query + " ORDER BY seq, language", params).fetchall()
-        return [{"seq": seq, "language": language, "text": text} for seq, language, text in rows]
+        return self._seq_range("translations", ("seq", "language", "text"), room, since, upto, "seq, language")
 
     def add_room_term(self, room: str, term: str, editor: str) -> None:
         with self._lock:
