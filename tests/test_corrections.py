@@ -439,3 +439,29 @@ def test_an_added_term_leaves_a_publisher_s_own_context_alone(tmp_path):
             assert contexts == [("Dimmesdale",), ("Hester Prynne",)]
     finally:
         running.stop()
+
+
+def test_a_room_takes_at_most_its_share_of_corrections_whoever_sends_them(tmp_path):
+    from streaming.config import ServerConfig
+    from streaming.server import CaptionServer
+    from streaming.server.view import CORRECTIONS_PER_S, ROOM_EDITS_PER_S
+    from tests.conftest import ServerThread
+    from tests.scripted import ScriptedModel
+
+    running = ServerThread(CaptionServer(ServerConfig(port=0, data_dir=tmp_path), ScriptedModel())).start()
+    try:
+        publish(running.url, speak("alpha"), "room=hall")
+        editors = 2 * ROOM_EDITS_PER_S // CORRECTIONS_PER_S + 1  # together past the room's bound, each within its own
+        with contextlib.ExitStack() as stack:
+            sockets = [stack.enter_context(connect(f"{running.url}/v1/captions?room=hall&editor=E{n}")) for n in range(editors)]
+            for ws in sockets:
+                json.loads(ws.recv(timeout=10))
+            for ws in sockets:
+                for _ in range(2 * CORRECTIONS_PER_S):
+                    ws.send(json.dumps({"type": "correct", "seq": 1, "text": "alpha", "base": 999}))  # conflicts: cheap, counted
+            answers = [reply(ws) for ws in sockets for _ in range(2 * CORRECTIONS_PER_S)]
+    finally:
+        running.stop()
+    refused = [a for a in answers if a["code"] == "overloaded"]
+    assert refused and all("room hall takes at most" in a["message"] for a in refused)
+    assert len(answers) - len(refused) <= 2 * ROOM_EDITS_PER_S

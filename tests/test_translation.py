@@ -189,3 +189,27 @@ def test_a_text_translator_serves_the_targets_the_speech_model_cannot():
     final = Final("r", "s", "", 0, "bonjour", 0.0, 1.0, "fr", seq=1)
     with concurrent.futures.ThreadPoolExecutor(1) as thread:  # a loop of its own (the browser's may run in this one)
         assert thread.submit(asyncio.run, chosen["fr"].translate(final, None, "fr")).result() == "fr:ruojnob"  # type: ignore[arg-type]
+
+
+def test_past_its_bound_a_session_s_oldest_waiting_translation_is_given_up(tmp_path):
+    """At most max_pending_translations finals wait; past it the oldest is skipped (counted), the
+    newest is still translated, and every final is sent."""
+    import time
+
+    class SlowTranslation(ScriptedModel):  # translating takes longer than the speaker takes to say the next sentence
+        def decode(self, features, prefix=(), draft=(), options=None):  # type: ignore[override]
+            if options is not None and options.task == "translate":
+                time.sleep(0.5)
+            return super().decode(features, prefix, draft, options) if options is not None else super().decode(features, prefix, draft)
+
+    config = ServerConfig(port=0, data_dir=tmp_path, max_pending_translations=1)
+    running = ServerThread(CaptionServer(config, SlowTranslation(translates=True))).start()
+    try:
+        texts = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot"]
+        messages, code = publish(running.url, speak(*texts), "room=hall&translate=en")
+        translated = [m["seq"] for m in messages if m["type"] == "translation"]
+        skipped = running.server.metrics.translations_skipped
+    finally:
+        running.stop()
+    assert code == 1000 and [f["text"] for f in finals(messages)] == texts  # finals never wait for translations
+    assert skipped >= 1 and len(translated) == len(texts) - skipped and translated[-1] == len(texts)  # the newest kept
