@@ -184,6 +184,11 @@ def build_parser() -> argparse.ArgumentParser:
                             "e.g. stage=4s, or '*=4s' for every room (repeatable)")
     serve.add_argument("--room-translate", action="append", default=[], metavar="ROOM=LANGUAGE",
                        help="translate the room's finals too, e.g. stage=en or '*=en' (multilingual Whisper models; repeatable)")
+    serve.add_argument("--shadow", default=None, choices=sorted(MODELS),
+                       help="pilot another model on the live audio: it decodes every room's finals too, in a process of its own at the "
+                            "lowest CPU priority (skipped first under load); its text is kept beside each final and shown by /compare?room=R")
+    serve.add_argument("--room-shadow", action="append", default=[], metavar="ROOM=MODEL",
+                       help="the shadow model of one room (or none), e.g. keynote=whisper-base or lobby=none; overrides --shadow (repeatable)")
     serve.add_argument("--decode-delay", type=float, default=0.0,
                        help="testing aid: add this many seconds to every decode, to see how clients and the bench react to a slow server")
 
@@ -312,6 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="cue times from the event's wall clock, or from the session's audio clock (default %(default)s)")
     export.add_argument("--lang", choices=("original", "en"), default="original",
                         help="en: the finals' English translations in their place, timed as the finals (live translation)")
+    export.add_argument("--shadow", default=None, metavar="MODEL",
+                        help="the shadow model's text (serve --shadow) in place of the captions, timed as them; "
+                             "JSON carries it beside each final anyway")
     export.add_argument("--revisions", action="store_true",
                         help="with --format json: every correction of every final (who, when, before, after)")
     export.add_argument("--url", default=DEFAULT_URL, help="server (default %(default)s)")
@@ -379,6 +387,7 @@ def _server_config(args: argparse.Namespace) -> ServerConfig:
         room_languages=parse_room_languages(args.room_languages),
         room_review_delays=parse_review_delays(args.review_delay),
         room_translations=parse_room_translations(args.room_translate),
+        room_shadows=parse_room_shadows(args.shadow, args.room_shadow),
         host=args.host,
         port=args.port,
         model=args.model,
@@ -422,6 +431,19 @@ def parse_room_translations(values: list[str]) -> dict[str, str]:
         if not re.fullmatch(r"[A-Za-z0-9_*-]{1,64}", room.strip()) or not re.fullmatch(r"[a-z]{2,3}", language.strip()):
             raise ValueError(f"--room-translate {value!r}: expected ROOM=LANGUAGE, e.g. stage=en")
         rooms[room.strip()] = language.strip()
+    return rooms
+
+
+def parse_room_shadows(shadow: str | None, values: list[str]) -> dict[str, str]:
+    """``--shadow`` and ``--room-shadow keynote=whisper-base`` options as {room: model or "none"}; ValueError if malformed."""
+    from decoder.models import MODELS
+
+    rooms = {"*": shadow} if shadow else {}
+    for value in values:
+        room, _, name = (part.strip() for part in value.partition("="))
+        if not re.fullmatch(r"[A-Za-z0-9_*-]{1,64}", room) or name not in (*MODELS, "none"):
+            raise ValueError(f"--room-shadow {value!r}: expected ROOM=MODEL (one of {', '.join(sorted(MODELS))}) or ROOM=none")
+        rooms[room] = name
     return rooms
 
 
@@ -482,6 +504,9 @@ def _serve(args: argparse.Namespace) -> int:
         asyncio.run(server.run_until_signal())
     except OSError as error:
         log.error("cannot start on %s:%d: %s", config.host, config.port, error.strerror or error)
+        return 2
+    except ValueError as error:  # a shadow model that could not be opened
+        log.error("%s", error)
         return 2
     return 0
 
@@ -573,12 +598,15 @@ def _export(args: argparse.Namespace) -> int:
     if args.revisions and args.format != "json":
         print("flashcaption: --revisions takes --format json", file=sys.stderr)
         return 2
+    if args.shadow and args.lang != "original":
+        print("flashcaption: --shadow and --lang: one or the other", file=sys.stderr)
+        return 2
     import urllib.error
     import urllib.parse
     import urllib.request
 
     if args.data_dir is not None:
-        from streaming.export import render, translated
+        from streaming.export import render, shadowed, translated
         from streaming.journal import Journal
 
         path = args.data_dir / "journal.sqlite3"
@@ -586,15 +614,16 @@ def _export(args: argparse.Namespace) -> int:
             print(f"flashcaption: no journal at {path}", file=sys.stderr)
             return 1
         journal = Journal(path)
-        revisions = journal.revisions(args.room) if args.format == "json" and args.lang == "original" else None
-        rows = translated(journal.finals(args.room), journal.translations(args.room), args.lang)
+        revisions = journal.revisions(args.room) if args.format == "json" and args.lang == "original" and not args.shadow else None
+        rows = shadowed(translated(journal.finals(args.room), journal.translations(args.room), args.lang), journal.shadows(args.room), args.shadow)
         text = render(rows, args.format, args.clock, revisions, args.revisions)
         journal.close()
     else:
         from streaming.client import http_url
 
         base = http_url(args.url)
-        query = urllib.parse.urlencode({"format": args.format, "clock": args.clock, "revisions": int(args.revisions), "lang": args.lang})
+        query = urllib.parse.urlencode({"format": args.format, "clock": args.clock, "revisions": int(args.revisions), "lang": args.lang,
+                                        **({"shadow": args.shadow} if args.shadow else {})})
         request = urllib.request.Request(f"{base}/v1/rooms/{urllib.parse.quote(args.room)}/transcript?{query}")
         if args.token:
             request.add_header("Authorization", f"Bearer {args.token}")

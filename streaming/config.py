@@ -87,6 +87,11 @@ class ServerConfig:
     room_translations: dict[str, str] = field(default_factory=dict)
     # Finals of one session waiting for their translation; past it, the oldest is not translated.
     max_pending_translations: int = 16
+    # Rooms whose finals a second model also decodes, at the lowest priority ("*": every room;
+    # "none": not this room): the shadow model's name (serve --shadow, --room-shadow).
+    room_shadows: dict[str, str] = field(default_factory=dict)
+    # Finals waiting for a shadow model, all rooms together; past it, the oldest is not decoded.
+    max_pending_shadow: int = 32
     decode_delay_s: float = 0.0  # testing aid: every decode takes this much longer
     log_level: str = field(default_factory=lambda: os.environ.get("FLASHCAPTION_LOG_LEVEL", "info"))
     log_json: bool = False

@@ -110,6 +110,18 @@ class Translation:
 
 
 @dataclass(frozen=True)
+class ShadowFinal:
+    """What the room's shadow model (``serve --shadow``) made of a final's audio, sent after the
+    final to viewers that asked for it (``shadow=1``: the /compare page)."""
+
+    room: str
+    seq: int
+    model: str
+    language: str
+    text: str
+
+
+@dataclass(frozen=True)
 class RoomTerms:
     """For editors: the terms added to the room's context, and terms their corrections suggest."""
 
@@ -118,7 +130,7 @@ class RoomTerms:
     suggested: tuple[str, ...]
 
 
-Event = Ready | Partial | Final | ErrorEvent | Correction | CorrectionRefused | RoomTerms | Translation
+Event = Ready | Partial | Final | ErrorEvent | Correction | CorrectionRefused | RoomTerms | Translation | ShadowFinal
 Caption = Partial | Final
 
 
@@ -150,6 +162,8 @@ def to_wire(event: Event) -> dict[str, Any]:
                 "revision": event.revision, "editor": event.editor, "at": event.at}
     if isinstance(event, Translation):
         return {"type": "translation", "room": event.room, "seq": event.seq, "language": event.language, "text": event.text}
+    if isinstance(event, ShadowFinal):
+        return {"type": "shadow", "room": event.room, "seq": event.seq, "model": event.model, "language": event.language, "text": event.text}
     if isinstance(event, RoomTerms):
         return {"type": "terms", "room": event.room, "terms": list(event.terms), "suggested": list(event.suggested)}
     if isinstance(event, CorrectionRefused):

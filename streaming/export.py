@@ -166,6 +166,18 @@ def translated(rows: list[dict[str, Any]], translations: list[dict[str, Any]], l
     return [{**row, "text": by_seq[row["seq"]][lang], "language": lang} for row in rows if lang in by_seq.get(row["seq"], {})]
 
 
+def shadowed(rows: list[dict[str, Any]], shadows: list[dict[str, Any]], model: str | None = None) -> list[dict[str, Any]]:
+    """The rows with what shadow models (serve --shadow) made of them: without ``model``, as they
+    are (JSON carries each row's shadow texts beside its text, by model); with it, that model's
+    text in place of each final's, timed as the final (a final it has no text for is left out)."""
+    by_seq: dict[int, dict[str, str]] = {}
+    for shadow in shadows:
+        by_seq.setdefault(shadow["seq"], {})[shadow["model"]] = shadow["text"]
+    if model is None:
+        return [{**row, "shadows": by_seq[row["seq"]]} if row["seq"] in by_seq else row for row in rows]
+    return [{**row, "text": by_seq[row["seq"]][model], "model": model} for row in rows if model in by_seq.get(row["seq"], {})]
+
+
 def render(rows: list[dict[str, Any]], format: str, clock: str = "wall", revisions: list[dict[str, Any]] | None = None,
            history: bool = False) -> str:
     """The finals in ``format`` (each at its latest revision); JSON also carries the post-edit

@@ -67,6 +67,15 @@ CREATE TABLE IF NOT EXISTS translations (
     text TEXT NOT NULL,
     PRIMARY KEY (room, seq, language)
 ) WITHOUT ROWID;
+-- What a shadow model (serve --shadow) made of each final's audio, kept beside it.
+CREATE TABLE IF NOT EXISTS shadow_finals (
+    room TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    model TEXT NOT NULL,
+    language TEXT NOT NULL,
+    text TEXT NOT NULL,
+    PRIMARY KEY (room, seq, model)
+) WITHOUT ROWID;
 -- Terms editors added to a room's context (learned from their corrections).
 CREATE TABLE IF NOT EXISTS room_terms (
     room TEXT NOT NULL,
@@ -196,6 +205,15 @@ class Journal:
         """The room's translations of finals with since < seq (<= upto), by seq."""
         return self._seq_range("translations", ("seq", "language", "text"), room, since, upto, "seq, language")
 
+    def add_shadow(self, room: str, seq: int, model: str, language: str, text: str) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO shadow_finals (room, seq, model, language, text) VALUES (?, ?, ?, ?, ?)",
+                             (room, seq, model, language, text))
+
+    def shadows(self, room: str, since: int = 0, upto: int | None = None) -> list[dict[str, Any]]:
+        """What shadow models made of the room's finals with since < seq (<= upto), by seq."""
+        return self._seq_range("shadow_finals", ("seq", "model", "language", "text"), room, since, upto, "seq, model")
+
     def add_room_term(self, room: str, term: str, editor: str) -> None:
         with self._lock:
             self._db.execute("INSERT OR IGNORE INTO room_terms (room, term, editor, at) VALUES (?, ?, ?, ?)", (room, term, editor, time.time()))
@@ -262,14 +280,11 @@ class Journal:
         have no final left; seq numbering stays."""
         with self._lock, self._db:
             self._db.execute("BEGIN")
-            self._db.execute(
-                "DELETE FROM revisions WHERE EXISTS (SELECT 1 FROM finals f WHERE f.room = revisions.room AND f.seq = revisions.seq"
-                " AND f.written < ?)", (cutoff,)
-            )
-            self._db.execute(
-                "DELETE FROM translations WHERE EXISTS (SELECT 1 FROM finals f WHERE f.room = translations.room"
-                " AND f.seq = translations.seq AND f.written < ?)", (cutoff,)
-            )
+            for table in ("revisions", "translations", "shadow_finals"):  # what was made of a final goes with it
+                self._db.execute(
+                    f"DELETE FROM {table} WHERE EXISTS (SELECT 1 FROM finals f WHERE f.room = {table}.room"
+                    f" AND f.seq = {table}.seq AND f.written < ?)", (cutoff,)
+                )
             deleted = self._db.execute("DELETE FROM finals WHERE written < ?", (cutoff,)).rowcount
             self._db.execute("DELETE FROM room_terms WHERE at < ?", (cutoff,))  # editors' names go with the rest
             self._db.execute(
@@ -304,6 +319,7 @@ class Journal:
             self._db.execute("DELETE FROM revisions WHERE room = ?", (room,))
             self._db.execute("DELETE FROM room_terms WHERE room = ?", (room,))
             self._db.execute("DELETE FROM translations WHERE room = ?", (room,))
+            self._db.execute("DELETE FROM shadow_finals WHERE room = ?", (room,))
             self._db.execute("DELETE FROM rooms WHERE room = ?", (room,))
             self._db.execute("DELETE FROM sessions WHERE room = ?", (room,))
         return deleted

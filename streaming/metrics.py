@@ -58,6 +58,12 @@ class Metrics:
         self.words_captioned: Counter[str] = Counter()
         self.words_edited: Counter[str] = Counter()
         self.corrections: Counter[str] = Counter()
+        # The shadow model's (serve --shadow), by (its name, the final's language): finals it
+        # decoded, the primary's words in them, and the word edit distance from the primary's
+        # text to the shadow's (per 100 words, how much the two models disagree).
+        self.shadow_finals: Counter[tuple[str, str]] = Counter()
+        self.shadow_words: Counter[tuple[str, str]] = Counter()
+        self.shadow_differences: Counter[tuple[str, str]] = Counter()
     def render(
         self,
         gauges: dict[str, tuple[str, float]],
@@ -115,6 +121,16 @@ class Metrics:
                lambda: [f"flashcaption_translations_skipped_total {self.translations_skipped}"])
         metric("flashcaption_translations_failed_total", "counter", "Translations whose decode raised.",
                lambda: [f"flashcaption_translations_failed_total {self.translations_failed}"])
+        def by_shadow(name: str, counts: Counter[tuple[str, str]]) -> Callable[[], list[str]]:
+            return lambda: [f"{name}{{{labels(language=k, model=m)}}} {n}" for (m, k), n in sorted(counts.items())]
+
+        metric("flashcaption_shadow_finals_total", "counter", "Finals the shadow model (serve --shadow) decoded too, by language and shadow model.",
+               by_shadow("flashcaption_shadow_finals_total", self.shadow_finals))
+        metric("flashcaption_shadow_words_total", "counter", "Words of the finals the shadow model decoded too (the primary's), by language and shadow model.",
+               by_shadow("flashcaption_shadow_words_total", self.shadow_words))
+        metric("flashcaption_shadow_word_differences_total", "counter",
+               "Word edit distance from the primary's finals to the shadow model's text, by language and shadow model: "
+               "per 100 words, how much the two models disagree.", by_shadow("flashcaption_shadow_word_differences_total", self.shadow_differences))
         metric("flashcaption_final_latency_seconds", "histogram",
                "From the end of an utterance's audio (on arrival) to its final being sent.",
                lambda: self.final_latency.lines("flashcaption_final_latency_seconds"))

@@ -74,6 +74,7 @@ class ViewParams:
     since: int | None = None
     token: str | None = None
     editor: str = ""  # who corrections sent on this connection are by (a captioner's name)
+    shadow: bool = False  # also the shadow model's text of each final (serve --shadow; the /compare page)
 
 
 @dataclass(frozen=True)
@@ -166,7 +167,7 @@ def _context(value: Any) -> Context | None:
 
 _PUBLISH_KEYS = {"room", "speaker", "language", "languages", "sample_rate", "encoding", "context", "token", "resume", "mode", "translate"}
 _SESSION_ID = re.compile(r"[0-9a-f]{12}")
-_VIEW_KEYS = {"room", "since", "token", "editor"}
+_VIEW_KEYS = {"room", "since", "token", "editor", "shadow"}
 MAX_CORRECTION_TEXT = 2000  # characters of a corrected final
 
 
@@ -217,7 +218,11 @@ def parse_view(query: Mapping[str, str]) -> ViewParams:
     _unknown(query, _VIEW_KEYS)
     since_text = query.get("since")
     since = None if since_text is None else _whole("since", since_text, 0, MAX_SEQ, "a seq")
-    return ViewParams(room=_room(query.get("room")), since=since, token=query.get("token"), editor=_speaker(query.get("editor", ""), "editor"))
+    shadow = query.get("shadow", "0")
+    if shadow not in ("0", "1"):
+        raise ProtocolError("bad_request", "shadow must be 0 or 1 (1: also the shadow model's text of each final)")
+    return ViewParams(room=_room(query.get("room")), since=since, token=query.get("token"), editor=_speaker(query.get("editor", ""), "editor"),
+                      shadow=shadow == "1")
 
 
 def parse_view_message(text: str) -> CorrectMessage | AddTermMessage:

@@ -36,6 +36,7 @@ class RoomSettings:
         room_review_delays: dict[str, float] | None = None,
         room_translations: dict[str, str] | None = None,
         translation_targets: tuple[str, ...] = (),
+        room_shadows: dict[str, str] | None = None,
     ):
         self.model_name = model_name
         self.supported = model_languages
@@ -48,6 +49,7 @@ class RoomSettings:
             if target not in translation_targets:
                 raise ValueError(f"--room-translate {room}={target}: nothing here translates into {target} "
                                  f"(multilingual Whisper models translate into en)")
+        self.room_shadows = room_shadows or {}  # the shadow model of a room ("none": no shadow)
         self.learned: dict[str, tuple[str, ...]] = {}  # terms editors added to a room's context
         for room, codes in self.room_languages.items():
             missing = [code for code in codes if code not in model_languages]
@@ -106,6 +108,11 @@ class RoomSettings:
                                     f"model {self.model_name} transcribes only: it cannot translate (translate= needs a multilingual Whisper model)")
             raise ProtocolError("bad_request", f"finals are translated into {', '.join(self.translation_targets)} here, not {target}")
         return target or None
+
+    def shadow(self, room: str) -> str | None:
+        """The room's shadow model (``--shadow``, ``--room-shadow``), if it has one."""
+        name = _for_room(self.room_shadows, room)
+        return None if name in (None, "none") else name
 
     def review_delay(self, room: str) -> float:
         """Seconds the room's audience gets finals after editors (``--review-delay``); 0: at once."""

@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, Generic, Protocol, TypeVar
 
-from streaming.events import Caption, Correction, Final, RoomTerms, Translation, encode, to_wire
+from streaming.events import Caption, Correction, Final, RoomTerms, ShadowFinal, Translation, encode, to_wire
 from streaming.journal import Journal
 from streaming.protocol import ProtocolError
 
@@ -44,6 +44,7 @@ class Viewer:
         self._bytes = 0
         self._ready = asyncio.Event()
         self.dropped = False
+        self.shadow = False  # it asked for the shadow model's text of each final too (shadow=1)
         self.on_drop: Callable[[], object] | None = None  # set by the server: close the socket
 
     def offer(self, message: str) -> bool:
@@ -90,7 +91,8 @@ class Room:
     editors: set[Viewer] = field(default_factory=set)
     released_seq: int = -1  # the last final the audience has been given (-1: next_seq - 1)
     _held: collections.deque[tuple[float, Final]] = field(default_factory=collections.deque)
-    _held_translations: dict[int, list[Translation]] = field(default_factory=dict)  # by the held final's seq
+    # What follows a held final to the audience (its translations, its shadow's text), by its seq.
+    _held_after: dict[int, list[Translation | ShadowFinal]] = field(default_factory=dict)
     _releasing: asyncio.Task[None] | None = None
 
     def __post_init__(self) -> None:
@@ -111,22 +113,23 @@ class Room:
         self._held.extend(finals)
         self._releasing = asyncio.get_running_loop().create_task(self._release(), name=f"review delay of room {self.name}")
 
-    def fan_out(self, message: Caption | Correction | Translation) -> None:
+    def fan_out(self, message: Caption | Correction | Translation | ShadowFinal) -> None:
+        shadow = isinstance(message, ShadowFinal)  # for viewers that asked for it only
         if self.editors:
-            self.offer(self.editors, encode(message))
+            self.offer(self.editors, encode(message), shadow)
         if not self.review_delay_s:
             if isinstance(message, Final) and message.seq is not None:
                 self.released_seq = message.seq
-            self.offer(self.viewers, encode(message))
+            self.offer(self.viewers, encode(message), shadow)
         elif isinstance(message, Final):
             self._held.append((time.monotonic() + self.review_delay_s, message))
             if self._releasing is None or self._releasing.done():
                 self._releasing = asyncio.get_running_loop().create_task(self._release(), name=f"review delay of room {self.name}")
-        elif isinstance(message, Translation):
+        elif isinstance(message, Translation | ShadowFinal):
             if any(held.seq == message.seq for _, held in self._held):  # follows its final to the audience
-                self._held_translations.setdefault(message.seq, []).append(message)
+                self._held_after.setdefault(message.seq, []).append(message)
             else:
-                self.offer(self.viewers, encode(message))
+                self.offer(self.viewers, encode(message), shadow)
         elif isinstance(message, Correction):
             for index, (due, held) in enumerate(self._held):
                 if held.seq == message.seq:  # corrected before air: the audience gets the corrected final
@@ -146,11 +149,14 @@ class Room:
             assert final.seq is not None
             self.released_seq = final.seq
             self.offer(self.viewers, encode(final))
-            for translation in self._held_translations.pop(final.seq, []):
-                self.offer(self.viewers, encode(translation))
+            for after in self._held_after.pop(final.seq, []):
+                self.offer(self.viewers, encode(after), isinstance(after, ShadowFinal))
 
-    def offer(self, viewers: set[Viewer], text: str) -> None:
+    def offer(self, viewers: set[Viewer], text: str, shadow: bool = False) -> None:
+        """``text`` to each of ``viewers`` (only those that asked for the shadow's, if ``shadow``)."""
         for viewer in list(viewers):
+            if shadow and not viewer.shadow:
+                continue
             if not viewer.offer(text):
                 viewers.discard(viewer)
                 log.warning("dropped a viewer whose queue was full", extra={"room": self.name})
@@ -212,7 +218,7 @@ class Rooms:
             room.fan_out(message)
         return message
 
-    async def join_viewer(self, name: str, limit: int = 0, editor: bool = False) -> Joined:
+    async def join_viewer(self, name: str, limit: int = 0, editor: bool = False, shadow: bool = False) -> Joined:
         """Register a viewer (``overloaded`` if the room has ``limit`` already; 0: no limit).
         Finals up to the returned ``last_seq`` are the journal's to give (:meth:`backlog`),
         later ones come through the viewer's queue. An ``editor`` gets everything at once; other
@@ -223,6 +229,7 @@ class Rooms:
         if limit and len(room.viewers) + len(room.editors) >= limit:
             raise ProtocolError("overloaded", f"room {name} has the most viewers allowed ({limit})")
         viewer = Viewer(self.viewer_queue, self.viewer_bytes)
+        viewer.shadow = shadow
         if editor:
             room.editors.add(viewer)
             return Joined(viewer, room.next_seq - 1)
@@ -254,15 +261,30 @@ class Rooms:
                 log.exception("could not journal the translation of final %d", translation.seq, extra={"room": room.name})
             room.fan_out(translation)
 
+    async def publish_shadow(self, room: Room, shadow: ShadowFinal) -> None:
+        """What the shadow model made of a final: journaled, then sent (after the final) to the
+        room's viewers that asked for it."""
+        async with room.lock:
+            try:
+                await self._in_journal(self.journal.add_shadow, room.name, shadow.seq, shadow.model, shadow.language, shadow.text)
+            except Exception:
+                log.exception("could not journal the shadow of final %d", shadow.seq, extra={"room": room.name})
+            room.fan_out(shadow)
+
+    async def shadows(self, name: str, since: int = 0, upto: int | None = None) -> list[ShadowFinal]:
+        """The shadow texts of finals with since < seq (<= upto), by seq."""
+        return [ShadowFinal(name, row["seq"], row["model"], row["language"], row["text"])
+                for row in await self._reading(self.journal.shadows, name, since, upto)]
+
+    async def all_shadows(self, name: str, upto: int | None = None) -> list[dict[str, Any]]:
+        return await self._reading(self.journal.shadows, name, 0, upto)
+
     async def all_translations(self, name: str, upto: int | None = None) -> list[dict[str, Any]]:
         return await self._reading(self.journal.translations, name, 0, upto)
 
-    async def translations(self, name: str, since: int, upto: int) -> dict[int, list[Translation]]:
+    async def translations(self, name: str, since: int, upto: int) -> list[Translation]:
         """The translations of finals with since < seq <= upto, by seq."""
-        found: dict[int, list[Translation]] = {}
-        for row in await self._reading(self.journal.translations, name, since, upto):
-            found.setdefault(row["seq"], []).append(Translation(name, row["seq"], row["language"], row["text"]))
-        return found
+        return [Translation(name, row["seq"], row["language"], row["text"]) for row in await self._reading(self.journal.translations, name, since, upto)]
 
     async def corrected(self, name: str, since: int, upto: int) -> list[Correction]:
         """The latest revision of each corrected final with since < seq <= upto."""

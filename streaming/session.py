@@ -171,7 +171,7 @@ class FinalCaption:
     start: float
     end: float
     language: str
-    # The utterance's audio, in a session that translates its finals (see Session.translate).
+    # The utterance's audio, in a session that keeps it (see Session.keep_audio).
     audio: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
@@ -281,7 +281,7 @@ class Session:
         clock_offset_s: float = 0.0,
         last_language: str | None = None,
         partials: bool = True,
-        translate: bool = False,
+        keep_audio: bool = False,
     ):
         """``first_segment``, ``clock_offset_s`` and ``last_language`` continue a session from an
         earlier life (resumed after a server restart): numbering, the audio clock and the language
@@ -289,7 +289,7 @@ class Session:
         (no partials, no early finals): a recording transcribed as a whole."""
         self.config = config
         self.partials = partials
-        self.translate = translate  # finals carry their audio, to be translated
+        self.keep_audio = keep_audio  # finals carry their audio: to be translated, or decoded by a shadow model
         self._clock_offset = clock_offset_s
         self.language = language
         self._last_language = last_language  # the latest utterance language detection fixed
@@ -738,7 +738,7 @@ class Session:
             self._next_segment += 1
         start, end = self._times(utterance, utterance.end)
         self._events.append(FinalCaption(utterance.segment, text, start, end, utterance.reported_language,
-                                         audio if self.translate and text else None))
+                                         audio if self.keep_audio and text else None))
 
     def _emit_dropped(self, utterance: _Utterance, words: tuple[Word, ...], tail: int) -> None:
         """Sends, as a final of its own, words an utterance's final dropped (found in its last

@@ -31,10 +31,12 @@ const FATAL_CODES = new Set(["unauthorized", "bad_request"]);
  * "waiting" (a retry is scheduled; detail.retryIn in seconds) and "refused" (detail.message).
  */
 export class CaptionFeed {
-  constructor({ room, token, since = null, editor = null, onEvent, onState = () => {} }) {
+  constructor({ room, token, since = null, editor = null, shadow = false, onEvent, onState = () => {}, onReady = () => {} }) {
     this.room = room;
     this.token = token;
     this.editor = editor; // an editor's name: corrections sent with send() are by them
+    this.shadow = shadow; // also the shadow model's text of each final (serve --shadow)
+    this.onReady = onReady; // the ready message (the server's model, the room's seq)
     this.lastSeq = since; // null: live captions only until the first ready tells us the room's seq
     this.onEvent = onEvent;
     this.onState = onState;
@@ -65,7 +67,7 @@ export class CaptionFeed {
   _connect() {
     this.onState("connecting", {});
     const socket = new WebSocket(
-      socketUrl("/v1/captions", { room: this.room, since: this.lastSeq, token: this.token, editor: this.editor }),
+      socketUrl("/v1/captions", { room: this.room, since: this.lastSeq, token: this.token, editor: this.editor, shadow: this.shadow ? 1 : null }),
     );
     this.socket = socket;
     let refused = null;
@@ -79,6 +81,7 @@ export class CaptionFeed {
       if (event.type === "ready") {
         this.failures = 0;
         if (this.lastSeq === null && Number.isInteger(event.seq)) this.lastSeq = event.seq;
+        this.onReady(event);
         this.onState("live", {});
       } else if (event.type === "error") {
         if (FATAL_CODES.has(event.code)) refused = event.message;
@@ -87,7 +90,7 @@ export class CaptionFeed {
         if (this.lastSeq !== null && event.seq <= this.lastSeq) return;
         this.lastSeq = event.seq;
         this.onEvent(event);
-      } else if (["partial", "correction", "correction_refused", "terms", "translation"].includes(event.type)) {
+      } else if (["partial", "correction", "correction_refused", "terms", "translation", "shadow"].includes(event.type)) {
         // A correction names its final by seq; showing it again is harmless (revisions only go up).
         this.onEvent(event);
       }

@@ -15,7 +15,7 @@ import resource
 import signal
 import ssl
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from http import HTTPStatus
 
 import websockets
@@ -27,10 +27,11 @@ from decoder.api import SpeechModel
 from streaming.compat import NATIVE, Dialect, openai_files, routes
 from streaming.config import ServerConfig
 from streaming.protocol import ProtocolError, split_path
-from streaming.server import http, publish, transcribe, view
+from streaming.server import http, publish, shadows, transcribe, view
 from streaming.server.connection import Keepalive, client_of, response, send_error
 from streaming.server.front import front_connection
 from streaming.server.state import ServerState
+from streaming.shadow import ShadowModel
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +67,8 @@ def raise_open_files_limit() -> int:
 class CaptionServer(ServerState):
     """The server: :class:`ServerState` plus listening, stopping and routing."""
 
-    def __init__(self, config: ServerConfig, model: SpeechModel):
-        super().__init__(config, model)
+    def __init__(self, config: ServerConfig, model: SpeechModel, shadow_models: Mapping[str, ShadowModel] | None = None):
+        super().__init__(config, model, shadow_models)
         self._server: Server | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -76,6 +77,7 @@ class CaptionServer(ServerState):
         if not self.connection_cap:
             self.connection_cap = max(16, raise_open_files_limit() - RESERVED_FILES)
             log.info("at most %d connections at once (from the open-files limit)", self.connection_cap)
+        await shadows.start(self, self.shadow_models)  # before the first final: each loads its model
         tls = None
         if self.config.certfile:
             tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -124,6 +126,7 @@ class CaptionServer(ServerState):
                 await connection.close(1001, "server shutting down")
             await self._server.wait_closed()
         self.engine.close()
+        await asyncio.to_thread(shadows.close, self)
         self.rooms.close()
         log.info("stopped")
 

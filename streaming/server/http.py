@@ -20,7 +20,7 @@ from decoder.batching import ComputeLane
 from streaming.access import origin_allowed
 from streaming.compat import routes
 from streaming.compat.wire import HandshakeError
-from streaming.export import CONTENT_TYPES, check, render, translated
+from streaming.export import CONTENT_TYPES, check, render, shadowed, translated
 from streaming.metrics import labels
 from streaming.protocol import ProtocolError, split_path
 from streaming.server.connection import Client, client_of, response
@@ -32,7 +32,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # Pages and the files they load, all from the `web` package: no build step, nothing external.
-PAGES = {"/": "index.html", "/overlay": "overlay.html", "/capture": "capture.html", "/transcript": "transcript.html", "/editor": "editor.html"}
+PAGES = {
+    "/": "index.html", "/overlay": "overlay.html", "/capture": "capture.html", "/transcript": "transcript.html", "/editor": "editor.html",
+    "/compare": "compare.html",
+}
 STATIC_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8"}
 _STATIC = re.compile(r"/static/([a-z0-9-]{1,40}\.(?:js|css))")
 # Pages run only their own scripts and talk only to this server.
@@ -129,9 +132,14 @@ async def _transcript(server: ServerState, room: str, query: dict[str, str], cli
     if lang not in ("original", *server.settings.translation_targets):
         targets = ", ".join(server.settings.translation_targets) or "none"
         return response(HTTPStatus.BAD_REQUEST, f"lang must be original or a language finals are translated into here ({targets})")
+    shadow = query.get("shadow")
+    if shadow is not None and (lang != "original" or shadow not in server.shadow_models):
+        known = ", ".join(server.shadow_models) or "none"
+        return response(HTTPStatus.BAD_REQUEST, f"shadow must name a shadow model of this server ({known}), without lang")
     async with server.exports:
         rows = translated(await server.rooms.transcript(room, upto), await server.rooms.all_translations(room, upto), lang)
-        revisions = await server.rooms.revisions(room) if format == "json" and lang == "original" else None
+        rows = shadowed(rows, await server.rooms.all_shadows(room, upto), shadow)
+        revisions = await server.rooms.revisions(room) if format == "json" and lang == "original" and shadow is None else None
         body = await asyncio.to_thread(render, rows, format, clock, revisions, history == "1")
     return response(HTTPStatus.OK, body, CONTENT_TYPES[format])
 
@@ -196,8 +204,24 @@ def prometheus(server: ServerState) -> str:
             "flashcaption_decoded_audio_seconds_total": ("Audio decoded, re-decodes included.", stats.audio_seconds),
             "flashcaption_decode_compute_seconds_total": ("Wall time of decodes, their waits for the model included.", stats.compute_seconds),
         },
-        labelled=model_calls(server.model.lane) | decodes_by_kind(server.engine),
+        labelled=model_calls(server.model.lane) | decodes_by_kind(server.engine) | shadow_work(server),
     )
+
+
+def shadow_work(server: ServerState) -> dict[str, tuple[str, dict[str, float]]]:
+    """What each shadow model (serve --shadow) did and gave up."""
+    shadows = server.shadows.items()
+    return {
+        "flashcaption_shadow_skipped_total": (
+            "Finals the shadow model did not decode, by shadow model and reason: load (the server's own decoding was overloaded), "
+            "backlog (too many were waiting).",
+            {labels(model=name, reason=reason): n for name, shadow in shadows for reason, n in shadow.queue.skipped.items()}),
+        "flashcaption_shadow_failures_total": ("Shadow decodes that raised, by shadow model.", {labels(model=name): s.failed for name, s in shadows}),
+        "flashcaption_shadow_audio_seconds_total": ("Audio the shadow model decoded, by shadow model.",
+                                                    {labels(model=name): s.audio_seconds for name, s in shadows}),
+        "flashcaption_shadow_compute_seconds_total": ("Time the shadow model's decodes took in its process (at the lowest priority), by shadow model.",
+                                                      {labels(model=name): s.compute_seconds for name, s in shadows}),
+    }
 
 
 def decodes_by_kind(engine: Engine) -> dict[str, tuple[str, dict[str, float]]]:

@@ -35,6 +35,7 @@ from streaming.events import Final, Ready, Translation, caption, encode
 from streaming.metrics import Histogram
 from streaming.protocol import AudioMessage, ClearMessage, ConfigMessage, EndMessage, FlushMessage, ProtocolError
 from streaming.scoring import units
+from streaming.server import shadows
 from streaming.server.connection import Client, Keepalive, Link, Stalled, send_error, send_within
 from streaming.server.state import Publisher
 from streaming.session import Session
@@ -121,7 +122,7 @@ async def _start(server: ServerState, params: protocol.PublishParams, connection
     translate = server.settings.translation(params.room, params.translate)
     session = Session(
         server.config.session, language=language, context=params.context or server.settings.context(params.room), partials=params.partials,
-        translate=translate is not None,
+        keep_audio=translate is not None or server.settings.shadow(params.room) is not None,
     )
     publisher = Publisher(
         id=uuid.uuid4().hex[:12], params=params, session=session, room=room, connection=connection, address=client.address
@@ -207,7 +208,7 @@ async def _revive(
         first_segment=last["segment"] + 1,
         clock_offset_s=last["end"],
         last_language=last["language"],
-        translate=translate is not None,
+        keep_audio=translate is not None or server.settings.shadow(last["room"]) is not None,
     )
     publisher = Publisher(
         id=params.resume,
@@ -432,9 +433,11 @@ async def _deliver(server: ServerState, publisher: Publisher) -> None:
                 server.metrics.finals[language] += 1
                 server.metrics.words_captioned[language] += len(units(message.text, language))
                 server.metrics.final_latency_by_language.setdefault(language, Histogram()).observe(latency)
-                audio = getattr(event, "audio", None)  # a final's, in a session that translates
-                if publisher.translate and audio is not None:
-                    _queue_translation(server, publisher, message, audio)
+                audio = getattr(event, "audio", None)  # a final's, in a session that keeps it
+                if audio is not None:
+                    if publisher.translate:
+                        _queue_translation(server, publisher, message, audio)
+                    shadows.offer(server, publisher.room, message, audio, publisher.session.context)
         else:
             publisher.room.fan_out(message)
         try:

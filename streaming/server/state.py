@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,8 +28,10 @@ from streaming.metrics import Metrics
 from streaming.protocol import PublishParams
 from streaming.room_settings import RoomSettings
 from streaming.rooms import Publishers, Room, Rooms
+from streaming.server import shadows
 from streaming.server.connection import Link
 from streaming.session import Session
+from streaming.shadow import ShadowModel
 from streaming.translation import translators
 
 log = logging.getLogger(__name__)
@@ -70,7 +72,9 @@ class Publisher:
 class ServerState:
     """Built once from the configuration and the loaded model."""
 
-    def __init__(self, config: ServerConfig, model: SpeechModel):
+    def __init__(self, config: ServerConfig, model: SpeechModel, shadow_models: Mapping[str, ShadowModel] | None = None):
+        """``shadow_models``: the shadow models the configuration names, by name (default: opened
+        by name from the installed models, shadows.shadow_models)."""
         self.config = config
         self.model = model
         self.engine = Engine(
@@ -84,8 +88,14 @@ class ServerState:
         self.translators = translators(self.engine, model, config.session.final_beam_size)
         self.settings = RoomSettings(
             model.name, model.languages, config.room_languages, config.room_contexts, config.room_review_delays, config.room_translations,
-            translation_targets=tuple(self.translators),
+            translation_targets=tuple(self.translators), room_shadows=config.room_shadows,
         )
+        # Shadow models (serve --shadow), started with the server (shadows.start).
+        self.shadow_models = dict(shadow_models) if shadow_models is not None else shadows.shadow_models(config)
+        missing = {name for name in config.room_shadows.values() if name != "none"} - set(self.shadow_models)
+        if missing:
+            raise ValueError(f"no shadow model {', '.join(sorted(missing))} was given to the server")
+        self.shadows: dict[str, shadows.Shadow] = {}
         self.rooms = Rooms(
             Journal(config.data_dir / "journal.sqlite3"), config.viewer_queue, viewer_bytes=config.viewer_queue_bytes,
             review_delay=self.settings.review_delay,

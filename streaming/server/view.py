@@ -23,7 +23,7 @@ from websockets.asyncio.server import ServerConnection
 
 from decoder.context import Context
 from streaming import protocol
-from streaming.events import CorrectionRefused, Ready, RoomTerms, encode
+from streaming.events import CorrectionRefused, Ready, RoomTerms, ShadowFinal, Translation, encode
 from streaming.journal import Conflict
 from streaming.protocol import ProtocolError
 from streaming.room_settings import suggested_terms
@@ -49,7 +49,7 @@ async def serve_viewer(server: ServerState, connection: ServerConnection, query:
     server.access.authorize(client.token, params.room, "view", client.forwarded)
     # An editor (named, and allowed to edit) sees finals at once in a room under review.
     editor = bool(params.editor) and server.access.allows(client.token, params.room, "edit", client.forwarded)
-    joined = await server.rooms.join_viewer(params.room, server.config.max_viewers_per_room, editor=editor)
+    joined = await server.rooms.join_viewer(params.room, server.config.max_viewers_per_room, editor=editor, shadow=params.shadow)
     viewer = joined.viewer
 
     def drop() -> None:
@@ -63,7 +63,7 @@ async def serve_viewer(server: ServerState, connection: ServerConnection, query:
         await send_within(connection, encode(ready), server.config.send_stall_s, "viewer")
         if editor:
             await send_terms(server, params.room, viewer)  # queued: it follows the backlog
-        sender = asyncio.create_task(_send_all(server, connection, viewer, params.room, params.since, joined.last_seq))
+        sender = asyncio.create_task(_send_all(server, connection, viewer, params, joined.last_seq))
         receiver = asyncio.create_task(_receive(server, connection, params, client))
         done, pending = await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
         for task in pending:
@@ -77,9 +77,11 @@ async def serve_viewer(server: ServerState, connection: ServerConnection, query:
         server.viewer_count -= 1
 
 
-async def _send_all(server: ServerState, connection: ServerConnection, viewer: Viewer, room: str, since: int | None, upto: int) -> None:
-    """The finals the viewer missed, a page at a time as its socket takes them, then what the
-    room sends it live (queued meanwhile)."""
+async def _send_all(server: ServerState, connection: ServerConnection, viewer: Viewer, params: protocol.ViewParams, upto: int) -> None:
+    """The finals the viewer missed, a page at a time as its socket takes them (each followed by
+    its translations, and its shadow's text if asked for), then what the room sends it live
+    (queued meanwhile)."""
+    room, since = params.room, params.since
     if since is not None and since > 0:
         for correction in await server.rooms.corrected(room, max(0, min(since, upto) - RESUME_CORRECTIONS), min(since, upto)):
             await send_within(connection, encode(correction), server.config.send_stall_s, "viewer")
@@ -87,11 +89,14 @@ async def _send_all(server: ServerState, connection: ServerConnection, viewer: V
         page = await server.rooms.backlog(room, since, upto)
         if not page:
             break  # the rest was deleted (retention, or the room was deleted)
-        translated = await server.rooms.translations(room, since, page[-1].seq or since)
+        last = page[-1].seq or since
+        after: dict[int, list[Translation | ShadowFinal]] = {}
+        for event in [*await server.rooms.translations(room, since, last), *(await server.rooms.shadows(room, since, last) if params.shadow else ())]:
+            after.setdefault(event.seq, []).append(event)
         for final in page:
             await send_within(connection, encode(final), server.config.send_stall_s, "viewer")
-            for translation in translated.get(final.seq or 0, []):  # each after its final, as live
-                await send_within(connection, encode(translation), server.config.send_stall_s, "viewer")
+            for event in after.get(final.seq or 0, []):  # each after its final, as live
+                await send_within(connection, encode(event), server.config.send_stall_s, "viewer")
         since = page[-1].seq
     while True:
         await send_within(connection, await viewer.next(), server.config.send_stall_s, "viewer")
