@@ -20,6 +20,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from decoder.api import SAMPLE_RATE, Hypothesis, SpeechModel, transcribe
@@ -110,6 +111,9 @@ class Engine:
         self.workers = workers
         self.max_queued = max_queued
         self.stats = EngineStats()
+        # Told True when a decode is asked for with none in flight, False when the last one
+        # ends (on the event loop): the shadow model runs only in between (server/shadows.py).
+        self.on_busy: Callable[[bool], None] = lambda busy: None
         self._lock = threading.Lock()
         self._order = itertools.count()
         self._queue: queue.PriorityQueue[_Job] = queue.PriorityQueue()
@@ -166,6 +170,9 @@ class Engine:
         future: asyncio.Future[Hypothesis] = loop.create_future()
         with self._lock:
             self.stats.queued += 1
+            first = self.stats.queued == 1
+        if first:
+            self.on_busy(True)
         job = _Job(0 if request.urgent else 1 if request.first_words else 2, next(self._order), request, future, loop, time.perf_counter())
         try:
             self._queue.put(job)
@@ -178,6 +185,9 @@ class Engine:
         finally:
             with self._lock:
                 self.stats.queued -= 1
+                last = self.stats.queued == 0
+            if last:
+                self.on_busy(False)
         return Decoded(hypothesis, time.perf_counter() - started)
 
     def _work(self) -> None:

@@ -3,8 +3,9 @@ text is kept beside the final (a pilot of another model on the user's own live a
 
 The shadow never delays the server's own captions. It runs in a process of its own (its own
 interpreter, so its own GIL, and its own ONNX Runtime threads) at the lowest CPU priority
-(nice 19, set before the model starts its threads, which inherit it), so the operating system
-gives the cores to the primary's decodes whenever they want them. And it is skipped first under
+(nice 19, set before the model starts its threads, which inherit it), and that process is
+stopped (SIGSTOP) whenever the primary engine has a decode in flight and continued when it has
+none (:meth:`ShadowModel.pause`): it runs in the primary's idle time only. And it is skipped first under
 load (:class:`ShadowQueue`): a final made while the primary engine is overloaded is not decoded,
 and past ``max_pending`` waiting finals the oldest is given up. Both are counted.
 
@@ -17,6 +18,7 @@ import asyncio
 import collections
 import multiprocessing
 import os
+import signal
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -55,9 +57,9 @@ def _model(loader: Loader) -> SpeechModel:
     return _opened
 
 
-def _describe(loader: Loader) -> tuple[str, tuple[str, ...]]:
+def _describe(loader: Loader) -> tuple[str, tuple[str, ...], int]:
     model = _model(loader)
-    return model.name, tuple(model.languages)
+    return model.name, tuple(model.languages), os.getpid()
 
 
 def _decode(loader: Loader, audio: np.ndarray, options: DecodeOptions) -> ShadowText:
@@ -74,11 +76,25 @@ class ShadowModel:
         self.name = ""
         self.languages: tuple[str, ...] = ()
         self._pool: ProcessPoolExecutor | None = None
+        self._pid: int | None = None  # its process's
+        self._paused = False
 
     def start(self) -> None:
         """Open the model in its process (blocking: seconds); raises what opening it raised."""
         self._pool = _pool()
-        self.name, self.languages = self._pool.submit(_describe, self._loader).result()
+        self.name, self.languages, self._pid = self._pool.submit(_describe, self._loader).result()
+
+    def pause(self, paused: bool) -> None:
+        """Stop (SIGSTOP) or continue (SIGCONT) its process: while the primary decodes, the shadow
+        takes no cycle at all. On two logical CPUs that are one physical core's hyperthreads, a
+        nice-19 process on the other thread still slows the primary's; stopped, it cannot."""
+        if paused == self._paused or self._pid is None:
+            return
+        self._paused = paused
+        try:
+            os.kill(self._pid, signal.SIGSTOP if paused else signal.SIGCONT)
+        except ProcessLookupError:
+            pass  # gone: the next decode starts a new one
 
     async def decode(self, audio: np.ndarray, language: str | None, context: Context | None) -> ShadowText:
         """``audio`` (16 kHz) in ``language`` where the model has it (else it detects), biased
@@ -90,9 +106,13 @@ class ShadowModel:
         except BrokenProcessPool:
             # Its process died (killed, out of memory): the next final gets a new one.
             self._pool = _pool()
+            paused, self._paused = self._paused, False
+            _, _, self._pid = await asyncio.wrap_future(self._pool.submit(_describe, self._loader))
+            self.pause(paused)
             raise
 
     def close(self) -> None:
+        self.pause(False)  # a stopped process would never finish
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
 

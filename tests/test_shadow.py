@@ -126,6 +126,16 @@ def test_the_shadow_runs_at_the_lowest_priority_in_a_process_of_its_own():
         (pid,) = shadow._pool._processes  # type: ignore[union-attr]
         assert pid != os.getpid() and os.getpriority(os.PRIO_PROCESS, pid) == 19
         assert asyncio.run(shadow.decode(speak("alpha"), "fr", None)).text == "alpha"  # a language it lacks: detected
+
+        async def while_paused() -> tuple[bool, str]:
+            shadow.pause(True)  # the primary decodes: the shadow's process is stopped
+            decoding = asyncio.ensure_future(shadow.decode(speak("bravo"), "en", None))
+            await asyncio.sleep(0.5)
+            stopped = not decoding.done() and open(f"/proc/{pid}/stat").read().split(")")[1].split()[0] == "T"
+            shadow.pause(False)
+            return stopped, (await decoding).text
+
+        assert asyncio.run(while_paused()) == (True, "bravo")
         os.kill(pid, 9)  # killed (out of memory, say): that decode fails, the next gets a new process
         with pytest.raises(BrokenProcessPool):
             asyncio.run(shadow.decode(speak("bravo"), "en", None))

@@ -16,6 +16,7 @@ import asyncio
 import json
 import re
 import sys
+import time
 import urllib.request
 from collections.abc import Callable
 from dataclasses import asdict, replace
@@ -166,6 +167,12 @@ def print_report(report: dict[str, Any], out: TextIO = sys.stdout) -> None:
             print(f"  server CPU s / audio s   {run['cpu_per_audio_second']:.3f}   peak RSS {run['peak_rss_mb']:.0f} MB", file=out)
         print(f"  behind real time (max)   {s['max_behind_real_time_s']:.2f} s   errors {len(s['errors'])}"
               f"   streams refused {s.get('refused_streams', 0)}", file=out)
+        for model, w in (run.get("shadow") or {}).items():
+            words = w.get("words", 0.0)
+            print(f"  shadow {model}: {w.get('finals', 0):.0f} finals decoded, {w.get('skipped', 0):.0f} skipped, "
+                  f"{100 * w.get('word_differences', 0) / words if words else float('nan'):.1f} words differing per 100, "
+                  f"{w.get('compute_seconds', 0) / max(1e-9, w.get('audio_seconds', 0)):.3f} s compute per audio s (its own process, nice 19)",
+                  file=out)
         for kind, c in (run.get("model_calls") or {}).items():
             if "decodes" in c:  # a kind of decode request
                 print(f"  {kind:<21} {c['decodes']:6.0f}  decoding {c['audio_per_audio_second']:5.2f} s of audio and taking "
@@ -247,7 +254,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         capacity = None
         for streams in counts:
             cpu_before = server.cpu_seconds() if server else None
-            calls_before = model_calls(url)
+            calls_before, shadow_before = model_calls(url), shadow_work(url)
             results = asyncio.run(run_streams(url, clips, streams, args.speed, in_step=getattr(args, "in_step", False),
                                               dialect=getattr(args, "dialect", "native")))
             audio_seconds = sum(duration(c) for c in clips) * streams
@@ -259,6 +266,10 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                 run["cpu_per_audio_second"] = (server.cpu_seconds() - cpu_before) / audio_seconds
                 run["peak_rss_mb"] = server.peak_rss_mb()
             run["model_calls"] = calls_since(calls_before, model_calls(url), audio_seconds)
+            if shadow_before:  # the server has a shadow model (serve --shadow): what it did meanwhile
+                time.sleep(SHADOW_SETTLE_S)  # the last finals' shadow decodes
+                after = shadow_work(url)
+                run["shadow"] = {model: {k: v - shadow_before[model].get(k, 0.0) for k, v in figures.items()} for model, figures in after.items()}
             report["runs"].append(run)
             p95 = (run["summary"]["final_latency"] or {}).get("p95", float("inf"))
             summary = run["summary"]
@@ -418,6 +429,27 @@ def print_noise_report(by_condition: dict[str, Any], out: TextIO = sys.stdout) -
             if any("offline_errors" in f for f in s["languages"].values()):
                 line += f"  {offline_total / max(1, units_total):>8.2%} ({offline_total})  {streamed_total / max(1, offline_total):5.2f}"
             print(line, file=out)
+
+
+# Seconds the bench waits after a run for the shadow model's decodes of its last finals.
+SHADOW_SETTLE_S = 5.0
+
+
+def shadow_work(url: str) -> dict[str, dict[str, float]]:
+    """The server's shadow-model counters from ``/metrics`` by model: finals, words, word
+    differences, skipped, audio and compute seconds ({} without a shadow, or without access)."""
+    try:
+        text = urllib.request.urlopen(http_url(url) + "/metrics", timeout=10).read().decode()
+    except OSError:
+        return {}
+    found: dict[str, dict[str, float]] = {}
+    for line in text.splitlines():
+        match = re.fullmatch(r'flashcaption_shadow_(\w+)_total\{(.*)\} (\S+)', line)
+        if match:
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', match.group(2)))
+            figures = found.setdefault(labels["model"], {})
+            figures[match.group(1)] = figures.get(match.group(1), 0.0) + float(match.group(3))
+    return found
 
 
 def model_calls(url: str) -> dict[tuple[str, str], float] | None:

@@ -69,9 +69,16 @@ async def start(server: ServerState, models: Mapping[str, ShadowModel]) -> None:
             raise ValueError(f"shadow model {name} could not be opened: {error}") from error
         shadow = Shadow(model, ShadowQueue(server.config.max_pending_shadow))
         server.shadows[name] = shadow
+        server.engine.on_busy = functools.partial(_pause_all, server)
         server.spawn(_run(server, shadow), f"shadow {name}")
         log.info("shadow model %s decodes the finals of %s at the lowest priority", name,
                  ", ".join(room for room, shadowed in server.config.room_shadows.items() if shadowed == name))
+
+
+def _pause_all(server: ServerState, busy: bool) -> None:
+    """The primary engine has a decode in flight (or none now): the shadows stop (or go on)."""
+    for shadow in server.shadows.values():
+        shadow.model.pause(busy)
 
 
 def offer(server: ServerState, room: Room, final: Final, audio: np.ndarray, context: Context | None) -> None:
