@@ -167,6 +167,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="delete finals older than this many days (checked hourly; default: keep everything)")
     serve.add_argument("--resume-grace", type=_positive_float, default=defaults.resume_grace_s,
                        help="seconds a dropped publisher may take to resume its session with resume=ID (default %(default)s)")
+    serve.add_argument("--store", default=defaults.store, metavar="redis://HOST:6379/0",
+                       help="keep rooms, finals and sessions in Redis, shared by every node given the same URL: a room then spans "
+                            "nodes (default: the SQLite journal in --data-dir; env FLASHCAPTION_STORE)")
+    serve.add_argument("--node", default="", help="this node's name among those sharing --store (default HOSTNAME-PID)")
+    serve.add_argument("--advertise-url", default="", metavar="ws://HOST:PORT",
+                       help="where clients reach this node, told to publishers another node is too busy for (default ws://HOST:PORT)")
     serve.add_argument("--data-dir", type=Path, default=defaults.data_dir,
                        help="where the journal of finals is kept (default %(default)s; env FLASHCAPTION_DATA)")
     serve.add_argument("--log-level", default=defaults.log_level, choices=["debug", "info", "warning", "error"],
@@ -327,6 +333,14 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("-o", "--output", type=Path, default=None, help="write here instead of standard output")
     export.add_argument("--token", default=os.environ.get("FLASHCAPTION_TOKEN"), help="access token (env FLASHCAPTION_TOKEN)")
 
+    listing = commands.add_parser(
+        "nodes", help="list the nodes sharing a store, with their load",
+        description="The nodes of a multi-node deployment (serve --store redis://...): address, model, publishers, viewers, load.",
+    )
+    listing.add_argument("--store", default=os.environ.get("FLASHCAPTION_STORE"), required=not os.environ.get("FLASHCAPTION_STORE"),
+                         metavar="redis://HOST:6379/0", help="the store the nodes share (env FLASHCAPTION_STORE)")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+
     token = commands.add_parser(
         "token", help="make access tokens", description="Make a signed access token; it is printed alone on standard output."
     )
@@ -401,6 +415,9 @@ def _server_config(args: argparse.Namespace) -> ServerConfig:
             numbers=args.numbers,
         ),
         data_dir=args.data_dir,
+        store=args.store or None,
+        node=args.node,
+        advertise_url=args.advertise_url,
         resume_grace_s=args.resume_grace,
         retain_days=args.retain_days,
         auth=args.auth,
@@ -678,6 +695,8 @@ def main(argv: list[str] | None = None) -> int:
         return _token(args)
     if args.command == "models":
         return _models(args)
+    if args.command == "nodes":
+        return _nodes(args)
 
     from streaming.client import CaptionPrinter, stream_file, stream_microphone, watch_room
 
@@ -698,6 +717,35 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         return _run_client(stream_file(args.url, args.path, printer, speed=args.speed, **params))
     return _run_client(stream_microphone(args.url, printer, device=args.input_device, **params))
+
+
+def _nodes(args: argparse.Namespace) -> int:
+    import json
+    import tempfile
+
+    from streaming.redis_store import RedisStore
+    from streaming.store import StoreUnavailable
+
+    with tempfile.TemporaryDirectory() as scratch:
+        store = RedisStore(args.store, "flashcaption-nodes", outbox=Path(scratch) / "outbox.sqlite3")
+        try:
+            found = store.nodes()
+        except StoreUnavailable as error:
+            print(f"flashcaption nodes: {error}", file=sys.stderr)
+            return 1
+        finally:
+            store.close()
+    if args.json:
+        print(json.dumps(found, indent=1))
+        return 0
+    print(f"{'node':<28} {'address':<28} {'model':<18} {'publishers':>10} {'viewers':>8} {'load':>6}")
+    for node in found:
+        busy = "  overloaded" if node.get("overloaded") else ""
+        print(f"{node['node']:<28} {node.get('url', ''):<28} {node.get('model', ''):<18} {node.get('publishers', 0):>10} "
+              f"{node.get('viewers', 0):>8} {node.get('load', 0):>6.2f}{busy}")
+    if not found:
+        print("no node has registered in the last few seconds")
+    return 0
 
 
 def _models(args: argparse.Namespace) -> int:

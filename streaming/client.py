@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import numpy as np
 import websockets
@@ -23,6 +23,23 @@ CHUNK_SECONDS = 0.1
 
 class ClientError(RuntimeError):
     """The server refused or ended the stream with an error."""
+
+
+class Redirected(ClientError):
+    """The server is too busy and names another node (sharing its store) to connect to."""
+
+    def __init__(self, message: str, retry_url: str):
+        super().__init__(message)
+        self.retry_url = retry_url
+
+    def moved(self, url: str) -> str:
+        """``url`` on the other node: its scheme, host and port; the same path and query."""
+        target, here = urlsplit(self.retry_url), urlsplit(url)
+        return urlunsplit((target.scheme, target.netloc, here.path, here.query, ""))
+
+
+# How many nodes in a row a publisher follows when each is too busy.
+MAX_HOPS = 3
 
 
 def read_wav(path: Path) -> tuple[np.ndarray, int]:
@@ -122,6 +139,8 @@ async def _receive(connection: ClientConnection, on_message: Callable[[dict], No
 async def _expect_ready(connection: ClientConnection) -> dict:
     message = json.loads(await connection.recv())
     if message.get("type") != "ready":
+        if message.get("code") == "overloaded" and isinstance(message.get("retry_url"), str):
+            raise Redirected(message.get("message", ""), message["retry_url"])
         raise ClientError(f"server refused the stream: {message.get('message', message)}")
     return message
 
@@ -141,7 +160,21 @@ async def stream_samples(
 ) -> StreamResult:
     """Send PCM16 chunks from an async iterator, then ``end``; collect until the server closes.
     A ``recording`` (mode=file) sends no keepalive pings: the server reads it only as fast as
-    it decodes, and a ping would wait behind the audio until the client gave up on the server."""
+    it decodes, and a ping would wait behind the audio until the client gave up on the server.
+    A server too busy that names another node (``retry_url``) is left for that node, at most
+    MAX_HOPS times in a row."""
+    for hop in range(MAX_HOPS + 1):
+        try:
+            return await _stream_once(url, chunks, on_message, recording)
+        except Redirected as refusal:
+            if hop == MAX_HOPS:
+                raise ClientError(f"server refused the stream: {refusal} (and {MAX_HOPS} other nodes were busy too)") from None
+            url = refusal.moved(url)
+            print(f"server busy; captioning on {refusal.retry_url} instead", file=sys.stderr)
+    raise AssertionError("unreachable")
+
+
+async def _stream_once(url: str, chunks: AsyncIterator[bytes], on_message: Callable[[dict], None], recording: bool) -> StreamResult:
     async with connect(url, max_size=2**22, ping_interval=None if recording else 20) as connection:
         ready = await _expect_ready(connection)
         receiver = asyncio.create_task(_receive(connection, on_message))

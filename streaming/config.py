@@ -25,6 +25,13 @@ class ServerConfig:
     # Where the journal of finals lives, and how long finals are kept (None: for ever).
     data_dir: Path = field(default_factory=lambda: default_data_dir())
     retain_days: float | None = None
+    # Rooms, finals and sessions kept in Redis instead (redis://HOST:6379/0), shared by every
+    # node given the same URL (streaming/store.py); None: the SQLite journal in data_dir.
+    store: str | None = field(default_factory=lambda: os.environ.get("FLASHCAPTION_STORE") or None)
+    # This node among those sharing a store: its name, and the address clients reach it at
+    # (sent to publishers another node is too busy for). Defaults: HOSTNAME:PORT, ws://HOST:PORT.
+    node: str = ""
+    advertise_url: str = ""
     # Messages queued for one viewer before it is dropped as too slow.
     viewer_queue: int = 512
     viewer_queue_bytes: int = 1 << 20  # ...or this many bytes of them

@@ -97,6 +97,7 @@ class CorrectionRefused:
 class ErrorEvent:
     code: str  # one of streaming.protocol.CLOSE_CODES
     message: str
+    retry_url: str | None = None  # overloaded: a node sharing this one's store that has room (connect there instead)
 
 
 @dataclass(frozen=True)
@@ -156,7 +157,7 @@ def to_wire(event: Event) -> dict[str, Any]:
             message["mapped_from"] = event.mapped_from
         return message
     if isinstance(event, ErrorEvent):
-        return {"type": "error", "code": event.code, "message": event.message}
+        return {"type": "error", "code": event.code, "message": event.message, **({"retry_url": event.retry_url} if event.retry_url else {})}
     if isinstance(event, Correction):
         return {"type": "correction", "room": event.room, "seq": event.seq, "text": event.text, "speaker": event.speaker,
                 "revision": event.revision, "editor": event.editor, "at": event.at}
@@ -190,6 +191,28 @@ def to_wire(event: Event) -> dict[str, Any]:
         if event.revision:
             message["revision"] = event.revision
     return message
+
+
+def decode(text: str) -> Event:
+    """An event :func:`encode` made, back (what another node's rooms sent); ValueError if it is not one."""
+    try:
+        message = json.loads(text)
+        kind = message.pop("type")
+        if kind == "partial":
+            return Partial(**message)
+        if kind == "final":
+            return Final(**message)
+        if kind == "correction":
+            return Correction(**message)
+        if kind == "translation":
+            return Translation(**message)
+        if kind == "shadow":
+            return ShadowFinal(**message)
+        if kind == "terms":
+            return RoomTerms(message["room"], tuple(message["terms"]), tuple(message["suggested"]))
+    except (ValueError, TypeError, KeyError, AttributeError) as error:
+        raise ValueError(f"not an event: {error}") from None
+    raise ValueError(f"not a live event: {kind}")
 
 
 def encode(event: Event) -> str:

@@ -33,6 +33,7 @@ CREATE TABLE IF NOT EXISTS finals (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS finals_by_time ON finals (written);
 CREATE INDEX IF NOT EXISTS finals_by_session ON finals (session, written);
+CREATE INDEX IF NOT EXISTS finals_by_segment ON finals (session, segment);
 -- Sessions that ended (end, or their resume grace passed): never to be resumed.
 CREATE TABLE IF NOT EXISTS ended_sessions (
     session TEXT PRIMARY KEY,
@@ -104,6 +105,11 @@ class Conflict(Exception):
 
 
 class Journal:
+    """The SQLite store (streaming/store.py), one node's."""
+
+    shared = False
+    available = True
+
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
@@ -127,18 +133,28 @@ class Journal:
             row = self._db.execute("SELECT last_seq FROM rooms WHERE room = ?", (room,)).fetchone()
         return row[0] if row else 0
 
-    def append(self, final: dict[str, Any], wall_start: float, wall_end: float) -> None:
-        row = (
-            final["room"], final["seq"], final["session"], final["speaker"], final["segment"], final["text"],
-            final["language"], final["start"], final["end"], wall_start, wall_end, time.time(), 0,
-        )
+    def append(self, final: dict[str, Any], wall_start: float, wall_end: float) -> int:
+        """Number a final (its room's next seq) and write it, synced; returns its seq. A final
+        already written (the same session and segment) is not written again: its seq is returned."""
         with self._lock, self._db:
             self._db.execute("BEGIN")
+            found = self._db.execute(
+                "SELECT seq FROM finals WHERE session = ? AND segment = ? AND room = ?", (final["session"], final["segment"], final["room"])
+            ).fetchone()
+            if found:
+                return int(found[0])
+            last = self._db.execute("SELECT last_seq FROM rooms WHERE room = ?", (final["room"],)).fetchone()
+            seq = (last[0] if last else 0) + 1
+            row = (
+                final["room"], seq, final["session"], final["speaker"], final["segment"], final["text"],
+                final["language"], final["start"], final["end"], wall_start, wall_end, time.time(), 0,
+            )
             self._db.execute(f"INSERT INTO finals ({', '.join(_FIELDS)}) VALUES ({', '.join('?' * len(_FIELDS))})", row)
             self._db.execute(
                 "INSERT INTO rooms (room, last_seq) VALUES (?, ?) ON CONFLICT (room) DO UPDATE SET last_seq = excluded.last_seq",
-                (final["room"], final["seq"]),
+                (final["room"], seq),
             )
+        return seq
 
     def finals(self, room: str, since: int = 0, limit: int | None = None, upto: int | None = None) -> list[dict[str, Any]]:
         """A room's finals with since < seq (<= upto), in order, at most ``limit``, as journal rows."""

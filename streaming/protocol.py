@@ -37,11 +37,13 @@ CLOSE_CODES = {
 
 
 class ProtocolError(Exception):
-    def __init__(self, code: str, message: str):
+    def __init__(self, code: str, message: str, retry_url: str | None = None):
+        """``retry_url``: for ``overloaded``, another node sharing this one's store that has room."""
         assert code in CLOSE_CODES, code
         super().__init__(message)
         self.code = code
         self.message = message
+        self.retry_url = retry_url
 
     @property
     def close_code(self) -> int:

@@ -16,20 +16,26 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, cast
 
-from streaming.events import Caption, Correction, Final, RoomTerms, ShadowFinal, Translation, encode, to_wire
-from streaming.journal import Journal
+from streaming.events import Caption, Correction, Final, Partial, RoomTerms, ShadowFinal, Translation, decode, encode, to_wire
 from streaming.protocol import ProtocolError
+from streaming.store import SharedStore, Store, StoreUnavailable
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 # Finals read from the journal at a time for a viewer's backlog: what one viewer holds of it.
 BACKLOG_PAGE = 100
+# A final numbered ahead of one not yet here (numbered on another node, on its way through the
+# store) waits for it at most this long; then the missing one is taken as gone (deleted meanwhile).
+GAP_WAIT_S = 2.0
+# How long a node's read of its rooms' streams waits for a final before looking at its rooms again.
+TAIL_BLOCK_MS = 200
 
 
 class Viewer:
@@ -94,6 +100,9 @@ class Room:
     # What follows a held final to the audience (its translations, its shadow's text), by its seq.
     _held_after: dict[int, list[Translation | ShadowFinal]] = field(default_factory=dict)
     _releasing: asyncio.Task[None] | None = None
+    # Numbered finals that came before one with a lower seq (see deliver), and since when.
+    _ahead: dict[int, Final] = field(default_factory=dict)
+    _ahead_since: float = 0.0
 
     def __post_init__(self) -> None:
         if self.released_seq < 0:
@@ -113,7 +122,33 @@ class Room:
         self._held.extend(finals)
         self._releasing = asyncio.get_running_loop().create_task(self._release(), name=f"review delay of room {self.name}")
 
-    def fan_out(self, message: Caption | Correction | Translation | ShadowFinal) -> None:
+    def deliver(self, final: Final) -> None:
+        """A numbered final, fanned out in seq order whoever numbered it (a store shared by
+        several nodes numbers the room's finals): one that comes before a final with a lower seq
+        waits for it (at most GAP_WAIT_S), and one delivered already is not sent again (a node
+        reads its own finals back from the store too)."""
+        assert final.seq is not None
+        if final.seq < self.next_seq:
+            return
+        if not self._ahead:
+            self._ahead_since = time.monotonic()
+        self._ahead[final.seq] = final
+        self.settle()
+
+    def settle(self) -> None:
+        """Fan out the waiting finals that are next in order; past GAP_WAIT_S, skip a gap."""
+        if self._ahead and self.next_seq not in self._ahead and time.monotonic() - self._ahead_since > GAP_WAIT_S:
+            log.warning("finals %d-%d never came: going on from %d", self.next_seq, min(self._ahead) - 1, min(self._ahead), extra={"room": self.name})
+            self.next_seq = min(self._ahead)
+        while (final := self._ahead.pop(self.next_seq, None)) is not None:
+            self.next_seq += 1
+            self.fan_out(final)
+        self._ahead_since = time.monotonic()
+
+    def fan_out(self, message: Caption | Correction | Translation | ShadowFinal | RoomTerms) -> None:
+        if isinstance(message, RoomTerms):  # for editors alone
+            self.offer(self.editors, encode(message))
+            return
         shadow = isinstance(message, ShadowFinal)  # for viewers that asked for it only
         if self.editors:
             self.offer(self.editors, encode(message), shadow)
@@ -146,7 +181,9 @@ class Room:
                 await asyncio.sleep(wait)
                 continue
             self._held.popleft()
-            assert final.seq is not None
+            if final.seq is None:  # not numbered (the store was away): nothing follows it
+                self.offer(self.viewers, encode(final))
+                continue
             self.released_seq = final.seq
             self.offer(self.viewers, encode(final))
             for after in self._held_after.pop(final.seq, []):
@@ -167,10 +204,17 @@ class Rooms:
     room with no one in it is forgotten (its finals stay in the journal)."""
 
     def __init__(
-        self, journal: Journal, viewer_queue: int = 512, max_rooms: int = 10_000, viewer_bytes: int = 1 << 20,
-        review_delay: Callable[[str], float] = lambda room: 0.0,
+        self, store: Store, viewer_queue: int = 512, max_rooms: int = 10_000, viewer_bytes: int = 1 << 20,
+        review_delay: Callable[[str], float] = lambda room: 0.0, node: str = "",
     ):
-        self.journal = journal
+        self.store = store
+        # A store other nodes share: their finals come through its tail, their live events through
+        # its pub/sub, and this node's go there too (start_sharing).
+        self.shared = cast(SharedStore, store) if store.shared else None
+        self.node = node  # this node's name in a shared store
+        self.on_terms: Callable[[str, tuple[str, ...]], None] = lambda room, terms: None  # another node's editors added terms
+        self._sharing: list[threading.Thread] = []
+        self._closing = threading.Event()
         self.review_delay = review_delay  # a room's review delay in seconds (RoomSettings.review_delay)
         self.viewer_queue = viewer_queue
         self.viewer_bytes = viewer_bytes
@@ -181,6 +225,7 @@ class Rooms:
         # another, on the journal's read connection, so they never hold a final back.
         self._journal_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
         self._read_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal-read")
+        self._bus_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-bus")  # live events out, in order
 
     async def _in_journal(self, function: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._journal_thread, function, *args)
@@ -192,10 +237,10 @@ class Rooms:
         room = self._rooms.pop(name, None)
         if room is None:
             delay = self.review_delay(name)
-            room = Room(name, next_seq=await self._in_journal(self.journal.last_seq, name) + 1, review_delay_s=delay)
+            room = Room(name, next_seq=await self._in_journal(self.store.last_seq, name) + 1, review_delay_s=delay)
             if delay:
                 now = time.time()
-                recent = await self._in_journal(self.journal.written_since, name, now - delay)
+                recent = await self._in_journal(self.store.written_since, name, now - delay)
                 room.hold([(time.monotonic() + row["written"] + delay - now, Final.from_row(row)) for row in recent])
             room = self._rooms.pop(name, room)  # another task may have made it meanwhile
             if len(self._rooms) >= self.max_rooms:
@@ -208,15 +253,109 @@ class Rooms:
     async def publish_final(self, room: Room, final: Final, wall_start: float, wall_end: float) -> Final:
         """Number the final, write it to the journal, then fan it out; returns it with its seq."""
         async with room.lock:
-            message = replace(final, seq=room.next_seq, wall_start=round(wall_start, 3))
+            message = replace(final, wall_start=round(wall_start, 3))
             try:
-                await self._in_journal(self.journal.append, to_wire(message), wall_start, wall_end)
+                seq = await self._in_journal(self.store.append, to_wire(message), wall_start, wall_end)
             except Exception:
                 # Live captions go on even if the disk fails; the operator must hear of it.
-                log.exception("could not journal final %d", room.next_seq, extra={"room": room.name})
-            room.next_seq += 1
-            room.fan_out(message)
+                log.exception("could not journal a final", extra={"room": room.name})
+                seq = None
+            message = replace(message, seq=seq)
+            if seq is None:
+                # Not (yet) numbered: the store is away (a shared store keeps it on local disk and
+                # writes it when it is back; it then comes again, numbered) or failed. Sent on, so
+                # live captions go on.
+                room.fan_out(message)
+            else:
+                room.deliver(message)
         return message
+
+    def fan_out(self, room: Room, message: Caption | Correction | Translation | ShadowFinal | RoomTerms) -> None:
+        """A live event (not a final) to the room's viewers here, and to other nodes' (shared store)."""
+        room.fan_out(message)
+        if self.shared is not None:
+            self._bus_thread.submit(self._share, room.name, encode(message))
+
+    def _share(self, room: str, text: str) -> None:
+        assert self.shared is not None
+        try:
+            self.shared.publish(room, text)
+        except Exception as error:  # a lost partial, not a lost final
+            log.debug("live event not shared: %s", error, extra={"room": room})
+
+    # -- a store other nodes share ---------------------------------------------------------------
+    def start_sharing(self) -> None:
+        """With a shared store: read the finals of this node's rooms from it (all of them, other
+        nodes' and this one's), listen to other nodes' live events, write the local outbox when
+        the store is back. Threads, handing what they get to the event loop."""
+        if self.shared is None or self._sharing:
+            return
+        loop = asyncio.get_running_loop()
+        self._sharing = [
+            threading.Thread(target=self._tail, args=(loop,), name="store-tail", daemon=True),
+            threading.Thread(target=self._listen, args=(loop,), name="store-listen", daemon=True),
+        ]
+        for thread in self._sharing:
+            thread.start()
+
+    def _tail(self, loop: asyncio.AbstractEventLoop) -> None:
+        assert self.shared is not None
+        while not self._closing.is_set():
+            positions = {room.name: room.next_seq - 1 for room in list(self._rooms.values()) if room.occupied}
+            try:
+                if self.shared.outbox_pending():
+                    self._journal_thread.submit(self.shared.flush).result()
+                found = self.shared.tail(positions, TAIL_BLOCK_MS)
+            except Exception as error:
+                log.debug("store tail: %s", error)
+                self._closing.wait(0.5)
+                continue
+            try:
+                loop.call_soon_threadsafe(self._from_tail, found)
+            except RuntimeError:
+                return  # the event loop has closed
+
+    def _from_tail(self, found: list[tuple[str, dict[str, Any]]]) -> None:
+        for name, row in found:
+            room = self._rooms.get(name)
+            if room is not None:
+                room.deliver(Final.from_row(row))
+        for room in list(self._rooms.values()):
+            if room._ahead:
+                room.settle()
+
+    def _listen(self, loop: asyncio.AbstractEventLoop) -> None:
+        assert self.shared is not None
+
+        def deliver(room: str, text: str) -> None:
+            try:
+                loop.call_soon_threadsafe(self._from_bus, room, text)
+            except RuntimeError:
+                self._closing.set()
+
+        self.shared.listen(deliver, self._closing)
+
+    def _from_bus(self, name: str, text: str) -> None:
+        """Another node's live event."""
+        try:
+            event = decode(text)
+        except ValueError:
+            log.warning("unreadable live event from another node", extra={"room": name})
+            return
+        if isinstance(event, RoomTerms):
+            self.on_terms(name, event.terms)
+        room = self._rooms.get(name)
+        if room is not None and isinstance(event, Partial | Correction | Translation | ShadowFinal | RoomTerms):
+            room.fan_out(event)  # a final comes through the store's tail, numbered, never this way
+
+    async def hold_session(self, session: str, state: str) -> None:
+        """Say in a shared store that this node has the session, ``live`` or ``parked``."""
+        if self.shared is not None:
+            await self._best_effort(f"say where session {session} is", self.shared.hold_session, session, self.node, state)
+
+    async def session_holder(self, session: str) -> tuple[str, str] | None:
+        """(node, live or parked) of a session in a shared store; None: unknown, or not shared."""
+        return await self._in_journal(self.shared.session_holder, session) if self.shared is not None else None
 
     async def join_viewer(self, name: str, limit: int = 0, editor: bool = False, shadow: bool = False) -> Joined:
         """Register a viewer (``overloaded`` if the room has ``limit`` already; 0: no limit).
@@ -238,7 +377,7 @@ class Rooms:
 
     async def backlog(self, name: str, since: int, upto: int, page: int = BACKLOG_PAGE) -> list[Final]:
         """The next page of finals after ``since`` up to ``upto``, read off the event loop."""
-        rows = await self._reading(self.journal.finals, name, since, page, upto)
+        rows = await self._reading(self.store.finals, name, since, page, upto)
         return [Final.from_row(row) for row in rows]
 
     async def correct(self, name: str, seq: int, text: str, speaker: str | None, editor: str, base: int) -> tuple[Correction, dict[str, Any]]:
@@ -247,54 +386,54 @@ class Rooms:
         Returns it, and its journal row (the text before it, the final's language)."""
         room = await self.get(name)
         async with room.lock:
-            row = await self._in_journal(self.journal.correct, name, seq, text, speaker, editor, base)
+            row = await self._in_journal(self.store.correct, name, seq, text, speaker, editor, base)
             correction = Correction.from_row(name, row)
-            room.fan_out(correction)
+            self.fan_out(room, correction)
         return correction, row
 
     async def publish_translation(self, room: Room, translation: Translation) -> None:
         """A final's translation: journaled, then sent to the room (after its final)."""
         async with room.lock:
             try:
-                await self._in_journal(self.journal.add_translation, room.name, translation.seq, translation.language, translation.text)
+                await self._in_journal(self.store.add_translation, room.name, translation.seq, translation.language, translation.text)
             except Exception:
                 log.exception("could not journal the translation of final %d", translation.seq, extra={"room": room.name})
-            room.fan_out(translation)
+            self.fan_out(room, translation)
 
     async def publish_shadow(self, room: Room, shadow: ShadowFinal) -> None:
         """What the shadow model made of a final: journaled, then sent (after the final) to the
         room's viewers that asked for it."""
         async with room.lock:
             try:
-                await self._in_journal(self.journal.add_shadow, room.name, shadow.seq, shadow.model, shadow.language, shadow.text)
+                await self._in_journal(self.store.add_shadow, room.name, shadow.seq, shadow.model, shadow.language, shadow.text)
             except Exception:
                 log.exception("could not journal the shadow of final %d", shadow.seq, extra={"room": room.name})
-            room.fan_out(shadow)
+            self.fan_out(room, shadow)
 
     async def shadows(self, name: str, since: int = 0, upto: int | None = None) -> list[ShadowFinal]:
         """The shadow texts of finals with since < seq (<= upto), by seq."""
         return [ShadowFinal(name, row["seq"], row["model"], row["language"], row["text"])
-                for row in await self._reading(self.journal.shadows, name, since, upto)]
+                for row in await self._reading(self.store.shadows, name, since, upto)]
 
     async def all_shadows(self, name: str, upto: int | None = None) -> list[dict[str, Any]]:
-        return await self._reading(self.journal.shadows, name, 0, upto)
+        return await self._reading(self.store.shadows, name, 0, upto)
 
     async def all_translations(self, name: str, upto: int | None = None) -> list[dict[str, Any]]:
-        return await self._reading(self.journal.translations, name, 0, upto)
+        return await self._reading(self.store.translations, name, 0, upto)
 
     async def translations(self, name: str, since: int, upto: int) -> list[Translation]:
         """The translations of finals with since < seq <= upto, by seq."""
-        return [Translation(name, row["seq"], row["language"], row["text"]) for row in await self._reading(self.journal.translations, name, since, upto)]
+        return [Translation(name, row["seq"], row["language"], row["text"]) for row in await self._reading(self.store.translations, name, since, upto)]
 
     async def corrected(self, name: str, since: int, upto: int) -> list[Correction]:
         """The latest revision of each corrected final with since < seq <= upto."""
-        return [Correction.from_row(name, row) for row in await self._reading(self.journal.corrected, name, since, upto)]
+        return [Correction.from_row(name, row) for row in await self._reading(self.store.corrected, name, since, upto)]
 
     async def recent_revisions(self, name: str, limit: int = 500) -> list[dict[str, Any]]:
-        return await self._reading(self.journal.recent_revisions, name, limit)
+        return await self._reading(self.store.recent_revisions, name, limit)
 
     async def add_term(self, name: str, term: str, editor: str) -> None:
-        await self._in_journal(self.journal.add_room_term, name, term, editor)
+        await self._in_journal(self.store.add_room_term, name, term, editor)
 
     def may_edit(self, name: str, now: float, per_second: int = 20) -> bool:
         """Count one correction (or term) for the room; False past ``per_second`` over 2 s."""
@@ -309,14 +448,14 @@ class Rooms:
         return True
 
     def to_editors(self, name: str, event: RoomTerms) -> None:
-        """An event for the room's editors alone."""
+        """An event for the room's editors alone (on every node)."""
         room = self._rooms.get(name)
-        if room is not None and room.editors:
-            room.offer(room.editors, encode(event))
+        if room is not None:
+            self.fan_out(room, event)
 
     async def revisions(self, name: str) -> list[dict[str, Any]]:
         """Every correction in the room, by seq then revision."""
-        return await self._reading(self.journal.revisions, name)
+        return await self._reading(self.store.revisions, name)
 
     def leave_viewer(self, name: str, viewer: Viewer) -> None:
         room = self._rooms.get(name)
@@ -325,7 +464,7 @@ class Rooms:
             room.editors.discard(viewer)
 
     async def transcript(self, name: str, upto: int | None = None) -> list[dict[str, Any]]:
-        return await self._reading(self.journal.finals, name, 0, None, upto)
+        return await self._reading(self.store.finals, name, 0, None, upto)
 
     async def delete(self, name: str) -> int | None:
         """Delete a room and its transcript; None if someone is in it (or may resume)."""
@@ -333,37 +472,51 @@ class Rooms:
         if room is not None and room.occupied:
             return None
         self._rooms.pop(name, None)
-        return await self._in_journal(self.journal.delete_room, name)
+        return await self._in_journal(self.store.delete_room, name)
 
     async def last_of_session(self, session: str) -> dict[str, Any] | None:
-        return await self._in_journal(self.journal.last_of_session, session)
+        return await self._in_journal(self.store.last_of_session, session)
 
     async def keep_session(self, session: str, room: str, language: str, context: str | None) -> None:
+        # As with finals: the stream goes on; only a revival after a restart would miss it.
+        await self._best_effort(f"record session {session}", self.store.keep_session, session, room, language, context)
+
+    async def _best_effort(self, what: str, function: Callable[..., Any], *args: Any) -> None:
+        """A store write the stream does not wait on: a failure is logged, never raised."""
         try:
-            await self._in_journal(self.journal.keep_session, session, room, language, context)
+            await self._in_journal(function, *args)
+        except StoreUnavailable as error:
+            log.warning("could not %s: %s", what, error)
         except Exception:
-            # As with finals: the stream goes on; only a revival after a restart would miss it.
-            log.exception("could not journal session %s", session, extra={"room": room})
+            log.exception("could not %s", what)
 
     async def session_settings(self, session: str) -> dict[str, Any] | None:
-        return await self._in_journal(self.journal.session_settings, session)
+        return await self._in_journal(self.store.session_settings, session)
 
     async def end_session(self, session: str) -> None:
-        await self._in_journal(self.journal.end_session, session)
+        """The session ends for good: no resume (with a shared store, unless another node holds it now)."""
+        if self.shared is not None:
+            await self._best_effort(f"end session {session}", self.shared.end_session_of, session, self.node)
+        else:
+            await self._best_effort(f"end session {session}", self.store.end_session, session)
 
     async def expire(self, cutoff: float) -> int:
-        return await self._in_journal(self.journal.delete_older_than, cutoff)
+        return await self._in_journal(self.store.delete_older_than, cutoff)
 
     async def room_terms(self) -> dict[str, tuple[str, ...]]:
-        return await self._in_journal(self.journal.room_terms)
+        return await self._in_journal(self.store.room_terms)
 
     async def forget_sessions(self, cutoff: float, live: Iterable[str]) -> int:
-        return await self._in_journal(self.journal.forget_sessions, cutoff, list(live))
+        return await self._in_journal(self.store.forget_sessions, cutoff, list(live))
 
     def close(self) -> None:
+        self._closing.set()
+        for thread in self._sharing:
+            thread.join(timeout=5)
+        self._bus_thread.shutdown(wait=True)
         self._read_thread.shutdown(wait=True)
         self._journal_thread.shutdown(wait=True)
-        self.journal.close()
+        self.store.close()
 
     def __iter__(self) -> Iterator[Room]:
         return iter(self._rooms.values())
@@ -454,6 +607,12 @@ class Publishers(Generic[P]):
         for publisher in due:
             self._forget(publisher)
         return due
+
+    def let_go(self, session: str) -> None:
+        """Forget a parked session without ending it: another node has resumed it (shared store)."""
+        parked = self._parked.get(session)
+        if parked is not None:
+            self._forget(parked[0])
 
     def _forget(self, publisher: P) -> None:
         del self._parked[publisher.id]

@@ -10,10 +10,13 @@ export function pageParams() {
   return params;
 }
 
-/** A ws:// or wss:// URL on this server, with the given query parameters (empty ones left out). */
-export function socketUrl(path, query) {
-  const url = new URL(path, location.href);
-  url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
+/**
+ * A ws:// or wss:// URL on this server (or on `base`, another node's ws:// address), with the
+ * given query parameters (empty ones left out).
+ */
+export function socketUrl(path, query, base = null) {
+  const url = new URL(path, base ? base.replace(/^ws/, "http") : location.href);
+  url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
   for (const [key, value] of Object.entries(query)) {
     if (value !== undefined && value !== null && value !== "") url.searchParams.set(key, String(value));
   }

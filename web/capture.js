@@ -116,6 +116,11 @@ function onChunk({ pcm, peak, rms }) {
   }
 }
 
+// Another node to publish to (an overloaded refusal's retry_url), and how many moves in a row.
+let node = null;
+let hops = 0;
+const MAX_HOPS = 3;
+
 function connect() {
   const query = {
     room,
@@ -128,7 +133,7 @@ function connect() {
   };
   if (session) delete query.speaker; // a resumed session keeps its speaker
   setState(session ? "Reconnecting…" : "Connecting…");
-  const ws = new WebSocket(socketUrl("/v1/publish", query));
+  const ws = new WebSocket(socketUrl("/v1/publish", query, node));
   ws.binaryType = "arraybuffer";
   socket = ws;
   let refused = null;
@@ -140,6 +145,7 @@ function connect() {
       return;
     }
     if (event.type === "ready") {
+      hops = 0;
       session = event.session;
       ws.ready = true;
       retries = 0;
@@ -161,6 +167,14 @@ function connect() {
     if (refused && refused.code === "unauthorized") {
       stopAudio();
       finish(`The server refused the token: ${refused.message}. Ask for a link with a valid publish token.`, "error");
+      return;
+    }
+    if (refused && refused.code === "overloaded" && refused.retry_url && hops < MAX_HOPS) {
+      // This node is full; the server named another with room (nodes sharing a store): go there now.
+      hops += 1;
+      node = refused.retry_url;
+      setState(`This server is busy: moving to ${node}…`);
+      connect();
       return;
     }
     if (refused && refused.code === "bad_request" && session) {

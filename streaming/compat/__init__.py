@@ -64,7 +64,7 @@ class Native:
         return [encode(message)]
 
     def error(self, error: ProtocolError) -> str:
-        return encode(ErrorEvent(error.code, error.message))
+        return encode(ErrorEvent(error.code, error.message, error.retry_url))
 
     def closing(self, audio_seconds: float) -> list[str]:
         return []

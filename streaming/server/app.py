@@ -27,7 +27,7 @@ from decoder.api import SpeechModel
 from streaming.compat import NATIVE, Dialect, openai_files, routes
 from streaming.config import ServerConfig
 from streaming.protocol import ProtocolError, split_path
-from streaming.server import http, publish, shadows, transcribe, view
+from streaming.server import http, nodes, publish, shadows, transcribe, view
 from streaming.server.connection import Keepalive, client_of, response, send_error
 from streaming.server.front import front_connection
 from streaming.server.state import ServerState
@@ -69,6 +69,7 @@ class CaptionServer(ServerState):
 
     def __init__(self, config: ServerConfig, model: SpeechModel, shadow_models: Mapping[str, ShadowModel] | None = None):
         super().__init__(config, model, shadow_models)
+        self.rooms.on_terms = lambda room, terms: view.learned(self, room, terms)
         self._server: Server | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -97,6 +98,12 @@ class CaptionServer(ServerState):
         )
         port = next(iter(self._server.sockets)).getsockname()[1]
         log.info("%s", self._what_is_open())
+        if self.rooms.shared is not None:
+            self.advertise_url = self.advertise_url or nodes.advertised_url(self.config.host, port, tls is not None)
+            self.rooms.start_sharing()
+            self.spawn(nodes.register(self), "node registry")
+            log.info("store %s shared with other nodes: this node is %s at %s", self.config.store and self.config.store.split("@")[-1],
+                     self.node, self.advertise_url)
         self.spawn(self._expire_parked(), "expire parked sessions")
         if self.config.retain_days is not None:
             self.spawn(self._expire_finals(), "retention")

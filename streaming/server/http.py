@@ -78,9 +78,10 @@ async def handle(server: ServerState, connection: ServerConnection, request: Req
             return response(HTTPStatus.FORBIDDEN, "pages from this origin may not connect (the server's --allow-origin)")
         return None
     if route == "/readyz":  # for load balancers: one yes or no, open to all
-        ready = not server.draining and not server.engine.overloaded
+        store = server.rooms.store.available
+        ready = not server.draining and not server.engine.overloaded and store
         status = HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE
-        return response(status, json.dumps({"ready": ready}), "application/json")
+        return response(status, json.dumps({"ready": ready, "store": "up" if store else "down"}), "application/json")
     if route == "/healthz":
         # Counts and configuration are for the operator: with access control on, only an
         # admin token for every room (--room '*') sees them; others get the status alone.
@@ -271,4 +272,6 @@ def health(server: ServerState) -> dict[str, Any]:
         "decode_queue": stats.queued,
         "decode_wait_s": round(stats.recent_wait(), 3),
         "real_time_factor": round(model_seconds(server.model.lane, stats.audio_seconds), 4) if stats.audio_seconds else None,
+        "store": {"kind": "redis" if server.rooms.shared else "sqlite", "up": server.rooms.store.available, "node": server.node,
+                  **({"outbox": server.rooms.shared.outbox_pending(), "url": server.advertise_url} if server.rooms.shared else {})},
     }

@@ -35,7 +35,7 @@ from streaming.events import Final, Ready, Translation, caption, encode
 from streaming.metrics import Histogram
 from streaming.protocol import AudioMessage, ClearMessage, ConfigMessage, EndMessage, FlushMessage, ProtocolError
 from streaming.scoring import units
-from streaming.server import shadows
+from streaming.server import nodes, shadows
 from streaming.server.connection import Client, Keepalive, Link, Stalled, send_error, send_within
 from streaming.server.state import Publisher
 from streaming.session import Session
@@ -55,6 +55,9 @@ TAKE_OVER_WAIT_S = 2.0
 # 16-bit audio). Without a bound, autotuning lets megabytes of a held-back recording wait
 # there, all of which would still be read and captioned after the client hangs up.
 RECEIVE_BUFFER_BYTES = 256 * 1024
+# With a store other nodes share: how long a resume waits for the node that had the session to
+# caption what it heard and park it (its last final must be in the store before this node goes on).
+REMOTE_PARK_WAIT_S = 10.0
 # How long a stream that ended waits for its last finals' translations before it closes.
 TRANSLATIONS_AT_CLOSE_S = 30.0
 
@@ -76,7 +79,7 @@ async def serve_publisher(
     a dialect read them from its own query (else protocol v1's query)."""
     params = params or protocol.parse_publish(query)
     if server.draining:
-        raise ProtocolError("overloaded", "server is shutting down")
+        raise ProtocolError("overloaded", "server is shutting down", retry_url=nodes.elsewhere(server))
     raw = connection.transport.get_extra_info("socket")
     if raw is not None:
         raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
@@ -117,7 +120,8 @@ async def _start(server: ServerState, params: protocol.PublishParams, connection
     if limit and room.publishers >= limit:
         raise ProtocolError("overloaded", f"room {params.room} has the most publishers allowed ({limit})")
     if server.engine.overloaded:
-        raise ProtocolError("overloaded", "server is at capacity; try again later")
+        elsewhere = nodes.elsewhere(server)
+        raise ProtocolError("overloaded", f"server is at capacity; {'connect to ' + elsewhere if elsewhere else 'try again later'}", retry_url=elsewhere)
     language = server.settings.session_language(params.room, params.language, params.languages)
     translate = server.settings.translation(params.room, params.translate)
     session = Session(
@@ -130,6 +134,7 @@ async def _start(server: ServerState, params: protocol.PublishParams, connection
     publisher.own_context = params.context is not None
     publisher.translate = translate
     server.sessions.join(publisher)
+    await server.rooms.hold_session(publisher.id, "live")
     await _keep_settings(server, publisher, params.context)
     return publisher
 
@@ -151,10 +156,13 @@ async def _resume(
         if "room" in query and query["room"] != existing.room.name:
             raise ProtocolError("bad_request", f"session {params.resume} belongs to room {existing.room.name}, not {query['room']}")
         await _take_over(server, existing)
+    elif earlier is not None and (holder := await server.rooms.session_holder(params.resume)) and holder[0] != server.node:
+        server.sessions.let_go(params.resume)  # parked here once, resumed on another node since: that one's state is the session's
     publisher = server.sessions.resume(params.resume, query.get("room"))
     if publisher is not None:
         # The audio clock stood still while the connection was down; the wall clock did not.
         publisher.started_wall = time.time() - publisher.session.received_seconds
+        await server.rooms.hold_session(publisher.id, "live")
     else:
         publisher = await _revive(server, params, query, connection, client)
     publisher.connection = connection
@@ -181,9 +189,11 @@ async def _take_over(server: ServerState, existing: Publisher) -> None:
 async def _revive(
     server: ServerState, params: protocol.PublishParams, query: dict[str, str], connection: Link, client: Client
 ) -> Publisher:
-    """Resume a session this process never held (the server restarted): its room, speaker,
-    segment numbering and audio clock come from its latest final in the journal."""
+    """Resume a session this process does not hold (the server restarted, or, with a store other
+    nodes share, it was on another node): its room, speaker, segment numbering and audio clock
+    come from its latest final in the journal."""
     assert params.resume is not None
+    await _until_parked_elsewhere(server, params.resume)
     last = await server.rooms.last_of_session(params.resume)
     if last is None or time.time() - last["written"] > server.config.resume_grace_s or server.draining:
         raise ProtocolError("bad_request", f"no session {params.resume} to resume (unknown, ended, or its grace period passed)")
@@ -222,8 +232,21 @@ async def _revive(
     publisher.own_context = own_context is not None
     publisher.translate = translate
     server.sessions.join(publisher)
+    await server.rooms.hold_session(publisher.id, "live")
     await _keep_settings(server, publisher, own_context)
     return publisher
+
+
+async def _until_parked_elsewhere(server: ServerState, session: str) -> None:
+    """With a store other nodes share: wait until the node the session is live on (its client
+    moved here before that node saw the connection drop, or while it captions the last words)
+    has parked it, so that its last final is in the store. Bounded: a node that died never will."""
+    deadline = time.monotonic() + REMOTE_PARK_WAIT_S
+    while (holder := await server.rooms.session_holder(session)) and holder[0] != server.node and holder[1] == "live":
+        if time.monotonic() > deadline:
+            log.warning("session %s is still live on node %s: resumed here all the same", session, holder[0])
+            return
+        await asyncio.sleep(0.05)
 
 
 async def _keep_settings(server: ServerState, publisher: Publisher, own_context: Context | None) -> None:
@@ -337,6 +360,7 @@ async def _after_connection(server: ServerState, publisher: Publisher, pcm: PcmD
     else:
         publisher.parking = False
         pushed = server.sessions.park(publisher, time.monotonic() + server.config.resume_grace_s)
+        await server.rooms.hold_session(publisher.id, "parked")
         log.info("publisher dropped; resumable for %.0f s", server.config.resume_grace_s, extra=publisher.log_extra)
         publisher.released.set()
         for old in pushed:
@@ -439,7 +463,7 @@ async def _deliver(server: ServerState, publisher: Publisher) -> None:
                         _queue_translation(server, publisher, message, audio)
                     shadows.offer(server, publisher.room, message, audio, publisher.session.context)
         else:
-            publisher.room.fan_out(message)
+            server.rooms.fan_out(publisher.room, message)
         try:
             for text in publisher.dialect.caption(message):
                 await send_within(publisher.connection, text, server.config.send_stall_s, "publisher")

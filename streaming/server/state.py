@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import time
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
@@ -23,7 +25,6 @@ from streaming.compat import NATIVE, Dialect
 from streaming.config import ServerConfig
 from streaming.engine import Engine
 from streaming.events import Final
-from streaming.journal import Journal
 from streaming.metrics import Metrics
 from streaming.protocol import PublishParams
 from streaming.room_settings import RoomSettings
@@ -32,6 +33,7 @@ from streaming.server import shadows
 from streaming.server.connection import Link
 from streaming.session import Session
 from streaming.shadow import ShadowModel
+from streaming.store import StoreUnavailable, open_store
 from streaming.translation import translators
 
 log = logging.getLogger(__name__)
@@ -96,12 +98,19 @@ class ServerState:
         if missing:
             raise ValueError(f"no shadow model {', '.join(sorted(missing))} was given to the server")
         self.shadows: dict[str, shadows.Shadow] = {}
+        # This node's name among those sharing a store (unique while it runs).
+        self.node = config.node or f"{socket.gethostname()}-{os.getpid()}"
+        self.advertise_url = config.advertise_url  # set at start when not configured (nodes.advertised_url)
+        self.nodes: list[dict[str, Any]] = []  # the nodes sharing the store, as last read (nodes.register)
         self.rooms = Rooms(
-            Journal(config.data_dir / "journal.sqlite3"), config.viewer_queue, viewer_bytes=config.viewer_queue_bytes,
-            review_delay=self.settings.review_delay,
+            open_store(config.store, config.data_dir, self.node), config.viewer_queue, viewer_bytes=config.viewer_queue_bytes,
+            review_delay=self.settings.review_delay, node=self.node,
         )
-        # Terms editors added to rooms' contexts (read once: a few rows).
-        self.settings.learned = self.rooms.journal.room_terms()
+        # Terms editors added to rooms' contexts (read once: a few rows; other nodes' as they add them, view.learned).
+        try:
+            self.settings.learned = self.rooms.store.room_terms()
+        except StoreUnavailable:
+            log.warning("terms editors added to rooms are not known until the store is back")
         self.sessions: Publishers[Publisher] = Publishers(config.max_parked_per_address)
         self.metrics = Metrics()
         self.metrics.model = model.name

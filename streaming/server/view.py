@@ -148,11 +148,18 @@ async def _add_term(server: ServerState, params: protocol.ViewParams, term: str)
     decode on."""
     kept = server.settings.learn(params.room, term)
     await server.rooms.add_term(params.room, kept, params.editor)
-    context = server.settings.context(params.room)
-    for publisher in server.sessions.live.values():
-        if publisher.room.name == params.room and not publisher.own_context:
-            publisher.session.configure(context=context)
+    learned(server, params.room, server.settings.learned.get(params.room, ()))
     log.info("term added to the room's context by %s", params.editor or "an editor", extra={"room": params.room})
+
+
+def learned(server: ServerState, room: str, terms: tuple[str, ...]) -> None:
+    """The room's learned terms are now ``terms`` (added here, or by an editor on another node):
+    its live sessions that decode with the room's context take them from their next decode on."""
+    server.settings.learned[room] = terms
+    context = server.settings.context(room)
+    for publisher in server.sessions.live.values():
+        if publisher.room.name == room and not publisher.own_context:
+            publisher.session.configure(context=context)
 
 
 async def send_terms(server: ServerState, room: str, viewer: Viewer | None = None) -> None:
