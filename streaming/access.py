@@ -59,6 +59,8 @@ class AccessPolicy:
         self.public_rooms = public_rooms  # viewers need no token
         self.anonymous_delete = anonymous_delete
         self._secret = secret
+        # Revoked tokens (auth.token_id), read from the store every few seconds by the server.
+        self.revoked: frozenset[str] = frozenset()
 
     def refusal(self, token: str | None, room: str, action: str, forwarded: bool = False) -> str | None:
         """Why ``token`` does not allow ``action`` in ``room``; None if it does (or none is needed)."""
@@ -69,6 +71,8 @@ class AccessPolicy:
             return "a token is required (token= or Authorization: Bearer)"
         try:
             auth.check(auth.verify_token(self._secret, token), room, "admin" if action == "delete" else action)
+            if self.revoked and auth.token_id(token) in self.revoked:
+                raise auth.Unauthorized("token revoked")
         except auth.Unauthorized as error:
             return str(error)
         return None

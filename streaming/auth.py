@@ -73,6 +73,21 @@ def verify_token(secret: bytes, token: str, now: float | None = None) -> Grant:
     return grant
 
 
+def token_id(token: str) -> str:
+    """What names a token in the revocation list (a hash of its signature: not the token, which
+    would let whoever reads the list use it)."""
+    return hashlib.sha256(token.rpartition(".")[2].encode()).hexdigest()[:32]
+
+
+def token_expiry(token: str) -> float:
+    """When a token expires, read without checking its signature (for the revocation list, which
+    forgets a token once it would have expired anyway); ValueError if it is not a token."""
+    try:
+        return float(json.loads(_unb64(token.split(".")[0]))["exp"])
+    except (ValueError, KeyError, TypeError, IndexError):
+        raise ValueError("not a FlashCaption token") from None
+
+
 def check(grant: Grant, room: str, action: str) -> None:
     if grant.room not in ("*", room):
         raise Unauthorized(f"token is for room {grant.room}, not {room}")

@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import sys
+import time
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -267,6 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--files", type=_positive_int, default=None, metavar="N",
                        help="instead: every recording captioned through the file API (POST /v1/audio/transcriptions), N requests "
                             "at once: audio seconds captioned per second, per request and overall, and error rates")
+    bench.add_argument("--nodes", type=_positive_int, default=None, metavar="VIEWERS",
+                       help="instead: two nodes sharing one Redis (a redis-server of its own): --streams publishers on node A, "
+                            "VIEWERS viewers spread over A and B; final latency seen on each node, and what the other node adds")
     bench.add_argument("--long-form", type=_positive_float, default=None, metavar="MINUTES",
                        help="instead: the recordings of one language (--langs) back to back with their edge silences "
                             "trimmed, repeated to MINUTES of continuous speech, streamed as one publisher (--speed): "
@@ -344,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     token = commands.add_parser(
         "token", help="make access tokens", description="Make a signed access token; it is printed alone on standard output."
     )
-    token_commands = token.add_subparsers(dest="token_command", required=True, metavar="ACTION", help="create: make a token")
+    token_commands = token.add_subparsers(dest="token_command", required=True, metavar="ACTION", help="create: make a token; revoke: revoke one")
     create = token_commands.add_parser("create", help="make a token", description="Make a signed token for a room and role.")
     create.add_argument("--room", required=True, help="room the token is for, or * for every room")
     create.add_argument("--role", required=True, choices=("publish", "view", "edit", "admin"),
@@ -352,6 +356,14 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--ttl", default="2h", help="how long it is valid: 90, 15m, 2h, 7d (default %(default)s)")
     create.add_argument("--data-dir", type=Path, default=defaults.data_dir, help="the server's data directory, where its secret is (default %(default)s)")
     create.add_argument("--secret-file", type=Path, default=None, help="the server's --secret-file, if it uses one")
+
+    revoke = token_commands.add_parser(
+        "revoke", help="revoke a token before it expires",
+        description="Put a token on the revocation list of the server's store: every node refuses it within 2 s.")
+    revoke.add_argument("token", help="the token to revoke")
+    revoke.add_argument("--store", default=defaults.store, metavar="redis://HOST:6379/0",
+                        help="the nodes' shared store (env FLASHCAPTION_STORE); else the journal in --data-dir")
+    revoke.add_argument("--data-dir", type=Path, default=defaults.data_dir, help="the server's data directory (default %(default)s)")
 
     models = commands.add_parser("models", help="list and install models", description="List the models FlashCaption knows, or install one.")
     model_commands = models.add_subparsers(dest="models_command", required=True, metavar="ACTION", help="list, install")
@@ -586,6 +598,21 @@ def _soak(args: argparse.Namespace) -> int:
 def _token(args: argparse.Namespace) -> int:
     from streaming import auth
 
+    if args.token_command == "revoke":
+        from streaming.store import StoreUnavailable, open_store
+
+        try:
+            until = auth.token_expiry(args.token)
+            store = open_store(args.store, args.data_dir, "flashcaption-token")
+            try:
+                store.revoke_token(auth.token_id(args.token), until)
+            finally:
+                store.close()
+        except (ValueError, OSError, StoreUnavailable) as error:
+            print(f"flashcaption: {error}", file=sys.stderr)
+            return 1
+        print(f"revoked until it expires ({time.strftime('%Y-%m-%d %H:%M', time.localtime(until))})", file=sys.stderr)
+        return 0
     try:
         secret = auth.load_secret(args.data_dir, args.secret_file)
         print(auth.create_token(secret, args.room, args.role, auth.parse_ttl(args.ttl)))

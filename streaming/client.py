@@ -95,6 +95,9 @@ class CaptionPrinter:
         self.show_speaker = show_speaker
         self.live = out.isatty() and not json_lines
         self._partial_shown = False
+        # Finals shown before the server's store numbered them (it was away): the numbered one
+        # that follows for the same session and segment is not shown again.
+        self._unnumbered: set[tuple[str, int]] = set()
 
     def __call__(self, message: dict[str, Any]) -> None:
         if self.json_lines:
@@ -110,6 +113,12 @@ class CaptionPrinter:
             if self.live and self._partial_shown:
                 self.out.write("\r\x1b[2K")
             self._partial_shown = False
+            key = (message.get("session", ""), message.get("segment", -1))
+            if "seq" not in message:
+                self._unnumbered.add(key)
+            elif key in self._unnumbered:
+                self._unnumbered.discard(key)
+                return
             if message["text"] and self.lang != "en":
                 print(label + message["text"], file=self.out, flush=True)
         elif kind == "translation" and self.lang != "original":

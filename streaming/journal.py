@@ -85,6 +85,11 @@ CREATE TABLE IF NOT EXISTS room_terms (
     at REAL NOT NULL,
     PRIMARY KEY (room, term)
 ) WITHOUT ROWID;
+-- Tokens revoked before they expire (auth.token_id), until they would have expired.
+CREATE TABLE IF NOT EXISTS revoked_tokens (
+    id TEXT PRIMARY KEY,
+    until REAL NOT NULL
+) WITHOUT ROWID;
 -- The last seq of every room, kept when retention deletes old finals, so seq never restarts.
 CREATE TABLE IF NOT EXISTS rooms (
     room TEXT PRIMARY KEY,
@@ -229,6 +234,16 @@ class Journal:
     def shadows(self, room: str, since: int = 0, upto: int | None = None) -> list[dict[str, Any]]:
         """What shadow models made of the room's finals with since < seq (<= upto), by seq."""
         return self._seq_range("shadow_finals", ("seq", "model", "language", "text"), room, since, upto, "seq, model")
+
+    def revoke_token(self, token_id: str, until: float) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO revoked_tokens (id, until) VALUES (?, ?)", (token_id, until))
+
+    def revoked_tokens(self) -> frozenset[str]:
+        """Tokens revoked that have not expired yet (the expired ones are forgotten)."""
+        with self._lock:
+            self._db.execute("DELETE FROM revoked_tokens WHERE until < ?", (time.time(),))
+            return frozenset(row[0] for row in self._db.execute("SELECT id FROM revoked_tokens"))
 
     def add_room_term(self, room: str, term: str, editor: str) -> None:
         with self._lock:

@@ -150,7 +150,9 @@ class RedisStore:
     def append(self, final: dict[str, Any], wall_start: float, wall_end: float) -> int | None:
         """The final's seq; None if Redis cannot be reached: it is then in the local outbox, on
         disk, to be written in order by :meth:`flush`."""
-        if self.outbox_pending() == 0:
+        # While Redis is known to be away, straight to the outbox (a black-holed connection would
+        # hold each final for the timeout); the tail's flush finds out when it is back.
+        if self.available and self.outbox_pending() == 0:
             try:
                 return self._write(final, wall_start, wall_end)
             except StoreUnavailable:
@@ -259,6 +261,16 @@ class RedisStore:
     def shadows(self, room: str, since: int = 0, upto: int | None = None) -> list[dict[str, Any]]:
         rows = {(r["seq"], r["model"]): r for r in self._by_seq(_key(room, "shadows"), since, upto)}
         return [rows[k] for k in sorted(rows)]
+
+    def revoke_token(self, token_id: str, until: float) -> None:
+        self._call(self._redis.hset, "fc:revoked", token_id, str(until))
+
+    def revoked_tokens(self) -> frozenset[str]:
+        found = self._call(self._redis.hgetall, "fc:revoked")
+        expired = [token for token, until in found.items() if float(until) < time.time()]
+        if expired:
+            self._call(self._redis.hdel, "fc:revoked", *expired)
+        return frozenset(token for token in found if token not in expired)
 
     def add_room_term(self, room: str, term: str, editor: str) -> None:
         pipe = self._redis.pipeline()

@@ -140,10 +140,13 @@ class Room:
         if self._ahead and self.next_seq not in self._ahead and time.monotonic() - self._ahead_since > GAP_WAIT_S:
             log.warning("finals %d-%d never came: going on from %d", self.next_seq, min(self._ahead) - 1, min(self._ahead), extra={"room": self.name})
             self.next_seq = min(self._ahead)
+        progressed = False
         while (final := self._ahead.pop(self.next_seq, None)) is not None:
             self.next_seq += 1
             self.fan_out(final)
-        self._ahead_since = time.monotonic()
+            progressed = True
+        if progressed:
+            self._ahead_since = time.monotonic()  # what still waits, waits from now
 
     def fan_out(self, message: Caption | Correction | Translation | ShadowFinal | RoomTerms) -> None:
         if isinstance(message, RoomTerms):  # for editors alone
@@ -502,6 +505,9 @@ class Rooms:
 
     async def expire(self, cutoff: float) -> int:
         return await self._in_journal(self.store.delete_older_than, cutoff)
+
+    async def revoked_tokens(self) -> frozenset[str]:
+        return await self._in_journal(self.store.revoked_tokens)
 
     async def room_terms(self) -> dict[str, tuple[str, ...]]:
         return await self._in_journal(self.store.room_terms)

@@ -11,15 +11,16 @@ import contextlib
 import json
 import threading
 import time
+import urllib.error
 import urllib.request
 
 import pytest
 from websockets.sync.client import connect
 
 from streaming.config import ServerConfig
+from streaming.evaluation.redis_server import RedisServer
 from streaming.server import CaptionServer
 from tests.conftest import ServerThread
-from tests.redis_server import RedisServer
 from tests.scripted import ScriptedModel, speak
 from tests.test_server import finals, pcm16, publish, receive_until
 
@@ -59,7 +60,7 @@ def finals_until(viewer, count: int, timeout: float = 30) -> list[dict]:
 
 
 def test_a_room_spans_nodes_with_the_same_finals_in_the_same_order(tmp_path, redis_server):
-    with nodes(tmp_path, redis_server, "a", "b", "c") as (a, b, c):
+    with nodes(tmp_path, redis_server, "a", "b", "c", auth="off") as (a, b, c):
         viewers = [watch(server.url, "hall") for server in (a, b, c)]
         partials_on_b: list[dict] = []
         messages, code = publish(a.url, speak("alpha bravo", "charlie", "delta echo foxtrot"), "room=hall")
@@ -86,6 +87,14 @@ def test_a_room_spans_nodes_with_the_same_finals_in_the_same_order(tmp_path, red
             assert [f["seq"] for f in finals_until(late, 5)] == [1, 2, 3, 4, 5]
         with urllib.request.urlopen(f"{c.url.replace('ws', 'http')}/v1/rooms/hall/transcript?format=json") as reply:
             assert [r["seq"] for r in json.load(reply)["finals"]] == [1, 2, 3, 4, 5]
+        # A room someone is in on another node is not deleted from this one.
+        with watch(b.url, "hall"):
+            time.sleep(2.5)  # b says which rooms it has people in (nodes.EVERY_S)
+            request = urllib.request.Request(f"{a.url.replace('ws', 'http')}/v1/rooms/hall", method="DELETE")
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(request)
+            assert refused.value.code == 409 and b"node b" in refused.value.read()
+            refused.value.close()
 
 
 def test_a_publisher_that_drops_resumes_on_another_node(tmp_path, redis_server):
@@ -137,8 +146,6 @@ def test_redis_killed_and_restarted_mid_stream_loses_no_acknowledged_final(tmp_p
 
 
 def test_redis_down_for_10_s_live_captions_go_on_and_finals_are_written_after(tmp_path, redis_server):
-    import urllib.error
-
     with nodes(tmp_path, redis_server, "a", "b") as (a, b):
         here, there = watch(a.url, "hall"), watch(b.url, "hall")
         publish(a.url, speak("alpha"), "room=hall")
@@ -192,6 +199,25 @@ def test_a_busy_node_sends_a_new_publisher_to_another(tmp_path, redis_server):
     finally:
         a.stop()
         b.stop()
+
+
+def test_a_token_revoked_in_the_store_is_refused_by_every_node(tmp_path, redis_server):
+    from streaming import auth
+    from streaming.cli import main
+
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"s" * 32)
+    with nodes(tmp_path, redis_server, "a", "b", auth="on", secret_file=secret) as (a, b):
+        token = auth.create_token(secret.read_bytes(), "hall", "view", 3600)
+        for server in (a, b):
+            with connect(f"{server.url}/v1/captions?room=hall&token={token}") as viewer:
+                assert json.loads(viewer.recv(timeout=10))["type"] == "ready"
+        assert main(["token", "revoke", token, "--store", redis_server.url, "--data-dir", str(tmp_path / "cli")]) == 0
+        time.sleep(2.5)  # each node reads the list every 2 s
+        for server in (a, b):
+            with connect(f"{server.url}/v1/captions?room=hall&token={token}") as viewer:
+                refused = json.loads(viewer.recv(timeout=10))
+            assert refused["code"] == "unauthorized" and refused["message"] == "token revoked"
 
 
 def chunks(audio, size: int = 1600):

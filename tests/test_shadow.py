@@ -10,6 +10,7 @@ import functools
 import json
 import os
 import urllib.request
+from pathlib import Path
 
 import pytest
 from websockets.sync.client import connect
@@ -131,7 +132,7 @@ def test_the_shadow_runs_at_the_lowest_priority_in_a_process_of_its_own():
             shadow.pause(True)  # the primary decodes: the shadow's process is stopped
             decoding = asyncio.ensure_future(shadow.decode(speak("bravo"), "en", None))
             await asyncio.sleep(0.5)
-            stopped = not decoding.done() and open(f"/proc/{pid}/stat").read().split(")")[1].split()[0] == "T"
+            stopped = not decoding.done() and process_state(pid) == "T"
             shadow.pause(False)
             return stopped, (await decoding).text
 
@@ -220,3 +221,8 @@ def longest_common(a: list[str], b: list[str]) -> int:
         for j in range(len(b) - 1, -1, -1):
             longest[i][j] = longest[i + 1][j + 1] + 1 if a[i] == b[j] else max(longest[i + 1][j], longest[i][j + 1])
     return longest[0][0]
+
+
+def process_state(pid: int) -> str:
+    """A process's state letter (R running, S sleeping, T stopped), from /proc."""
+    return Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0]

@@ -8,10 +8,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from streaming.evaluation.redis_server import RedisServer
 from streaming.journal import Conflict, Journal
 from streaming.redis_store import RedisStore
 from streaming.store import Store
-from tests.redis_server import RedisServer
 
 
 @pytest.fixture(params=["sqlite", "redis"])
@@ -110,3 +110,10 @@ def test_retention_keeps_the_numbering_and_deleting_a_room_resets_it(store):
     assert store.append(final("hall", "s2", 0, "after"), 1.0, 2.0) == 4  # numbering goes on
     assert store.delete_room("hall") == 1
     assert store.last_seq("hall") == 0 and store.append(final("hall", "s3", 0, "anew"), 1.0, 2.0) == 1
+
+
+def test_revoked_tokens_are_listed_until_they_would_have_expired(store):
+    assert store.revoked_tokens() == frozenset()
+    store.revoke_token("a" * 32, time.time() + 60)
+    store.revoke_token("b" * 32, time.time() - 1)  # expired already: forgotten
+    assert store.revoked_tokens() == frozenset({"a" * 32})

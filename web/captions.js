@@ -89,6 +89,9 @@ export class CaptionFeed {
       } else if (event.type === "error") {
         if (FATAL_CODES.has(event.code)) refused = event.message;
       } else if (event.type === "final") {
+        // Not numbered yet (the server's store is away): shown now; the numbered final comes
+        // when the store has it, for the same session and segment, and replaces it.
+        if (!Number.isInteger(event.seq)) return this.onEvent(event);
         // A final at or below the last one shown was already shown: never repeat it.
         if (this.lastSeq !== null && event.seq <= this.lastSeq) return;
         this.lastSeq = event.seq;

@@ -107,7 +107,7 @@ const feed = new CaptionFeed({
     $("primary-head").textContent = `${ready.model} (captions)`;
   },
   onEvent: (event) => {
-    if (event.type === "final" && event.text) {
+    if (event.type === "final" && event.text && Number.isInteger(event.seq)) {
       const item = entry(event.seq);
       item.final = event;
       draw(item);

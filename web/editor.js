@@ -227,6 +227,7 @@ const feed = new CaptionFeed({
   editor: nameInput.value.trim() || "editor", // named: in a room under review, editors see finals before the audience
   onEvent: (event) => {
     if (event.type === "final") {
+      if (!Number.isInteger(event.seq)) return; // not numbered yet (the store is away): corrected once it is
       addFinal(event);
       $("live").textContent = "";
     } else if (event.type === "partial") {

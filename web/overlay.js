@@ -59,6 +59,8 @@ let hideTimer = null;
 // What the page has shown, for anyone checking it (the browser tests do): seqs in order.
 window.flashcaption = { finals: [], corrections: [], translations: [], state: "connecting" };
 
+const unnumbered = new Set(); // "session/segment" of finals shown before they were numbered
+
 function shown(event) {
   if (!board.show(event) || event.type === "reset") return;
   if (event.type === "translation") {
@@ -70,6 +72,10 @@ function shown(event) {
     return; // a line changed in place: nothing new was said
   }
   if (event.type === "final" && event.text) {
+    // A final shown before the server's store numbered it comes again numbered: said once.
+    const key = `${event.session}/${event.segment}`;
+    if (unnumbered.delete(key)) return;
+    if (!Number.isInteger(event.seq)) unnumbered.add(key);
     window.flashcaption.finals.push(event.seq);
     if (window.flashcaption.finals.length > 5000) window.flashcaption.finals.splice(0, 1000);
     const line = document.createElement("p");

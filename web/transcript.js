@@ -119,6 +119,15 @@ function show(event) {
       partials.set(key, item);
       entries.append(item);
     }
+  } else if (!Number.isInteger(event.seq)) {
+    // Not numbered yet (the server's store is away): shown until the numbered final replaces it.
+    if (!event.text) return;
+    if (!item) {
+      item = entry(event);
+      partials.set(key, item);
+      entries.append(item);
+    }
+    item.classList.remove("partial");
   } else {
     partials.delete(key);
     if (!event.text && !event.revision) {

@@ -32,6 +32,7 @@ from streaming.server.connection import Keepalive, client_of, response, send_err
 from streaming.server.front import front_connection
 from streaming.server.state import ServerState
 from streaming.shadow import ShadowModel
+from streaming.store import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,8 @@ WEBSOCKET_MAX_MESSAGE = 4 * 1024 * 1024
 RESERVED_FILES = 128
 # A connection refused at the cap is closed this long after its answer.
 REFUSED_LINGER_S = 0.5
+# How often the list of revoked tokens is read from the store (flashcaption token revoke).
+REVOCATIONS_EVERY_S = 2.0
 # How often parked sessions are checked for the end of their grace period.
 EXPIRY_SWEEP_S = 1.0
 
@@ -105,6 +108,7 @@ class CaptionServer(ServerState):
             log.info("store %s shared with other nodes: this node is %s at %s", self.config.store and self.config.store.split("@")[-1],
                      self.node, self.advertise_url)
         self.spawn(self._expire_parked(), "expire parked sessions")
+        self.spawn(self._read_revocations(), "token revocations")
         if self.config.retain_days is not None:
             self.spawn(self._expire_finals(), "retention")
         scheme = "wss" if tls else "ws"
@@ -175,6 +179,15 @@ class CaptionServer(ServerState):
                 live = [*self.sessions.live, *self.sessions.parked_ids]
                 await self.rooms.forget_sessions(time.time() - self.config.resume_grace_s, live)
 
+    async def _read_revocations(self) -> None:
+        """The store's list of revoked tokens, read every REVOCATIONS_EVERY_S (every node shares it)."""
+        while True:
+            try:
+                self.access.revoked = await self.rooms.revoked_tokens()
+            except Exception as error:  # the store away: the last list read stands
+                log.debug("revocation list not read: %s", error)
+            await asyncio.sleep(REVOCATIONS_EVERY_S)
+
     async def _expire_finals(self) -> None:
         """Retention: every hour, drop finals older than --retain-days."""
         assert self.config.retain_days is not None
@@ -236,6 +249,10 @@ class CaptionServer(ServerState):
             await send_error(connection, error, close=True, metrics=self.metrics, dialect=dialect)
         except websockets.ConnectionClosed:
             pass
+        except StoreUnavailable as error:  # the shared store is away: new rooms, backlogs and revivals wait for it
+            log.warning("%s refused: %s", route, error)
+            await send_error(connection, ProtocolError("overloaded", "the caption store is unavailable; retry in a few seconds"), close=True,
+                             metrics=self.metrics, dialect=dialect)
         except Exception:
             log.exception("internal error on %s", route, extra={"client": client.address if client else ""})
             await send_error(connection, ProtocolError("internal", "internal server error"), close=True, metrics=self.metrics, dialect=dialect)

@@ -23,6 +23,7 @@ from streaming.compat.wire import HandshakeError
 from streaming.export import CONTENT_TYPES, check, render, shadowed, translated
 from streaming.metrics import labels
 from streaming.protocol import ProtocolError, split_path
+from streaming.server import nodes
 from streaming.server.connection import Client, client_of, response
 
 if TYPE_CHECKING:
@@ -146,6 +147,8 @@ async def _transcript(server: ServerState, room: str, query: dict[str, str], cli
 
 
 async def _delete_room(server: ServerState, room: str) -> Response:
+    if (busy := nodes.occupied_elsewhere(server, room)) is not None:
+        return response(HTTPStatus.CONFLICT, f"room {room} has publishers or viewers connected on node {busy}")
     deleted = await server.rooms.delete(room)
     if deleted is None:
         return response(HTTPStatus.CONFLICT, f"room {room} has publishers or viewers connected")
@@ -220,8 +223,9 @@ def shadow_work(server: ServerState) -> dict[str, tuple[str, dict[str, float]]]:
         "flashcaption_shadow_failures_total": ("Shadow decodes that raised, by shadow model.", {labels(model=name): s.failed for name, s in shadows}),
         "flashcaption_shadow_audio_seconds_total": ("Audio the shadow model decoded, by shadow model.",
                                                     {labels(model=name): s.audio_seconds for name, s in shadows}),
-        "flashcaption_shadow_compute_seconds_total": ("Time the shadow model's decodes took in its process (at the lowest priority), by shadow model.",
-                                                      {labels(model=name): s.compute_seconds for name, s in shadows}),
+        "flashcaption_shadow_compute_seconds_total": (
+            "Wall time the shadow model's decodes took in its process (stopped while the server decodes), by shadow model.",
+            {labels(model=name): s.compute_seconds for name, s in shadows}),
     }
 
 

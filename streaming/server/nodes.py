@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 
 EVERY_S = 2.0  # how often a node renews its entry (and reads the others')
 TTL_S = 3 * EVERY_S  # an entry not renewed for this long is gone: its node stopped or lost the store
+MAX_LISTED_ROOMS = 10_000  # the rooms a node's entry names as in use (it holds at most max_rooms anyway)
 
 
 def advertised_url(host: str, port: int, tls: bool) -> str:
@@ -39,7 +40,14 @@ def load(server: ServerState) -> dict[str, Any]:
         "viewers": server.viewer_count,
         "load": round(wait / server.engine.max_wait_s, 3) if server.engine.max_wait_s else 0.0,
         "overloaded": server.engine.overloaded or server.draining,
+        # Rooms someone is in here (a room is deleted only when no node has anyone in it).
+        "rooms": sorted(room.name for room in server.rooms if room.occupied)[:MAX_LISTED_ROOMS],
     }
+
+
+def occupied_elsewhere(server: ServerState, room: str) -> str | None:
+    """Another node that had someone in ``room`` when it last said (every EVERY_S), or None."""
+    return next((str(n["node"]) for n in server.nodes if n.get("node") != server.node and room in n.get("rooms", ())), None)
 
 
 async def register(server: ServerState) -> None:

@@ -458,7 +458,7 @@ async def _deliver(server: ServerState, publisher: Publisher) -> None:
                 server.metrics.words_captioned[language] += len(units(message.text, language))
                 server.metrics.final_latency_by_language.setdefault(language, Histogram()).observe(latency)
                 audio = getattr(event, "audio", None)  # a final's, in a session that keeps it
-                if audio is not None:
+                if audio is not None and message.seq is not None:  # (one not numbered, the store away, is not translated)
                     if publisher.translate:
                         _queue_translation(server, publisher, message, audio)
                     shadows.offer(server, publisher.room, message, audio, publisher.session.context)

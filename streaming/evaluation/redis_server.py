@@ -1,6 +1,6 @@
-"""A real redis-server (Debian's package, installed by bin/test) on a free loopback port in a
-temporary directory, persisting with AOF as the README asks; killed with -9 and started again on
-the same files and port by the fault tests."""
+"""A real redis-server (Debian's package; bin/test installs it) on a free loopback port in a
+directory of its own, persisting with AOF as the README asks: for the multi-node bench, and for
+the tests, which kill it with -9 and start it again on the same files and port."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
 import redis
 
 
@@ -25,7 +24,7 @@ class RedisServer:
     def __init__(self, directory: Path):
         binary = shutil.which("redis-server")
         if binary is None:
-            pytest.fail("redis-server is not installed: bin/test installs it (apt-get install redis-server)")
+            raise RuntimeError("redis-server is not installed: apt-get install redis-server (bin/test installs it)")
         self.binary = binary
         self.directory = directory
         self.port = free_port()
