@@ -219,7 +219,8 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         from streaming.evaluation.nodes_bench import run_nodes_bench
 
         extra = ["--model", args.model, "--device", args.device, *args.server_args]
-        return {"machine": machine(), "model": args.model, "runs": [], "nodes": run_nodes_bench(clips, args.streams, args.nodes, extra)}
+        return {"machine": machine(), "model": args.model, "device": args.device, "runs": [],
+                "nodes": run_nodes_bench(clips, args.streams, args.nodes, extra)}
     server = None
     if args.url:
         url = args.url

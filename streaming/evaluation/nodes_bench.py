@@ -51,8 +51,10 @@ async def _run(a: str, b: str, clips: list[Clip], publishers: int, viewers: int)
     seen: dict[str, list[dict[str, Any]]] = {"same": [], "other": []}
     watching = []
     for number in range(viewers):
+        # In pairs: one on each node, watching the same room, so that each final is seen on both.
         where = "same" if number % 2 == 0 else "other"
-        watching.append(asyncio.create_task(_view(a if where == "same" else b, f"nodes-{number % publishers}", seen[where], stop)))
+        room = f"nodes-{(number // 2) % publishers}"
+        watching.append(asyncio.create_task(_view(a if where == "same" else b, room, seen[where], stop)))
     await asyncio.sleep(1.0)  # every viewer in before the first word
 
     async def publisher(stream: int) -> None:
