@@ -58,7 +58,7 @@ def test_help_explains_every_option():
 
     parser = build_parser()
     commands = next(a for a in parser._actions if a.dest == "command").choices
-    assert set(commands) == {"serve", "file", "mic", "watch", "bench", "compare", "export", "token", "soak", "models"}
+    assert set(commands) == {"serve", "file", "mic", "watch", "bench", "compare", "export", "token", "soak", "models", "nodes"}
     for name, sub in commands.items():
         for action in sub._actions:
             assert action.help, f"flashcaption {name} {action.option_strings or action.dest} has no help"

@@ -199,8 +199,8 @@ def test_retention_keeps_seq_and_rooms_can_be_deleted(scripted_server, tmp_path)
     server = scripted_server
     journal = Journal(tmp_path / "j.sqlite3")
     final = {"room": "r", "session": "s", "speaker": "", "segment": 0, "text": "hello", "language": "en", "start": 0.0, "end": 1.0}
-    journal.append({**final, "seq": 1}, 0.0, 1.0)
-    journal.append({**final, "seq": 2}, 0.0, 1.0)
+    assert journal.append(final, 0.0, 1.0) == 1
+    assert journal.append({**final, "segment": 1}, 0.0, 1.0) == 2
     journal.correct("r", 1, "hello there", None, "Ed", 0)
     journal.add_room_term("r", "Hester Prynne", "Ed")
     assert journal.delete_older_than(time.time() + 1) == 2 and journal.finals("r") == []

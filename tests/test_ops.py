@@ -72,7 +72,7 @@ def test_metrics_count_what_happened(server):
 
 def test_readyz(server):
     reply = urllib.request.urlopen(server.url.replace("ws://", "http://") + "/readyz", timeout=10)
-    assert reply.status == 200 and json.loads(reply.read()) == {"ready": True}
+    assert reply.status == 200 and json.loads(reply.read()) == {"ready": True, "store": "up"}
 
 
 def test_tls(model, tmp_path):

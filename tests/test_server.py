@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import socket
 import time
@@ -247,8 +248,12 @@ def test_a_slow_viewer_is_dropped_and_the_room_goes_on(tmp_path):
     asyncio.run(scenario())
 
 
+_segments = itertools.count()
+
+
 def _final(room: str, text: str) -> Final:
-    return Final(room=room, session="s", speaker="", segment=0, text=text, start=0.0, end=1.0, language="en")
+    # Each its own segment: the store keeps a final appended twice (same session and segment) once.
+    return Final(room=room, session="s", speaker="", segment=next(_segments), text=text, start=0.0, end=1.0, language="en")
 
 
 def test_rooms_are_bounded_and_occupied_rooms_are_never_forgotten(tmp_path):
