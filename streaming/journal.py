@@ -303,7 +303,12 @@ class Journal:
             row = self._db.execute(
                 f"SELECT {', '.join(_FIELDS)} FROM finals WHERE session = ? ORDER BY written DESC LIMIT 1", (session,)
             ).fetchone()
-        return dict(zip(_FIELDS, row)) if row else None
+            top = self._db.execute("SELECT MAX(segment) FROM finals WHERE session = ?", (session,)).fetchone()
+        if not row:
+            return None
+        # The highest segment it numbered (words a final dropped are numbered when found, after
+        # a later utterance may have been): a revival goes on after it, never reusing one.
+        return {**dict(zip(_FIELDS, row)), "segment": max(row[_FIELDS.index("segment")], top[0])}
 
     def delete_older_than(self, cutoff: float) -> int:
         """Retention: drop finals journaled before ``cutoff`` (Unix time) with their corrections,

@@ -52,6 +52,8 @@ redis.call('XADD', KEYS[2], '0-' .. seq, 'row', ARGV[1])
 redis.call('HSET', KEYS[3], ARGV[2], seq)
 redis.call('SADD', KEYS[4], ARGV[3])
 redis.call('SET', KEYS[5], ARGV[3] .. '\t' .. seq, 'EX', ARGV[4])
+local top = tonumber(redis.call('GET', KEYS[6]) or '-1')
+if tonumber(ARGV[5]) > top then redis.call('SET', KEYS[6], ARGV[5], 'EX', ARGV[4]) else redis.call('EXPIRE', KEYS[6], ARGV[4]) end
 return seq
 """
 
@@ -89,6 +91,13 @@ redis.call('DEL', KEYS[1])
 return 1
 """
 
+_HOLD_SESSION = """
+local owner = redis.call('GET', KEYS[1])
+if ARGV[2] == 'parked' and owner and string.sub(owner, 1, #ARGV[1] + 1) ~= ARGV[1] .. '\t' then return 0 end
+redis.call('SET', KEYS[1], ARGV[1] .. '\t' .. ARGV[2], 'EX', ARGV[3])
+return 1
+"""
+
 _OUTBOX = """
 CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -116,6 +125,7 @@ class RedisStore:
         self._append = self._redis.register_script(_APPEND)
         self._correct = self._redis.register_script(_CORRECT)
         self._end_session = self._redis.register_script(_END_SESSION)
+        self._hold = self._redis.register_script(_HOLD_SESSION)
         outbox.parent.mkdir(parents=True, exist_ok=True)
         self._outbox = sqlite3.connect(str(outbox), check_same_thread=False, isolation_level=None)
         self._outbox.execute("PRAGMA journal_mode=WAL")
@@ -134,11 +144,13 @@ class RedisStore:
         """A Redis call; StoreUnavailable if Redis cannot be reached (and ``available`` says so)."""
         try:
             result = function(*args, **kwargs)
-        except (redis.ConnectionError, redis.TimeoutError) as error:
+        except redis.RedisError as error:
+            # Not only a connection lost: out of memory, read-only after a failover, a disk
+            # error: whatever it is, finals wait in the outbox rather than be lost.
             if self.available:
                 log.error("store %s went away: %s", _safe(self.url), error)
             self.available = False
-            raise StoreUnavailable(f"the store (Redis) cannot be reached: {error}") from error
+            raise StoreUnavailable(f"the store (Redis) cannot be reached or refused a write: {error}") from error
         if not self.available:
             log.warning("store %s is back", _safe(self.url))
         self.available = True
@@ -165,8 +177,9 @@ class RedisStore:
     def _write(self, final: dict[str, Any], wall_start: float, wall_end: float) -> int:
         row = {k: final[k] for k in _ROW if k in final} | {"wall_start": wall_start, "wall_end": wall_end, "written": time.time()}
         room, session = final["room"], final["session"]
-        keys = [_key(room, "seq"), _key(room, "finals"), _key(room, "ids"), "fc:rooms", f"fc:session:{session}:last"]
-        return int(self._call(self._append, keys=keys, args=[json.dumps(row, ensure_ascii=False), f"{session}/{final['segment']}", room, SESSION_TTL_S]))
+        keys = [_key(room, "seq"), _key(room, "finals"), _key(room, "ids"), "fc:rooms", f"fc:session:{session}:last", f"fc:session:{session}:segment"]
+        args = [json.dumps(row, ensure_ascii=False), f"{session}/{final['segment']}", room, SESSION_TTL_S, final["segment"]]
+        return int(self._call(self._append, keys=keys, args=args))
 
     def outbox_pending(self) -> int:
         with self._outbox_lock:
@@ -312,8 +325,15 @@ class RedisStore:
         return bool(self._call(self._end_session, keys=keys, args=[node, SESSION_TTL_S]))
 
     def hold_session(self, session: str, node: str, state: str) -> None:
-        """Say which node has the session, and whether it is ``live`` there or ``parked``."""
-        self._call(self._redis.set, f"fc:session:{session}:owner", f"{node}\t{state}", ex=SESSION_TTL_S)
+        """Say which node has the session, and whether it is ``live`` there or ``parked`` (a node
+        parks only a session it still holds: another may have resumed it meanwhile)."""
+        self._call(self._hold, keys=[f"fc:session:{session}:owner"], args=[node, state, SESSION_TTL_S])
+
+    def ping(self) -> bool:
+        try:
+            return bool(self._call(self._redis.ping))
+        except StoreUnavailable:
+            return False
 
     def session_holder(self, session: str) -> tuple[str, str] | None:
         value = self._call(self._redis.get, f"fc:session:{session}:owner")
@@ -323,28 +343,26 @@ class RedisStore:
         return node, state
 
     def last_of_session(self, session: str) -> dict[str, Any] | None:
-        ended, last = self._call(self._redis.mget, [f"fc:session:{session}:ended", f"fc:session:{session}:last"])
+        ended, last, top = self._call(self._redis.mget, [f"fc:session:{session}:ended", f"fc:session:{session}:last", f"fc:session:{session}:segment"])
         if ended or not last:
             return None
         room, _, seq = last.partition("\t")
         rows = self.finals(room, int(seq) - 1, 1, int(seq))
-        return rows[0] if rows else None
+        # The highest segment it numbered (words a final dropped are numbered when found, after
+        # a later utterance may have been): a revival goes on after it, never reusing one.
+        return {**rows[0], "segment": max(rows[0]["segment"], int(top or -1))} if rows else None
 
     def delete_older_than(self, cutoff: float) -> int:
         deleted = 0
         for room in self._call(self._redis.smembers, "fc:rooms"):
-            old = [r for r in self._rows(room, self._call(self._redis.xrange, _key(room, "finals"), "-", "+", 1000)) if r["written"] < cutoff]
-            if not old:
-                continue
-            last = max(r["seq"] for r in old)
-            pipe = self._redis.pipeline()
-            pipe.xdel(_key(room, "finals"), *[f"0-{r['seq']}" for r in old])
-            pipe.hdel(_key(room, "ids"), *[f"{r['session']}/{r['segment']}" for r in old])
-            pipe.hdel(_key(room, "current"), *[r["seq"] for r in old])
-            for what in ("revisions", "translations", "shadows"):
-                pipe.zremrangebyscore(_key(room, what), "-inf", last)
-            self._call(pipe.execute)
-            deleted += len(old)
+            while True:  # a page at a time, oldest first, until a final is newer than the cutoff
+                page = self._rows(room, self._call(self._redis.xrange, _key(room, "finals"), "-", "+", 1000))
+                old = [r for r in page if r["written"] < cutoff]
+                if not old:
+                    break
+                deleted += self._delete_rows(room, old)
+                if len(old) < len(page):
+                    break
         for room in self._call(self._redis.smembers, "fc:terms"):
             found = self._call(self._redis.hgetall, f"fc:terms:{room}")
             stale = [t for t, v in found.items() if json.loads(v)["at"] < cutoff]
@@ -352,13 +370,27 @@ class RedisStore:
                 self._call(self._redis.hdel, f"fc:terms:{room}", *stale)
         return deleted
 
+    def _delete_rows(self, room: str, old: list[dict[str, Any]]) -> int:
+        """Retention: these finals, and what was made of them, go."""
+        last = max(r["seq"] for r in old)
+        pipe = self._redis.pipeline()
+        pipe.xdel(_key(room, "finals"), *[f"0-{r['seq']}" for r in old])
+        pipe.hdel(_key(room, "ids"), *[f"{r['session']}/{r['segment']}" for r in old])
+        pipe.hdel(_key(room, "current"), *[r["seq"] for r in old])
+        for what in ("revisions", "translations", "shadows"):
+            pipe.zremrangebyscore(_key(room, what), "-inf", last)
+        self._call(pipe.execute)
+        return len(old)
+
     def forget_sessions(self, cutoff: float, live: Iterable[str] = ()) -> int:
         return 0  # session keys expire by themselves (SESSION_TTL_S)
 
     def delete_room(self, room: str) -> int:
         count = int(self._call(self._redis.xlen, _key(room, "finals")))
         pipe = self._redis.pipeline()
-        pipe.delete(*[_key(room, what) for what in ("seq", "finals", "ids", "current", "revisions", "translations", "shadows")], f"fc:terms:{room}")
+        # Its seq key stays: other nodes may hold the room in memory, and a seq that went back would
+        # be taken there for finals they have already sent.
+        pipe.delete(*[_key(room, what) for what in ("finals", "ids", "current", "revisions", "translations", "shadows")], f"fc:terms:{room}")
         pipe.srem("fc:rooms", room)
         pipe.srem("fc:terms", room)
         self._call(pipe.execute)

@@ -34,6 +34,8 @@ BACKLOG_PAGE = 100
 # A final numbered ahead of one not yet here (numbered on another node, on its way through the
 # store) waits for it at most this long; then the missing one is taken as gone (deleted meanwhile).
 GAP_WAIT_S = 2.0
+# Live events waiting to go to other nodes; past it, partials are not shared (finals go through the store).
+MAX_BUS_PENDING = 1000
 # How long a node's read of its rooms' streams waits for a final before looking at its rooms again.
 TAIL_BLOCK_MS = 200
 
@@ -229,6 +231,9 @@ class Rooms:
         self._journal_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
         self._read_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal-read")
         self._bus_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-bus")  # live events out, in order
+        self._bus_pending = 0
+        self._bus_lock = threading.Lock()
+        self.bus_dropped = 0  # live events not shared: the store away, or too many waiting
 
     async def _in_journal(self, function: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._journal_thread, function, *args)
@@ -238,6 +243,8 @@ class Rooms:
 
     async def get(self, name: str) -> Room:
         room = self._rooms.pop(name, None)
+        if room is not None and self.shared is not None and not room.occupied and not room._ahead:
+            room = None  # nobody here followed it: other nodes may have numbered finals meanwhile, so it is read afresh
         if room is None:
             delay = self.review_delay(name)
             room = Room(name, next_seq=await self._in_journal(self.store.last_seq, name) + 1, review_delay_s=delay)
@@ -277,6 +284,11 @@ class Rooms:
         """A live event (not a final) to the room's viewers here, and to other nodes' (shared store)."""
         room.fan_out(message)
         if self.shared is not None:
+            with self._bus_lock:
+                if not self.shared.available or self._bus_pending >= MAX_BUS_PENDING:
+                    self.bus_dropped += 1  # a lost partial, not a lost final: other nodes' viewers resume from the store
+                    return
+                self._bus_pending += 1
             self._bus_thread.submit(self._share, room.name, encode(message))
 
     def _share(self, room: str, text: str) -> None:
@@ -285,6 +297,9 @@ class Rooms:
             self.shared.publish(room, text)
         except Exception as error:  # a lost partial, not a lost final
             log.debug("live event not shared: %s", error, extra={"room": room})
+        finally:
+            with self._bus_lock:
+                self._bus_pending -= 1
 
     # -- a store other nodes share ---------------------------------------------------------------
     def start_sharing(self) -> None:
@@ -306,7 +321,10 @@ class Rooms:
         while not self._closing.is_set():
             positions = {room.name: room.next_seq - 1 for room in list(self._rooms.values()) if room.occupied}
             try:
-                if self.shared.outbox_pending():
+                # The outbox is written on the store thread (behind any final being appended,
+                # so order holds), once a ping here says the store answers again: a store that
+                # does not answer must not hold the finals queued there for its timeout.
+                if self.shared.outbox_pending() and self.shared.ping():
                     self._journal_thread.submit(self.shared.flush).result()
                 found = self.shared.tail(positions, TAIL_BLOCK_MS)
             except Exception as error:
@@ -331,6 +349,8 @@ class Rooms:
         assert self.shared is not None
 
         def deliver(room: str, text: str) -> None:
+            if room not in self._rooms:  # every node hears every room's events: only its own rooms' reach its loop
+                return
             try:
                 loop.call_soon_threadsafe(self._from_bus, room, text)
             except RuntimeError:
@@ -358,7 +378,12 @@ class Rooms:
 
     async def session_holder(self, session: str) -> tuple[str, str] | None:
         """(node, live or parked) of a session in a shared store; None: unknown, or not shared."""
-        return await self._in_journal(self.shared.session_holder, session) if self.shared is not None else None
+        if self.shared is None:
+            return None
+        try:
+            return await self._in_journal(self.shared.session_holder, session)
+        except StoreUnavailable:
+            return None  # not known while the store is away: a session parked here resumes here
 
     async def join_viewer(self, name: str, limit: int = 0, editor: bool = False, shadow: bool = False) -> Joined:
         """Register a viewer (``overloaded`` if the room has ``limit`` already; 0: no limit).

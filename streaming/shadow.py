@@ -78,6 +78,7 @@ class ShadowModel:
         self._pool: ProcessPoolExecutor | None = None
         self._pid: int | None = None  # its process's
         self._paused = False
+        self._closed = False
 
     def start(self) -> None:
         """Open the model in its process (blocking: seconds); raises what opening it raised."""
@@ -88,7 +89,7 @@ class ShadowModel:
         """Stop (SIGSTOP) or continue (SIGCONT) its process: while the primary decodes, the shadow
         takes no cycle at all. On two logical CPUs that are one physical core's hyperthreads, a
         nice-19 process on the other thread still slows the primary's; stopped, it cannot."""
-        if paused == self._paused or self._pid is None:
+        if paused == self._paused or self._pid is None or self._closed:
             return
         self._paused = paused
         try:
@@ -105,16 +106,29 @@ class ShadowModel:
             return await asyncio.wrap_future(self._pool.submit(_decode, self._loader, audio, options))
         except BrokenProcessPool:
             # Its process died (killed, out of memory): the next final gets a new one.
-            self._pool = _pool()
+            self._pool, self._pid = _pool(), None  # no signal to a dead process's id meanwhile
             paused, self._paused = self._paused, False
             _, _, self._pid = await asyncio.wrap_future(self._pool.submit(_describe, self._loader))
             self.pause(paused)
             raise
 
-    def close(self) -> None:
-        self.pause(False)  # a stopped process would never finish
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Stop its process: continued first (a stopped one would never read that it must end),
+        then given ``timeout_s`` to finish the decode it has, then killed."""
+        self._closed = True
+        if self._pid is not None:
+            try:
+                os.kill(self._pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+        if self._pool is None:
+            return
+        processes = list(getattr(self._pool, "_processes", {}).values())  # to kill one that does not end
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            process.join(timeout_s)
+            if process.is_alive():
+                process.kill()
 
 
 def _pool() -> ProcessPoolExecutor:

@@ -226,3 +226,21 @@ def longest_common(a: list[str], b: list[str]) -> int:
 def process_state(pid: int) -> str:
     """A process's state letter (R running, S sleeping, T stopped), from /proc."""
     return Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0]
+
+
+def test_a_shadow_stopped_mid_decode_still_closes():
+    import asyncio
+
+    shadow = ShadowModel(functools.partial(ScriptedModel, name="scripted-shadow", compute_s=0.5))
+    shadow.start()
+
+    async def stopped_mid_decode() -> None:
+        decoding = asyncio.ensure_future(shadow.decode(speak("alpha"), "en", None))
+        await asyncio.sleep(0.1)
+        shadow.pause(True)  # the primary started a decode: the shadow stops, mid-decode
+        await asyncio.sleep(0.1)
+        decoding.cancel()
+
+    asyncio.run(stopped_mid_decode())
+    shadow.close(timeout_s=5)  # continued, then ended: shutdown never waits on a stopped process
+    shadow.pause(True)  # after close: nothing to stop

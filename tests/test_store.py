@@ -95,6 +95,12 @@ def test_sessions_are_kept_for_a_resume_until_they_end(store):
     store.append(final("hall", "s1", 1, "second"), 3.0, 4.0)
     last = store.last_of_session("s1")
     assert last is not None and (last["seq"], last["segment"], last["text"], last["room"]) == (2, 1, "second", "hall")
+    # Words a final dropped get a segment when found, after a later utterance got its own: a
+    # revival goes on after the highest segment, whichever final was written last.
+    store.append(final("hall", "s1", 3, "dropped words"), 5.0, 6.0)
+    store.append(final("hall", "s1", 2, "later utterance"), 5.0, 7.0)
+    last = store.last_of_session("s1")
+    assert last is not None and (last["text"], last["segment"]) == ("later utterance", 3)
     store.end_session("s1")
     assert store.last_of_session("s1") is None and store.session_settings("s1") is None
     assert store.session_settings("nobody") is None
@@ -108,8 +114,11 @@ def test_retention_keeps_the_numbering_and_deleting_a_room_resets_it(store):
     assert store.delete_older_than(time.time() + 1) == 3
     assert store.finals("hall") == [] and store.translations("hall") == [] and store.room_terms() == {}
     assert store.append(final("hall", "s2", 0, "after"), 1.0, 2.0) == 4  # numbering goes on
-    assert store.delete_room("hall") == 1
-    assert store.last_seq("hall") == 0 and store.append(final("hall", "s3", 0, "anew"), 1.0, 2.0) == 1
+    assert store.delete_room("hall") == 1 and store.finals("hall") == []
+    # One node forgets a deleted room's numbering; nodes sharing a store go on from it (another
+    # node may hold the room in memory, where a seq that went back would be taken for a repeat).
+    expected = 5 if store.shared else 1
+    assert store.last_seq("hall") == expected - 1 and store.append(final("hall", "s3", 0, "anew"), 1.0, 2.0) == expected
 
 
 def test_revoked_tokens_are_listed_until_they_would_have_expired(store):

@@ -133,7 +133,14 @@ function connect() {
   };
   if (session) delete query.speaker; // a resumed session keeps its speaker
   setState(session ? "Reconnecting…" : "Connecting…");
-  const ws = new WebSocket(socketUrl("/v1/publish", query, node));
+  let ws;
+  try {
+    ws = new WebSocket(socketUrl("/v1/publish", query, node));
+  } catch (error) {
+    // An address the page may not open (ws:// from an https page): stay with this page's server.
+    node = null;
+    ws = new WebSocket(socketUrl("/v1/publish", query));
+  }
   ws.binaryType = "arraybuffer";
   socket = ws;
   let refused = null;
@@ -169,6 +176,7 @@ function connect() {
       finish(`The server refused the token: ${refused.message}. Ask for a link with a valid publish token.`, "error");
       return;
     }
+    if (!(refused && refused.retry_url)) node = null; // back to this page's server (behind its load balancer)
     if (refused && refused.code === "overloaded" && refused.retry_url && hops < MAX_HOPS) {
       // This node is full; the server named another with room (nodes sharing a store): go there now.
       hops += 1;

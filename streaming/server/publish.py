@@ -353,8 +353,10 @@ async def _after_connection(server: ServerState, publisher: Publisher, pcm: PcmD
     await asyncio.shield(publisher.pump)
     if session.finished:
         server.sessions.leave(publisher)
-        if not server.draining:  # a drained session may still be resumed after the restart
+        if not server.draining:
             await server.rooms.end_session(publisher.id)
+        else:  # a drained session may still be resumed, after the restart or on another node: at once
+            await server.rooms.hold_session(publisher.id, "parked")
         log.info("publisher left", extra=publisher.log_extra)
         publisher.released.set()
     else:

@@ -125,5 +125,6 @@ async def _run(server: ServerState, shadow: Shadow) -> None:
 
 def close(server: ServerState) -> None:
     """Stop the shadows' processes (each may finish the decode it has)."""
+    server.engine.on_busy = lambda busy: None  # decodes after this must not stop them again
     for shadow in server.shadows.values():
         shadow.model.close()
