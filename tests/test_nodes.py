@@ -23,6 +23,7 @@ from streaming.server import CaptionServer
 from tests.conftest import ServerThread
 from tests.scripted import ScriptedModel, speak
 from tests.test_server import finals, pcm16, publish, receive_until
+from tests.test_web import browser, context, playwright  # noqa: F401  (fixtures)
 
 
 @pytest.fixture
@@ -218,6 +219,32 @@ def test_a_token_revoked_in_the_store_is_refused_by_every_node(tmp_path, redis_s
             with connect(f"{server.url}/v1/captions?room=hall&token={token}") as viewer:
                 refused = json.loads(viewer.recv(timeout=10))
             assert refused["code"] == "unauthorized" and refused["message"] == "token revoked"
+
+
+def test_the_capture_page_follows_a_busy_node_to_another(tmp_path, redis_server, context):  # noqa: F811
+    """In Chromium, with its fake microphone: node a is too busy and names node b; the page
+    publishes to b (which allows pages from other origins, here a's)."""
+    from tests.test_web import wait_for
+
+    a = node(tmp_path, redis_server, "a", ScriptedModel(compute_s=0.3), max_decode_wait_s=0.01)
+    b = node(tmp_path, redis_server, "b", allow_origins=("*",))
+    try:
+        keep_busy = threading.Thread(target=publish, args=(a.url, speak("alpha bravo charlie", "delta echo"), "room=one", 0.0))
+        keep_busy.start()
+        deadline = time.monotonic() + 20
+        while not (a.server.engine.overloaded and any(n["node"] == "b" for n in a.server.nodes)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        page = context.new_page()
+        page.goto(f"http://127.0.0.1:{a.port}/capture?room=moved&speaker=Ada")
+        page.click("#start")
+        wait_for(page, "document.body.dataset.state === 'live'", 20)
+        assert [p.room.name for p in b.server.sessions.live.values()] == ["moved"]
+        assert all(p.room.name != "moved" for p in a.server.sessions.live.values())
+        page.click("#stop")
+        keep_busy.join(60)
+    finally:
+        a.stop()
+        b.stop()
 
 
 def chunks(audio, size: int = 1600):
