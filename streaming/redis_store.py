@@ -132,6 +132,7 @@ class RedisStore:
         self._outbox.execute("PRAGMA synchronous=FULL")
         self._outbox.executescript(_OUTBOX)
         self._outbox_lock = threading.Lock()
+        self.outbox_count = 0  # as last counted (the tail thread counts it a few times a second)
         self.available = True
         try:
             self._redis.ping()
@@ -183,7 +184,8 @@ class RedisStore:
 
     def outbox_pending(self) -> int:
         with self._outbox_lock:
-            return int(self._outbox.execute("SELECT count(*) FROM outbox").fetchone()[0])
+            self.outbox_count = int(self._outbox.execute("SELECT count(*) FROM outbox").fetchone()[0])
+        return self.outbox_count
 
     def flush(self) -> int:
         """Write the outbox to Redis, oldest first, until it is empty or Redis fails; returns
@@ -300,9 +302,14 @@ class RedisStore:
         return terms
 
     def written_since(self, room: str, since: float) -> list[dict[str, Any]]:
-        newest_first = self._call(self._redis.xrevrange, _key(room, "finals"), "+", "-", 200)
-        rows = [r for r in self._rows(room, newest_first) if r["written"] > since]
-        return sorted(rows, key=lambda r: r["seq"])
+        rows: list[dict[str, Any]] = []
+        newest = "+"
+        while True:  # newest first, a page at a time, until one was written before ``since``
+            page = self._rows(room, self._call(self._redis.xrevrange, _key(room, "finals"), newest, "-", 200))
+            rows.extend(r for r in page if r["written"] > since)
+            if len(page) < 200 or page[-1]["written"] <= since:
+                return sorted(rows, key=lambda r: r["seq"])
+            newest = f"0-{page[-1]['seq'] - 1}"
 
     def keep_session(self, session: str, room: str, language: str, context: str | None) -> None:
         key = f"fc:session:{session}"

@@ -67,6 +67,8 @@ class SharedStore(Store, Protocol):
     def tail(self, positions: dict[str, int], block_ms: int) -> list[tuple[str, dict[str, Any]]]:
         """Finals after each room's seq, waiting up to ``block_ms`` for one: (room, row)."""
         ...
+    outbox_count: int  # outbox_pending() as last counted (for /healthz, without touching the disk)
+
     def outbox_pending(self) -> int:
         """Finals kept on local disk while the store was away, not yet written to it."""
         ...

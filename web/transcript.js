@@ -106,8 +106,11 @@ function show(event) {
   if (event.type === "correction_refused" || event.type === "terms") return;
   const nearBottom = innerHeight + scrollY >= document.body.scrollHeight - 80;
   if (event.type === "reset") {
-    for (const item of partials.values()) item.remove();
-    partials.clear();
+    for (const [key, item] of partials) {
+      if (item.classList.contains("unnumbered")) continue; // a final: its numbered copy replaces it
+      item.remove();
+      partials.delete(key);
+    }
     return;
   }
   const key = `${event.session}/${event.segment}`;
@@ -121,13 +124,18 @@ function show(event) {
     }
   } else if (!Number.isInteger(event.seq)) {
     // Not numbered yet (the server's store is away): shown until the numbered final replaces it.
-    if (!event.text) return;
+    if (!event.text) {
+      if (item) item.remove();
+      partials.delete(key);
+      return;
+    }
     if (!item) {
       item = entry(event);
       partials.set(key, item);
       entries.append(item);
     }
     item.classList.remove("partial");
+    item.classList.add("unnumbered");
   } else {
     partials.delete(key);
     if (!event.text && !event.revision) {

@@ -277,5 +277,5 @@ def health(server: ServerState) -> dict[str, Any]:
         "decode_wait_s": round(stats.recent_wait(), 3),
         "real_time_factor": round(model_seconds(server.model.lane, stats.audio_seconds), 4) if stats.audio_seconds else None,
         "store": {"kind": "redis" if server.rooms.shared else "sqlite", "up": server.rooms.store.available, "node": server.node,
-                  **({"outbox": server.rooms.shared.outbox_pending(), "url": server.advertise_url} if server.rooms.shared else {})},
+                  **({"outbox": server.rooms.shared.outbox_count, "url": server.advertise_url} if server.rooms.shared else {})},
     }
