@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import json
 import logging
 import threading
 import time
@@ -34,6 +35,8 @@ BACKLOG_PAGE = 100
 # A final numbered ahead of one not yet here (numbered on another node, on its way through the
 # store) waits for it at most this long; then the missing one is taken as gone (deleted meanwhile).
 GAP_WAIT_S = 2.0
+# Another node's request, over a room's live events, to let go of a session it resumed.
+RELEASE = "release_session"
 # Live events waiting to go to other nodes; past it, partials are not shared (finals go through the store).
 MAX_BUS_PENDING = 1000
 # How long a node's read of its rooms' streams waits for a final before looking at its rooms again.
@@ -218,6 +221,7 @@ class Rooms:
         self.shared = cast(SharedStore, store) if store.shared else None
         self.node = node  # this node's name in a shared store
         self.on_terms: Callable[[str, tuple[str, ...]], None] = lambda room, terms: None  # another node's editors added terms
+        self.on_release: Callable[[str], None] = lambda session: None  # another node resumed a session live here
         self._sharing: list[threading.Thread] = []
         self._closing = threading.Event()
         self.review_delay = review_delay  # a room's review delay in seconds (RoomSettings.review_delay)
@@ -358,8 +362,20 @@ class Rooms:
 
         self.shared.listen(deliver, self._closing)
 
+    def ask_to_release(self, room: str, session: str, node: str) -> None:
+        """Ask ``node`` (over the room's live events) to let go of a session resumed here."""
+        if self.shared is not None:
+            with self._bus_lock:
+                self._bus_pending += 1
+            self._bus_thread.submit(self._share, room, json.dumps({"type": RELEASE, "session": session, "node": node}))
+
     def _from_bus(self, name: str, text: str) -> None:
-        """Another node's live event."""
+        """Another node's live event (or its request to let go of a session)."""
+        if text.startswith(f'{{"type": "{RELEASE}"'):
+            request = json.loads(text)
+            if request.get("node") == self.node:
+                self.on_release(str(request.get("session")))
+            return
         try:
             event = decode(text)
         except ValueError:

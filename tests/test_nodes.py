@@ -119,6 +119,30 @@ def test_a_publisher_that_drops_resumes_on_another_node(tmp_path, redis_server):
         assert [f["segment"] for f in got] == sorted({f["segment"] for f in got})  # segments go on, none twice
 
 
+def test_a_publisher_still_connected_to_one_node_is_taken_over_by_a_resume_on_another(tmp_path, redis_server):
+    """The client reconnected to b while a has not seen its old connection drop (half-open):
+    a is asked to let go, closes the old connection as a take-over does (4000), captions what it
+    heard and parks the session; b then goes on from a's last final."""
+    from websockets.exceptions import ConnectionClosed
+
+    with nodes(tmp_path, redis_server, "a", "b") as (a, b):
+        with watch(b.url, "hall") as viewer:
+            with connect(f"{a.url}/v1/publish?room=hall&mode=file") as old:
+                ready = json.loads(old.recv(timeout=10))
+                for chunk in chunks(speak("alpha bravo", "charlie delta")):
+                    old.send(chunk)
+                receive_until(old, lambda m: m["type"] == "final" and m["text"] == "charlie delta", 30)
+                messages, code = publish(b.url, speak("echo foxtrot"), f"room=hall&resume={ready['session']}")
+                with pytest.raises(ConnectionClosed):
+                    while True:
+                        old.recv(timeout=10)
+                assert old.close_code == 4000
+            got = finals_until(viewer, 3)
+        assert code == 1000 and messages[0]["session"] == ready["session"]
+        assert [(f["seq"], f["text"]) for f in got] == [(1, "alpha bravo"), (2, "charlie delta"), (3, "echo foxtrot")]
+        assert len({f["segment"] for f in got}) == 3
+
+
 def test_redis_killed_and_restarted_mid_stream_loses_no_acknowledged_final(tmp_path, redis_server):
     with nodes(tmp_path, redis_server, "a", "b") as (a, b):
         viewer = watch(b.url, "hall")

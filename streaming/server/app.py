@@ -73,6 +73,7 @@ class CaptionServer(ServerState):
     def __init__(self, config: ServerConfig, model: SpeechModel, shadow_models: Mapping[str, ShadowModel] | None = None):
         super().__init__(config, model, shadow_models)
         self.rooms.on_terms = lambda room, terms: view.learned(self, room, terms)
+        self.rooms.on_release = lambda session: publish.release(self, session)
         self._server: Server | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------

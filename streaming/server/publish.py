@@ -193,7 +193,8 @@ async def _revive(
     nodes share, it was on another node): its room, speaker, segment numbering and audio clock
     come from its latest final in the journal."""
     assert params.resume is not None
-    await _until_parked_elsewhere(server, params.resume)
+    earlier = await server.rooms.last_of_session(params.resume)
+    await _until_parked_elsewhere(server, params.resume, earlier["room"] if earlier else query.get("room"))
     last = await server.rooms.last_of_session(params.resume)
     if last is None or time.time() - last["written"] > server.config.resume_grace_s or server.draining:
         raise ProtocolError("bad_request", f"no session {params.resume} to resume (unknown, ended, or its grace period passed)")
@@ -237,16 +238,30 @@ async def _revive(
     return publisher
 
 
-async def _until_parked_elsewhere(server: ServerState, session: str) -> None:
-    """With a store other nodes share: wait until the node the session is live on (its client
-    moved here before that node saw the connection drop, or while it captions the last words)
-    has parked it, so that its last final is in the store. Bounded: a node that died never will."""
+async def _until_parked_elsewhere(server: ServerState, session: str, room: str | None) -> None:
+    """With a store other nodes share: wait until the node the session is live on has parked it,
+    so that its last final is in the store. Its client moved here before that node saw the
+    connection drop (then that node is asked to let it go, as a take-over does on one node), or
+    while it captions the last words. Bounded: a node that died never will."""
     deadline = time.monotonic() + REMOTE_PARK_WAIT_S
+    asked = False
     while (holder := await server.rooms.session_holder(session)) and holder[0] != server.node and holder[1] == "live":
+        if not asked and room is not None:
+            server.rooms.ask_to_release(room, session, holder[0])
+            asked = True
         if time.monotonic() > deadline:
             log.warning("session %s is still live on node %s: resumed here all the same", session, holder[0])
             return
         await asyncio.sleep(0.05)
+
+
+def release(server: ServerState, session: str) -> None:
+    """Another node resumed this node's live session (its client reconnected there first): the
+    old connection is closed as a take-over closes it; the session parks, and that node goes on."""
+    existing = server.sessions.live.get(session)
+    if existing is not None and not existing.parking:
+        log.info("session resumed on another node: closing its connection here", extra=existing.log_extra)
+        server.spawn(existing.connection.close(TAKEN_OVER, "session resumed on another node"), "close a publisher taken over elsewhere")
 
 
 async def _keep_settings(server: ServerState, publisher: Publisher, own_context: Context | None) -> None:
