@@ -53,6 +53,13 @@ COMPRESSION_RATIO_THRESHOLD = 2.4
 UNSURE_LOGPROB = -1.5
 UNSURE_LOGPROB_LONG = -1.0
 LONG_AUDIO_S = 4.0
+# The language detected for an utterance with less than this probability, and a reading in it
+# below UNSURE_LANGUAGE_LOGPROB, is no caption: under loud noise (pink noise 5 dB below the
+# speech) a Japanese sentence's first half was taken for English (0.23) and read as English
+# words (-1.45 per token: above the plain unsure rule for short audio, -1.5), where in Japanese
+# it read as nothing. Speech in a language detected for sure reads far better than that.
+UNSURE_LANGUAGE_PROB = 0.5
+UNSURE_LANGUAGE_LOGPROB = -1.0
 # A beam search on long audio can drop a whole sentence (it ranks by summed log-probabilities,
 # and a sentence left out costs less than it adds): a 17 s utterance of three sentences came
 # back without its middle one. From this long, the beam's reading is checked against greedy
@@ -351,9 +358,11 @@ class WhisperModel:
         if options.task not in ("transcribe", "translate") or (options.task == "translate" and not self.multilingual):
             raise ValueError(f"{self.name} does not {options.task} (multilingual Whisper models translate speech into English)")
         started = time.perf_counter()
-        language = options.language
+        language, language_prob = options.language, 1.0
         if language is None:
-            language, _ = self.detect_language(features, options.candidates or None, options.likely_language)
+            language, language_prob = self.detect_language(features, options.candidates or None, options.likely_language)
+            if language == options.likely_language:
+                language_prob = 1.0  # kept on purpose (short audio is easily taken for another language): not a guess
         context = options.context
         start = [*self._prompt(context), self.tokenizer.sot]
         if self.multilingual:
@@ -369,14 +378,14 @@ class WhisperModel:
             skipped = skipped_run(self.tokenizer.words(found.tokens), self.tokenizer.words(plain.tokens))
             # Only a reading the guards below would keep: under loud noise greedy decoding's
             # longer reading was too unsure to show, where the beam's short one was not.
-            if skipped and plain.tokens and self._judged(plain, start, forced, features.duration, context)[2] is None:
+            if skipped and plain.tokens and self._judged(plain, start, forced, features.duration, context, language_prob)[2] is None:
                 log.info("beam search left out %r (%.1f s of audio): greedy decoding's reading taken", skipped, features.duration)
                 found = plain
         found = found or greedy(self, features, start, forced, proposed, budget, self.limits)
         heard = self.tokenizer.words(found.tokens)
         words = self.limits.cut_repeated_phrase(heard, found.tokens, found.scores)
         cut = "repeated phrase" if len(words) < len(heard) else None if found.stopped == "end" else found.stopped
-        no_speech, average, rejected = self._judged(found, start, forced, features.duration, context)
+        no_speech, average, rejected = self._judged(found, start, forced, features.duration, context, language_prob)
         if rejected is not None:
             words, average, cut = (), 0.0, None
         return Hypothesis(
@@ -390,7 +399,7 @@ class WhisperModel:
         )
 
     def _judged(
-        self, found: Decoded, start: list[int], forced: list[int], seconds: float, context: Context | None
+        self, found: Decoded, start: list[int], forced: list[int], seconds: float, context: Context | None, language_prob: float = 1.0
     ) -> tuple[float, float, str | None]:
         """A reading's no-speech probability, its mean log-probability per token, and why the
         guards drop it (None: they keep it). A translation (its task token in ``start``) is of
@@ -399,8 +408,8 @@ class WhisperModel:
         average = float(np.mean(found.scores)) if found.scores else 0.0
         text = self.tokenizer.text(found.tokens)
         translating = self.tokenizer.translate in start
-        rejected = (_rejected(self.tokenizer.text(forced + found.tokens), text, average, no_speech, bool(forced), seconds, context, translating)
-                    if found.tokens else None)
+        rejected = (_rejected(self.tokenizer.text(forced + found.tokens), text, average, no_speech, bool(forced), seconds, context, translating,
+                              language_prob) if found.tokens else None)
         return no_speech, average, rejected
 
 
@@ -443,7 +452,8 @@ def _plain_words(text: str) -> list[str]:
 
 
 def _rejected(
-    text: str, chosen: str, average: float, no_speech: float, forced: bool, seconds: float, context: Context | None, translating: bool = False
+    text: str, chosen: str, average: float, no_speech: float, forced: bool, seconds: float, context: Context | None, translating: bool = False,
+    language_prob: float = 1.0,
 ) -> str | None:
     """Why words are not taken for speech, or None. Whisper's rules: the model itself says there
     was no speech, or the text loops; and on music it writes "..." or "♪": no words, no caption.
@@ -452,6 +462,8 @@ def _rejected(
         return "no speech"
     if not translating and not forced and average < (UNSURE_LOGPROB_LONG if seconds >= LONG_AUDIO_S else UNSURE_LOGPROB):
         return "unsure"
+    if not translating and not forced and language_prob < UNSURE_LANGUAGE_PROB and average < UNSURE_LANGUAGE_LOGPROB:
+        return "unsure language"
     if _compression_ratio(text) > COMPRESSION_RATIO_THRESHOLD:
         return "looping text"
     if not any(char.isalnum() for char in chosen):

@@ -98,7 +98,7 @@ class Metrics:
                lambda: [f'flashcaption_final_checks_total{{check="{c}"}} {n}' for c, n in sorted(self.final_checks.items())])
         metric("flashcaption_final_decodes_rejected_total", "counter",
                "Decodes of finals (and early finals) whose words a guard did not take for speech (noise, music), by guard: "
-               "no speech, unsure, looping text, no words, copies context, unsure start.",
+               "no speech, unsure, unsure language, looping text, no words, copies context, unsure start.",
                lambda: [f'flashcaption_final_decodes_rejected_total{{guard="{g}"}} {n}' for g, n in sorted(self.rejected_finals.items())])
         def by_language(name: str, counts: Counter[str]) -> Callable[[], list[str]]:
             return lambda: [f"{name}{{{labels(language=k, model=self.model)}}} {n}" for k, n in sorted(counts.items())]

@@ -267,9 +267,25 @@ def test_a_guard_that_drops_words_says_which(whisper):
         heard = whisper.decode(whisper.encode(make()[: 16000 * 20]))
         assert heard.words == (), name
         reasons.add(heard.rejected)
-    assert reasons - {None} and reasons <= {None, "no speech", "unsure", "looping text", "no words", "copies context"}, reasons
+    assert reasons - {None} and reasons <= {None, "no speech", "unsure", "unsure language", "looping text", "no words", "copies context"}, reasons
     speech = whisper.decode(whisper.encode(CLIPS["en_arctic_a0024"].audio))
     assert speech.words and speech.rejected is None
+
+
+def test_speech_in_a_language_detected_unsure_under_loud_noise_is_no_caption_in_another(whisper):
+    """Japanese under pink noise 5 dB below it, cut where a stream cut it: its first half was
+    taken for English (probability 0.23) and read as English words; now no caption, as in
+    Japanese. A sure detection of the same language keeps its words."""
+    from streaming.evaluation.noise import parse_conditions
+    from streaming.evaluation.streams import Clip
+    from tests.conftest import DATA
+
+    clip = Clip("ja_fleurs_test_000", "ja", "", DATA / "ja_fleurs_test_000.wav", noise=parse_conditions("pink:5")[0])
+    audio, _, _ = clip.audio(tail=1.5)
+    heard = transcribe(whisper, audio[int(1.98 * 16000) : int(5.38 * 16000)], options=DecodeOptions(beam_size=5))
+    assert heard.text == "" and heard.rejected in ("unsure language", "unsure"), (heard.text, heard.rejected)
+    clean = transcribe(whisper, CLIPS["ja_fleurs_test_000"].audio, options=DecodeOptions(beam_size=5))
+    assert clean.language == "ja" and clean.text and clean.rejected is None
 
 
 def test_context_steers_spelling_and_never_shows(whisper):
