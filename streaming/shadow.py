@@ -87,8 +87,9 @@ class ShadowModel:
 
     def pause(self, paused: bool) -> None:
         """Stop (SIGSTOP) or continue (SIGCONT) its process: while the primary decodes, the shadow
-        takes no cycle at all. On two logical CPUs that are one physical core's hyperthreads, a
-        nice-19 process on the other thread still slows the primary's; stopped, it cannot."""
+        takes no cycle at all. At nice 19 alone it still slowed the primary's finals (60 ms at
+        p50 beside 4 streams: it runs whenever a core is free for an instant, and caches and
+        memory bandwidth are shared, which priorities do not share out); stopped, it cannot."""
         if paused == self._paused or self._pid is None or self._closed:
             return
         self._paused = paused
