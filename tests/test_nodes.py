@@ -102,10 +102,7 @@ def test_a_publisher_that_drops_resumes_on_another_node(tmp_path, redis_server):
     with nodes(tmp_path, redis_server, "a", "b") as (a, b):
         with watch(b.url, "hall") as viewer:
             with connect(f"{a.url}/v1/publish?room=hall&mode=file&speaker=Ada") as ws:
-                ready = json.loads(ws.recv(timeout=10))
-                for chunk in chunks(speak("alpha bravo", "charlie delta")):
-                    ws.send(chunk)
-                receive_until(ws, lambda m: m["type"] == "final" and m["text"] == "charlie delta", 30)
+                ready = two_finals(ws)
                 for chunk in chunks(speak("echo foxtrot")):  # its final not yet made when it drops
                     ws.send(chunk)
             # The client comes back on node b: the same session goes on there.
@@ -128,10 +125,7 @@ def test_a_publisher_still_connected_to_one_node_is_taken_over_by_a_resume_on_an
     with nodes(tmp_path, redis_server, "a", "b") as (a, b):
         with watch(b.url, "hall") as viewer:
             with connect(f"{a.url}/v1/publish?room=hall&mode=file") as old:
-                ready = json.loads(old.recv(timeout=10))
-                for chunk in chunks(speak("alpha bravo", "charlie delta")):
-                    old.send(chunk)
-                receive_until(old, lambda m: m["type"] == "final" and m["text"] == "charlie delta", 30)
+                ready = two_finals(old)
                 messages, code = publish(b.url, speak("echo foxtrot"), f"room=hall&resume={ready['session']}")
                 with pytest.raises(ConnectionClosed):
                     while True:
@@ -269,6 +263,15 @@ def test_the_capture_page_follows_a_busy_node_to_another(tmp_path, redis_server,
     finally:
         a.stop()
         b.stop()
+
+
+def two_finals(publisher) -> dict:
+    """Publish two utterances on an open publisher connection until both finals came; its ready."""
+    ready = json.loads(publisher.recv(timeout=10))
+    for chunk in chunks(speak("alpha bravo", "charlie delta")):
+        publisher.send(chunk)
+    receive_until(publisher, lambda m: m["type"] == "final" and m["text"] == "charlie delta", 30)
+    return ready
 
 
 def chunks(audio, size: int = 1600):
