@@ -210,7 +210,7 @@ def test_a_busy_node_sends_a_new_publisher_to_another(tmp_path, redis_server):
         path = tmp_path / "golf.wav"
         write_wav(path, speak("golf hotel"))
         got: list[dict] = []
-        result = asyncio.run(stream_file(a.url, path, got.append, speed=None, room="two"))
+        result = run_async(stream_file(a.url, path, got.append, speed=None, room="two"))
         assert result.ready["type"] == "ready" and result.close_code == 1000
         assert [m["text"] for m in got if m["type"] == "final"] == ["golf hotel"]
         assert [p.params.room for p in b.server.sessions.live.values()] == [] and b.server.rooms.store.last_seq("two") == 1
@@ -287,3 +287,12 @@ def write_wav(path, audio) -> None:
         wav.setsampwidth(2)
         wav.setframerate(16000)
         wav.writeframes(pcm16(audio))
+
+
+def run_async(coroutine):
+    """asyncio.run on a thread of its own: a browser fixture of this module keeps an event loop
+    running in the main thread, where asyncio.run refuses to start another."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1) as thread:
+        return thread.submit(asyncio.run, coroutine).result()

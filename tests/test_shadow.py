@@ -6,6 +6,7 @@ word, so the two differ); Moonshine with a Whisper shadow on a real recording, i
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import os
@@ -115,7 +116,6 @@ def test_a_shadow_decodes_every_final_beside_it_live_from_the_journal_and_in_exp
 
 
 def test_the_shadow_runs_at_the_lowest_priority_in_a_process_of_its_own():
-    import asyncio
     from concurrent.futures.process import BrokenProcessPool
 
     import numpy as np
@@ -126,7 +126,7 @@ def test_the_shadow_runs_at_the_lowest_priority_in_a_process_of_its_own():
         assert shadow.languages == ("en",)
         (pid,) = shadow._pool._processes  # type: ignore[union-attr]
         assert pid != os.getpid() and os.getpriority(os.PRIO_PROCESS, pid) == 19
-        assert asyncio.run(shadow.decode(speak("alpha"), "fr", None)).text == "alpha"  # a language it lacks: detected
+        assert run_async(shadow.decode(speak("alpha"), "fr", None)).text == "alpha"  # a language it lacks: detected
 
         async def while_paused() -> tuple[bool, str]:
             shadow.pause(True)  # the primary decodes: the shadow's process is stopped
@@ -136,12 +136,12 @@ def test_the_shadow_runs_at_the_lowest_priority_in_a_process_of_its_own():
             shadow.pause(False)
             return stopped, (await decoding).text
 
-        assert asyncio.run(while_paused()) == (True, "bravo")
+        assert run_async(while_paused()) == (True, "bravo")
         os.kill(pid, 9)  # killed (out of memory, say): that decode fails, the next gets a new process
         with pytest.raises(BrokenProcessPool):
-            asyncio.run(shadow.decode(speak("bravo"), "en", None))
-        assert asyncio.run(shadow.decode(speak("charlie"), "en", None)).text == "charlie"
-        assert asyncio.run(shadow.decode(np.zeros(16000, np.float32), "en", None)).text == ""
+            run_async(shadow.decode(speak("bravo"), "en", None))
+        assert run_async(shadow.decode(speak("charlie"), "en", None)).text == "charlie"
+        assert run_async(shadow.decode(np.zeros(16000, np.float32), "en", None)).text == ""
     finally:
         shadow.close()
 
@@ -149,10 +149,8 @@ def test_the_shadow_runs_at_the_lowest_priority_in_a_process_of_its_own():
 def test_a_shadow_that_cannot_be_opened_stops_the_server_with_why(tmp_path):
     server = CaptionServer(ServerConfig(port=0, data_dir=tmp_path, room_shadows={"*": "broken"}), ScriptedModel(),
                            {"broken": ShadowModel(_unavailable)})
-    import asyncio
-
     with pytest.raises(ValueError, match="shadow model broken could not be opened: no such weights"):
-        asyncio.run(server.start())
+        run_async(server.start())
     server.rooms.close()
     with pytest.raises(ValueError, match="no shadow model whisper-base"):
         CaptionServer(ServerConfig(port=0, data_dir=tmp_path, room_shadows={"*": "whisper-base"}), ScriptedModel(), {})
@@ -229,8 +227,6 @@ def process_state(pid: int) -> str:
 
 
 def test_a_shadow_stopped_mid_decode_still_closes():
-    import asyncio
-
     shadow = ShadowModel(functools.partial(ScriptedModel, name="scripted-shadow", compute_s=0.5))
     shadow.start()
 
@@ -241,6 +237,15 @@ def test_a_shadow_stopped_mid_decode_still_closes():
         await asyncio.sleep(0.1)
         decoding.cancel()
 
-    asyncio.run(stopped_mid_decode())
+    run_async(stopped_mid_decode())
     shadow.close(timeout_s=5)  # continued, then ended: shutdown never waits on a stopped process
     shadow.pause(True)  # after close: nothing to stop
+
+
+def run_async(coroutine):
+    """asyncio.run on a thread of its own: a browser fixture of this module keeps an event loop
+    running in the main thread, where asyncio.run refuses to start another."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1) as thread:
+        return thread.submit(asyncio.run, coroutine).result()
