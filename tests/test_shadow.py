@@ -23,7 +23,7 @@ from streaming.shadow import ShadowModel, ShadowQueue
 from tests.conftest import CLIPS, ServerThread
 from tests.scripted import ScriptedModel, speak
 from tests.test_server import finals, publish, receive_until
-from tests.test_web import browser, context, playwright, screenshot  # noqa: F401  (fixtures)
+from tests.test_web import browser, context, playwright, screenshot, wait_for  # noqa: F401  (fixtures)
 
 
 def test_the_queue_gives_up_the_oldest_past_its_bound_and_everything_under_load():
@@ -187,8 +187,8 @@ def test_compare_page_shows_moonshine_and_its_whisper_shadow_side_by_side(tmp_pa
         errors: list[str] = []
         page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
         page.goto(f"{running.url.replace('ws://', 'http://')}/compare?room=pilot")
-        page.wait_for_function(f"document.querySelectorAll('#rows tr').length >= {len(spoken)} && !document.querySelector('td.pending')",
-                               timeout=30_000)
+        # A function, not a string: the pages' Content-Security-Policy forbids eval.
+        wait_for(page, "document.querySelectorAll('#rows tr').length >= n && !document.querySelector('td.pending')", 30, len(spoken))
         rows = page.eval_on_selector_all(
             "#rows tr", "rows => rows.map(r => [r.children[1].textContent, r.children[2].textContent, "
                         "r.querySelectorAll('del').length, r.querySelectorAll('ins').length])")
