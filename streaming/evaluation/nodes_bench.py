@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -18,7 +17,7 @@ from typing import Any, TextIO
 from websockets.asyncio.client import connect
 
 from streaming.evaluation.redis_server import RedisServer
-from streaming.evaluation.streams import Clip, ServerProcess, progress, stream_clip
+from streaming.evaluation.streams import Clip, ServerProcess, progress, stats, stream_clip
 
 
 async def _view(url: str, room: str, seen: list[dict[str, Any]], stop: asyncio.Event) -> None:
@@ -33,17 +32,6 @@ async def _view(url: str, room: str, seen: list[dict[str, Any]], stop: asyncio.E
                 arrived = time.time()
                 audio_end = message["wall_start"] + message["end"] - message["start"]
                 seen.append({"seq": message["seq"], "room": room, "arrived": arrived, "latency": arrived - audio_end})
-
-
-def _stats(values: list[float]) -> dict[str, float]:
-    if not values:
-        return {"n": 0}
-    ordered = sorted(values)
-
-    def at(share: float) -> float:
-        return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
-
-    return {"n": len(values), "p50": statistics.median(values), "p95": at(0.95), "max": ordered[-1]}
 
 
 async def _run(a: str, b: str, clips: list[Clip], publishers: int, viewers: int) -> dict[str, Any]:
@@ -81,9 +69,9 @@ async def _run(a: str, b: str, clips: list[Clip], publishers: int, viewers: int)
     return {
         "publishers": publishers, "viewers": viewers, "finals": len(finals), "finals_per_viewer_same_node": per_viewer_same,
         "finals_per_viewer_other_node": len(seen["other"]) / max(1, viewers // 2),
-        "latency_same_node": _stats([e["latency"] for e in seen["same"]]),
-        "latency_other_node": _stats([e["latency"] for e in seen["other"]]),
-        "added_by_other_node": _stats(added),
+        "latency_same_node": stats([e["latency"] for e in seen["same"]]),
+        "latency_other_node": stats([e["latency"] for e in seen["other"]]),
+        "added_by_other_node": stats(added),
     }
 
 
@@ -106,10 +94,10 @@ def run_nodes_bench(clips: list[Clip], publishers: int, viewers: int, server_arg
 
 
 def print_nodes_report(report: dict[str, Any], out: TextIO = sys.stdout) -> None:
-    def line(stats: dict[str, float]) -> str:
-        if not stats.get("n"):
+    def line(figures: dict[str, float] | None) -> str:
+        if not figures:
             return "none"
-        return f"p50 {stats['p50'] * 1000:7.1f} ms   p95 {stats['p95'] * 1000:7.1f} ms   max {stats['max'] * 1000:7.1f} ms   (n={stats['n']})"
+        return f"p50 {figures['p50'] * 1000:7.1f} ms   p95 {figures['p95'] * 1000:7.1f} ms   max {figures['max'] * 1000:7.1f} ms   (n={figures['n']})"
 
     print(f"\ntwo nodes, one Redis: {report['publishers']} publishers on node A, {report['viewers']} viewers spread over A and B; "
           f"{report['finals']} finals", file=out)
