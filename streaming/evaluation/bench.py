@@ -446,12 +446,19 @@ def print_noise_report(by_condition: dict[str, Any], out: TextIO = sys.stdout) -
 SHADOW_SETTLE_S = 5.0
 
 
+def metrics_text(url: str) -> str | None:
+    """The server's ``/metrics`` page; None when it will not say (no admin token) or cannot be reached."""
+    try:
+        return str(urllib.request.urlopen(http_url(url) + "/metrics", timeout=10).read().decode())
+    except OSError:
+        return None
+
+
 def shadow_work(url: str) -> dict[str, dict[str, float]]:
     """The server's shadow-model counters from ``/metrics`` by model: finals, words, word
     differences, skipped, audio and compute seconds ({} without a shadow, or without access)."""
-    try:
-        text = urllib.request.urlopen(http_url(url) + "/metrics", timeout=10).read().decode()
-    except OSError:
+    text = metrics_text(url)
+    if text is None:
         return {}
     found: dict[str, dict[str, float]] = {}
     for line in text.splitlines():
@@ -466,9 +473,8 @@ def shadow_work(url: str) -> dict[str, dict[str, float]]:
 def model_calls(url: str) -> dict[tuple[str, str], float] | None:
     """The server's model-call counters from ``/metrics`` by (metric, kind); None when it
     will not say (no admin token)."""
-    try:
-        text = urllib.request.urlopen(http_url(url) + "/metrics", timeout=10).read().decode()
-    except OSError:
+    text = metrics_text(url)
+    if text is None:
         return None
     found: dict[tuple[str, str], float] = {}
     for line in text.splitlines():
