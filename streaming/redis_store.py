@@ -250,16 +250,16 @@ class RedisStore:
 
     def revisions(self, room: str, since: int = 0, upto: int | None = None) -> list[dict[str, Any]]:
         rows = self._by_seq(_key(room, "revisions"), since, upto)
-        return sorted(({k: v for k, v in r.items() if k != "language"} for r in rows), key=lambda r: (r["seq"], r["revision"]))
+        return sorted(map(_revision_row, rows), key=lambda r: (r["seq"], r["revision"]))
 
     def corrected(self, room: str, since: int, upto: int) -> list[dict[str, Any]]:
         current = self._call(self._redis.hgetall, _key(room, "current"))
         rows = [json.loads(v) for k, v in current.items() if since < int(k) <= upto]
-        return sorted(({k: v for k, v in r.items() if k != "language"} for r in rows), key=lambda r: r["seq"])
+        return sorted(map(_revision_row, rows), key=lambda r: r["seq"])
 
     def recent_revisions(self, room: str, limit: int) -> list[dict[str, Any]]:
         members = self._call(self._redis.zrevrange, _key(room, "revisions"), 0, limit - 1)
-        return sorted(({k: v for k, v in json.loads(m).items() if k != "language"} for m in members), key=lambda r: -r["at"])
+        return sorted((_revision_row(json.loads(m)) for m in members), key=lambda r: -r["at"])
 
     def add_translation(self, room: str, seq: int, language: str, text: str) -> None:
         member = json.dumps({"seq": seq, "language": language, "text": text}, ensure_ascii=False)
@@ -444,6 +444,12 @@ class RedisStore:
         self._redis.close()
         with self._outbox_lock:
             self._outbox.close()
+
+
+def _revision_row(kept: dict[str, Any]) -> dict[str, Any]:
+    """A kept revision as the journal's revision rows are (the final's language is kept with it
+    only for the correction's answer)."""
+    return {k: v for k, v in kept.items() if k != "language"}
 
 
 def _safe(url: str) -> str:
