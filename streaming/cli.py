@@ -279,6 +279,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="instead: each recording mixed with noise, e.g. clean,pink:10,pink:5,music:10,babble:10 "
                             "(kind:signal-to-noise dB; kinds pink, brown, music, babble), streamed and decoded offline: "
                             "error rates of both per condition and language, and latency")
+    bench.add_argument("--noise-draws", type=_positive_int, default=1, metavar="N",
+                       help="--noise: mix each recording N ways per noisy condition (other noise, other babble voices; "
+                            "the first is the usual mix) and pool the errors: one mix decides a ratio of a few errors by "
+                            "chance (default 1)")
     bench.add_argument("--long-form-levels", choices=("matched", "recorded"), default="matched",
                        help="--long-form: scale each recording to one speech level, as one speaker's (default), or keep "
                             "the recordings' own levels (up to 30 dB apart)")

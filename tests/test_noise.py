@@ -52,6 +52,20 @@ def test_noise_is_mixed_at_the_ratio_asked_through_the_whole_stream(kind: str) -
     assert not np.allclose(other.audio(tail=1.0)[0] - clean, added * 10 ** (-1 / 20), atol=1e-4)
 
 
+@pytest.mark.parametrize("kind", ["pink", "babble"])
+def test_another_draw_is_another_mix_and_repeats(kind: str) -> None:
+    clip = clips()[0]
+    others = [c.path for c in clips()]
+
+    def mixed(draw: int) -> np.ndarray:
+        return replace(clip, noise=with_voices(Noise(kind, 5.0, draw=draw), clip.path, others)).audio(tail=1.0)[0]
+
+    assert np.array_equal(mixed(1), mixed(1))
+    assert not np.allclose(mixed(1), mixed(0), atol=1e-4) and not np.allclose(mixed(2), mixed(1), atol=1e-4)
+    # Draw 0 is the mix the figures have always quoted.
+    assert np.array_equal(mixed(0), replace(clip, noise=with_voices(Noise(kind, 5.0), clip.path, others)).audio(tail=1.0)[0])
+
+
 def test_a_babble_is_made_of_other_recordings() -> None:
     paths = [c.path for c in clips()]
     for path in paths:
@@ -76,15 +90,20 @@ def test_noise_section_runs_through_a_server(tmp_path) -> None:  # type: ignore[
     for name in ("en_arctic_a0024.wav", "en_librivox_sns01_0880.wav"):
         (tmp_path / name).symlink_to(DATA / name)
     conditions = parse_conditions("clean,pink:0")
-    report = run_bench(bench_args(manifest=manifest, noise=conditions, speed=None, no_offline=False))
+    report = run_bench(bench_args(manifest=manifest, noise=conditions, speed=None, no_offline=False, noise_draws=2))
     clean, noisy = report["noise"]["clean"], report["noise"]["pink:0"]
-    for entry in (clean, noisy):
+    for entry, draws in ((clean, 1), (noisy, 2)):
         english = entry["summary"]["languages"]["en"]
-        assert english["units"] > 20 and "offline_errors" in english
-        assert len(entry["clips"]) == 2 and entry["offline_texts"].keys() == {"en_arctic_a0024", "en_librivox_sns01_0880"}
+        assert "offline_errors" in english and len(entry["draws"]) == len(entry["offline_texts"]) == draws
+        assert len(entry["clips"]) == 2 * draws and entry["offline_texts"][0].keys() == {"en_arctic_a0024", "en_librivox_sns01_0880"}
+        # The summary pools the draws: each recording's words once a draw, errors summed.
+        assert english["units"] == sum(d["en"]["units"] for d in entry["draws"]) > 20 * draws
+        for kind in ("streaming_errors", "offline_errors"):
+            assert english[kind] == sum(d["en"][kind] for d in entry["draws"])
     assert clean["summary"]["languages"]["en"]["streaming_error_rate"] < 0.25
-    # Noise as loud as the speech: offline decoding hears another audio than the clean one.
-    assert noisy["offline_texts"] != clean["offline_texts"]
+    # Noise as loud as the speech: offline decoding hears another audio than the clean one,
+    # and the second draw another again.
+    assert noisy["offline_texts"][0] != clean["offline_texts"][0] and noisy["offline_texts"][1] != noisy["offline_texts"][0]
     out = io.StringIO()
     print_report(report, out)
-    assert "pink:0" in out.getvalue() and "offline" in out.getvalue()
+    assert "pink:0" in out.getvalue() and "offline" in out.getvalue() and "mixed 2 ways" in out.getvalue()

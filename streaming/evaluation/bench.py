@@ -241,7 +241,8 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             return report
         if getattr(args, "noise", None):
             voices = [c.path for c in load_manifest(Path(args.manifest), None)]
-            report["noise"] = run_noise(url, clips, args.noise, voices, args.speed, health, server, offline=not args.no_offline)
+            report["noise"] = run_noise(url, clips, args.noise, voices, args.speed, health, server, offline=not args.no_offline,
+                                        draws=getattr(args, "noise_draws", 1))
             return report
         if getattr(args, "translate", False):
             report["translation"] = run_translation(url, clips, args.speed)
@@ -390,33 +391,56 @@ def run_noise(
     health: dict[str, Any],
     server: ServerProcess | None,
     offline: bool = True,
+    draws: int = 1,
 ) -> dict[str, Any]:
     """Every recording under each noise condition (None: clean), streamed once and, unless
     ``offline`` is false, decoded whole by the same model on the same noisy audio: the noise
-    after the recording included (a babble goes on speaking there, in the stream and offline)."""
+    after the recording included (a babble goes on speaking there, in the stream and offline).
+    With ``draws`` above 1, each noisy condition is mixed that many ways (draw 0 first, the mix
+    quoted when there is one): the summary pools them, and each draw's errors are kept."""
     beam_size = health.get("final_beam_size", 1)
     decode = offline_decoder(health["model"], "cpu", beam_size, tail=TAIL_SILENCE_SECONDS) if offline else None
     by_condition: dict[str, Any] = {}
     for condition in conditions:
-        noisy = [replace(c, noise=None if condition is None else with_voices(condition, c.path, voices)) for c in clips]
-        cpu_before = server.cpu_seconds() if server else None
-        results = asyncio.run(run_streams(url, noisy, 1, speed))
-        entry: dict[str, Any] = {"summary": summarize(noisy, results)}
-        entry["clips"] = [{"clip": r.clip, "finals": r.finals} for r in results]
-        if server is not None and cpu_before is not None:
-            entry["cpu_per_audio_second"] = (server.cpu_seconds() - cpu_before) / sum(duration(c) for c in noisy)
-        if decode is not None:
-            texts = {c.id: decode(c) for c in noisy}
-            entry["offline_texts"] = texts
-            for language, (errors, units) in offline_errors(noisy, texts).items():
-                entry["summary"]["languages"][language].update(offline_errors=errors, offline_error_rate=errors / max(1, units))
+        pooled_clips: list[Clip] = []
+        pooled_results: list[StreamResult] = []
+        entry: dict[str, Any] = {"clips": [], "draws": []}
+        cpu_seconds = audio_seconds = 0.0
+        for draw in range(1 if condition is None else draws):
+            noisy = [replace(c, noise=None if condition is None else with_voices(replace(condition, draw=draw), c.path, voices)) for c in clips]
+            cpu_before = server.cpu_seconds() if server else None
+            results = asyncio.run(run_streams(url, noisy, 1, speed))
+            if server is not None and cpu_before is not None:
+                cpu_seconds += server.cpu_seconds() - cpu_before
+                audio_seconds += sum(duration(c) for c in noisy)
+            summary = summarize(noisy, results)
+            entry["clips"] += [{"clip": r.clip, "draw": draw, "finals": r.finals} for r in results]
+            if decode is not None:
+                texts = {c.id: decode(c) for c in noisy}
+                entry.setdefault("offline_texts", []).append(texts)
+                for language, (errors, _) in offline_errors(noisy, texts).items():
+                    summary["languages"][language]["offline_errors"] = errors
+            entry["draws"].append({language: {k: figures[k] for k in ("streaming_errors", "offline_errors", "units") if k in figures}
+                                   for language, figures in summary["languages"].items()})
+            pooled_clips += noisy
+            pooled_results += results
+        entry["summary"] = summarize(pooled_clips, pooled_results)
+        for language, figures in entry["summary"]["languages"].items():
+            if all("offline_errors" in d[language] for d in entry["draws"]):
+                errors = sum(d[language]["offline_errors"] for d in entry["draws"])
+                figures.update(offline_errors=errors, offline_error_rate=errors / max(1, figures["units"]))
+        if audio_seconds:
+            entry["cpu_per_audio_second"] = cpu_seconds / audio_seconds
         by_condition["clean" if condition is None else condition.label] = entry
     return by_condition
 
 
 def print_noise_report(by_condition: dict[str, Any], out: TextIO = sys.stdout) -> None:
-    print("\nnoise: streaming against offline decoding of the same noisy audio (errors of units)", file=out)
-    print(f"  {'condition':10s} {'lang':4s}  {'streaming':>18s}  {'offline':>18s}  {'ratio':>5s}   final latency p50 / p95", file=out)
+    draws = max(len(entry.get("draws", [])) for entry in by_condition.values())
+    pooled = f"; each noisy condition mixed {draws} ways, errors summed over them" if draws > 1 else ""
+    print(f"\nnoise: streaming against offline decoding of the same noisy audio (errors of units{pooled})", file=out)
+    each = "   each draw's ratio" if draws > 1 else ""
+    print(f"  {'condition':10s} {'lang':4s}  {'streaming':>18s}  {'offline':>18s}  {'ratio':>5s}{each}   final latency p50 / p95", file=out)
     for label, entry in by_condition.items():
         s = entry["summary"]
         latency = s["final_latency"] or {}
@@ -427,6 +451,8 @@ def print_noise_report(by_condition: dict[str, Any], out: TextIO = sys.stdout) -
                 offline = f"{figures['offline_error_rate']:.2%} ({figures['offline_errors']})"
                 ratio = figures["streaming_errors"] / max(1, figures["offline_errors"])
                 line += f"  {offline:>18s}  {ratio:5.2f}"
+                if len(entry.get("draws", [])) > 1:
+                    line += "   " + " ".join(f"{d[language]['streaming_errors'] / max(1, d[language]['offline_errors']):.2f}" for d in entry["draws"])
             if number == 0 and latency:
                 line += f"   {latency['p50']:.2f} / {latency['p95']:.2f} s"
                 if entry.get("cpu_per_audio_second") is not None:
@@ -439,6 +465,11 @@ def print_noise_report(by_condition: dict[str, Any], out: TextIO = sys.stdout) -
             offline_total = sum(f.get("offline_errors", 0) for f in s["languages"].values())
             if any("offline_errors" in f for f in s["languages"].values()):
                 line += f"  {offline_total / max(1, units_total):>8.2%} ({offline_total})  {streamed_total / max(1, offline_total):5.2f}"
+                if len(entry.get("draws", [])) > 1 and all("offline_errors" in f for d in entry["draws"] for f in d.values()):
+                    line += "   " + " ".join(
+                        f"{sum(f['streaming_errors'] for f in d.values()) / max(1, sum(f['offline_errors'] for f in d.values())):.2f}"
+                        for d in entry["draws"]
+                    )
             print(line, file=out)
 
 

@@ -5,7 +5,9 @@ Kinds: ``pink`` and ``brown`` noise (steady, broadband: air conditioning, fans),
 (voiceless, see :mod:`streaming.nonspeech`) and ``babble`` (four other recordings of the set,
 in any language, at equal levels: a murmuring room). The speech level is the mean power of the
 recording's speech frames, so the ratio does not depend on how much pause a recording holds.
-Every mix is seeded by the condition and the recording: the figures repeat run to run.
+Every mix is seeded by the condition and the recording: the figures repeat run to run. A
+recording can also be mixed other ways (``draw`` 1, 2...: other noise, other babble voices):
+one mix decides a ratio of a few word errors by chance, so claims pool several draws.
 
 The noise runs through the whole stream: the recording's own pauses, any lead silence and the
 silence after it, so the server hears a steady background start before the speech and go on
@@ -34,6 +36,7 @@ class Noise:
     snr_db: float
     # Recordings a babble is made of (the set's others, chosen per recording).
     voices: tuple[Path, ...] = ()
+    draw: int = 0  # which of a recording's mixes under this condition (0: the one figures quote)
 
     @property
     def label(self) -> str:
@@ -67,15 +70,15 @@ def with_voices(noise: Noise, clip_path: Path, paths: Sequence[Path]) -> Noise:
     if noise.kind != "babble":
         return noise
     others = sorted(p for p in paths if p != clip_path)
-    rng = np.random.default_rng(_seed(noise.label, clip_path.name))
+    rng = np.random.default_rng(_seed(noise.label, clip_path.name, noise.draw))
     chosen = rng.choice(len(others), size=min(BABBLE_VOICES, len(others)), replace=False)
-    return Noise(noise.kind, noise.snr_db, tuple(others[i] for i in sorted(chosen)))
+    return Noise(noise.kind, noise.snr_db, tuple(others[i] for i in sorted(chosen)), noise.draw)
 
 
 def mix(audio: np.ndarray, speech: np.ndarray, noise: Noise, name: str, rate: int = 16_000) -> np.ndarray:
     """``audio`` with ``noise`` added at its ratio to the power of the ``speech`` frames (a
     boolean per 20 ms frame); seeded by ``name`` (the recording) and the condition."""
-    seed = _seed(noise.label, name)
+    seed = _seed(noise.label, name, noise.draw)
     background = _background(noise, len(audio) / rate, seed, rate)[: len(audio)]
     hop = int(rate * 0.02)
     count = min(len(speech), len(audio) // hop)
@@ -114,5 +117,5 @@ def _background(noise: Noise, seconds: float, seed: int, rate: int) -> np.ndarra
     return out
 
 
-def _seed(label: str, name: str) -> int:
-    return zlib.crc32(f"{label}/{name}".encode())
+def _seed(label: str, name: str, draw: int = 0) -> int:
+    return zlib.crc32((f"{label}/{name}" + (f"/{draw}" if draw else "")).encode())
