@@ -18,7 +18,7 @@ import re
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, TextIO
@@ -435,6 +435,12 @@ def run_noise(
     return by_condition
 
 
+def _ratio(figures: Iterable[dict[str, Any]]) -> float:
+    """Streaming errors over offline errors, summed over ``figures`` (languages, or a draw's)."""
+    figures = list(figures)
+    return sum(f["streaming_errors"] for f in figures) / max(1, sum(f.get("offline_errors", 0) for f in figures))
+
+
 def print_noise_report(by_condition: dict[str, Any], out: TextIO = sys.stdout) -> None:
     draws = max(len(entry.get("draws", [])) for entry in by_condition.values())
     pooled = f"; each noisy condition mixed {draws} ways, errors summed over them" if draws > 1 else ""
@@ -449,10 +455,9 @@ def print_noise_report(by_condition: dict[str, Any], out: TextIO = sys.stdout) -
             line = f"  {label if number == 0 else '':10s} {language:4s}  {streamed:>18s}"
             if "offline_errors" in figures:
                 offline = f"{figures['offline_error_rate']:.2%} ({figures['offline_errors']})"
-                ratio = figures["streaming_errors"] / max(1, figures["offline_errors"])
-                line += f"  {offline:>18s}  {ratio:5.2f}"
+                line += f"  {offline:>18s}  {_ratio([figures]):5.2f}"
                 if len(entry.get("draws", [])) > 1:
-                    line += "   " + " ".join(f"{d[language]['streaming_errors'] / max(1, d[language]['offline_errors']):.2f}" for d in entry["draws"])
+                    line += "   " + " ".join(f"{_ratio([d[language]]):.2f}" for d in entry["draws"])
             if number == 0 and latency:
                 line += f"   {latency['p50']:.2f} / {latency['p95']:.2f} s"
                 if entry.get("cpu_per_audio_second") is not None:
@@ -464,12 +469,9 @@ def print_noise_report(by_condition: dict[str, Any], out: TextIO = sys.stdout) -
             line = f"  {'':10s} {'all':4s}  {streamed_total / max(1, units_total):>8.2%} ({streamed_total}/{units_total})"
             offline_total = sum(f.get("offline_errors", 0) for f in s["languages"].values())
             if any("offline_errors" in f for f in s["languages"].values()):
-                line += f"  {offline_total / max(1, units_total):>8.2%} ({offline_total})  {streamed_total / max(1, offline_total):5.2f}"
+                line += f"  {offline_total / max(1, units_total):>8.2%} ({offline_total})  {_ratio(s['languages'].values()):5.2f}"
                 if len(entry.get("draws", [])) > 1 and all("offline_errors" in f for d in entry["draws"] for f in d.values()):
-                    line += "   " + " ".join(
-                        f"{sum(f['streaming_errors'] for f in d.values()) / max(1, sum(f['offline_errors'] for f in d.values())):.2f}"
-                        for d in entry["draws"]
-                    )
+                    line += "   " + " ".join(f"{_ratio(d.values()):.2f}" for d in entry["draws"])
             print(line, file=out)
 
 
