@@ -6,7 +6,6 @@ tested); tests/test_store.py runs the store itself against both stores."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import threading
@@ -23,7 +22,7 @@ from streaming.server import CaptionServer
 from tests.conftest import ServerThread
 from tests.scripted import ScriptedModel, speak
 from tests.test_server import finals, pcm16, publish, receive_until
-from tests.test_web import browser, context, playwright  # noqa: F401  (fixtures)
+from tests.test_web import browser, context, playwright, run_async  # noqa: F401  (fixtures)
 
 
 @pytest.fixture
@@ -288,11 +287,3 @@ def write_wav(path, audio) -> None:
         wav.setframerate(16000)
         wav.writeframes(pcm16(audio))
 
-
-def run_async(coroutine):
-    """asyncio.run on a thread of its own: a browser fixture of this module keeps an event loop
-    running in the main thread, where asyncio.run refuses to start another."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max_workers=1) as thread:
-        return thread.submit(asyncio.run, coroutine).result()

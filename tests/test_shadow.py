@@ -23,7 +23,7 @@ from streaming.shadow import ShadowModel, ShadowQueue
 from tests.conftest import CLIPS, ServerThread
 from tests.scripted import ScriptedModel, speak
 from tests.test_server import finals, publish, receive_until
-from tests.test_web import browser, context, playwright, screenshot, wait_for  # noqa: F401  (fixtures)
+from tests.test_web import browser, context, playwright, run_async, screenshot, wait_for  # noqa: F401  (fixtures)
 
 
 def test_the_queue_gives_up_the_oldest_past_its_bound_and_everything_under_load():
@@ -241,11 +241,3 @@ def test_a_shadow_stopped_mid_decode_still_closes():
     shadow.close(timeout_s=5)  # continued, then ended: shutdown never waits on a stopped process
     shadow.pause(True)  # after close: nothing to stop
 
-
-def run_async(coroutine):
-    """asyncio.run on a thread of its own: a browser fixture of this module keeps an event loop
-    running in the main thread, where asyncio.run refuses to start another."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max_workers=1) as thread:
-        return thread.submit(asyncio.run, coroutine).result()

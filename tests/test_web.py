@@ -7,6 +7,7 @@ other tabs must show its words. Screenshots go to ``test-output/screenshots`` (o
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import os
@@ -92,6 +93,15 @@ def screenshot(page, name: str, transparent: bool = False) -> Image.Image:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     data = page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), omit_background=transparent)
     return Image.open(io.BytesIO(data)).convert("RGBA")
+
+
+def run_async(coroutine):
+    """asyncio.run on a thread of its own: a module using this module's browser fixture keeps an
+    event loop running in the main thread, where asyncio.run refuses to start another."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1) as thread:
+        return thread.submit(asyncio.run, coroutine).result()
 
 
 def wait_for(page, expression: str, timeout: float = 60.0, arg=None):
